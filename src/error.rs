@@ -1,0 +1,209 @@
+//! One error type for the whole crate. File problems name the file, the tensor where there is
+//! one, and the byte offset, so a user can find the bad bytes with a hex editor.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in mlmf.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- reading files -------------------------------------------------------------------
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
+    UnknownFormat { path: PathBuf, magic: Vec<u8> },
+
+    #[error("{path}: truncated: {what} at offset {offset} needs {needed} bytes, the file has {available} from there")]
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
+
+    /// A length or count read from the file is larger than the bytes that remain, or overflows.
+    #[error("{path}: {what} at offset {offset} claims {value}, more than the {limit} that can fit")]
+    LengthOutOfRange {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        value: u64,
+        limit: u64,
+    },
+
+    #[error("{path}: header at offset {offset} is not valid: {reason}")]
+    BadHeader {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("{path}: {what} at offset {offset} is not valid UTF-8")]
+    BadUtf8 {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+    },
+
+    #[error("{path}: unsupported {format} version {version}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        format: &'static str,
+        version: u64,
+    },
+
+    #[error("{path}: tensor '{tensor}': unknown dtype {dtype}")]
+    UnknownDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+
+    #[error("{path}: tensor '{tensor}': shape {shape:?} has more elements than fit in 64 bits")]
+    ShapeOverflow {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<u64>,
+    },
+
+    #[error("{path}: tensor '{tensor}': {reason}")]
+    BadShape {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    #[error("{path}: tensor '{tensor}': data {start}..{end} lies outside the data section (0..{len})")]
+    TensorOutOfBounds {
+        path: PathBuf,
+        tensor: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
+
+    #[error("{path}: tensor '{tensor}': {expected} bytes expected from dtype and shape, found {found}")]
+    ByteLengthMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: u64,
+        found: u64,
+    },
+
+    #[error("{path}: tensors '{first}' and '{second}' overlap at offset {offset}")]
+    OverlappingTensors {
+        path: PathBuf,
+        first: String,
+        second: String,
+        offset: u64,
+    },
+
+    #[error("{path}: tensor '{tensor}' appears twice")]
+    DuplicateTensor { path: PathBuf, tensor: String },
+
+    #[error("{path}: tensor data has a gap or trailing bytes at offset {offset}")]
+    DataNotCovered { path: PathBuf, offset: u64 },
+
+    #[error("{path}: tensor '{tensor}': offset {offset} is not a multiple of the alignment {alignment}")]
+    Misaligned {
+        path: PathBuf,
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
+
+    #[error("{path}: unknown GGUF metadata value type {type_id} for key '{key}' at offset {offset}")]
+    UnknownValueType {
+        path: PathBuf,
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
+
+    #[error("{path}: metadata '{key}': {reason}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    // ---- PyTorch checkpoints ---------------------------------------------------------------
+    #[error("{path}: pickle refers to '{module}.{name}' at offset {offset}, which is not on the allow-list; nothing was executed")]
+    ForbiddenGlobal {
+        path: PathBuf,
+        module: String,
+        name: String,
+        offset: u64,
+    },
+
+    #[error("{path}: pickle at offset {offset}: {reason}")]
+    BadPickle {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("{path}: zip archive: {reason} (offset {offset})")]
+    BadZip {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    // ---- sharded checkpoints -----------------------------------------------------------------
+    #[error("{path}: shard index: {reason}")]
+    BadIndex { path: PathBuf, reason: String },
+
+    // ---- lookups -------------------------------------------------------------------------------
+    #[error("{path}: no tensor named '{tensor}'")]
+    TensorNotFound { path: PathBuf, tensor: String },
+
+    // ---- devices -------------------------------------------------------------------------------
+    #[error("no GPU adapter found{detail}. Install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers for the CPU-based lavapipe device), or use Device::Cpu")]
+    NoAdapter { detail: String },
+
+    #[error("{variable}={value}: {reason}")]
+    BadDeviceChoice {
+        variable: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    #[error("GPU device request failed: {0}")]
+    RequestDevice(String),
+
+    #[error("GPU error during {during}: {reason}")]
+    Gpu { during: String, reason: String },
+
+    #[error("tensor '{tensor}' ({bytes} bytes): the device cannot hold it: {reason}")]
+    DeviceLimit {
+        tensor: String,
+        bytes: u64,
+        reason: String,
+    },
+
+    // ---- tensors and ops -------------------------------------------------------------------------
+    #[error("tensor '{tensor}': {dtype} cannot be converted to f32 yet")]
+    UnsupportedConversion { tensor: String, dtype: String },
+
+    // ---- the command-line tool and user arguments ------------------------------------------------
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Tensor name maps between Hugging Face and GGUF conventions.

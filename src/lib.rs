@@ -1,0 +1,21 @@
+//! mlmf: load machine-learning model files (safetensors, GGUF, PyTorch) straight into GPU
+//! memory through wgpu, and work with them there.
+//!
+//! ```no_run
+//! use mlmf::{Device, ModelFile};
+//! let file = ModelFile::open("model.safetensors")?;
+//! for t in file.tensors() {
+//!     println!("{} {} {}", t.name, t.dtype, t.shape);
+//! }
+//! # Ok::<(), mlmf::Error>(())
+//! ```
+
+pub mod dtype;
+pub mod error;
+pub mod formats;
+pub mod tensor;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use formats::{Format, Metadata, ModelFile, TensorInfo, Value};
+pub use tensor::Shape;

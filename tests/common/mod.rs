@@ -1,0 +1,41 @@
+//! Shared paths for integration tests: the oracle fixtures beside the checkout and the real model
+//! files fetched by `scripts/fetch_models.py`. A missing file fails the test with the command that
+//! fetches it; tests never pass by skipping.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `../shared/fixtures`, beside the checkout.
+pub fn fixtures() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    assert!(dir.is_dir(), "fixtures not found at {}", dir.display());
+    dir
+}
+
+/// The model cache: `$MLMF_MODELS`, else `$XDG_CACHE_HOME/mlmf`, else `~/.cache/mlmf`.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MLMF_MODELS") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("mlmf");
+    }
+    let home = std::env::var_os("HOME").expect("HOME is not set");
+    PathBuf::from(home).join(".cache/mlmf")
+}
+
+/// A real model file from the cache, e.g. `model("SmolLM2-135M-Instruct.Q4_1.gguf")`.
+pub fn model(name: &str) -> PathBuf {
+    let path = models_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `python3 scripts/fetch_models.py` first",
+        path.display()
+    );
+    path
+}
+
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
+pub const MINILM: &str = "all-MiniLM-L6-v2/model.safetensors";
+pub const MOBILENET: &str = "mobilenet_v2-b0353104.pth";
