@@ -134,24 +134,87 @@ pub const DTYPES: [DTypeInfo; 46] = [
     row!(Q8_0, Block, 32, 2 + 32, Some(8), None),
     row!(Q8_1, Block, 32, 2 * 2 + 32, Some(9), None),
     // K-quants: super-blocks of QK_K = 256.
-    row!(Q2_K, Block, QK_K, 2 * 2 + QK_K / 16 + QK_K / 4, Some(10), None),
-    row!(Q3_K, Block, QK_K, 2 + QK_K / 4 + QK_K / 8 + 12, Some(11), None),
+    row!(
+        Q2_K,
+        Block,
+        QK_K,
+        2 * 2 + QK_K / 16 + QK_K / 4,
+        Some(10),
+        None
+    ),
+    row!(
+        Q3_K,
+        Block,
+        QK_K,
+        2 + QK_K / 4 + QK_K / 8 + 12,
+        Some(11),
+        None
+    ),
     row!(Q4_K, Block, QK_K, 2 * 2 + 12 + QK_K / 2, Some(12), None),
-    row!(Q5_K, Block, QK_K, 2 * 2 + 12 + QK_K / 8 + QK_K / 2, Some(13), None),
-    row!(Q6_K, Block, QK_K, 2 + QK_K / 16 + 3 * QK_K / 4, Some(14), None),
+    row!(
+        Q5_K,
+        Block,
+        QK_K,
+        2 * 2 + 12 + QK_K / 8 + QK_K / 2,
+        Some(13),
+        None
+    ),
+    row!(
+        Q6_K,
+        Block,
+        QK_K,
+        2 + QK_K / 16 + 3 * QK_K / 4,
+        Some(14),
+        None
+    ),
     row!(Q8_K, Block, QK_K, 4 + QK_K + QK_K / 16 * 2, Some(15), None),
     // i-quants.
     row!(IQ2_XXS, Block, QK_K, 2 + QK_K / 8 * 2, Some(16), None),
-    row!(IQ2_XS, Block, QK_K, 2 + QK_K / 8 * 2 + QK_K / 32, Some(17), None),
+    row!(
+        IQ2_XS,
+        Block,
+        QK_K,
+        2 + QK_K / 8 * 2 + QK_K / 32,
+        Some(17),
+        None
+    ),
     row!(IQ3_XXS, Block, QK_K, 2 + 3 * (QK_K / 8), Some(18), None),
     row!(IQ1_S, Block, QK_K, 2 + QK_K / 8 + QK_K / 16, Some(19), None),
     row!(IQ4_NL, Block, 32, 2 + 32 / 2, Some(20), None),
-    row!(IQ3_S, Block, QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + QK_K / 64, Some(21), None),
+    row!(
+        IQ3_S,
+        Block,
+        QK_K,
+        2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + QK_K / 64,
+        Some(21),
+        None
+    ),
     row!(IQ2_S, Block, QK_K, 2 + QK_K / 4 + QK_K / 16, Some(22), None),
-    row!(IQ4_XS, Block, QK_K, 2 + 2 + QK_K / 64 + QK_K / 2, Some(23), None),
-    row!(IQ1_M, Block, QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32, Some(29), None),
+    row!(
+        IQ4_XS,
+        Block,
+        QK_K,
+        2 + 2 + QK_K / 64 + QK_K / 2,
+        Some(23),
+        None
+    ),
+    row!(
+        IQ1_M,
+        Block,
+        QK_K,
+        QK_K / 8 + QK_K / 16 + QK_K / 32,
+        Some(29),
+        None
+    ),
     // Ternary and microscaling types.
-    row!(TQ1_0, Block, QK_K, 2 + (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64, Some(34), None),
+    row!(
+        TQ1_0,
+        Block,
+        QK_K,
+        2 + (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64,
+        Some(34),
+        None
+    ),
     row!(TQ2_0, Block, QK_K, 2 + QK_K / 4, Some(35), None),
     row!(MXFP4, Block, 32, 1 + 32 / 2, Some(39), None),
 ];
@@ -196,8 +259,25 @@ impl DType {
         (elems / info.block_elems).checked_mul(info.block_bytes)
     }
 
+    /// The smallest byte count GPU pages of this dtype are split at: whole blocks, and a
+    /// multiple of 4 (wgpu copies move 4-byte words).
+    pub fn page_unit(self) -> u64 {
+        let b = self.block_bytes();
+        let gcd = if b % 4 == 0 {
+            4
+        } else if b % 2 == 0 {
+            2
+        } else {
+            1
+        };
+        b * 4 / gcd
+    }
+
     pub fn from_ggml_id(id: u32) -> Option<DType> {
-        DTYPES.iter().find(|row| row.ggml_id == Some(id)).map(|row| row.dtype)
+        DTYPES
+            .iter()
+            .find(|row| row.ggml_id == Some(id))
+            .map(|row| row.dtype)
     }
 
     pub fn from_safetensors(name: &str) -> Option<DType> {

@@ -27,7 +27,9 @@ pub enum Error {
     },
 
     /// A length or count read from the file is larger than the bytes that remain, or overflows.
-    #[error("{path}: {what} at offset {offset} claims {value}, more than the {limit} that can fit")]
+    #[error(
+        "{path}: {what} at offset {offset} claims {value}, more than the {limit} that can fit"
+    )]
     LengthOutOfRange {
         path: PathBuf,
         what: String,
@@ -78,7 +80,9 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("{path}: tensor '{tensor}': data {start}..{end} lies outside the data section (0..{len})")]
+    #[error(
+        "{path}: tensor '{tensor}': data {start}..{end} lies outside the data section (0..{len})"
+    )]
     TensorOutOfBounds {
         path: PathBuf,
         tensor: String,
@@ -87,7 +91,9 @@ pub enum Error {
         len: u64,
     },
 
-    #[error("{path}: tensor '{tensor}': {expected} bytes expected from dtype and shape, found {found}")]
+    #[error(
+        "{path}: tensor '{tensor}': {expected} bytes expected from dtype and shape, found {found}"
+    )]
     ByteLengthMismatch {
         path: PathBuf,
         tensor: String,
@@ -109,7 +115,9 @@ pub enum Error {
     #[error("{path}: tensor data has a gap or trailing bytes at offset {offset}")]
     DataNotCovered { path: PathBuf, offset: u64 },
 
-    #[error("{path}: tensor '{tensor}': offset {offset} is not a multiple of the alignment {alignment}")]
+    #[error(
+        "{path}: tensor '{tensor}': offset {offset} is not a multiple of the alignment {alignment}"
+    )]
     Misaligned {
         path: PathBuf,
         tensor: String,
@@ -117,7 +125,9 @@ pub enum Error {
         alignment: u64,
     },
 
-    #[error("{path}: unknown GGUF metadata value type {type_id} for key '{key}' at offset {offset}")]
+    #[error(
+        "{path}: unknown GGUF metadata value type {type_id} for key '{key}' at offset {offset}"
+    )]
     UnknownValueType {
         path: PathBuf,
         key: String,

@@ -10,12 +10,14 @@
 //! # Ok::<(), mlmf::Error>(())
 //! ```
 
+pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod formats;
 pub mod tensor;
 
+pub use device::{Device, Gpu, GpuOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use formats::{Format, Metadata, ModelFile, TensorInfo, Value};
-pub use tensor::Shape;
+pub use tensor::{Shape, Storage, Tensor};

@@ -1,6 +1,11 @@
-//! Shapes (and, with the device module, tensors).
+//! Tensors and shapes. A tensor's bytes live on a device: in GPU buffers (split into pages
+//! when larger than one storage binding) or in host memory for the CPU device.
 
 use std::fmt;
+
+use crate::device::{readback, Device, Gpu};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
 
 /// Dimensions in numpy/PyTorch order: slowest first, the row length last.
 /// The element count is checked against overflow when the shape is made, so it never wraps.
@@ -64,6 +69,236 @@ impl fmt::Debug for Shape {
 impl fmt::Display for Shape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.dims)
+    }
+}
+
+/// A tensor on a device.
+pub struct Tensor {
+    name: String,
+    dtype: DType,
+    shape: Shape,
+    storage: Storage,
+}
+
+/// Where a tensor's bytes are.
+pub enum Storage {
+    Cpu(Vec<u8>),
+    Gpu(GpuStorage),
+}
+
+impl Tensor {
+    pub(crate) fn new(name: String, dtype: DType, shape: Shape, storage: Storage) -> Tensor {
+        Tensor {
+            name,
+            dtype,
+            shape,
+            storage,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Bytes of the tensor in its dtype's layout (blocks for quantized types).
+    pub fn byte_len(&self) -> u64 {
+        match &self.storage {
+            Storage::Cpu(bytes) => bytes.len() as u64,
+            Storage::Gpu(g) => g.byte_len(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(g) => Device::Gpu(g.gpu.clone()),
+        }
+    }
+
+    /// Visit the tensor's bytes in order, in bounded chunks (GPU readback goes through the
+    /// device's staging window; CPU tensors are handed over in one piece).
+    pub fn for_each_chunk(&self, mut f: impl FnMut(u64, &[u8]) -> Result<()>) -> Result<()> {
+        match &self.storage {
+            Storage::Cpu(bytes) => f(0, bytes),
+            Storage::Gpu(g) => readback::for_each_chunk(g, f),
+        }
+    }
+
+    /// All bytes in host memory. Meant for small tensors and tests; large ones should use
+    /// [`Tensor::for_each_chunk`].
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.byte_len() as usize);
+        self.for_each_chunk(|_, chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// A copy of this tensor on `device`.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        let storage = match device {
+            Device::Cpu => Storage::Cpu(self.to_bytes()?),
+            Device::Gpu(gpu) => match &self.storage {
+                Storage::Cpu(bytes) => {
+                    let src = crate::device::source::Source::Contiguous(bytes);
+                    let mut up = crate::device::upload::Uploader::new(gpu);
+                    let storage =
+                        up.upload(&self.name, &src, bytes.len() as u64, self.dtype.page_unit())?;
+                    up.finish()?;
+                    Storage::Gpu(storage)
+                }
+                Storage::Gpu(g) => {
+                    Storage::Gpu(g.copy_to(gpu, &self.name, self.dtype.page_unit())?)
+                }
+            },
+        };
+        Ok(Tensor::new(
+            self.name.clone(),
+            self.dtype,
+            self.shape.clone(),
+            storage,
+        ))
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.storage {
+            Storage::Cpu(_) => "cpu".to_string(),
+            Storage::Gpu(g) => format!("gpu, {} page(s)", g.pages.len()),
+        };
+        write!(
+            f,
+            "Tensor({} {} {} on {place})",
+            self.name, self.dtype, self.shape
+        )
+    }
+}
+
+/// A tensor's bytes in GPU buffers. Page `i` holds bytes `i * page_bytes ..` of the tensor;
+/// every page but the last is exactly `page_bytes` long, which is a multiple of the dtype's
+/// block size and of 4, so no block straddles two pages.
+pub struct GpuStorage {
+    gpu: Gpu,
+    pages: Vec<wgpu::Buffer>,
+    page_bytes: u64,
+    byte_len: u64,
+}
+
+impl GpuStorage {
+    /// Empty pages for `len` bytes, split at multiples of `unit` bytes.
+    pub(crate) fn allocate(gpu: &Gpu, name: &str, len: u64, unit: u64) -> Result<GpuStorage> {
+        let limit = gpu.page_bytes();
+        let page_bytes = limit - limit % unit;
+        if page_bytes == 0 {
+            return Err(Error::DeviceLimit {
+                tensor: name.to_string(),
+                bytes: len,
+                reason: format!("one block of {unit} bytes exceeds the page size {limit}"),
+            });
+        }
+        let count = len.div_ceil(page_bytes);
+        let pages = (0..count)
+            .map(|i| {
+                let n = page_bytes.min(len - i * page_bytes);
+                gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{name} page {i}")),
+                    size: n.next_multiple_of(4),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        Ok(GpuStorage {
+            gpu: gpu.clone(),
+            pages,
+            page_bytes,
+            byte_len: len,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn pages(&self) -> &[wgpu::Buffer] {
+        &self.pages
+    }
+
+    pub fn page_bytes(&self) -> u64 {
+        self.page_bytes
+    }
+
+    pub fn byte_len(&self) -> u64 {
+        self.byte_len
+    }
+
+    /// Split the byte range `pos..pos + len` (a multiple of 4, padded past the end at most to
+    /// the next multiple of 4) into `(page, offset in page, tensor offset, count)` pieces.
+    pub(crate) fn spans(&self, pos: u64, len: u64) -> Vec<(&wgpu::Buffer, u64, u64, u64)> {
+        let mut out = Vec::new();
+        let end = pos + len;
+        let mut at = pos;
+        while at < end {
+            let page = (at / self.page_bytes) as usize;
+            let in_page = at - page as u64 * self.page_bytes;
+            let page_size = self.pages[page].size();
+            let count = (page_size - in_page).min(end - at);
+            out.push((&self.pages[page], in_page, at, count));
+            at += count;
+        }
+        out
+    }
+
+    /// A copy on `gpu`: a device-side copy on the same device, chunk by chunk through host
+    /// memory between different devices.
+    fn copy_to(&self, gpu: &Gpu, name: &str, unit: u64) -> Result<GpuStorage> {
+        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit)?;
+        if std::sync::Arc::ptr_eq(&self.gpu.inner, &gpu.inner) && out.page_bytes == self.page_bytes
+        {
+            let mut encoder =
+                gpu.inner
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("mlmf copy"),
+                    });
+            for (src, dst) in self.pages.iter().zip(&out.pages) {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
+            }
+            gpu.inner.queue.submit([encoder.finish()]);
+        } else {
+            readback::for_each_chunk(self, |pos, chunk| {
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(4), 0);
+                for (page, page_off, at, count) in out.spans(pos, padded.len() as u64) {
+                    let from = (at - pos) as usize;
+                    gpu.inner.queue.write_buffer(
+                        page,
+                        page_off,
+                        &padded[from..from + count as usize],
+                    );
+                }
+                gpu.inner.queue.submit([]);
+                gpu.wait("copy between devices")
+            })?;
+        }
+        gpu.wait("copy")?;
+        Ok(out)
     }
 }
 

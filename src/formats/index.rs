@@ -41,10 +41,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<ShardIndex> {
     })?;
     for (tensor, shard) in &raw.weight_map {
         // Shards must sit beside the index: no directories, no way out of it.
-        let plain = !shard.is_empty()
-            && !shard.contains(['/', '\\'])
-            && shard != "."
-            && shard != "..";
+        let plain =
+            !shard.is_empty() && !shard.contains(['/', '\\']) && shard != "." && shard != "..";
         if !plain {
             return Err(Error::BadIndex {
                 path: path.to_path_buf(),
@@ -59,7 +57,9 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<ShardIndex> {
             .map(|(k, v)| {
                 let v = match v {
                     serde_json::Value::String(s) => Value::String(s),
-                    serde_json::Value::Number(n) if n.is_u64() => Value::U64(n.as_u64().unwrap_or(0)),
+                    serde_json::Value::Number(n) if n.is_u64() => {
+                        Value::U64(n.as_u64().unwrap_or(0))
+                    }
                     other => Value::String(other.to_string()),
                 };
                 (k, v)
@@ -87,7 +87,13 @@ mod tests {
     #[test]
     fn refuses_paths_out_of_the_directory() {
         let text = br#"{"weight_map":{"a":"../../etc/passwd"}}"#;
-        assert!(matches!(parse(text, Path::new("i.json")), Err(Error::BadIndex { .. })));
-        assert!(matches!(parse(b"{", Path::new("i.json")), Err(Error::BadIndex { .. })));
+        assert!(matches!(
+            parse(text, Path::new("i.json")),
+            Err(Error::BadIndex { .. })
+        ));
+        assert!(matches!(
+            parse(b"{", Path::new("i.json")),
+            Err(Error::BadIndex { .. })
+        ));
     }
 }

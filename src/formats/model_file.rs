@@ -84,15 +84,13 @@ impl ModelFile {
             for mut t in parsed.tensors {
                 match idx.weight_map.get(&t.name) {
                     Some(listed) if listed == shard => {}
-                    _ => {
-                        return Err(Error::BadIndex {
-                            path: path.clone(),
-                            reason: format!(
-                                "tensor '{}' is in {shard} but the weight_map does not place it there",
-                                t.name
-                            ),
-                        })
-                    }
+                    _ => return Err(Error::BadIndex {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor '{}' is in {shard} but the weight_map does not place it there",
+                            t.name
+                        ),
+                    }),
                 }
                 t.file = i;
                 tensors.push(t);
@@ -100,11 +98,15 @@ impl ModelFile {
             files.push(file);
         }
         if tensors.len() != idx.weight_map.len() {
-            let found: std::collections::HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            let found: std::collections::HashSet<&str> =
+                tensors.iter().map(|t| t.name.as_str()).collect();
             let missing = idx.weight_map.keys().find(|k| !found.contains(k.as_str()));
             return Err(Error::BadIndex {
                 path: path.clone(),
-                reason: format!("weight_map lists '{}', which no shard holds", missing.map_or("?", |s| s)),
+                reason: format!(
+                    "weight_map lists '{}', which no shard holds",
+                    missing.map_or("?", |s| s)
+                ),
             });
         }
         let parsed = Parsed {

@@ -10,5 +10,9 @@ pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\x
 
 pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     let _ = bytes;
-    Err(Error::UnsupportedVersion { path: path.to_path_buf(), format: "pytorch", version: 0 })
+    Err(Error::UnsupportedVersion {
+        path: path.to_path_buf(),
+        format: "pytorch",
+        version: 0,
+    })
 }

@@ -87,7 +87,13 @@ impl<'a> ByteReader<'a> {
 
     /// A count read from the file that will size an allocation of `min_item_bytes`-byte items:
     /// rejected unless that many items could fit in the bytes left.
-    pub fn check_count(&self, count: u64, min_item_bytes: u64, what: &str, at: usize) -> Result<usize> {
+    pub fn check_count(
+        &self,
+        count: u64,
+        min_item_bytes: u64,
+        what: &str,
+        at: usize,
+    ) -> Result<usize> {
         let limit = self.remaining() as u64 / min_item_bytes.max(1);
         if count > limit {
             return Err(Error::LengthOutOfRange {
@@ -124,8 +130,22 @@ mod tests {
         let mut r = ByteReader::new(&[1, 0, 0], path);
         assert_eq!(r.u16("a").unwrap(), 1);
         let err = r.u32("b").unwrap_err();
-        assert!(matches!(err, Error::Truncated { offset: 2, needed: 4, available: 1, .. }));
-        assert!(matches!(r.take(u64::MAX, "c"), Err(Error::Truncated { .. })));
-        assert!(matches!(r.check_count(2, 1, "d", 0), Err(Error::LengthOutOfRange { .. })));
+        assert!(matches!(
+            err,
+            Error::Truncated {
+                offset: 2,
+                needed: 4,
+                available: 1,
+                ..
+            }
+        ));
+        assert!(matches!(
+            r.take(u64::MAX, "c"),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            r.check_count(2, 1, "d", 0),
+            Err(Error::LengthOutOfRange { .. })
+        ));
     }
 }

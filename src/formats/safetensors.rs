@@ -67,7 +67,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
         if name == "__metadata__" {
             let map: BTreeMap<String, String> = serde_json::from_value(value)
                 .map_err(|e| bad_header(path, format!("__metadata__: {e}")))?;
-            metadata.entries = map.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            metadata.entries = map
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
             continue;
         }
         let t: RawTensor = serde_json::from_value(value)
@@ -120,7 +123,8 @@ fn tensor_info(path: &Path, name: String, t: RawTensor, data_start: u64) -> Resu
             found,
         });
     }
-    let (Some(start), Some(stop)) = (data_start.checked_add(begin), data_start.checked_add(end)) else {
+    let (Some(start), Some(stop)) = (data_start.checked_add(begin), data_start.checked_add(end))
+    else {
         return Err(Error::TensorOutOfBounds {
             path: path.to_path_buf(),
             tensor: name,
@@ -140,7 +144,12 @@ fn tensor_info(path: &Path, name: String, t: RawTensor, data_start: u64) -> Resu
 }
 
 /// Sort tensors by offset and check they tile the data section exactly.
-fn check_coverage(path: &Path, tensors: &mut [TensorInfo], data_start: u64, file_len: u64) -> Result<()> {
+fn check_coverage(
+    path: &Path,
+    tensors: &mut [TensorInfo],
+    data_start: u64,
+    file_len: u64,
+) -> Result<()> {
     tensors.sort_by_key(|t| (t.range.start, t.range.end));
     let data_len = file_len - data_start;
     let mut cursor = data_start;
@@ -214,15 +223,37 @@ mod tests {
         assert_eq!(a_info.shape.dims(), &[2, 3]);
         let range = a_info.range.start as usize..a_info.range.end as usize;
         assert_eq!(&bytes[range], &a[..]);
-        assert_eq!(parsed.metadata.get("format"), Some(&Value::String("pt".into())));
+        assert_eq!(
+            parsed.metadata.get("format"),
+            Some(&Value::String("pt".into()))
+        );
     }
 
     #[test]
     fn every_safetensors_dtype_is_known() {
         for name in [
-            "BOOL", "F4", "F6_E2M3", "F6_E3M2", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0",
-            "F8_E4M3FNUZ", "F8_E5M2FNUZ", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64",
-            "F64", "I64", "U64",
+            "BOOL",
+            "F4",
+            "F6_E2M3",
+            "F6_E3M2",
+            "U8",
+            "I8",
+            "F8_E5M2",
+            "F8_E4M3",
+            "F8_E8M0",
+            "F8_E4M3FNUZ",
+            "F8_E5M2FNUZ",
+            "I16",
+            "U16",
+            "F16",
+            "BF16",
+            "I32",
+            "U32",
+            "F32",
+            "C64",
+            "F64",
+            "I64",
+            "U64",
         ] {
             assert!(DType::from_safetensors(name).is_some(), "{name}");
         }
@@ -237,14 +268,20 @@ mod tests {
     fn header_length_beyond_file() {
         let mut bytes = file("{}", 0);
         bytes[..8].copy_from_slice(&1000u64.to_le_bytes());
-        assert!(matches!(open(&bytes), Err(Error::LengthOutOfRange { value: 1000, .. })));
+        assert!(matches!(
+            open(&bytes),
+            Err(Error::LengthOutOfRange { value: 1000, .. })
+        ));
         bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(open(&bytes), Err(Error::LengthOutOfRange { .. })));
     }
 
     #[test]
     fn header_not_json() {
-        assert!(matches!(open(&file("{not json", 0)), Err(Error::BadHeader { .. })));
+        assert!(matches!(
+            open(&file("{not json", 0)),
+            Err(Error::BadHeader { .. })
+        ));
         assert!(matches!(open(&file("[]", 0)), Err(Error::BadHeader { .. })));
     }
 
@@ -252,33 +289,51 @@ mod tests {
     fn header_bad_utf8() {
         let mut bytes = file(r#"{"__metadata__":{"k":"vv"}}"#, 0);
         bytes[8 + 22] = 0xff;
-        assert!(matches!(open(&bytes), Err(Error::BadUtf8 { offset: 30, .. })));
+        assert!(matches!(
+            open(&bytes),
+            Err(Error::BadUtf8 { offset: 30, .. })
+        ));
     }
 
     #[test]
     fn tensor_past_the_end() {
         let h = r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]}}"#;
-        assert!(matches!(open(&file(h, 4)), Err(Error::TensorOutOfBounds { .. })));
+        assert!(matches!(
+            open(&file(h, 4)),
+            Err(Error::TensorOutOfBounds { .. })
+        ));
     }
 
     #[test]
     fn overlapping_tensors() {
         let h = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#;
-        assert!(matches!(open(&file(h, 6)), Err(Error::OverlappingTensors { .. })));
+        assert!(matches!(
+            open(&file(h, 6)),
+            Err(Error::OverlappingTensors { .. })
+        ));
     }
 
     #[test]
     fn gap_or_trailing_bytes() {
         let h = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#;
-        assert!(matches!(open(&file(h, 6)), Err(Error::DataNotCovered { .. })));
+        assert!(matches!(
+            open(&file(h, 6)),
+            Err(Error::DataNotCovered { .. })
+        ));
         let h = r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#;
-        assert!(matches!(open(&file(h, 6)), Err(Error::DataNotCovered { .. })));
+        assert!(matches!(
+            open(&file(h, 6)),
+            Err(Error::DataNotCovered { .. })
+        ));
     }
 
     #[test]
     fn shape_product_overflows() {
         let h = r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#;
-        assert!(matches!(open(&file(h, 4)), Err(Error::ShapeOverflow { .. })));
+        assert!(matches!(
+            open(&file(h, 4)),
+            Err(Error::ShapeOverflow { .. })
+        ));
     }
 
     #[test]
@@ -286,7 +341,11 @@ mod tests {
         let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
         assert!(matches!(
             open(&file(h, 4)),
-            Err(Error::ByteLengthMismatch { expected: 8, found: 4, .. })
+            Err(Error::ByteLengthMismatch {
+                expected: 8,
+                found: 4,
+                ..
+            })
         ));
     }
 
@@ -301,6 +360,9 @@ mod tests {
         let h = r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[18446744073709551614,18446744073709551616]}}"#;
         assert!(open(&file(h, 4)).is_err());
         let h = r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[18446744073709551614,18446744073709551615]}}"#;
-        assert!(matches!(open(&file(h, 4)), Err(Error::TensorOutOfBounds { .. })));
+        assert!(matches!(
+            open(&file(h, 4)),
+            Err(Error::TensorOutOfBounds { .. })
+        ));
     }
 }

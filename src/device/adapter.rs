@@ -1,0 +1,144 @@
+//! Choosing a wgpu adapter: `MLMF_BACKEND` and `MLMF_ADAPTER` override, otherwise the best
+//! device type wins (discrete, integrated, virtual, CPU), and Vulkan/Metal/DX12 beat GL.
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// What `mlmf devices` prints for one adapter.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub max_buffer_size: u64,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+impl AdapterReport {
+    fn new(index: usize, adapter: &wgpu::Adapter) -> AdapterReport {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let features = adapter.features();
+        AdapterReport {
+            index,
+            name: info.name,
+            backend: format!("{:?}", info.backend).to_lowercase(),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+        }
+    }
+}
+
+/// The backends `MLMF_BACKEND` allows (all native ones when unset).
+pub(crate) fn backends_from_env() -> Result<wgpu::Backends> {
+    let Ok(value) = std::env::var("MLMF_BACKEND") else {
+        return Ok(wgpu::Backends::VULKAN
+            | wgpu::Backends::METAL
+            | wgpu::Backends::DX12
+            | wgpu::Backends::GL);
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "vulkan" => Ok(wgpu::Backends::VULKAN),
+        "metal" => Ok(wgpu::Backends::METAL),
+        "dx12" => Ok(wgpu::Backends::DX12),
+        "gl" => Ok(wgpu::Backends::GL),
+        _ => Err(Error::BadDeviceChoice {
+            variable: "MLMF_BACKEND",
+            value,
+            reason: "expected one of vulkan, metal, dx12, gl".into(),
+        }),
+    }
+}
+
+pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+pub(crate) fn enumerate(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// Every adapter the allowed backends offer, in enumeration order.
+pub fn adapters() -> Result<Vec<AdapterReport>> {
+    let backends = backends_from_env()?;
+    let instance = instance(backends);
+    Ok(enumerate(&instance, backends)
+        .iter()
+        .enumerate()
+        .map(|(i, a)| AdapterReport::new(i, a))
+        .collect())
+}
+
+fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
+    let info = adapter.get_info();
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let backend = if info.backend == wgpu::Backend::Gl {
+        1
+    } else {
+        0
+    };
+    (device, backend)
+}
+
+/// Pick the adapter: `MLMF_ADAPTER` (an index into the enumeration, or a case-insensitive
+/// substring of the name) if set, else the best ranked one.
+pub(crate) fn choose(
+    mut adapters: Vec<wgpu::Adapter>,
+    backends: wgpu::Backends,
+) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter {
+            detail: format!(" for backends {backends:?}"),
+        });
+    }
+    if let Ok(want) = std::env::var("MLMF_ADAPTER") {
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        let pick = match want.parse::<usize>() {
+            Ok(i) => (i < adapters.len()).then_some(i),
+            Err(_) => {
+                let lower = want.to_lowercase();
+                names.iter().position(|n| n.to_lowercase().contains(&lower))
+            }
+        };
+        return match pick {
+            Some(i) => Ok(adapters.swap_remove(i)),
+            None => Err(Error::BadDeviceChoice {
+                variable: "MLMF_ADAPTER",
+                value: want,
+                reason: format!("no such adapter; found {names:?}"),
+            }),
+        };
+    }
+    let best = adapters
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, a)| (rank(a), *i))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    Ok(adapters.swap_remove(best))
+}

@@ -1,0 +1,146 @@
+//! The GPU device: a wgpu device and queue opened with the adapter's own limits.
+
+use std::sync::Arc;
+
+use super::adapter;
+use crate::error::{Error, Result};
+
+/// Tuning knobs for a GPU device. The defaults suit real use; tests shrink them to exercise
+/// paging and the staging ring on small tensors.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Upper bound on one page (one wgpu buffer) of a tensor. The device's storage binding
+    /// limit is used when it is smaller.
+    pub max_page_bytes: Option<u64>,
+    /// Host memory for upload and readback staging, split into two halves so the CPU fills
+    /// one while the device copies the other.
+    pub staging_bytes: u64,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            max_page_bytes: None,
+            staging_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A GPU device. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Bytes per page: at most the storage binding limit, a multiple of 256.
+    pub page_bytes: u64,
+    /// Bytes in each of the two staging halves, a multiple of 256.
+    pub staging_half: u64,
+}
+
+impl Gpu {
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let backends = adapter::backends_from_env()?;
+        let instance = adapter::instance(backends);
+        let adapter = adapter::choose(adapter::enumerate(&instance, backends), backends)?;
+        let info = adapter.get_info();
+        // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
+        // need buffers far above the default 256 MiB.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("mlmf"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
+        })?;
+
+        let binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let mut page_bytes = options.max_page_bytes.map_or(binding, |m| m.min(binding));
+        page_bytes -= page_bytes % 256;
+        let staging_half = (options.staging_bytes / 2).max(256);
+        let staging_half = staging_half - staging_half % 256;
+        if page_bytes == 0 {
+            return Err(Error::RequestDevice(format!(
+                "{}: storage binding limit {binding} is too small",
+                info.name
+            )));
+        }
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                limits,
+                features,
+                page_bytes,
+                staging_half,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.info.name
+    }
+
+    pub fn backend(&self) -> wgpu::Backend {
+        self.inner.info.backend
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn has_shader_f16(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Largest page (one buffer) a tensor is split into.
+    pub fn page_bytes(&self) -> u64 {
+        self.inner.page_bytes
+    }
+
+    pub fn wgpu_device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn wgpu_queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// Block until all submitted work is done.
+    pub(crate) fn wait(&self, during: &str) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                during: during.to_string(),
+                reason: e.to_string(),
+            })
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Gpu({} on {:?})",
+            self.inner.info.name, self.inner.info.backend
+        )
+    }
+}
