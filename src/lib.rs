@@ -14,6 +14,7 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod formats;
+pub mod ops;
 pub mod tensor;
 
 pub use device::{Device, Gpu, GpuOptions};

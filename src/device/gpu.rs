@@ -42,6 +42,7 @@ pub(crate) struct GpuInner {
     pub page_bytes: u64,
     /// Bytes in each of the two staging halves, a multiple of 256.
     pub staging_half: u64,
+    pub pipelines: super::kernels::PipelineCache,
 }
 
 impl Gpu {
@@ -89,6 +90,7 @@ impl Gpu {
                 features,
                 page_bytes,
                 staging_half,
+                pipelines: Default::default(),
             }),
         })
     }
@@ -120,6 +122,18 @@ impl Gpu {
 
     pub fn wgpu_queue(&self) -> &wgpu::Queue {
         &self.inner.queue
+    }
+
+    /// A small uniform buffer holding `bytes` (kernel parameters).
+    pub(crate) fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// Block until all submitted work is done.

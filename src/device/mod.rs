@@ -2,6 +2,7 @@
 
 mod adapter;
 mod gpu;
+pub mod kernels;
 pub(crate) mod readback;
 pub(crate) mod source;
 pub(crate) mod upload;

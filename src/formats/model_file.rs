@@ -84,13 +84,15 @@ impl ModelFile {
             for mut t in parsed.tensors {
                 match idx.weight_map.get(&t.name) {
                     Some(listed) if listed == shard => {}
-                    _ => return Err(Error::BadIndex {
-                        path: path.clone(),
-                        reason: format!(
+                    _ => {
+                        return Err(Error::BadIndex {
+                            path: path.clone(),
+                            reason: format!(
                             "tensor '{}' is in {shard} but the weight_map does not place it there",
                             t.name
                         ),
-                    }),
+                        })
+                    }
                 }
                 t.file = i;
                 tensors.push(t);
@@ -127,9 +129,10 @@ impl ModelFile {
                     tensor: t.name.clone(),
                 });
             }
-            // Parsers check ranges; this makes `bytes` infallible even if one forgot.
+            // Parsers check ranges; this makes `bytes` (and gathering a strided view) infallible
+            // even if one forgot.
             let len = files[t.file].map.len() as u64;
-            if t.range.start > t.range.end || t.range.end > len {
+            if t.range.start > t.range.end || t.range.end > len || !view_fits(t) {
                 return Err(Error::TensorOutOfBounds {
                     path: files[t.file].path.clone(),
                     tensor: t.name.clone(),
@@ -198,6 +201,34 @@ impl ModelFile {
     /// Total bytes of tensor data.
     pub fn data_bytes(&self) -> u64 {
         self.tensors.iter().map(TensorInfo::byte_len).sum()
+    }
+}
+
+/// For a strided view: its farthest element lies inside its byte range.
+fn view_fits(t: &TensorInfo) -> bool {
+    let Some(strides) = &t.strides else {
+        return true;
+    };
+    if strides.len() != t.shape.rank() || t.shape.elem_count() == 0 {
+        return strides.len() == t.shape.rank();
+    }
+    let last = t
+        .shape
+        .dims()
+        .iter()
+        .zip(strides)
+        .try_fold(0u64, |acc, (&d, &s)| {
+            (d as u64 - 1)
+                .checked_mul(s as u64)
+                .and_then(|x| acc.checked_add(x))
+        });
+    let elem = t.dtype.block_bytes();
+    match last
+        .and_then(|l| l.checked_add(1))
+        .and_then(|n| n.checked_mul(elem))
+    {
+        Some(end) => end <= t.byte_len() && t.dtype.block_elems() == 1,
+        None => false,
     }
 }
 

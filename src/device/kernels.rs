@@ -1,0 +1,211 @@
+//! Kernel families, their WGSL source, and the per-device pipeline cache.
+//!
+//! This is the only place shader source is included. Each family is one file in `shaders/`
+//! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended. Pipelines are
+//! compiled lazily, the first time a workload asks for an entry point, and kept per device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::gpu::Gpu;
+use crate::error::{Error, Result};
+
+/// One kernel family: one WGSL file in `shaders/` and one launcher in `src/ops/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Plain numbers to f32 (`shaders/convert.wgsl`, `src/ops/convert.rs`).
+    Convert,
+}
+
+/// How a family's entry points bind their resources, in binding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    Uniform,
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 1] = [Kernel::Convert];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Convert => "convert",
+        }
+    }
+
+    /// The full WGSL source: the shared helpers, then the family's file.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Convert => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/convert.wgsl")
+            ),
+        }
+    }
+
+    /// Bind group 0 of every entry point in the family.
+    pub fn bindings(self) -> &'static [Binding] {
+        match self {
+            Kernel::Convert => &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+        }
+    }
+}
+
+/// What identifies a compiled pipeline: the family, the entry point and its `override` values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub kernel: Kernel,
+    pub entry: &'static str,
+    /// `override` constants by name; values as f64 bits so the key can hash.
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+impl PipelineKey {
+    pub fn new(kernel: Kernel, entry: &'static str) -> PipelineKey {
+        PipelineKey {
+            kernel,
+            entry,
+            constants: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, name: &'static str, value: f64) -> PipelineKey {
+        self.constants.push((name, value.to_bits()));
+        self
+    }
+}
+
+/// A compiled pipeline with the layout its bind groups use.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+}
+
+impl Gpu {
+    /// The pipeline for `key`, compiled on first use.
+    pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<Pipeline>> {
+        let cache = &self.inner.pipelines;
+        if let Some(p) = lock(&cache.pipelines)?.get(key) {
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let module = {
+            let mut modules = lock(&cache.modules)?;
+            match modules.get(&key.kernel) {
+                Some(m) => m.clone(),
+                None => {
+                    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(key.kernel.name()),
+                        source: wgpu::ShaderSource::Wgsl(key.kernel.source().into()),
+                    });
+                    if let Some(e) = pollster::block_on(scope.pop()) {
+                        return Err(Error::Gpu {
+                            during: format!("compiling shaders/{}.wgsl", key.kernel.name()),
+                            reason: e.to_string(),
+                        });
+                    }
+                    modules.insert(key.kernel, m.clone());
+                    m
+                }
+            }
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+            .kernel
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(key.kernel.name()),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(key.kernel.name()),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants: Vec<(&str, f64)> = key
+            .constants
+            .iter()
+            .map(|&(n, bits)| (n, f64::from_bits(bits)))
+            .collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key.entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                during: format!("building pipeline {}::{}", key.kernel.name(), key.entry),
+                reason: e.to_string(),
+            });
+        }
+        let p = Arc::new(Pipeline { pipeline, layout });
+        lock(&cache.pipelines)?.insert(key.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Dispatch `invocations` threads of `workgroup_size` as a 2-D grid that respects the
+    /// per-dimension workgroup limit (kernels use `flat_index` from common.wgsl).
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &Pipeline,
+        bind_group: &wgpu::BindGroup,
+        invocations: u64,
+        workgroup_size: u32,
+    ) {
+        let groups = invocations.div_ceil(u64::from(workgroup_size)).max(1);
+        let max_x = u64::from(
+            self.inner
+                .limits
+                .max_compute_workgroups_per_dimension
+                .max(1),
+        );
+        let x = groups.min(max_x) as u32;
+        let y = groups.div_ceil(max_x) as u32;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("mlmf"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::Gpu {
+        during: "pipeline cache".into(),
+        reason: "a thread panicked while holding the cache lock".into(),
+    })
+}

@@ -1,0 +1,5 @@
+//! Operations on tensors. Each kernel family has a launcher here (GPU: cached pipeline, bind
+//! group, one dispatch per page) and its plain-Rust CPU twin beside it; the public op matches on
+//! the tensor's device.
+
+pub mod convert;
