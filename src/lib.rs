@@ -10,10 +10,13 @@
 //! # Ok::<(), mlmf::Error>(())
 //! ```
 
+pub mod bench;
+pub mod checkpoint;
 pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod formats;
+pub mod memory;
 pub mod ops;
 pub mod tensor;
 

@@ -1,1 +1,239 @@
-fn main() {}
+//! The `mlmf` command-line tool: a thin shell over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mlmf::checkpoint::AtomicFile;
+use mlmf::formats::Value;
+use mlmf::{Device, Error, ModelFile, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "mlmf",
+    version,
+    about = "Load, inspect and move machine-learning model files on any GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Format, tensors (name, dtype, shape, bytes) and metadata of a model file.
+    Inspect {
+        file: PathBuf,
+        /// Print JSON (documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one tensor as raw little-endian f32.
+    Dump {
+        file: PathBuf,
+        tensor: String,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// List GPU adapters with their backend, type and limits.
+    Devices {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
+    BenchLoad {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Gpu,
+    Cpu,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Dump {
+            file,
+            tensor,
+            device,
+            output,
+        } => dump(&file, &tensor, device, &output),
+        Command::Devices { json } => devices(json),
+        Command::BenchLoad { file, json } => bench_load(&file, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mlmf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn device(arg: DeviceArg) -> Result<Device> {
+    match arg {
+        DeviceArg::Gpu => Device::gpu(),
+        DeviceArg::Cpu => Ok(Device::Cpu),
+    }
+}
+
+fn inspect(path: &PathBuf, json: bool) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    if json {
+        let tensors: Vec<serde_json::Value> = file
+            .tensors()
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "dtype": t.dtype.name(),
+                    "shape": t.shape.dims(),
+                    "bytes": t.byte_len(),
+                    "offset": t.range.start,
+                    "file": file.file_of(t).display().to_string(),
+                })
+            })
+            .collect();
+        let metadata: serde_json::Map<String, serde_json::Value> = file
+            .metadata()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_json()))
+            .collect();
+        let out = serde_json::json!({
+            "path": file.path().display().to_string(),
+            "format": file.format().name(),
+            "version": file.version(),
+            "tensor_count": file.tensors().len(),
+            "data_bytes": file.data_bytes(),
+            "metadata": metadata,
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    let version = file.version().map(|v| format!(" v{v}")).unwrap_or_default();
+    println!("{}: {}{version}", file.path().display(), file.format());
+    println!(
+        "{} tensors, {} bytes of tensor data",
+        file.tensors().len(),
+        file.data_bytes()
+    );
+    if !file.metadata().is_empty() {
+        println!("\nmetadata ({} entries):", file.metadata().len());
+        for (k, v) in file.metadata().iter() {
+            println!("  {k} = {}", short(v));
+        }
+    }
+    println!(
+        "\n{:<48} {:<8} {:<20} {:>12}",
+        "tensor", "dtype", "shape", "bytes"
+    );
+    for t in file.tensors() {
+        println!(
+            "{:<48} {:<8} {:<20} {:>12}",
+            t.name,
+            t.dtype.name(),
+            t.shape.to_string(),
+            t.byte_len()
+        );
+    }
+    Ok(())
+}
+
+/// A metadata value for a terminal: long arrays cut to their first items.
+fn short(v: &Value) -> String {
+    match v {
+        Value::Array(items) if items.len() > 8 => {
+            let head: Vec<String> = items[..8].iter().map(short).collect();
+            format!("[{}, ... ({} items)]", head.join(", "), items.len())
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(short).collect::<Vec<_>>().join(", ")
+        ),
+        Value::String(s) if s.chars().count() > 120 => {
+            format!(
+                "{:?}... ({} bytes)",
+                s.chars().take(120).collect::<String>(),
+                s.len()
+            )
+        }
+        Value::String(s) => format!("{s:?}"),
+        other => other.to_json().to_string(),
+    }
+}
+
+fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let device = device(device_arg)?;
+    let tensor = device.load(&file, name)?;
+    let f32s = mlmf::ops::convert::to_f32(&tensor)?;
+    let mut out = AtomicFile::create(output)?;
+    f32s.for_each_chunk(|_, bytes| out.write_all(bytes))?;
+    out.commit()?;
+    eprintln!(
+        "{}: {} {} -> {} f32 values in {}",
+        name,
+        tensor.dtype(),
+        tensor.shape(),
+        tensor.shape().elem_count(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn devices(json: bool) -> Result<()> {
+    let adapters = mlmf::device::adapters()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&adapters).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter {
+            detail: String::new(),
+        });
+    }
+    for a in &adapters {
+        println!(
+            "[{}] {} ({}, {})",
+            a.index, a.name, a.backend, a.device_type
+        );
+        println!("    driver: {}", a.driver);
+        println!(
+            "    max buffer {} bytes, max storage binding {} bytes, workgroup storage {} bytes",
+            a.max_buffer_size,
+            a.max_storage_buffer_binding_size,
+            a.max_compute_workgroup_storage_size
+        );
+        println!(
+            "    invocations per workgroup {}, workgroups per dimension {}, shader-f16 {}, subgroups {}",
+            a.max_compute_invocations_per_workgroup, a.max_compute_workgroups_per_dimension, a.shader_f16, a.subgroups
+        );
+    }
+    Ok(())
+}
+
+fn bench_load(path: &PathBuf, json: bool) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let report = mlmf::bench::load(&file, &Device::gpu()?)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -1,8 +1,9 @@
-//! Streaming a tensor from the memory map into GPU buffers through a bounded staging window.
+//! Streaming tensors from the memory map into GPU buffers through a bounded staging window.
 //!
-//! Two staging buffers of `staging_half` bytes each take turns: while the device copies one into
-//! the tensor's pages, the CPU fills the other. Host memory in use is the two halves, whatever
-//! the model size; no tensor is ever copied whole into a `Vec`.
+//! Two staging buffers of `staging_half` bytes each take turns: the CPU packs tensor bytes into
+//! one (several small tensors share a fill) while the device copies the other into the tensors'
+//! pages. Host memory in use is the two halves, whatever the model size; no tensor is ever
+//! copied whole into a `Vec`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,17 +13,25 @@ use super::source::Source;
 use crate::error::{Error, Result};
 use crate::tensor::GpuStorage;
 
+/// `get_mapped_range_mut` offsets must be multiples of 8 (wgpu's MAP_ALIGNMENT).
+const MAP_ALIGN: u64 = 8;
+
 struct Slot {
     buffer: wgpu::Buffer,
     /// Set by the map callback once the buffer is writable again.
     mapped: Arc<AtomicBool>,
+    /// Bytes of the slot filled so far.
+    used: u64,
+    /// Copies to issue when the slot is flushed: (page, offset in page, offset in slot, bytes).
+    copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
 }
 
-/// The staging ring. Reused across the tensors of one load call.
+/// The staging ring. Reused across the tensors of one load call; call [`Uploader::finish`]
+/// before using what it uploaded.
 pub(crate) struct Uploader {
     gpu: Gpu,
     slots: [Slot; 2],
-    next: usize,
+    current: usize,
     scratch: Vec<u8>,
 }
 
@@ -36,16 +45,19 @@ impl Uploader {
                 mapped_at_creation: true,
             }),
             mapped: Arc::new(AtomicBool::new(true)),
+            used: 0,
+            copies: Vec::new(),
         };
         Uploader {
             gpu: gpu.clone(),
             slots: [make(0), make(1)],
-            next: 0,
+            current: 0,
             scratch: Vec::new(),
         }
     }
 
-    /// Copy `len` bytes from `src` into newly made pages for a tensor called `name`.
+    /// Queue `len` bytes from `src` into newly made pages for a tensor called `name`. The
+    /// bytes have landed once [`Uploader::finish`] returns.
     pub fn upload(
         &mut self,
         name: &str,
@@ -57,41 +69,62 @@ impl Uploader {
         let half = self.gpu.inner.staging_half;
         let mut pos = 0u64;
         while pos < len {
-            let n = half.min(len - pos);
+            if self.slots[self.current].used == half {
+                self.flush()?;
+            }
+            self.wait_mapped(self.current)?;
+            let slot = &mut self.slots[self.current];
+            let at = slot.used;
+            // Whole 4-byte words (copies move words), and not past the end of the tensor
+            // except for the padding of its last word.
+            let n = (half - at).min(len - pos);
+            let n = if pos + n < len { n - n % 4 } else { n };
             let padded = n.next_multiple_of(4);
-            let slot_index = self.next;
-            self.next ^= 1;
-            self.wait_mapped(slot_index)?;
-            let slot = &self.slots[slot_index];
             {
                 let mut view = slot
                     .buffer
-                    .get_mapped_range_mut(0..padded)
+                    .get_mapped_range_mut(at..at + padded)
                     .map_err(|e| gpu_err(name, e.to_string()))?;
                 let bytes = src.chunk(pos as usize, n as usize, &mut self.scratch);
                 view.slice(..n as usize).copy_from_slice(bytes);
                 view.slice(n as usize..).fill(0);
             }
-            slot.buffer.unmap();
-            let mut encoder =
-                self.gpu
-                    .inner
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("mlmf upload"),
-                    });
-            for (page, page_off, src_off, count) in storage.spans(pos, padded) {
-                encoder.copy_buffer_to_buffer(&slot.buffer, src_off - pos, page, page_off, count);
+            for (page, page_off, tensor_off, count) in storage.spans(pos, padded) {
+                slot.copies
+                    .push((page.clone(), page_off, at + (tensor_off - pos), count));
             }
-            self.gpu.inner.queue.submit([encoder.finish()]);
-            slot.mapped.store(false, Ordering::Release);
-            let flag = slot.mapped.clone();
-            slot.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
-                flag.store(r.is_ok(), Ordering::Release);
-            });
+            slot.used = (at + padded).next_multiple_of(MAP_ALIGN).min(half);
             pos += n;
         }
         Ok(storage)
+    }
+
+    /// Send the current slot's copies to the device and switch to the other slot.
+    fn flush(&mut self) -> Result<()> {
+        let slot = &mut self.slots[self.current];
+        if slot.copies.is_empty() {
+            return Ok(());
+        }
+        slot.buffer.unmap();
+        let mut encoder =
+            self.gpu
+                .inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("mlmf upload"),
+                });
+        for (page, page_off, slot_off, count) in slot.copies.drain(..) {
+            encoder.copy_buffer_to_buffer(&slot.buffer, slot_off, &page, page_off, count);
+        }
+        self.gpu.inner.queue.submit([encoder.finish()]);
+        slot.used = 0;
+        slot.mapped.store(false, Ordering::Release);
+        let flag = slot.mapped.clone();
+        slot.buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+            flag.store(r.is_ok(), Ordering::Release);
+        });
+        self.current ^= 1;
+        Ok(())
     }
 
     fn wait_mapped(&self, i: usize) -> Result<()> {
@@ -109,8 +142,9 @@ impl Uploader {
         }
     }
 
-    /// Wait until every copy issued so far has landed.
-    pub fn finish(&self) -> Result<()> {
+    /// Send what is pending and wait until every copy has landed.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush()?;
         self.gpu.wait("upload")
     }
 }

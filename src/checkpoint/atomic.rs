@@ -1,0 +1,112 @@
+//! Atomic file replacement: write a temporary file in the target's directory, fsync it, rename
+//! it over the target, fsync the directory. An interrupted write leaves the previous file as it
+//! was; at worst a stray temporary file remains.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A file being written; it replaces `target` only when [`AtomicFile::commit`] succeeds.
+/// Dropping it without committing removes the temporary file.
+pub struct AtomicFile {
+    target: PathBuf,
+    temp: PathBuf,
+    out: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(target: impl AsRef<Path>) -> Result<AtomicFile> {
+        let target = target.as_ref().to_path_buf();
+        let dir = parent_dir(&target);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&temp).map_err(|e| Error::io(&temp, e))?;
+        Ok(AtomicFile {
+            target,
+            temp,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .expect("an uncommitted AtomicFile has a writer");
+        out.write_all(bytes).map_err(|e| Error::io(&self.temp, e))
+    }
+
+    /// Flush, fsync, rename over the target, fsync the directory.
+    pub fn commit(mut self) -> Result<()> {
+        let out = self
+            .out
+            .take()
+            .expect("an uncommitted AtomicFile has a writer");
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io(&self.temp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+        drop(file);
+        fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        let dir = parent_dir(&self.target);
+        // Directory fsync makes the rename itself durable; not every platform can open a
+        // directory for it, so failure to open is not an error.
+        if let Ok(d) = File::open(&dir) {
+            d.sync_all().map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        fs::write(&target, b"old").unwrap();
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        f.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"abandoned").unwrap();
+        drop(f);
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temporary file left behind"
+        );
+    }
+
+    #[test]
+    fn unwritable_directory_is_an_io_error() {
+        let err = AtomicFile::create("/nonexistent-dir/x.bin").err().unwrap();
+        assert!(matches!(err, Error::Io { .. }));
+    }
+}

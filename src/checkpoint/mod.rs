@@ -1,0 +1,5 @@
+//! Writing files. Every write is atomic: see [`AtomicFile`].
+
+mod atomic;
+
+pub use atomic::AtomicFile;
