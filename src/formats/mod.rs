@@ -171,6 +171,21 @@ pub struct Parsed {
     pub metadata: Metadata,
 }
 
+/// Parse a single file's bytes in whichever format they announce (see [`detect`]). Shard
+/// indexes name other files, so they go through [`ModelFile::open`] instead.
+pub fn parse(bytes: &[u8], path: &std::path::Path) -> crate::Result<Parsed> {
+    let head = &bytes[..bytes.len().min(16)];
+    match detect(head) {
+        Some(Format::Safetensors) => safetensors::parse(bytes, path),
+        Some(Format::Gguf) => gguf::parse(bytes, path),
+        Some(Format::PyTorchZip | Format::PyTorchLegacy) => pytorch::parse(bytes, path),
+        Some(Format::ShardedSafetensors) | None => Err(crate::Error::UnknownFormat {
+            path: path.to_path_buf(),
+            magic: head.to_vec(),
+        }),
+    }
+}
+
 /// Which format the first bytes announce. Detection is by content, never by file extension.
 pub fn detect(head: &[u8]) -> Option<Format> {
     if head.starts_with(b"GGUF") {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::{detect, gguf, index, pytorch, safetensors, Format, Metadata, Parsed, TensorInfo};
+use super::{detect, index, safetensors, Format, Metadata, Parsed, TensorInfo};
 use crate::error::{Error, Result};
 
 /// A model file (or a sharded set of them) opened for reading. Tensor bytes are views into the
@@ -62,12 +62,7 @@ impl ModelFile {
         if format == Format::ShardedSafetensors {
             return Self::open_sharded(path, file);
         }
-        let parsed = match format {
-            Format::Safetensors => safetensors::parse(&file.map, &path)?,
-            Format::Gguf => gguf::parse(&file.map, &path)?,
-            Format::PyTorchZip | Format::PyTorchLegacy => pytorch::parse(&file.map, &path)?,
-            Format::ShardedSafetensors => unreachable!("handled above"),
-        };
+        let parsed = super::parse(&file.map, &path)?;
         Self::build(path, vec![file], parsed)
     }
 
