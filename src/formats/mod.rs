@@ -11,9 +11,11 @@ pub mod gguf;
 pub mod index;
 mod model_file;
 pub mod names;
+pub(crate) mod pickle;
 pub mod pytorch;
 pub(crate) mod reader;
 pub mod safetensors;
+pub(crate) mod zip;
 
 pub use model_file::ModelFile;
 
