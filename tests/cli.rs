@@ -5,7 +5,10 @@ mod common;
 use std::process::Command;
 
 fn mlmf(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mlmf")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "mlmf {args:?} failed: {}",
@@ -15,7 +18,10 @@ fn mlmf(args: &[&str]) -> std::process::Output {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -28,7 +34,12 @@ fn inspect_json_of_a_gguf_file() {
     assert_eq!(v["tensor_count"], 272);
     assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
     assert_eq!(v["metadata"]["general.architecture"], "llama");
-    let embd = v["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "token_embd.weight").unwrap();
+    let embd = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "token_embd.weight")
+        .unwrap();
     assert_eq!(embd["dtype"], "Q8_0");
     assert_eq!(embd["shape"], serde_json::json!([49152, 576]));
 }
@@ -54,10 +65,21 @@ fn dump_matches_gguf_py_for_f16_and_bf16() {
         let want = f32s(expected.bytes(expected.tensor(&format!("{ty}.dequant")).unwrap()));
         for device in ["gpu", "cpu"] {
             let out = dir.path().join(format!("{ty}.{device}.f32"));
-            mlmf(&["dump", oracle.to_str().unwrap(), ty, "--device", device, "-o", out.to_str().unwrap()]);
+            mlmf(&[
+                "dump",
+                oracle.to_str().unwrap(),
+                ty,
+                "--device",
+                device,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
             let got = f32s(&std::fs::read(&out).unwrap());
             assert_eq!(got.len(), 8 * 1024);
-            let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{ty} on {device} differs from gguf-py");
         }
     }
@@ -69,8 +91,17 @@ fn dump_of_an_f32_tensor_is_its_bytes() {
     let file = mlmf::ModelFile::open(&path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("ln.f32");
-    mlmf(&["dump", path.to_str().unwrap(), "embeddings.LayerNorm.weight", "-o", out.to_str().unwrap()]);
-    assert_eq!(std::fs::read(&out).unwrap(), file.bytes(file.tensor("embeddings.LayerNorm.weight").unwrap()));
+    mlmf(&[
+        "dump",
+        path.to_str().unwrap(),
+        "embeddings.LayerNorm.weight",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        file.bytes(file.tensor("embeddings.LayerNorm.weight").unwrap())
+    );
 }
 
 #[test]
@@ -79,7 +110,9 @@ fn devices_lists_the_lavapipe_adapter() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let adapters = v.as_array().unwrap();
     assert!(!adapters.is_empty());
-    assert!(adapters.iter().all(|a| a["max_storage_buffer_binding_size"].as_u64().unwrap() > 0));
+    assert!(adapters
+        .iter()
+        .all(|a| a["max_storage_buffer_binding_size"].as_u64().unwrap() > 0));
 }
 
 #[test]
@@ -93,5 +126,8 @@ fn errors_exit_non_zero_with_a_message() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("junk.bin") && err.contains("not a known model file"), "{err}");
+    assert!(
+        err.contains("junk.bin") && err.contains("not a known model file"),
+        "{err}"
+    );
 }

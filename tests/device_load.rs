@@ -149,6 +149,21 @@ fn load_list_predicate_and_lazy() {
     ));
 }
 
+/// Every tensor of every real model file, onto the GPU and back, bit-identical.
+#[test]
+fn real_files_roundtrip() {
+    let device = gpu();
+    for name in [
+        common::SMOLLM2,
+        common::GEMMA3,
+        common::MOBILENET,
+        common::POCKETNET,
+    ] {
+        let file = ModelFile::open(common::model(name)).unwrap();
+        assert_roundtrip(&device, &file);
+    }
+}
+
 #[test]
 fn real_minilm_roundtrips() {
     let file = ModelFile::open(common::model(common::MINILM)).unwrap();

@@ -64,11 +64,24 @@ proptest! {
 
 #[test]
 fn empty_and_tiny_files_are_errors() {
-    for bytes in [&b""[..], b"G", b"GGUF", b"PK\x03\x04", b"\x80\x02", &[0u8; 9]] {
-        assert!(mlmf::formats::parse(bytes, Path::new("tiny")).is_err(), "{bytes:?}");
+    for bytes in [
+        &b""[..],
+        b"G",
+        b"GGUF",
+        b"PK\x03\x04",
+        b"\x80\x02",
+        &[0u8; 9],
+    ] {
+        assert!(
+            mlmf::formats::parse(bytes, Path::new("tiny")).is_err(),
+            "{bytes:?}"
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.safetensors");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(mlmf::ModelFile::open(&empty), Err(mlmf::Error::UnknownFormat { .. })));
+    assert!(matches!(
+        mlmf::ModelFile::open(&empty),
+        Err(mlmf::Error::UnknownFormat { .. })
+    ));
 }

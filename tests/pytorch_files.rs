@@ -124,11 +124,10 @@ fn mobilenet_v2_legacy_checkpoint() {
 }
 
 /// pocketnet 0.3.0 (PyPI, MIT): `pocketnet/weights/v3_fold0.pt`, a torch 2.x zip checkpoint.
-const POCKETNET: &str = "pocketnet-v3_fold0.pt";
 
 #[test]
 fn pocketnet_zip_checkpoint() {
-    let file = ModelFile::open(common::model(POCKETNET)).unwrap();
+    let file = ModelFile::open(common::model(common::POCKETNET)).unwrap();
     assert_eq!(file.format(), Format::PyTorchZip);
     assert_eq!(file.version(), Some(3));
     assert_eq!(file.tensors().len(), 98);

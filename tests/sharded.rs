@@ -21,7 +21,9 @@ fn dtype(d: mlmf::DType) -> Dtype {
 fn write_shards(dir: &Path) -> ModelFile {
     let src = ModelFile::open(common::model(common::MINILM)).unwrap();
     let mut weight_map = BTreeMap::new();
-    let names: Vec<String> = (1..=3).map(|i| format!("model-{i:05}-of-00003.safetensors")).collect();
+    let names: Vec<String> = (1..=3)
+        .map(|i| format!("model-{i:05}-of-00003.safetensors"))
+        .collect();
     for (k, shard) in names.iter().enumerate() {
         let views: Vec<(String, TensorView)> = src
             .tensors()
@@ -30,13 +32,15 @@ fn write_shards(dir: &Path) -> ModelFile {
             .filter(|(i, _)| i % 3 == k)
             .map(|(_, t)| {
                 weight_map.insert(t.name.clone(), shard.clone());
-                let view = TensorView::new(dtype(t.dtype), t.shape.dims().to_vec(), src.bytes(t)).unwrap();
+                let view =
+                    TensorView::new(dtype(t.dtype), t.shape.dims().to_vec(), src.bytes(t)).unwrap();
                 (t.name.clone(), view)
             })
             .collect();
         safetensors::serialize_to_file(views, None, &dir.join(shard)).unwrap();
     }
-    let index = serde_json::json!({"metadata": {"total_size": src.data_bytes()}, "weight_map": weight_map});
+    let index =
+        serde_json::json!({"metadata": {"total_size": src.data_bytes()}, "weight_map": weight_map});
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
     src
 }
@@ -45,7 +49,10 @@ fn write_shards(dir: &Path) -> ModelFile {
 fn opens_index_and_directory() {
     let dir = tempfile::tempdir().unwrap();
     let src = write_shards(dir.path());
-    for path in [dir.path().to_path_buf(), dir.path().join("model.safetensors.index.json")] {
+    for path in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.safetensors.index.json"),
+    ] {
         let sharded = ModelFile::open(&path).unwrap();
         assert_eq!(sharded.format(), Format::ShardedSafetensors);
         assert_eq!(sharded.tensors().len(), src.tensors().len());
@@ -59,8 +66,17 @@ fn opens_index_and_directory() {
     // And onto the GPU, bit-identical.
     let sharded = ModelFile::open(dir.path()).unwrap();
     let gpu = Device::gpu().unwrap();
-    for (t, info) in gpu.load_all(&sharded).unwrap().iter().zip(sharded.tensors()) {
-        assert!(t.to_bytes().unwrap() == sharded.bytes(info), "{}", info.name);
+    for (t, info) in gpu
+        .load_all(&sharded)
+        .unwrap()
+        .iter()
+        .zip(sharded.tensors())
+    {
+        assert!(
+            t.to_bytes().unwrap() == sharded.bytes(info),
+            "{}",
+            info.name
+        );
     }
 }
 
@@ -80,13 +96,23 @@ fn index_that_disagrees_with_shards() {
     let dir = tempfile::tempdir().unwrap();
     write_shards(dir.path());
     let path = dir.path().join("model.safetensors.index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     index["weight_map"]["no.such.tensor"] = "model-00001-of-00003.safetensors".into();
     std::fs::write(&path, index.to_string()).unwrap();
-    assert!(matches!(ModelFile::open(dir.path()), Err(Error::BadIndex { .. })));
+    assert!(matches!(
+        ModelFile::open(dir.path()),
+        Err(Error::BadIndex { .. })
+    ));
 
-    index["weight_map"].as_object_mut().unwrap().remove("no.such.tensor");
+    index["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("no.such.tensor");
     index["weight_map"]["pooler.dense.bias"] = "model-00003-of-00003.safetensors".into();
     std::fs::write(&path, index.to_string()).unwrap();
-    assert!(matches!(ModelFile::open(dir.path()), Err(Error::BadIndex { .. })));
+    assert!(matches!(
+        ModelFile::open(dir.path()),
+        Err(Error::BadIndex { .. })
+    ));
 }

@@ -28,6 +28,14 @@ impl<'a> ByteReader<'a> {
         self.buf.len() - self.pos
     }
 
+    pub fn seek(&mut self, pos: usize, what: &str) -> Result<()> {
+        if pos > self.buf.len() {
+            return Err(self.truncated(what, (pos - self.buf.len()) as u64));
+        }
+        self.pos = pos;
+        Ok(())
+    }
+
     fn truncated(&self, what: &str, needed: u64) -> Error {
         Error::Truncated {
             path: self.path.to_path_buf(),

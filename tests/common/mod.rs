@@ -39,3 +39,5 @@ pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 pub const MINILM: &str = "all-MiniLM-L6-v2/model.safetensors";
 pub const MOBILENET: &str = "mobilenet_v2-b0353104.pth";
+/// A small state dict in torch.save's zip layout (pocketnet 0.3.0).
+pub const POCKETNET: &str = "pocketnet-v3_fold0.pt";
