@@ -154,7 +154,7 @@ impl Tensor {
             Device::Gpu(gpu) => match &self.storage {
                 Storage::Cpu(bytes) => {
                     let src = crate::device::source::Source::Contiguous(bytes);
-                    let mut up = crate::device::upload::Uploader::new(gpu);
+                    let mut up = crate::device::upload::Uploader::new(gpu, bytes.len() as u64);
                     let storage =
                         up.upload(&self.name, &src, bytes.len() as u64, self.dtype.page_unit())?;
                     up.finish()?;

@@ -95,7 +95,9 @@ impl Device {
                 }
             }
             Device::Gpu(gpu) => {
-                let mut up = Uploader::new(gpu);
+                let infos: Vec<&TensorInfo> = infos.collect();
+                let total = infos.iter().map(|t| logical_len(t)).sum();
+                let mut up = Uploader::new(gpu, total);
                 for info in infos {
                     let storage = up.upload(
                         &info.name,

@@ -36,11 +36,18 @@ pub(crate) struct Uploader {
 }
 
 impl Uploader {
-    pub fn new(gpu: &Gpu) -> Uploader {
+    /// A ring for uploading about `total` bytes: each half is the device's staging half, or
+    /// less when the whole upload is smaller (small loads then map and fault less memory).
+    pub fn new(gpu: &Gpu, total: u64) -> Uploader {
+        let half = gpu
+            .inner
+            .staging_half
+            .min(total.next_multiple_of(256))
+            .max(256);
         let make = |i: usize| Slot {
             buffer: gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("mlmf upload staging {i}")),
-                size: gpu.inner.staging_half,
+                size: half,
                 usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: true,
             }),
@@ -66,7 +73,7 @@ impl Uploader {
         unit: u64,
     ) -> Result<GpuStorage> {
         let storage = GpuStorage::allocate(&self.gpu, name, len, unit)?;
-        let half = self.gpu.inner.staging_half;
+        let half = self.slots[0].buffer.size();
         let mut pos = 0u64;
         while pos < len {
             if self.slots[self.current].used == half {
