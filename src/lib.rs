@@ -23,5 +23,6 @@ pub mod tensor;
 pub use device::{Device, Gpu, GpuOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use formats::names::{Arch, NameMap, Rule};
 pub use formats::{Format, Metadata, ModelFile, TensorInfo, Value};
 pub use tensor::{Shape, Storage, Tensor};

@@ -131,3 +131,84 @@ fn errors_exit_non_zero_with_a_message() {
         "{err}"
     );
 }
+
+/// No adapter for the chosen backend: a clear error naming what to install; the CPU device
+/// still works.
+#[test]
+fn no_adapter_is_a_clear_error_and_cpu_still_works() {
+    let path = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("x.f32");
+    // No DX12 on Linux, no Metal off Apple: either leaves no adapter here.
+    let backend = if cfg!(target_os = "linux") {
+        "dx12"
+    } else {
+        "metal"
+    };
+    let run = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .env("MLMF_BACKEND", backend)
+            .args([
+                "dump",
+                path.to_str().unwrap(),
+                "pooler.dense.bias",
+                "--device",
+                device,
+            ])
+            .args(["-o", out_path.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let gpu = run("gpu");
+    assert!(!gpu.status.success());
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    assert!(
+        err.contains("no GPU adapter") && err.contains("mesa-vulkan-drivers"),
+        "{err}"
+    );
+    assert!(run("cpu").status.success());
+    assert_eq!(std::fs::metadata(&out_path).unwrap().len(), 384 * 4);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .env("MLMF_BACKEND", "opengl-es-9")
+        .args(["devices"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("MLMF_BACKEND"));
+}
+
+/// `MLMF_ADAPTER` picks by index or by name; a name that matches nothing is an error.
+#[test]
+fn adapter_choice_by_env() {
+    let list = mlmf(&["devices", "--json"]);
+    let adapters: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let first = adapters[0]["name"].as_str().unwrap().to_string();
+    let path = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("x.f32");
+    for (choice, ok) in [
+        ("0", true),
+        (&first[..4], true),
+        ("no-such-adapter-xyz", false),
+        ("99", false),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .env("MLMF_ADAPTER", choice)
+            .args([
+                "dump",
+                path.to_str().unwrap(),
+                "pooler.dense.bias",
+                "-o",
+                out_path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "MLMF_ADAPTER={choice}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
