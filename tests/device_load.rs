@@ -164,6 +164,43 @@ fn real_files_roundtrip() {
     }
 }
 
+/// gemma's token embedding (178 MB) is larger than lavapipe's 128 MiB storage binding limit, so
+/// with the device's own limits it is stored in two pages.
+#[test]
+fn real_tensor_above_the_binding_limit_is_paged() {
+    let Device::Gpu(gpu) = gpu() else {
+        unreachable!()
+    };
+    let file = ModelFile::open(common::model(common::GEMMA3)).unwrap();
+    let info = file.tensor("token_embd.weight").unwrap();
+    assert_eq!(info.byte_len(), 178257920);
+    let t = Device::Gpu(gpu.clone())
+        .load(&file, "token_embd.weight")
+        .unwrap();
+    let mlmf::Storage::Gpu(g) = t.storage() else {
+        panic!("not on the GPU")
+    };
+    let binding = gpu.limits().max_storage_buffer_binding_size;
+    assert_eq!(
+        g.pages().len() as u64,
+        info.byte_len().div_ceil(g.page_bytes())
+    );
+    assert!(g.pages().iter().all(|p| p.size() <= binding));
+    let mut at = 0usize;
+    let bytes = file.bytes(info);
+    t.for_each_chunk(|pos, chunk| {
+        assert_eq!(pos as usize, at);
+        assert!(
+            chunk == &bytes[at..at + chunk.len()],
+            "chunk at {pos} differs"
+        );
+        at += chunk.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(at, bytes.len());
+}
+
 #[test]
 fn real_minilm_roundtrips() {
     let file = ModelFile::open(common::model(common::MINILM)).unwrap();
