@@ -211,6 +211,11 @@ impl GpuStorage {
             });
         }
         let count = len.div_ceil(page_bytes);
+        // Running out of device memory is an error to return, not a panic.
+        let scope = gpu
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let pages = (0..count)
             .map(|i| {
                 let n = page_bytes.min(len - i * page_bytes);
@@ -224,6 +229,13 @@ impl GpuStorage {
                 })
             })
             .collect();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::DeviceLimit {
+                tensor: name.to_string(),
+                bytes: len,
+                reason: format!("out of device memory: {e}"),
+            });
+        }
         Ok(GpuStorage {
             gpu: gpu.clone(),
             pages,

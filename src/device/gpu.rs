@@ -1,6 +1,6 @@
 //! The GPU device: a wgpu device and queue opened with the adapter's own limits.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::adapter;
 use crate::error::{Error, Result};
@@ -43,6 +43,9 @@ pub(crate) struct GpuInner {
     /// Bytes in each of the two staging halves, a multiple of 256.
     pub staging_half: u64,
     pub pipelines: super::kernels::PipelineCache,
+    /// The first error wgpu reported outside an error scope. wgpu's default is to panic; we
+    /// keep it and return it as `Error::Gpu` at the next wait instead.
+    pub uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
@@ -68,6 +71,15 @@ impl Gpu {
             Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
         })?;
 
+        let uncaptured = Arc::new(Mutex::new(None));
+        {
+            let slot = uncaptured.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut first) = slot.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
         let binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size);
@@ -91,6 +103,7 @@ impl Gpu {
                 page_bytes,
                 staging_half,
                 pipelines: Default::default(),
+                uncaptured,
             }),
         })
     }
@@ -136,16 +149,20 @@ impl Gpu {
             })
     }
 
-    /// Block until all submitted work is done.
+    /// Block until all submitted work is done; report any error wgpu raised meanwhile.
     pub(crate) fn wait(&self, during: &str) -> Result<()> {
+        let gpu_err = |reason: String| Error::Gpu {
+            during: during.to_string(),
+            reason,
+        };
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Gpu {
-                during: during.to_string(),
-                reason: e.to_string(),
-            })
+            .map_err(|e| gpu_err(e.to_string()))?;
+        match self.inner.uncaptured.lock().ok().and_then(|mut e| e.take()) {
+            Some(reason) => Err(gpu_err(reason)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -156,5 +173,29 @@ impl std::fmt::Debug for Gpu {
             "Gpu({} on {:?})",
             self.inner.info.name, self.inner.info.backend
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncaptured_wgpu_errors_are_returned_not_panicked() {
+        let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+        // MAP_READ together with MAP_WRITE is invalid: wgpu reports it outside any scope.
+        let _bad = gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: false,
+        });
+        let err = gpu.wait("test").unwrap_err();
+        assert!(
+            matches!(err, Error::Gpu { ref reason, .. } if reason.contains("invalid on purpose")),
+            "{err}"
+        );
+        // Reported once; the device goes on working.
+        gpu.wait("test").unwrap();
     }
 }
