@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test mlmf: a Vulkan driver
 # (Mesa's lavapipe, a conformant Vulkan device that runs on the CPU; real GPUs bring their own
-# driver) and pip for fetching the model packages. Does nothing when both are present.
+# driver), pip for fetching the model packages and venv for the gguf-py the tests compare with.
+# Does nothing when all are present.
 set -euo pipefail
 
 need=()
@@ -10,6 +11,10 @@ if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
 fi
 if ! python3 -m pip --version >/dev/null 2>&1; then
     need+=(python3-pip)
+fi
+# scripts/test.sh makes a venv for gguf-py; Debian ships venv's ensurepip in python3-venv.
+if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+    need+=(python3-venv)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -7,6 +7,19 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 python3 scripts/fetch_models.py
+
+# gguf-py, the reference reader tests/gguf_writer.rs checks written files with
+# (scripts/check_gguf.py), in a venv in the model cache: outside git, made once and reused.
+models="${MLMF_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmf}"
+venv="$models/venv"
+gguf_version=0.19.0
+if ! "$venv/bin/python" -c "import importlib.metadata as m, numpy; assert m.version('gguf') == '$gguf_version'" 2>/dev/null; then
+    echo "making $venv with gguf==$gguf_version" >&2
+    mkdir -p "$models"
+    python3 -m venv --clear "$venv"
+    "$venv/bin/python" -m pip install -q "gguf==$gguf_version"  # pulls numpy
+fi
+export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo test --all-targets

@@ -169,6 +169,22 @@ pub enum Error {
     #[error("{path}: shard index: {reason}")]
     BadIndex { path: PathBuf, reason: String },
 
+    // ---- writing files ---------------------------------------------------------------------------
+    #[error("{path}: tensor '{tensor}': {dtype} cannot be stored in {format}")]
+    UnsupportedDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+        format: &'static str,
+    },
+
+    #[error("{path}: tensor name '{tensor}': {reason}")]
+    BadTensorName {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
     // ---- lookups -------------------------------------------------------------------------------
     #[error("{path}: no tensor named '{tensor}'")]
     TensorNotFound { path: PathBuf, tensor: String },
