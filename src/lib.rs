@@ -20,6 +20,7 @@ pub mod memory;
 pub mod ops;
 pub mod tensor;
 
+pub use checkpoint::{GgufWriter, TensorSource};
 pub use device::{Device, Gpu, GpuOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -41,19 +41,28 @@ impl AtomicFile {
         out.write_all(bytes).map_err(|e| Error::io(&self.temp, e))
     }
 
-    /// Flush, fsync, rename over the target, fsync the directory.
+    /// Flush, fsync, rename over the target, fsync the directory. On failure the temporary
+    /// file is removed and the target is left as it was.
     pub fn commit(mut self) -> Result<()> {
         let out = self
             .out
             .take()
             .expect("an uncommitted AtomicFile has a writer");
+        let result = Self::finish(out, &self.temp, &self.target);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    fn finish(out: BufWriter<File>, temp: &Path, target: &Path) -> Result<()> {
         let file = out
             .into_inner()
-            .map_err(|e| Error::io(&self.temp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+            .map_err(|e| Error::io(temp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(temp, e))?;
         drop(file);
-        fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        let dir = parent_dir(&self.target);
+        fs::rename(temp, target).map_err(|e| Error::io(target, e))?;
+        let dir = parent_dir(target);
         // Directory fsync makes the rename itself durable; not every platform can open a
         // directory for it, so failure to open is not an error.
         if let Ok(d) = File::open(&dir) {
@@ -102,6 +111,24 @@ mod tests {
             1,
             "temporary file left behind"
         );
+    }
+
+    #[test]
+    fn failed_commit_removes_the_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory at the target path: the rename fails.
+        let target = dir.path().join("sub");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"x").unwrap();
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"data").unwrap();
+        assert!(matches!(f.commit(), Err(Error::Io { .. })));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["sub"], "temporary file left behind");
+        assert_eq!(fs::read(target.join("keep")).unwrap(), b"x");
     }
 
     #[test]
