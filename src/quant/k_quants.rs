@@ -253,6 +253,24 @@ fn make_qkx2_quants(
     (scale, -min)
 }
 
+/// Eight 6-bit scales and mins into Q4_K/Q5_K's 12 bytes, as `quantize_row_q4_K_ref` packs
+/// them: sub-blocks 0..4 in the low 6 bits of bytes 0..4 (scales) and 4..8 (mins), sub-blocks
+/// 4..8 in the nibbles of bytes 8..12 with their top 2 bits in the top bits of bytes 0..8.
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut sc = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = ls[j];
+            sc[j + 4] = lm[j];
+        } else {
+            sc[j + 4] = (ls[j] & 0x0f) | ((lm[j] & 0x0f) << 4);
+            sc[j - 4] |= (ls[j] >> 4) << 6;
+            sc[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    sc
+}
+
 /// ggml `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` from Q4_K/Q5_K `scales`.
 fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
@@ -477,19 +495,9 @@ fn quantize_scale_min_k4(
         0.0
     };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let mut sc = [0u8; 12];
-    for j in 0..QK_K / 32 {
-        let ls = (nearest_int(inv_scale * scales[j]) as u8).min(63);
-        let lm = (nearest_int(inv_min * mins[j]) as u8).min(63);
-        if j < 4 {
-            sc[j] = ls;
-            sc[j + 4] = lm;
-        } else {
-            sc[j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4);
-            sc[j - 4] |= (ls >> 4) << 6;
-            sc[j] |= (lm >> 4) << 6;
-        }
-    }
+    let ls = scales.map(|s| (nearest_int(inv_scale * s) as u8).min(63));
+    let lm = mins.map(|m| (nearest_int(inv_min * m) as u8).min(63));
+    let sc = pack_scale_min_k4(&ls, &lm);
     let d = f16_bytes(max_scale / 63.0);
     let dmin = f16_bytes(max_min / 63.0);
 
@@ -632,4 +640,109 @@ pub(super) fn quantize_block_q6_k(x: &[f32; QK_K]) -> [u8; Q6_K_BYTES] {
     }
     out[208..210].copy_from_slice(&d);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::DType;
+
+    #[test]
+    fn block_sizes_match_the_dtype_table() {
+        for (dtype, bytes) in [
+            (DType::Q2_K, Q2_K_BYTES),
+            (DType::Q3_K, Q3_K_BYTES),
+            (DType::Q4_K, Q4_K_BYTES),
+            (DType::Q5_K, Q5_K_BYTES),
+            (DType::Q6_K, Q6_K_BYTES),
+        ] {
+            assert_eq!(dtype.block_bytes(), bytes as u64, "{dtype}");
+            assert_eq!(dtype.block_elems(), QK_K as u64, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (x, want) in [
+            (0.0, 0),
+            (0.4999, 0),
+            (0.5, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (-2.6, -3),
+            (31.49, 31),
+            (4_194_303.0, 4_194_303),
+            (-4_194_303.0, -4_194_303),
+        ] {
+            assert_eq!(nearest_int(x), want, "{x}");
+        }
+        // Outside ggml's asserted range it wraps instead of panicking.
+        let _ = nearest_int(f32::MAX);
+        let _ = nearest_int(f32::NAN);
+    }
+
+    #[test]
+    fn scale_min_packing_reads_back() {
+        let ls = [0, 1, 17, 63, 32, 5, 48, 63];
+        let lm = [63, 0, 33, 2, 1, 62, 16, 47];
+        let sc = pack_scale_min_k4(&ls, &lm);
+        for j in 0..8 {
+            assert_eq!(get_scale_min_k4(j, &sc), (ls[j], lm[j]), "sub-block {j}");
+        }
+    }
+
+    /// ggml writes an all-zero super-block as all-zero bytes in every K-quant.
+    #[test]
+    fn all_zero_super_blocks_are_zero_bytes() {
+        let x = [0.0f32; QK_K];
+        assert!(quantize_block_q2_k(&x).iter().all(|&b| b == 0));
+        assert!(quantize_block_q3_k(&x).iter().all(|&b| b == 0));
+        assert!(quantize_block_q4_k(&x).iter().all(|&b| b == 0));
+        assert!(quantize_block_q5_k(&x).iter().all(|&b| b == 0));
+        assert!(quantize_block_q6_k(&x).iter().all(|&b| b == 0));
+    }
+
+    /// One group of 16 all zero inside an ordinary Q6_K block: its scale byte is 0, and its
+    /// levels stay the 0 that `make_qx_quants` gives an all-zero group (not the zero point 32;
+    /// either decodes to 0 under a zero scale).
+    #[test]
+    fn q6_k_zero_group_in_a_block() {
+        let mut x: [f32; QK_K] = std::array::from_fn(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0);
+        x[16..32].fill(0.0);
+        let b = quantize_block_q6_k(&x);
+        assert_eq!(b[192 + 1], 0);
+        // Elements 16..32 sit in the low nibbles of ql[16..32] and bits 0..2 of qh[16..32].
+        for l in 16..32 {
+            assert_eq!(b[l] & 0x0f, 0, "ql {l}");
+            assert_eq!(b[128 + l] & 3, 0, "qh {l}");
+        }
+        assert_ne!(b[192], 0);
+    }
+
+    #[test]
+    fn make_q3_quants_fits_a_symmetric_ramp() {
+        // x = 0.5 * (l - 4) for l in 0..8, twice: the exact levels and scale 0.5 (max = -2).
+        let x: [f32; 16] = std::array::from_fn(|i| 0.5 * ((i % 8) as f32 - 4.0));
+        let mut levels = [0i8; 16];
+        let scale = make_q3_quants(4, &x, &mut levels);
+        assert_eq!(scale, 0.5);
+        for (i, &l) in levels.iter().enumerate() {
+            assert_eq!(l as usize, i % 8);
+        }
+    }
+
+    #[test]
+    fn make_qkx2_quants_fits_an_affine_ramp() {
+        // x = 0.25 * l - 1 for l in 0..16, twice: levels l, scale 0.25, min 1.
+        let x: [f32; 32] = std::array::from_fn(|i| 0.25 * (i % 16) as f32 - 1.0);
+        let weights = [1.0f32; 32];
+        let mut levels = [0u8; 32];
+        let (scale, min) = make_qkx2_quants(15, &x, &weights, &mut levels, -1.0, 0.1, 20, false);
+        assert_eq!((scale, min), (0.25, 1.0));
+        for (i, &l) in levels.iter().enumerate() {
+            assert_eq!(l as usize, i % 16);
+        }
+    }
 }

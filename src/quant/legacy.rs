@@ -7,7 +7,8 @@
 //! - the scale's source value is the first element of largest magnitude (numpy `argmax`), as in
 //!   ggml's strict `amax < fabsf(v)` scan;
 //! - a level is `trunc(v + 0.5)` (`trunc(v + 8.5)` / `trunc(v + 16.5)` for the signed types)
-//!   clipped to the top level, Q8_0's is `roundf` (half away from zero);
+//!   cast to `u8` and clipped to the top level, Q8_0's is `roundf` (half away from zero) cast
+//!   to `i8`, the casts behaving as on x86 (see [`cast_trunc`]);
 //! - `id = 1/d`, or 0 where `d == 0`.
 //!
 //! Layouts (ggml-common.h): `block_q4_0 { d; qs[16] }`, `block_q4_1 { d; m; qs[16] }`,
@@ -52,6 +53,19 @@ fn min_max(x: &[f32; QK]) -> (f32, f32) {
     (min, max)
 }
 
+/// A float-to-integer cast as numpy's `astype` and ggml's C casts perform it on x86
+/// (`cvttss2si`): truncate toward zero; NaN, infinity and anything outside the i32 range give
+/// `i32::MIN`, whose low byte is 0. The callers then keep the low byte, as those casts do. This
+/// only matters for a block whose `1/d` overflows (largest magnitude below about 1e-37): its
+/// levels are stored as 0, as gguf-py and ggml store them.
+fn cast_trunc(v: f32) -> i32 {
+    if v.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&v) {
+        i32::MIN
+    } else {
+        v as i32
+    }
+}
+
 fn inverse(d: f32) -> f32 {
     if d == 0.0 {
         0.0
@@ -82,7 +96,7 @@ fn high_bits(q: &[u8; QK]) -> [u8; 4] {
 pub(super) fn quantize_block_q4_0(x: &[f32; QK]) -> [u8; Q4_0_BYTES] {
     let d = signed_absmax(x) / -8.0;
     let id = inverse(d);
-    let q = x.map(|v| ((v * id + 8.5).trunc() as u8).min(15));
+    let q = x.map(|v| (cast_trunc(v * id + 8.5) as u8).min(15));
     let mut out = [0u8; Q4_0_BYTES];
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..].copy_from_slice(&pack_nibbles(&q));
@@ -94,7 +108,7 @@ pub(super) fn quantize_block_q4_1(x: &[f32; QK]) -> [u8; Q4_1_BYTES] {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
     let id = inverse(d);
-    let q = x.map(|v| (((v - min) * id + 0.5).trunc() as u8).min(15));
+    let q = x.map(|v| (cast_trunc((v - min) * id + 0.5) as u8).min(15));
     let mut out = [0u8; Q4_1_BYTES];
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
@@ -107,7 +121,7 @@ pub(super) fn quantize_block_q4_1(x: &[f32; QK]) -> [u8; Q4_1_BYTES] {
 pub(super) fn quantize_block_q5_0(x: &[f32; QK]) -> [u8; Q5_0_BYTES] {
     let d = signed_absmax(x) / -16.0;
     let id = inverse(d);
-    let q = x.map(|v| ((v * id + 16.5).trunc() as u8).min(31));
+    let q = x.map(|v| (cast_trunc(v * id + 16.5) as u8).min(31));
     let mut out = [0u8; Q5_0_BYTES];
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..6].copy_from_slice(&high_bits(&q));
@@ -120,7 +134,7 @@ pub(super) fn quantize_block_q5_1(x: &[f32; QK]) -> [u8; Q5_1_BYTES] {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
     let id = inverse(d);
-    let q = x.map(|v| (((v - min) * id + 0.5).trunc() as u8).min(31));
+    let q = x.map(|v| (cast_trunc((v - min) * id + 0.5) as u8).min(31));
     let mut out = [0u8; Q5_1_BYTES];
     out[..2].copy_from_slice(&f16_bytes(d));
     out[2..4].copy_from_slice(&f16_bytes(min));
@@ -138,7 +152,7 @@ pub(super) fn quantize_block_q8_0(x: &[f32; QK]) -> [u8; Q8_0_BYTES] {
     let mut out = [0u8; Q8_0_BYTES];
     out[..2].copy_from_slice(&f16_bytes(d));
     for (byte, &v) in out[2..].iter_mut().zip(x) {
-        *byte = ((v * id).round() as i8) as u8;
+        *byte = cast_trunc((v * id).round()) as u8;
     }
     out
 }
@@ -199,6 +213,27 @@ mod tests {
         // Q8_0: d = 1.5/127, every level 127.
         let q8_0 = quantize_block_q8_0(&x);
         assert!(q8_0[2..].iter().all(|&b| b == 127));
+    }
+
+    /// Values so small that `1/d` overflows to infinity: gguf-py (and ggml on x86) store level
+    /// 0 for every element, with `d` (and `m`) rounded to f16 zero.
+    #[test]
+    fn blocks_whose_inverse_scale_overflows() {
+        let x: [f32; QK] = std::array::from_fn(|i| (i as f32 - 15.5) * 1e-39);
+        let q4_0 = quantize_block_q4_0(&x);
+        assert_eq!(q4_0, [0u8; Q4_0_BYTES]);
+        let q4_1 = quantize_block_q4_1(&x);
+        assert_eq!(q4_1[..4], [0, 0, 0x00, 0x80]);
+        assert!(q4_1[4..].iter().all(|&b| b == 0));
+        assert_eq!(quantize_block_q5_0(&x), [0u8; Q5_0_BYTES]);
+        let q5_1 = quantize_block_q5_1(&x);
+        assert_eq!(q5_1[..4], [0, 0, 0x00, 0x80]);
+        assert!(q5_1[4..].iter().all(|&b| b == 0));
+        assert_eq!(quantize_block_q8_0(&x), [0u8; Q8_0_BYTES]);
+        assert_eq!(cast_trunc(f32::NAN), i32::MIN);
+        assert_eq!(cast_trunc(f32::INFINITY), i32::MIN);
+        assert_eq!(cast_trunc(-3e9), i32::MIN);
+        assert_eq!(cast_trunc(-7.9), -7);
     }
 
     #[test]
