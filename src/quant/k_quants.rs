@@ -333,27 +333,25 @@ pub(super) fn quantize_block_q2_k(x: &[f32; QK_K]) -> [u8; Q2_K_BYTES] {
     }
 
     let mut sc = [0u8; QK_K / 16];
-    let d;
-    if max_scale > 0.0 {
+    let d = if max_scale > 0.0 {
         let iscale = Q4SCALE / max_scale;
         for j in 0..QK_K / 16 {
             sc[j] = nearest_int(iscale * scales[j]) as u8;
         }
-        d = f16_bytes(max_scale / Q4SCALE);
+        f16_bytes(max_scale / Q4SCALE)
     } else {
-        d = f16_bytes(0.0);
-    }
-    let dmin;
-    if max_min > 0.0 {
+        f16_bytes(0.0)
+    };
+    let dmin = if max_min > 0.0 {
         let iscale = Q4SCALE / max_min;
         for j in 0..QK_K / 16 {
             let l = nearest_int(iscale * mins[j]);
             sc[j] |= (l << 4) as u8;
         }
-        dmin = f16_bytes(max_min / Q4SCALE);
+        f16_bytes(max_min / Q4SCALE)
     } else {
-        dmin = f16_bytes(0.0);
-    }
+        f16_bytes(0.0)
+    };
     let d_all = half::f16::from_le_bytes(d).to_f32();
     let dmin_all = half::f16::from_le_bytes(dmin).to_f32();
     for j in 0..QK_K / 16 {
@@ -392,8 +390,7 @@ pub(super) fn quantize_block_q3_k(x: &[f32; QK_K]) -> [u8; Q3_K_BYTES] {
     }
 
     let mut sc = [0u8; 12];
-    let d;
-    if max_scale != 0.0 {
+    let d = if max_scale != 0.0 {
         let iscale = -32.0 / max_scale;
         for j in 0..QK_K / 16 {
             let l = nearest_int(iscale * scales[j]) as i8;
@@ -405,10 +402,10 @@ pub(super) fn quantize_block_q3_k(x: &[f32; QK_K]) -> [u8; Q3_K_BYTES] {
             }
             sc[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
         }
-        d = f16_bytes(1.0 / iscale);
+        f16_bytes(1.0 / iscale)
     } else {
-        d = f16_bytes(0.0);
-    }
+        f16_bytes(0.0)
+    };
 
     // Levels 0..=7 from here on (ggml keeps them in the int8 `L`).
     let mut levels = signed.map(|l| l as u8);
