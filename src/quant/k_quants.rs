@@ -27,12 +27,12 @@ pub(super) const Q5_K_BYTES: usize = 2 * 2 + 12 + QK_K / 8 + QK_K / 2;
 pub(super) const Q6_K_BYTES: usize = QK_K / 2 + QK_K / 4 + QK_K / 16 + 2;
 
 /// ggml `GROUP_MAX_EPS`: a group whose largest magnitude is below this counts as all zero.
-const GROUP_MAX_EPS: f32 = 1e-15;
+pub(super) const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// ggml `nearest_int`: round to nearest, ties to even, by adding 1.5 * 2^23 and reading the
 /// mantissa bits. Exact for |x| <= 4194303; outside that (where ggml asserts) it returns the
 /// same wrapped value the C code does, and callers clamp it.
-fn nearest_int(fval: f32) -> i32 {
+pub(super) fn nearest_int(fval: f32) -> i32 {
     let val = fval + 12_582_912.0;
     (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }

@@ -7,6 +7,7 @@
 //! | F16, BF16 | gguf-py 0.19.0 `gguf/quants.py` (`astype(np.float16)`, `BF16.quantize_blocks`) |
 //! | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 | gguf-py 0.19.0 `quantize_blocks` (same bytes as ggml's `quantize_row_*_ref` on ordinary data) |
 //! | Q2_K, Q3_K, Q4_K, Q5_K, Q6_K | ggml `ggml-quants.c` `quantize_row_*_ref` (no importance matrix) |
+//! | IQ4_NL, IQ4_XS | ggml `quantize_iq4_nl` / `quantize_iq4_xs` (`ggml_quantize_chunk`'s path, no importance matrix) |
 //!
 //! Input checks: `row_len` must be a positive multiple of the block size and `data` a whole
 //! number of rows. F16 and BF16 convert NaN and infinity as gguf-py does (NaN stays a quiet NaN,
@@ -17,6 +18,7 @@
 //! Blocks are written field by field with `to_le_bytes` in ggml-common.h's layout.
 
 mod float;
+mod iq4;
 mod k_quants;
 mod legacy;
 
@@ -39,6 +41,8 @@ pub fn supports(dtype: DType) -> bool {
             | DType::Q4_K
             | DType::Q5_K
             | DType::Q6_K
+            | DType::IQ4_NL
+            | DType::IQ4_XS
     )
 }
 
@@ -94,6 +98,8 @@ pub fn quantize(dtype: DType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
             DType::Q4_K => each_block(row, &mut out, k_quants::quantize_block_q4_k),
             DType::Q5_K => each_block(row, &mut out, k_quants::quantize_block_q5_k),
             DType::Q6_K => each_block(row, &mut out, k_quants::quantize_block_q6_k),
+            DType::IQ4_NL => each_block(row, &mut out, iq4::quantize_block_iq4_nl),
+            DType::IQ4_XS => each_block(row, &mut out, iq4::quantize_block_iq4_xs),
             _ => return Err(Error::UnsupportedQuant { dtype }),
         }
     }
@@ -141,7 +147,7 @@ mod tests {
     #[test]
     fn supported_types_are_block_types_or_halves() {
         let supported: Vec<DType> = DType::all().filter(|&d| supports(d)).collect();
-        assert_eq!(supported.len(), 12);
+        assert_eq!(supported.len(), 14);
         for dtype in supported {
             let row = vec![0.5f32; 256];
             let bytes = quantize(dtype, &row, 256).unwrap();
@@ -155,7 +161,13 @@ mod tests {
 
     #[test]
     fn unsupported_type_is_an_error() {
-        for dtype in [DType::F32, DType::Q8_1, DType::IQ2_XXS, DType::I8] {
+        for dtype in [
+            DType::F32,
+            DType::Q8_1,
+            DType::IQ2_XXS,
+            DType::I8,
+            DType::MXFP4,
+        ] {
             assert!(matches!(
                 quantize(dtype, &[0.0; 256], 256),
                 Err(Error::UnsupportedQuant { dtype: d }) if d == dtype
