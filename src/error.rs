@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::dtype::DType;
+
 /// Everything that can go wrong in mlmf.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -216,6 +218,36 @@ pub enum Error {
     // ---- tensors and ops -------------------------------------------------------------------------
     #[error("tensor '{tensor}': {dtype} cannot be converted to f32 yet")]
     UnsupportedConversion { tensor: String, dtype: String },
+
+    // ---- quantization ----------------------------------------------------------------------------
+    #[error("quantizing to {dtype} is not supported")]
+    UnsupportedQuant { dtype: DType },
+
+    #[error(
+        "{dtype}: row length {row_len} is not a positive multiple of the block size {block_elems}"
+    )]
+    QuantRowLength {
+        dtype: DType,
+        row_len: usize,
+        block_elems: usize,
+    },
+
+    #[error("{dtype}: {len} values are not a whole number of rows of {row_len}")]
+    QuantDataLength {
+        dtype: DType,
+        len: usize,
+        row_len: usize,
+    },
+
+    /// ggml asserts or writes garbage on NaN and infinity; block types cannot hold them.
+    #[error("{dtype}: value {value} at row {row}, column {column} (block {block} of the row) is not finite")]
+    NonFiniteInput {
+        dtype: DType,
+        row: usize,
+        column: usize,
+        block: usize,
+        value: f32,
+    },
 
     // ---- the command-line tool and user arguments ------------------------------------------------
     #[error("{0}")]

@@ -18,6 +18,7 @@ pub mod error;
 pub mod formats;
 pub mod memory;
 pub mod ops;
+pub mod quant;
 pub mod tensor;
 
 pub use checkpoint::{GgufWriter, TensorSource};
