@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 pub enum Kernel {
     /// Plain numbers to f32 (`shaders/convert.wgsl`, `src/ops/convert.rs`).
     Convert,
+    /// GGML's legacy 32-element blocks to f32 (`shaders/dequant.wgsl`, `src/ops/dequant.rs`).
+    Dequant,
+    /// GGML's 256-element K-quant super-blocks to f32 (`shaders/dequant_k.wgsl`,
+    /// `src/ops/dequant_k.rs`).
+    DequantK,
 }
 
 /// How a family's entry points bind their resources, in binding order.
@@ -26,11 +31,13 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 1] = [Kernel::Convert];
+    pub const ALL: [Kernel; 3] = [Kernel::Convert, Kernel::Dequant, Kernel::DequantK];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Convert => "convert",
+            Kernel::Dequant => "dequant",
+            Kernel::DequantK => "dequant_k",
         }
     }
 
@@ -41,13 +48,23 @@ impl Kernel {
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/convert.wgsl")
             ),
+            Kernel::Dequant => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/dequant.wgsl")
+            ),
+            Kernel::DequantK => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/dequant_k.wgsl")
+            ),
         }
     }
 
     /// Bind group 0 of every entry point in the family.
     pub fn bindings(self) -> &'static [Binding] {
         match self {
-            Kernel::Convert => &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+            Kernel::Convert | Kernel::Dequant | Kernel::DequantK => {
+                &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
+            }
         }
     }
 }
