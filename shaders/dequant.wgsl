@@ -35,9 +35,14 @@ const IQ4_NL_BYTES: u32 = 18u;
 // The non-linear 4-bit grid of IQ4_NL and IQ4_XS (kvalues_iq4nl in ggml-common.h).
 const KVALUES_IQ4NL = array<i32, 16>(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
 
+// The output element type. The F16 variant of this family (kernels.rs, `Variant::F16`) turns
+// this line into `alias Out = f16;` and enables f16; values are computed in f32 either way and
+// rounded once on the store.
+alias Out = f32;
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
 
 // Byte loaders over `src` at byte offset `i` of the input page.
 fn src_byte(i: u32) -> u32 {
@@ -81,7 +86,7 @@ fn dequant_q4_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let at = locate(wg, nwg, l, Q4_0_BYTES);
     let d = src_f16(at.x);
     let q = i32(nibble(at.x + 2u, at.y)) - 8;
-    dst[at.z] = d * f32(q);
+    dst[at.z] = Out(d * f32(q));
 }
 
 // Q4_1: d, m (f16), qs[16]. x = d * q + m.
@@ -92,7 +97,7 @@ fn dequant_q4_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let d = src_f16(at.x);
     let m = src_f16(at.x + 2u);
     let q = nibble(at.x + 4u, at.y);
-    dst[at.z] = d * f32(q) + m;
+    dst[at.z] = Out(d * f32(q) + m);
 }
 
 // Q5_0: d (f16), qh (u32: bit j is the fifth bit of element j), qs[16]. x = d * (q - 16).
@@ -103,7 +108,7 @@ fn dequant_q5_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let d = src_f16(at.x);
     let qh = src_u32(at.x + 2u);
     let q = nibble(at.x + 6u, at.y) | (((qh >> at.y) & 1u) << 4u);
-    dst[at.z] = d * f32(i32(q) - 16);
+    dst[at.z] = Out(d * f32(i32(q) - 16));
 }
 
 // Q5_1: d, m (f16), qh (u32), qs[16]. x = d * q + m.
@@ -115,7 +120,7 @@ fn dequant_q5_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let m = src_f16(at.x + 2u);
     let qh = src_u32(at.x + 4u);
     let q = nibble(at.x + 8u, at.y) | (((qh >> at.y) & 1u) << 4u);
-    dst[at.z] = d * f32(q) + m;
+    dst[at.z] = Out(d * f32(q) + m);
 }
 
 // Q8_0: d (f16), qs[32] (int8). x = q * d.
@@ -125,7 +130,7 @@ fn dequant_q8_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let at = locate(wg, nwg, l, Q8_0_BYTES);
     let d = src_f16(at.x);
     let q = i32(src_byte(at.x + 2u + at.y) << 24u) >> 24u;
-    dst[at.z] = f32(q) * d;
+    dst[at.z] = Out(f32(q) * d);
 }
 
 // IQ4_NL: d (f16), qs[16] indexing the non-linear grid. x = d * kvalues[q].
@@ -135,5 +140,5 @@ fn dequant_iq4_nl(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let at = locate(wg, nwg, l, IQ4_NL_BYTES);
     let d = src_f16(at.x);
     let q = nibble(at.x + 2u, at.y);
-    dst[at.z] = d * f32(KVALUES_IQ4NL[q]);
+    dst[at.z] = Out(d * f32(KVALUES_IQ4NL[q]));
 }

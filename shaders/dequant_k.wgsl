@@ -34,9 +34,14 @@ const IQ4_XS_BYTES: u32 = 136u;
 // The non-linear 4-bit grid of IQ4_NL and IQ4_XS (kvalues_iq4nl in ggml-common.h).
 const KVALUES_IQ4NL = array<i32, 16>(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
 
+// The output element type. The F16 variant of this family (kernels.rs, `Variant::F16`) turns
+// this line into `alias Out = f16;` and enables f16; values are computed in f32 either way and
+// rounded once on the store.
+alias Out = f32;
+
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
 
 // Byte loaders over `src` at byte offset `i` of the input page.
 fn src_byte(i: u32) -> u32 {
@@ -84,7 +89,7 @@ fn dequant_q2_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let q = (src_byte(at.x + 16u + 32u * (j / 128u) + j % 32u) >> (2u * ((j % 128u) / 32u))) & 3u;
     let dl = d * f32(sc & 15u);
     let ml = dmin * f32(sc >> 4u);
-    dst[at.z] = dl * f32(q) - ml;
+    dst[at.z] = Out(dl * f32(q) - ml);
 }
 
 // Q3_K: hmask[32] (high bits), qs[64] (low 2 bits), scales[12] (16 packed 6-bit scales), d.
@@ -106,7 +111,7 @@ fn dequant_q3_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let hi = (src_byte(at.x + j % 32u) >> (j / 32u)) & 1u;
     let q = i32(lo) - select(4, 0, hi == 1u);
     let dl = d * f32(sc);
-    dst[at.z] = dl * f32(q);
+    dst[at.z] = Out(dl * f32(q));
 }
 
 // Q4_K: d, dmin (f16), scales[12] (8 packed 6-bit scales and mins), qs[128] (4-bit quants).
@@ -123,7 +128,7 @@ fn dequant_q4_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let q = (src_byte(at.x + 16u + 32u * (j / 64u) + j % 32u) >> (4u * ((j / 32u) & 1u))) & 15u;
     let dl = d * f32(sm.x);
     let ml = dmin * f32(sm.y);
-    dst[at.z] = dl * f32(q) - ml;
+    dst[at.z] = Out(dl * f32(q) - ml);
 }
 
 // Q5_K: d, dmin (f16), scales[12], qh[32] (fifth bits), qs[128]. Low 4 bits as Q4_K; the fifth
@@ -141,7 +146,7 @@ fn dequant_q5_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let q = lo | (hi << 4u);
     let dl = d * f32(sm.x);
     let ml = dmin * f32(sm.y);
-    dst[at.z] = dl * f32(q) - ml;
+    dst[at.z] = Out(dl * f32(q) - ml);
 }
 
 // Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d (f16).
@@ -162,7 +167,7 @@ fn dequant_q6_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let hi = (src_byte(at.x + 128u + 32u * n + i) >> (2u * k)) & 3u;
     let q = i32(lo | (hi << 4u)) - 32;
     let dl = d * f32(sc);
-    dst[at.z] = dl * f32(q);
+    dst[at.z] = Out(dl * f32(q));
 }
 
 // IQ4_XS: d (f16), scales_h (u16: 2 high bits per sub-block), scales_l[4] (4 low bits per
@@ -181,5 +186,5 @@ fn dequant_iq4_xs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let ls = i32(ls_lo | (ls_hi << 4u)) - 32;
     let q = (src_byte(at.x + 8u + 16u * ib + j % 16u) >> (4u * ((j % 32u) / 16u))) & 15u;
     let dl = d * f32(ls);
-    dst[at.z] = dl * f32(KVALUES_IQ4NL[q]);
+    dst[at.z] = Out(dl * f32(KVALUES_IQ4NL[q]));
 }

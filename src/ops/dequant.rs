@@ -1,9 +1,11 @@
 //! Dequantization of GGML block types to f32, straight from the block bytes as GGUF stores them.
 //!
-//! One public op, [`to_f32`], for every quantized type with a decoder. Two kernel families do the
-//! work: this file with `shaders/dequant.wgsl` for the legacy 32-element blocks (Q4_0, Q4_1,
-//! Q5_0, Q5_1, Q8_0, IQ4_NL), and [`dequant_k`](super::dequant_k) with `shaders/dequant_k.wgsl`
-//! for the 256-element K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS). F16 and BF16 are
+//! One public op, [`to_f32`], for every quantized type with a decoder, and [`to_f16_or_f32`],
+//! which writes f16 where the device can (the families' `Variant::F16`, on GPUs with shader-f16)
+//! and falls back to f32 where it cannot. Two kernel families do the work: this file with
+//! `shaders/dequant.wgsl` for the legacy 32-element blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! IQ4_NL), and [`dequant_k`] with `shaders/dequant_k.wgsl` for the
+//! 256-element K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS). F16 and BF16 are
 //! [`convert`](super::convert)'s.
 //!
 //! CPU twins (`cpu` here and in `dequant_k`) are written like ggml's `dequantize_row_*`
@@ -15,7 +17,7 @@
 //! and contracting it with a product into a fused multiply-add cannot change the result.
 
 use super::{dequant_k, paged};
-use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::kernels::{Kernel, PipelineKey, Variant};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
@@ -61,6 +63,24 @@ fn entry(dtype: DType) -> Option<&'static str> {
 /// ([`Error::UnsupportedConversion`]), rows that are not whole blocks
 /// ([`Error::PartialBlock`]), bytes that disagree with the shape ([`Error::TensorBytes`]).
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {
+    dequantize(t, DType::F32)
+}
+
+/// Like [`to_f32`], but f16 where the device can write f16: on the CPU, and on a GPU with the
+/// shader-f16 feature; elsewhere the result is f32, so check its dtype. Each value is computed
+/// in f32 exactly as [`to_f32`] computes it, then rounded once to f16 (to nearest even on the
+/// CPU and on lavapipe; WGSL lets other GPUs pick either neighbour, and leaves values beyond
+/// f16's range, which only extreme scales produce, undefined where the CPU gives infinity).
+pub fn to_f16_or_f32(t: &Tensor) -> Result<Tensor> {
+    let f16 = match t.storage() {
+        Storage::Cpu(_) => true,
+        Storage::Gpu(g) => g.gpu().has_shader_f16(),
+    };
+    dequantize(t, if f16 { DType::F16 } else { DType::F32 })
+}
+
+/// Decode `t` to `out` (F32 or F16) on its device.
+fn dequantize(t: &Tensor, out: DType) -> Result<Tensor> {
     let Some((kernel, entry)) = kernel(t.dtype()) else {
         return Err(Error::UnsupportedConversion {
             tensor: t.name().to_string(),
@@ -69,40 +89,63 @@ pub fn to_f32(t: &Tensor) -> Result<Tensor> {
     };
     t.check_layout()?;
     let storage = match t.storage() {
-        Storage::Cpu(bytes) => Storage::Cpu(cpu_f32_bytes(t.dtype(), bytes)),
+        Storage::Cpu(bytes) => Storage::Cpu(cpu_bytes(t.dtype(), bytes, out)),
         Storage::Gpu(g) => Storage::Gpu(match kernel {
-            Kernel::DequantK => dequant_k::gpu_to_f32(t, g, entry)?,
-            _ => gpu_to_f32(t, g, entry)?,
+            Kernel::DequantK => dequant_k::gpu_dequant(t, g, entry, out)?,
+            _ => gpu_dequant(t, g, entry, out)?,
         }),
     };
     Ok(Tensor::new(
         t.name().to_string(),
-        DType::F32,
+        out,
         t.shape().clone(),
         storage,
     ))
 }
 
-/// The CPU twin's output as little-endian bytes, decoded a few blocks at a time so no second
-/// copy of the whole tensor is made.
-fn cpu_f32_bytes(dtype: DType, bytes: &[u8]) -> Vec<u8> {
+/// The CPU twin's output as little-endian `out` (F32 or F16) bytes, decoded a few blocks at a
+/// time so no second copy of the whole tensor is made.
+fn cpu_bytes(dtype: DType, bytes: &[u8], out: DType) -> Vec<u8> {
     let block_bytes = dtype.block_bytes() as usize;
-    let mut out = Vec::with_capacity(bytes.len() / block_bytes * dtype.block_elems() as usize * 4);
+    let elems = bytes.len() / block_bytes * dtype.block_elems() as usize;
+    let mut y = Vec::with_capacity(elems * out.block_bytes() as usize);
     for chunk in bytes.chunks(64 * block_bytes) {
-        out.extend(
-            cpu::to_f32(dtype, chunk)
-                .iter()
-                .flat_map(|v| v.to_le_bytes()),
-        );
+        let values = cpu::to_f32(dtype, chunk);
+        if out == DType::F16 {
+            y.extend(
+                values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+            );
+        } else {
+            y.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        }
     }
-    out
+    y
 }
 
-/// The launcher of `dequant.wgsl`: one dispatch per overlap of an input and an output page.
-fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuStorage> {
+/// The pipeline variant that writes `out` (F32 or F16).
+pub(crate) fn variant(out: DType) -> Variant {
+    if out == DType::F16 {
+        Variant::F16
+    } else {
+        Variant::F32
+    }
+}
+
+/// The launcher of `dequant.wgsl`: one dispatch per overlap of an input and an output page,
+/// writing `out` (F32, or F16 on a device with shader-f16).
+fn gpu_dequant(
+    t: &Tensor,
+    src: &GpuStorage,
+    entry: &'static str,
+    out: DType,
+) -> Result<GpuStorage> {
     check_page_bytes(t, src)?;
-    let key = PipelineKey::new(Kernel::Dequant, entry).with("WG", f64::from(WORKGROUP));
-    paged::map_elements(t, src, &key, DType::F32, WORKGROUP, |p| Params {
+    let key = PipelineKey::new(Kernel::Dequant, entry)
+        .variant(variant(out))
+        .with("WG", f64::from(WORKGROUP));
+    paged::map_elements(t, src, &key, out, WORKGROUP, |p| Params {
         count: p.count,
         in_offset: p.in_offset,
         out_offset: p.out_offset,
@@ -269,7 +312,7 @@ pub(crate) mod testing {
     use crate::tensor::{Shape, Storage, Tensor};
 
     /// Byte offsets of the f16 fields in a block of `dtype` (ggml-common.h).
-    fn f16_fields(dtype: DType) -> &'static [usize] {
+    pub(crate) fn f16_fields(dtype: DType) -> &'static [usize] {
         match dtype {
             DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
             DType::Q2_K => &[80, 82],
@@ -298,6 +341,18 @@ pub(crate) mod testing {
                 if block[at + 1] & 0x7c == 0x7c {
                     block[at + 1] &= !0x40;
                 }
+            }
+        }
+        bytes
+    }
+
+    /// Like [`random_blocks`] with every f16 scale below 2 in magnitude, so every decoded value
+    /// lies well inside f16's range.
+    pub(crate) fn moderate_blocks(dtype: DType, blocks: usize, seed: u64) -> Vec<u8> {
+        let mut bytes = random_blocks(dtype, blocks, seed);
+        for block in bytes.chunks_exact_mut(dtype.block_bytes() as usize) {
+            for &at in f16_fields(dtype) {
+                block[at + 1] &= !0x40;
             }
         }
         bytes
@@ -382,6 +437,55 @@ pub(crate) mod testing {
         assert_same(&format!("{dtype} {dims:?} gpu vs cpu twin"), &got, &want);
     }
 
+    /// f16 output: [`super::to_f16_or_f32`] on the GPU writes f16 where the adapter has
+    /// shader-f16 (and f32 where it has not), on the CPU always f16; either way each value is
+    /// `want`, the f32 decoding, rounded to nearest even (lavapipe rounds as the CPU does).
+    pub(crate) fn check_f16(
+        gpu: &Device,
+        dtype: DType,
+        dims: Vec<usize>,
+        bytes: Vec<u8>,
+        want: &[f32],
+    ) {
+        let f16s = |b: &[u8]| -> Vec<u16> {
+            b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect()
+        };
+        let rounded: Vec<u16> = want
+            .iter()
+            .map(|v| half::f16::from_f32(*v).to_bits())
+            .collect();
+        for device in [&Device::Cpu, gpu] {
+            let t = tensor(dtype, dims.clone(), bytes.clone())
+                .to_device(device)
+                .unwrap();
+            let out = super::to_f16_or_f32(&t).unwrap();
+            let has_f16 = match device {
+                Device::Cpu => true,
+                Device::Gpu(g) => g.has_shader_f16(),
+            };
+            let bytes = out.to_bytes().unwrap();
+            if has_f16 {
+                assert_eq!(out.dtype(), DType::F16);
+                let got = f16s(&bytes);
+                assert_eq!(got.len(), rounded.len());
+                for (i, (g, w)) in got.iter().zip(&rounded).enumerate() {
+                    assert_eq!(
+                        g,
+                        w,
+                        "{dtype} f16 on {}: element {i} of {}",
+                        device.describe(),
+                        want[i]
+                    );
+                }
+            } else {
+                assert_eq!(out.dtype(), DType::F32);
+                assert_same(&format!("{dtype} f32 fallback"), &f32s(&bytes), want);
+            }
+        }
+    }
+
     /// A GPU whose pages hold `page` bytes, so small tensors span several pages.
     pub(crate) fn paged_gpu(page: u64) -> Device {
         Device::gpu_with(&crate::device::GpuOptions {
@@ -458,6 +562,25 @@ mod tests {
         let want = cpu::to_f32(DType::Q8_0, &bytes);
         let got = decode(&gpu, DType::Q8_0, vec![64, 32], bytes);
         assert_same("Q8_0 patterns", &got, &want);
+    }
+
+    #[test]
+    fn f16_output_is_the_f32_decoding_rounded() {
+        let gpu = Device::gpu().unwrap();
+        // lavapipe has shader-f16, so this suite runs the f16 kernels; elsewhere the fallback.
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            let bytes = moderate_blocks(dtype, 35, 300 + k as u64);
+            let want = cpu::to_f32(dtype, &bytes);
+            check_f16(&gpu, dtype, vec![7, 160], bytes, &want);
+        }
+        for dtype in &TYPES[..5] {
+            let (bytes, want) = fixture(*dtype);
+            check_f16(&gpu, *dtype, vec![8, 1024], bytes, &want);
+        }
+        let paged = paged_gpu(4352);
+        let bytes = moderate_blocks(DType::Q5_1, 301, 9);
+        let want = cpu::to_f32(DType::Q5_1, &bytes);
+        check_f16(&paged, DType::Q5_1, vec![301, 32], bytes, &want);
     }
 
     #[test]

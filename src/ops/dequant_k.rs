@@ -1,6 +1,6 @@
 //! Dequantization of GGML's K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and IQ4_XS: super-blocks of
 //! 256 elements with packed sub-block scales. The public op is
-//! [`dequant::to_f32`](super::dequant::to_f32), which routes these types here.
+//! [`dequant::to_f32`], which routes these types here.
 //!
 //! GPU: `shaders/dequant_k.wgsl`, one entry point per type, one invocation per element. CPU twin:
 //! `cpu`, ggml's `dequantize_row_*` (ggml-quants.c) per block from the bytes. Both agree bit for
@@ -38,11 +38,19 @@ pub(crate) fn entry(dtype: DType) -> Option<&'static str> {
     })
 }
 
-/// The launcher of `dequant_k.wgsl`: one dispatch per overlap of an input and an output page.
-pub(crate) fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuStorage> {
+/// The launcher of `dequant_k.wgsl`: one dispatch per overlap of an input and an output page,
+/// writing `out` (F32, or F16 on a device with shader-f16).
+pub(crate) fn gpu_dequant(
+    t: &Tensor,
+    src: &GpuStorage,
+    entry: &'static str,
+    out: DType,
+) -> Result<GpuStorage> {
     dequant::check_page_bytes(t, src)?;
-    let key = PipelineKey::new(Kernel::DequantK, entry).with("WG", f64::from(WORKGROUP));
-    paged::map_elements(t, src, &key, DType::F32, WORKGROUP, |p| Params {
+    let key = PipelineKey::new(Kernel::DequantK, entry)
+        .variant(dequant::variant(out))
+        .with("WG", f64::from(WORKGROUP));
+    paged::map_elements(t, src, &key, out, WORKGROUP, |p| Params {
         count: p.count,
         in_offset: p.in_offset,
         out_offset: p.out_offset,
@@ -288,6 +296,24 @@ mod tests {
                 check_random(&gpu, dtype, vec![19, 512], 177 + k as u64);
             }
         }
+    }
+
+    #[test]
+    fn f16_output_is_the_f32_decoding_rounded() {
+        let gpu = Device::gpu().unwrap();
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            let bytes = moderate_blocks(dtype, 9, 400 + k as u64);
+            let want = crate::ops::dequant::cpu::to_f32(dtype, &bytes);
+            check_f16(&gpu, dtype, vec![3, 768], bytes, &want);
+        }
+        for dtype in &TYPES[..5] {
+            let (bytes, want) = fixture(*dtype);
+            check_f16(&gpu, *dtype, vec![8, 1024], bytes, &want);
+        }
+        let paged = paged_gpu(4352);
+        let bytes = moderate_blocks(DType::Q4_K, 38, 11);
+        let want = crate::ops::dequant::cpu::to_f32(DType::Q4_K, &bytes);
+        check_f16(&paged, DType::Q4_K, vec![19, 512], bytes, &want);
     }
 
     #[test]
