@@ -1,7 +1,8 @@
 //! Dequantization of real GGUF files on the GPU and with the CPU twin, checked against gguf-py
-//! 0.19.0: the quantization oracle (one tensor per type), and every tensor of SmolLM2-135M Q4_1
-//! and gemma-3-270m Q4_K_M (`fixtures/models/gguf`: the first 8192 elements of a few tensors, and
-//! the sha256 of the full f32 decoding of every tensor).
+//! 0.19.0: the quantization oracle (one tensor per type), an IQ4_NL/IQ4_XS oracle in tests/data,
+//! and every tensor of SmolLM2-135M Q4_1 and gemma-3-270m Q4_K_M (`fixtures/models/gguf`: the
+//! first 8192 elements of a few tensors, and the sha256 of the full f32 decoding of every
+//! tensor).
 
 mod common;
 
@@ -107,6 +108,30 @@ fn quant_oracle_decodes_exactly_as_gguf_py_on_both_devices() {
                 let got = dequant::to_f32(&t).unwrap().to_bytes().unwrap();
                 assert!(got == want, "{name} through dequant::to_f32");
             }
+        }
+    }
+}
+
+/// IQ4_NL and IQ4_XS, which the shared oracle lacks, against gguf-py's decoding of random blocks
+/// (`tests/data/iq4_gguf_py.gguf`, written by `tests/data/make_iq4_fixture.py`).
+#[test]
+fn iq4_types_decode_exactly_as_gguf_py_on_both_devices() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/iq4_gguf_py.gguf");
+    let file = ModelFile::open(path).unwrap();
+    let gpu = Device::gpu().unwrap();
+    for dtype in [DType::IQ4_NL, DType::IQ4_XS] {
+        let name = dtype.name();
+        let want = file.bytes(file.tensor(&format!("{name}.dequant")).unwrap());
+        for device in [&Device::Cpu, &gpu] {
+            let t = device.load(&file, name).unwrap();
+            assert_eq!(t.dtype(), dtype);
+            let got = dequant::to_f32(&t).unwrap().to_bytes().unwrap();
+            assert!(
+                got == want,
+                "{name} on {}: {}",
+                device.describe(),
+                first_difference(&got, want)
+            );
         }
     }
 }

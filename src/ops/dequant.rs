@@ -514,7 +514,8 @@ mod tests {
     #[test]
     fn fixtures_decode_exactly_as_gguf_py() {
         let gpu = Device::gpu().unwrap();
-        // The oracle has no IQ4_NL tensor; IQ4_NL is checked against the twin below.
+        // The shared oracle has no IQ4_NL tensor: tests/dequant_files.rs checks it against
+        // gguf-py with tests/data/iq4_gguf_py.gguf, and the twin below against the GPU.
         for dtype in &TYPES[..5] {
             check_fixture(&gpu, *dtype);
         }
