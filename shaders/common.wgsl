@@ -12,6 +12,22 @@ fn byte_of(word: u32, i: u32) -> u32 {
     return (word >> ((i & 3u) * 8u)) & 0xffu;
 }
 
+// The 16-bit half at even byte offset `i` of a little-endian byte stream, from the u32 word that
+// holds it (`words[i >> 2u]`). A half at an even offset never straddles two words.
+fn half_of(word: u32, i: u32) -> u32 {
+    return (word >> ((i & 2u) * 8u)) & 0xffffu;
+}
+
+// The little-endian u32 at any byte offset `i` of a byte stream, from the word that holds byte
+// `i` (`lo = words[i >> 2u]`) and the word after it (`hi`, unused when `i` is a multiple of 4).
+fn u32_across(lo: u32, hi: u32, i: u32) -> u32 {
+    let s = (i & 3u) * 8u;
+    if s == 0u {
+        return lo;
+    }
+    return (lo >> s) | (hi << (32u - s));
+}
+
 // Bits of x >> s for a 64-bit x = hi:lo, s in 0..63, as (hi, lo).
 fn shr64(hi: u32, lo: u32, s: u32) -> vec2<u32> {
     if s == 0u {

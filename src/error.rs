@@ -249,6 +249,29 @@ pub enum Error {
         value: f32,
     },
 
+    /// A row (the last dimension) is not a whole number of the dtype's blocks, so blocks would
+    /// straddle rows (GGML requires `ne[0] % block_elems == 0`).
+    #[error("tensor '{tensor}': rows of {row_len} {dtype} elements are not whole blocks of {block_elems}")]
+    PartialBlock {
+        tensor: String,
+        dtype: String,
+        row_len: u64,
+        block_elems: u64,
+    },
+
+    /// The tensor's bytes are not what its dtype's block geometry and its shape give
+    /// (`expected` is `u64::MAX` when that size overflows).
+    #[error(
+        "tensor '{tensor}': {dtype} {shape:?} takes {expected} bytes, the tensor holds {found}"
+    )]
+    TensorBytes {
+        tensor: String,
+        dtype: String,
+        shape: Vec<usize>,
+        expected: u64,
+        found: u64,
+    },
+
     // ---- the command-line tool and user arguments ------------------------------------------------
     #[error("{0}")]
     Usage(String),

@@ -120,6 +120,33 @@ impl Tensor {
         }
     }
 
+    /// Check that the bytes are whole blocks that fit the shape: each row (the last dimension)
+    /// is a whole number of the dtype's blocks, and the byte length is what the dtype's block
+    /// geometry gives for the element count. Kernels rely on this before they index pages.
+    pub fn check_layout(&self) -> Result<()> {
+        let block_elems = self.dtype.block_elems();
+        let row_len = self.shape.row_len() as u64;
+        if row_len % block_elems != 0 {
+            return Err(Error::PartialBlock {
+                tensor: self.name.clone(),
+                dtype: self.dtype.to_string(),
+                row_len,
+                block_elems,
+            });
+        }
+        let expected = self.dtype.byte_len(self.shape.elem_count());
+        if expected != Some(self.byte_len()) {
+            return Err(Error::TensorBytes {
+                tensor: self.name.clone(),
+                dtype: self.dtype.to_string(),
+                shape: self.shape.dims().to_vec(),
+                expected: expected.unwrap_or(u64::MAX),
+                found: self.byte_len(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,

@@ -54,14 +54,18 @@ fn inspect_text_of_a_safetensors_file() {
     assert!(text.contains("embeddings.word_embeddings.weight"));
 }
 
-/// F16 and BF16 tensors of the quant oracle, dumped on each device, equal gguf-py's decoding.
+/// Every tensor of the quant oracle (F16, BF16 and each block type), dumped on each device,
+/// equals gguf-py's decoding.
 #[test]
-fn dump_matches_gguf_py_for_f16_and_bf16() {
+fn dump_matches_gguf_py_for_every_oracle_type() {
     let fixtures = common::fixtures().join("quant");
     let oracle = fixtures.join("quant_oracle.gguf");
     let expected = mlmf::ModelFile::open(fixtures.join("expected.safetensors")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    for ty in ["F16", "BF16"] {
+    for ty in [
+        "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+        "Q6_K",
+    ] {
         let want = f32s(expected.bytes(expected.tensor(&format!("{ty}.dequant")).unwrap()));
         for device in ["gpu", "cpu"] {
             let out = dir.path().join(format!("{ty}.{device}.f32"));

@@ -1,18 +1,25 @@
 //! Every kernel family's WGSL parses and validates with naga under baseline capabilities (no
-//! shader-f16, no subgroups), for each specialisation the launchers use.
+//! shader-f16, no subgroups), for each specialisation the launchers use; f16 variants validate
+//! with exactly the shader-f16 capability added.
 
-use mlmf::device::kernels::Kernel;
+use mlmf::device::kernels::{Kernel, Variant};
 
-fn validate(kernel: Kernel, constants: &[(&str, f64)]) {
-    let module = naga::front::wgsl::parse_str(kernel.source())
-        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(kernel.source())));
-    let mut validator = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
-    );
+fn validate(kernel: Kernel, variant: Variant, constants: &[(&str, f64)]) {
+    let source = kernel.source_of(variant).unwrap();
+    let what = format!("{} ({variant:?})", kernel.name());
+    let module = naga::front::wgsl::parse_str(&source)
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
+    let capabilities = match variant {
+        Variant::F32 => naga::valid::Capabilities::default(),
+        Variant::F16 => {
+            naga::valid::Capabilities::default() | naga::valid::Capabilities::SHADER_FLOAT16
+        }
+    };
+    let mut validator =
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), capabilities);
     let info = validator
         .validate(&module)
-        .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(kernel.source())));
+        .unwrap_or_else(|e| panic!("{what}: {}", e.emit_to_string(&source)));
     let mut map = naga::back::PipelineConstants::default();
     for (name, value) in constants {
         map.insert(name.to_string(), *value);
@@ -24,19 +31,56 @@ fn validate(kernel: Kernel, constants: &[(&str, f64)]) {
             Some((ep.stage, &ep.name)),
             &map,
         )
-        .unwrap_or_else(|e| panic!("{}::{} with {constants:?}: {e}", kernel.name(), ep.name));
+        .unwrap_or_else(|e| panic!("{what}::{} with {constants:?}: {e}", ep.name));
     }
 }
 
 #[test]
 fn every_kernel_family_validates() {
     // Adding a family means adding it here and to Kernel::ALL.
-    assert_eq!(Kernel::ALL.len(), 1);
+    assert_eq!(Kernel::ALL.len(), 3);
     for kernel in Kernel::ALL {
-        validate(kernel, &[]);
-        for wg in [32.0, 64.0, 256.0] {
-            validate(kernel, &[("WG", wg)]);
+        let variants: &[Variant] = match kernel {
+            Kernel::Convert => &[Variant::F32],
+            Kernel::Dequant | Kernel::DequantK => &[Variant::F32, Variant::F16],
+        };
+        for &variant in variants {
+            validate(kernel, variant, &[]);
+            for wg in [32.0, 64.0, 256.0] {
+                validate(kernel, variant, &[("WG", wg)]);
+            }
         }
+    }
+}
+
+/// The f16 variant is the written source with f16 enabled and the `Out` alias switched, and
+/// needs shader-f16: it fails baseline validation, so the F32 source cannot use f16 by accident.
+#[test]
+fn f16_variants_substitute_only_the_output_type() {
+    assert!(Kernel::Convert.source_of(Variant::F16).is_none());
+    for kernel in [Kernel::Dequant, Kernel::DequantK] {
+        let f32 = kernel.source_of(Variant::F32).unwrap();
+        let f16 = kernel.source_of(Variant::F16).unwrap();
+        assert_eq!(f32.matches("alias Out = f32;").count(), 1);
+        assert!(!f32.contains("enable f16"));
+        assert_eq!(
+            f16,
+            format!(
+                "enable f16;\n{}",
+                f32.replace("alias Out = f32;", "alias Out = f16;")
+            )
+        );
+        let module = naga::front::wgsl::parse_str(&f16).unwrap();
+        let baseline = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module);
+        assert!(
+            baseline.is_err(),
+            "{} f16 validated without shader-f16",
+            kernel.name()
+        );
     }
 }
 
@@ -54,5 +98,82 @@ fn convert_has_an_entry_point_per_source_dtype() {
             d => format!("{}_to_f32", d.name().to_lowercase()),
         };
         assert!(names.contains(&want.as_str()), "missing {want}");
+    }
+}
+
+/// The `u32` constants a module declares, by name.
+fn u32_constants(kernel: Kernel) -> Vec<(String, u32)> {
+    let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
+    module
+        .constants
+        .iter()
+        .filter_map(|(_, c)| match module.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => Some((c.name.clone()?, v)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn entry_points(kernel: Kernel) -> Vec<String> {
+    let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
+    module.entry_points.iter().map(|e| e.name.clone()).collect()
+}
+
+/// Every quantized type `ops::dequant` accepts has its entry point in the family it is routed
+/// to, and every entry point of the two dequant families serves a type.
+#[test]
+fn dequant_families_have_an_entry_point_per_type() {
+    let mut served = Vec::new();
+    for dtype in mlmf::DType::all().filter(|d| mlmf::ops::dequant::supports(*d)) {
+        let (kernel, entry) = mlmf::ops::dequant::kernel(dtype).unwrap();
+        assert_eq!(entry, format!("dequant_{}", dtype.name().to_lowercase()));
+        assert!(
+            entry_points(kernel).iter().any(|e| e == entry),
+            "{entry} is not in shaders/{}.wgsl",
+            kernel.name()
+        );
+        served.push((kernel, entry.to_string()));
+    }
+    assert_eq!(served.len(), 12);
+    for kernel in [Kernel::Dequant, Kernel::DequantK] {
+        for e in entry_points(kernel) {
+            assert!(served.contains(&(kernel, e.clone())), "{e} serves no dtype");
+        }
+    }
+}
+
+/// Block sizes written in WGSL (`<TYPE>_BYTES`, `BLOCK_ELEMS`) equal dtype.rs's table.
+#[test]
+fn dequant_block_constants_mirror_dtype_table() {
+    for kernel in [Kernel::Dequant, Kernel::DequantK] {
+        let constants = u32_constants(kernel);
+        let elems = constants
+            .iter()
+            .find(|(n, _)| n == "BLOCK_ELEMS")
+            .map(|&(_, v)| u64::from(v))
+            .unwrap_or_else(|| panic!("{} has no BLOCK_ELEMS", kernel.name()));
+        let mut checked = 0;
+        for (name, value) in &constants {
+            let Some(ty) = name.strip_suffix("_BYTES") else {
+                continue;
+            };
+            let dtype = mlmf::DType::from_name(ty)
+                .unwrap_or_else(|| panic!("{}: {name} names no dtype", kernel.name()));
+            assert_eq!(
+                u64::from(*value),
+                dtype.block_bytes(),
+                "{}: {name}",
+                kernel.name()
+            );
+            assert_eq!(dtype.block_elems(), elems, "{}: {ty}", kernel.name());
+            assert_eq!(
+                mlmf::ops::dequant::kernel(dtype).map(|(k, _)| k),
+                Some(kernel),
+                "{ty} is declared in shaders/{}.wgsl but routed elsewhere",
+                kernel.name()
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 6, "{}", kernel.name());
     }
 }

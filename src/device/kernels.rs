@@ -4,6 +4,7 @@
 //! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended. Pipelines are
 //! compiled lazily, the first time a workload asks for an entry point, and kept per device.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,29 @@ use crate::error::{Error, Result};
 pub enum Kernel {
     /// Plain numbers to f32 (`shaders/convert.wgsl`, `src/ops/convert.rs`).
     Convert,
+    /// GGML's legacy 32-element blocks to f32 (`shaders/dequant.wgsl`, `src/ops/dequant.rs`).
+    Dequant,
+    /// GGML's 256-element K-quant super-blocks to f32 (`shaders/dequant_k.wgsl`,
+    /// `src/ops/dequant_k.rs`).
+    DequantK,
 }
+
+/// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
+/// organisation" 3). It is part of the pipeline key; [`Kernel::source_of`] is the one place the
+/// text is substituted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The source as written (f32 output).
+    #[default]
+    F32,
+    /// `enable f16;` first and `alias Out = f16;` for the family's `alias Out = f32;` line: the
+    /// family writes f16. Needs the shader-f16 feature; only families that write through
+    /// `Out` have it.
+    F16,
+}
+
+/// The line a family writes its output type with, when it has an f16 variant.
+const OUT_F32: &str = "alias Out = f32;";
 
 /// How a family's entry points bind their resources, in binding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,11 +49,13 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 1] = [Kernel::Convert];
+    pub const ALL: [Kernel; 3] = [Kernel::Convert, Kernel::Dequant, Kernel::DequantK];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Convert => "convert",
+            Kernel::Dequant => "dequant",
+            Kernel::DequantK => "dequant_k",
         }
     }
 
@@ -41,21 +66,48 @@ impl Kernel {
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/convert.wgsl")
             ),
+            Kernel::Dequant => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/dequant.wgsl")
+            ),
+            Kernel::DequantK => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/dequant_k.wgsl")
+            ),
+        }
+    }
+
+    /// The source of `variant`, or `None` when the family has no such variant. This is the only
+    /// place shader text is substituted.
+    pub fn source_of(self, variant: Variant) -> Option<Cow<'static, str>> {
+        let source = self.source();
+        match variant {
+            Variant::F32 => Some(Cow::Borrowed(source)),
+            Variant::F16 => source.contains(OUT_F32).then(|| {
+                Cow::Owned(format!(
+                    "enable f16;\n{}",
+                    source.replacen(OUT_F32, "alias Out = f16;", 1)
+                ))
+            }),
         }
     }
 
     /// Bind group 0 of every entry point in the family.
     pub fn bindings(self) -> &'static [Binding] {
         match self {
-            Kernel::Convert => &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite],
+            Kernel::Convert | Kernel::Dequant | Kernel::DequantK => {
+                &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
+            }
         }
     }
 }
 
-/// What identifies a compiled pipeline: the family, the entry point and its `override` values.
+/// What identifies a compiled pipeline: the family, its source variant, the entry point and its
+/// `override` values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PipelineKey {
     pub kernel: Kernel,
+    pub variant: Variant,
     pub entry: &'static str,
     /// `override` constants by name; values as f64 bits so the key can hash.
     pub constants: Vec<(&'static str, u64)>,
@@ -65,9 +117,15 @@ impl PipelineKey {
     pub fn new(kernel: Kernel, entry: &'static str) -> PipelineKey {
         PipelineKey {
             kernel,
+            variant: Variant::F32,
             entry,
             constants: Vec::new(),
         }
+    }
+
+    pub fn variant(mut self, variant: Variant) -> PipelineKey {
+        self.variant = variant;
+        self
     }
 
     pub fn with(mut self, name: &'static str, value: f64) -> PipelineKey {
@@ -84,7 +142,7 @@ pub struct Pipeline {
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<(Kernel, Variant), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
@@ -96,23 +154,42 @@ impl Gpu {
             return Ok(p.clone());
         }
         let device = &self.inner.device;
+        let during = || {
+            format!(
+                "compiling shaders/{}.wgsl ({:?} variant)",
+                key.kernel.name(),
+                key.variant
+            )
+        };
         let module = {
             let mut modules = lock(&cache.modules)?;
-            match modules.get(&key.kernel) {
+            match modules.get(&(key.kernel, key.variant)) {
                 Some(m) => m.clone(),
                 None => {
+                    let Some(source) = key.kernel.source_of(key.variant) else {
+                        return Err(Error::Gpu {
+                            during: during(),
+                            reason: "the family has no such variant".into(),
+                        });
+                    };
+                    if key.variant == Variant::F16 && !self.has_shader_f16() {
+                        return Err(Error::Gpu {
+                            during: during(),
+                            reason: "the device has no shader-f16 feature".into(),
+                        });
+                    }
                     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
                     let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                         label: Some(key.kernel.name()),
-                        source: wgpu::ShaderSource::Wgsl(key.kernel.source().into()),
+                        source: wgpu::ShaderSource::Wgsl(source),
                     });
                     if let Some(e) = pollster::block_on(scope.pop()) {
                         return Err(Error::Gpu {
-                            during: format!("compiling shaders/{}.wgsl", key.kernel.name()),
+                            during: during(),
                             reason: e.to_string(),
                         });
                     }
-                    modules.insert(key.kernel, m.clone());
+                    modules.insert((key.kernel, key.variant), m.clone());
                     m
                 }
             }

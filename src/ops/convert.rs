@@ -4,8 +4,8 @@
 //! u32 words. CPU twin: `cpu::to_f32`, Rust's own `as f32` and half's `to_f32`. The two agree
 //! bit for bit (round to nearest even everywhere; NaN stays NaN).
 
+use super::paged;
 use crate::device::kernels::{Kernel, PipelineKey};
-use crate::device::Gpu;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
@@ -23,7 +23,8 @@ struct Params {
 }
 const _: () = assert!(std::mem::size_of::<Params>() == 16);
 
-/// Whether [`to_f32`] handles `dtype` (quantized types come with the dequantization kernels).
+/// Whether this family has a kernel for `dtype` (plain numbers; [`to_f32`] also takes the
+/// quantized types [`dequant`](crate::ops::dequant) supports).
 pub fn supports(dtype: DType) -> bool {
     entry(dtype).is_some()
 }
@@ -46,19 +47,24 @@ fn entry(dtype: DType) -> Option<&'static str> {
     })
 }
 
-/// The tensor as f32, on the same device.
+/// The tensor as f32, on the same device. Quantized (GGML block) types go to
+/// [`dequant::to_f32`](crate::ops::dequant::to_f32).
 pub fn to_f32(t: &Tensor) -> Result<Tensor> {
+    if crate::ops::dequant::supports(t.dtype()) {
+        return crate::ops::dequant::to_f32(t);
+    }
     let Some(entry) = entry(t.dtype()) else {
         return Err(Error::UnsupportedConversion {
             tensor: t.name().to_string(),
             dtype: t.dtype().to_string(),
         });
     };
+    t.check_layout()?;
     let storage = match t.storage() {
         Storage::Cpu(bytes) => {
             Storage::Cpu(bytemuck::cast_slice(&cpu::to_f32(t.dtype(), bytes)).to_vec())
         }
-        Storage::Gpu(g) => Storage::Gpu(gpu_to_f32(g, t, entry)?),
+        Storage::Gpu(g) => Storage::Gpu(gpu_to_f32(t, g, entry)?),
     };
     Ok(Tensor::new(
         t.name().to_string(),
@@ -68,61 +74,14 @@ pub fn to_f32(t: &Tensor) -> Result<Tensor> {
     ))
 }
 
-fn gpu_to_f32(src: &GpuStorage, t: &Tensor, entry: &'static str) -> Result<GpuStorage> {
-    let gpu: &Gpu = src.gpu();
-    let elems = t.shape().elem_count();
-    let in_size = t.dtype().block_bytes();
-    let out = GpuStorage::allocate(gpu, t.name(), elems * 4, DType::F32.page_unit())?;
-    let pipeline =
-        gpu.pipeline(&PipelineKey::new(Kernel::Convert, entry).with("WG", f64::from(WORKGROUP)))?;
-    let device = gpu.wgpu_device();
-    let in_page = src.page_bytes() / in_size;
-    let out_page = out.page_bytes() / 4;
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some("mlmf convert"),
-    });
-    // One dispatch per overlap of an input page with an output page.
-    let mut at = 0u64;
-    while at < elems {
-        let (ip, op) = (at / in_page, at / out_page);
-        let end = elems.min((ip + 1) * in_page).min((op + 1) * out_page);
-        let params = Params {
-            count: to_u32(end - at, t)?,
-            in_offset: to_u32(at - ip * in_page, t)?,
-            out_offset: to_u32(at - op * out_page, t)?,
-            _pad: 0,
-        };
-        let uniform = gpu.uniform("convert params", bytemuck::bytes_of(&params));
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("convert"),
-            layout: &pipeline.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: src.pages()[ip as usize].as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: out.pages()[op as usize].as_entire_binding(),
-                },
-            ],
-        });
-        gpu.dispatch(&mut encoder, &pipeline, &bind, end - at, WORKGROUP);
-        at = end;
-    }
-    gpu.wgpu_queue().submit([encoder.finish()]);
-    Ok(out)
-}
-
-fn to_u32(v: u64, t: &Tensor) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::DeviceLimit {
-        tensor: t.name().to_string(),
-        bytes: t.byte_len(),
-        reason: "a page holds more than 2^32 elements".into(),
+/// The launcher of `convert.wgsl`: one dispatch per overlap of an input and an output page.
+fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuStorage> {
+    let key = PipelineKey::new(Kernel::Convert, entry).with("WG", f64::from(WORKGROUP));
+    paged::map_elements(t, src, &key, DType::F32, WORKGROUP, |p| Params {
+        count: p.count,
+        in_offset: p.in_offset,
+        out_offset: p.out_offset,
+        _pad: 0,
     })
 }
 
@@ -347,16 +306,48 @@ mod tests {
     }
 
     #[test]
-    fn quantized_types_are_refused() {
+    fn quantized_types_go_to_dequant_and_others_are_refused() {
+        // One Q4_0 block: d = 1.0, every quant 9, so every element is 1.0.
+        let mut block = vec![0x00, 0x3c];
+        block.extend([0x99; 16]);
         let t = Tensor::new(
             "q".into(),
             DType::Q4_0,
             Shape::new(vec![32]).unwrap(),
-            Storage::Cpu(vec![0; 18]),
+            Storage::Cpu(block),
+        );
+        let f = to_f32(&t).unwrap();
+        assert_eq!(f.dtype(), DType::F32);
+        assert_eq!(f.to_bytes().unwrap(), 1.0f32.to_le_bytes().repeat(32));
+        for dtype in [DType::F8_E4M3, DType::Q8_K, DType::IQ2_XXS] {
+            let t = Tensor::new(
+                "x".into(),
+                dtype,
+                Shape::new(vec![256]).unwrap(),
+                Storage::Cpu(vec![0; dtype.byte_len(256).unwrap() as usize]),
+            );
+            assert!(
+                matches!(to_f32(&t), Err(Error::UnsupportedConversion { .. })),
+                "{dtype}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_that_disagree_with_the_shape_are_an_error() {
+        let t = Tensor::new(
+            "h".into(),
+            DType::F16,
+            Shape::new(vec![3]).unwrap(),
+            Storage::Cpu(vec![0; 5]),
         );
         assert!(matches!(
             to_f32(&t),
-            Err(Error::UnsupportedConversion { .. })
+            Err(Error::TensorBytes {
+                expected: 6,
+                found: 5,
+                ..
+            })
         ));
     }
 }

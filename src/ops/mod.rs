@@ -3,3 +3,6 @@
 //! the tensor's device.
 
 pub mod convert;
+pub mod dequant;
+pub mod dequant_k;
+mod paged;
