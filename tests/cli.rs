@@ -216,3 +216,124 @@ fn adapter_choice_by_env() {
         );
     }
 }
+
+fn q8_0_error_bound_holds(original: &[f32], decoded: &[f32]) {
+    // Q8_0 stores d = amax / 127 per block of 32 and rounds each value to a multiple of d, so
+    // no value moves by more than d / 2 (plus the f16 rounding of d, relative 2^-11 of amax).
+    for (block, (x, y)) in original.chunks(32).zip(decoded.chunks(32)).enumerate() {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let bound = amax / 127.0 / 2.0 + amax * 2f32.powi(-10);
+        for (a, b) in x.iter().zip(y) {
+            assert!(
+                (a - b).abs() <= bound,
+                "block {block}: {a} -> {b}, bound {bound}"
+            );
+        }
+    }
+}
+
+/// `mlmf quantize` on the real MiniLM safetensors: matrices become Q8_0, 1-D tensors and
+/// `--keep` matches stay, and gguf-py reads the result.
+#[test]
+fn quantize_safetensors_to_q8_0() {
+    let input = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("minilm.q8_0.gguf");
+    let printed = mlmf(&[
+        "quantize",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "--keep",
+        r"^embeddings\.",
+    ]);
+    let table = String::from_utf8(printed.stdout).unwrap();
+    assert!(
+        table.contains("37 of 104 tensors quantized to Q8_0"),
+        "{table}"
+    );
+
+    let src = mlmf::ModelFile::open(&input).unwrap();
+    let q = mlmf::ModelFile::open(&out).unwrap();
+    assert_eq!(q.format(), mlmf::Format::Gguf);
+    assert_eq!(q.tensors().len(), 104);
+    assert_eq!(
+        q.metadata().get("general.file_type"),
+        Some(&mlmf::Value::U32(7))
+    );
+    for t in src.tensors() {
+        let o = q.tensor(&t.name).unwrap();
+        assert_eq!(o.shape, t.shape, "{}", t.name);
+        let quantized = t.shape.rank() == 2 && !t.name.starts_with("embeddings.");
+        if quantized {
+            assert_eq!(o.dtype, mlmf::DType::Q8_0, "{}", t.name);
+            let x = f32s(src.bytes(t));
+            let y = mlmf::ops::dequant::cpu::to_f32(o.dtype, q.bytes(o));
+            q8_0_error_bound_holds(&x, &y);
+        } else {
+            assert_eq!(o.dtype, t.dtype, "{}", t.name);
+            assert!(q.bytes(o) == src.bytes(t), "{} changed", t.name);
+        }
+    }
+    let py = common::gguf_py(&out);
+    assert_eq!(py["tensors"].as_array().unwrap().len(), 104);
+}
+
+/// Re-quantizing a GGUF file: its metadata is carried, the quantized-from-Q4_1 tensor decodes
+/// within Q8_0's bound of the Q4_1 values, and kept tensors are the same bytes.
+#[test]
+fn quantize_gguf_q4_1_to_q8_0() {
+    let input = common::model(common::SMOLLM2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2.q8_0.gguf");
+    // Only block 0's matrices are converted, to keep the test short.
+    mlmf(&[
+        "quantize",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+        "--keep",
+        r"^blk\.([1-9]|[1-9][0-9])\.",
+        "--keep",
+        "^(token_embd|output)",
+    ]);
+    let src = mlmf::ModelFile::open(&input).unwrap();
+    let q = mlmf::ModelFile::open(&out).unwrap();
+    assert_eq!(
+        q.metadata().get("general.architecture"),
+        src.metadata().get("general.architecture")
+    );
+    assert_eq!(
+        q.metadata().get("general.quantization_version"),
+        Some(&mlmf::Value::U32(2))
+    );
+    let t = src.tensor("blk.0.attn_q.weight").unwrap();
+    let o = q.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!((t.dtype, o.dtype), (mlmf::DType::Q4_1, mlmf::DType::Q8_0));
+    let x = mlmf::ops::dequant::cpu::to_f32(t.dtype, src.bytes(t));
+    let y = mlmf::ops::dequant::cpu::to_f32(o.dtype, q.bytes(o));
+    q8_0_error_bound_holds(&x, &y);
+    let kept = src.tensor("blk.1.attn_q.weight").unwrap();
+    assert!(q.bytes(q.tensor(&kept.name).unwrap()) == src.bytes(kept));
+}
+
+#[test]
+fn quantize_refuses_unknown_types_and_bad_regexes() {
+    let input = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    for args in [
+        vec!["--type", "Q9_9"],
+        vec!["--type", "Q8_0", "--keep", "("],
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .args(["quantize", input.to_str().unwrap(), out.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{args:?}");
+        assert!(!out.exists());
+    }
+}

@@ -6,7 +6,6 @@ mod common;
 use std::cell::Cell;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use mlmf::checkpoint::{ChunkSource, GgufWriter, TensorSource};
 use mlmf::{DType, Device, Error, Format, GpuOptions, Metadata, ModelFile, Value};
@@ -14,44 +13,6 @@ use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 
 // ---- gguf-py -------------------------------------------------------------------------------------
-
-/// `$MLMF_PYTHON`, else the venv `scripts/test.sh` makes in the model cache.
-fn python() -> PathBuf {
-    let path = std::env::var_os("MLMF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let bin = if cfg!(windows) {
-                "venv/Scripts/python.exe"
-            } else {
-                "venv/bin/python"
-            };
-            common::models_dir().join(bin)
-        });
-    assert!(
-        path.is_file(),
-        "{} not found: run `bash scripts/test.sh`, which makes a venv with gguf==0.19.0 \
-         (or set MLMF_PYTHON to a python that has it)",
-        path.display()
-    );
-    path
-}
-
-/// gguf-py's view of a file, as `scripts/check_gguf.py` prints it.
-fn gguf_py(path: &Path) -> Json {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_gguf.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "gguf-py could not read {}:\n{}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A metadata value as `check_gguf.py` prints it: GGUF type names, floats as bit patterns, and
 /// an empty array with the element type the writer gives it (string).
@@ -164,7 +125,7 @@ fn check_file(path: &Path, metadata: &Metadata, tensors: &[Expect], alignment: u
     }
 
     // gguf-py.
-    let py = gguf_py(path);
+    let py = common::gguf_py(path);
     assert_eq!(py["version"], 3);
     assert_eq!(py["alignment"], alignment);
     let kv: Vec<Json> = metadata

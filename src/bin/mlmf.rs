@@ -42,6 +42,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quantize a model (safetensors, GGUF or PyTorch) into a GGUF file. Like llama-quantize,
+    /// 1-D tensors (norms, biases) and tensors whose rows are not whole blocks stay as they are.
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16.
+        #[arg(long = "type")]
+        dtype: String,
+        /// Leave tensors whose names match this regular expression as they are (repeatable).
+        #[arg(long)]
+        keep: Vec<String>,
+    },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     BenchLoad {
         file: PathBuf,
@@ -68,6 +80,12 @@ fn main() -> ExitCode {
         } => dump(&file, &tensor, device, &output),
         Command::Devices { json } => devices(json),
         Command::BenchLoad { file, json } => bench_load(&file, json),
+        Command::Quantize {
+            input,
+            output,
+            dtype,
+            keep,
+        } => quantize(&input, &output, &dtype, &keep),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,6 +203,65 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
         tensor.dtype(),
         tensor.shape(),
         tensor.shape().elem_count(),
+        output.display()
+    );
+    Ok(())
+}
+
+fn quantize(input: &PathBuf, output: &PathBuf, dtype: &str, keep: &[String]) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    let dtype = mlmf::DType::from_name(dtype)
+        .filter(|d| mlmf::quant::supports(*d))
+        .ok_or_else(|| Error::Usage(format!("--type {dtype}: not a type mlmf can quantize to")))?;
+    let keep = keep
+        .iter()
+        .map(|k| regex::Regex::new(k).map_err(|e| Error::Usage(format!("--keep {k}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let file = ModelFile::open(input)?;
+    let options = mlmf::quant::QuantizeOptions { dtype, keep };
+    let total = file.tensors().len();
+    let bar = std::io::stderr().is_terminal();
+    let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |i, t| {
+        if bar {
+            let width = 30;
+            let done = (i * width) / total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{} {:<40.40}",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                i + 1,
+                total,
+                t.name
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })?;
+    if bar {
+        eprintln!();
+    }
+    println!(
+        "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
+        "tensor", "from", "to", "shape", "bytes in", "bytes out"
+    );
+    for t in &plan {
+        println!(
+            "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
+            t.name,
+            t.from.name(),
+            t.to.name(),
+            format!("{:?}", t.shape),
+            t.bytes_in,
+            t.bytes_out,
+            t.kept.map(|k| format!("kept: {k}")).unwrap_or_default()
+        );
+    }
+    let (bytes_in, bytes_out): (u64, u64) = plan
+        .iter()
+        .fold((0, 0), |(a, b), t| (a + t.bytes_in, b + t.bytes_out));
+    let quantized = plan.iter().filter(|t| t.kept.is_none()).count();
+    println!(
+        "{quantized} of {} tensors quantized to {dtype}; {bytes_in} -> {bytes_out} bytes; wrote {}",
+        plan.len(),
         output.display()
     );
     Ok(())

@@ -17,10 +17,13 @@
 //!
 //! Blocks are written field by field with `to_le_bytes` in ggml-common.h's layout.
 
+mod file;
 mod float;
 mod iq4;
 mod k_quants;
 mod legacy;
+
+pub use file::{plan, quantize_file, Planned, QuantizeOptions};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

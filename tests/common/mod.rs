@@ -3,7 +3,8 @@
 //! fetches it; tests never pass by skipping.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// `../shared/fixtures`, beside the checkout.
 pub fn fixtures() -> PathBuf {
@@ -41,3 +42,41 @@ pub const MINILM: &str = "all-MiniLM-L6-v2/model.safetensors";
 pub const MOBILENET: &str = "mobilenet_v2-b0353104.pth";
 /// A small state dict in torch.save's zip layout (pocketnet 0.3.0).
 pub const POCKETNET: &str = "pocketnet-v3_fold0.pt";
+
+/// `$MLMF_PYTHON`, else the venv `scripts/test.sh` makes in the model cache.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("MLMF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let bin = if cfg!(windows) {
+                "venv/Scripts/python.exe"
+            } else {
+                "venv/bin/python"
+            };
+            models_dir().join(bin)
+        });
+    assert!(
+        path.is_file(),
+        "{} not found: run `bash scripts/test.sh`, which makes a venv with gguf==0.19.0 \
+         (or set MLMF_PYTHON to a python that has it)",
+        path.display()
+    );
+    path
+}
+
+/// gguf-py's view of a file, as `scripts/check_gguf.py` prints it.
+pub fn gguf_py(path: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_gguf.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "gguf-py could not read {}:\n{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
