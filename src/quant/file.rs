@@ -176,13 +176,16 @@ fn set(meta: &mut Metadata, key: &str, value: Value) {
     }
 }
 
+/// The caller's progress callback, shared by every tensor's source.
+type ProgressCell<'p> = std::cell::RefCell<&'p mut dyn FnMut(usize, &Planned)>;
+
 /// One tensor's output bytes, produced a chunk of rows at a time when the writer asks.
 struct QuantSource<'a, 'p> {
     file: &'a ModelFile,
     info: &'a TensorInfo,
     planned: &'a Planned,
     index: usize,
-    progress: &'a std::cell::RefCell<&'p mut dyn FnMut(usize, &Planned)>,
+    progress: &'a ProgressCell<'p>,
 }
 
 impl ChunkSource for QuantSource<'_, '_> {
