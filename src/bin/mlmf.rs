@@ -1,6 +1,6 @@
 //! The `mlmf` command-line tool: a thin shell over the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -208,7 +208,7 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
     Ok(())
 }
 
-fn quantize(input: &PathBuf, output: &PathBuf, dtype: &str, keep: &[String]) -> Result<()> {
+fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result<()> {
     use std::io::{IsTerminal, Write};
     let dtype = mlmf::DType::from_name(dtype)
         .filter(|d| mlmf::quant::supports(*d))
