@@ -262,15 +262,18 @@ impl DType {
     /// The smallest byte count GPU pages of this dtype are split at: whole blocks, and a
     /// multiple of 4 (wgpu copies move 4-byte words).
     pub fn page_unit(self) -> u64 {
-        let b = self.block_bytes();
-        let gcd = if b % 4 == 0 {
-            4
-        } else if b % 2 == 0 {
-            2
-        } else {
-            1
-        };
-        b * 4 / gcd
+        lcm4(self.block_bytes())
+    }
+
+    /// The byte count GPU pages of a tensor of this dtype with rows of `row_len` elements are
+    /// split at: whole rows where a row (rounded to 4 bytes) is at most `max_row_bytes`, so
+    /// kernels that work row by row (matrix products) never see a row cut in two; whole blocks
+    /// otherwise.
+    pub fn row_page_unit(self, row_len: u64, max_row_bytes: u64) -> u64 {
+        match self.byte_len(row_len) {
+            Some(row) if row > 0 && lcm4(row) <= max_row_bytes => lcm4(row),
+            _ => self.page_unit(),
+        }
     }
 
     pub fn from_ggml_id(id: u32) -> Option<DType> {
@@ -294,6 +297,18 @@ impl DType {
             .find(|row| row.name.eq_ignore_ascii_case(name))
             .map(|row| row.dtype)
     }
+}
+
+/// The least common multiple of `n` and 4.
+fn lcm4(n: u64) -> u64 {
+    let gcd = if n % 4 == 0 {
+        4
+    } else if n % 2 == 0 {
+        2
+    } else {
+        1
+    };
+    n * 4 / gcd
 }
 
 impl fmt::Display for DType {
@@ -358,6 +373,21 @@ mod tests {
         for (dt, bytes) in expected {
             assert_eq!(dt.block_bytes(), bytes, "{dt}");
         }
+    }
+
+    #[test]
+    fn pages_split_at_rows_when_rows_are_small() {
+        // A Q4_1 row of 576 elements is 18 blocks of 20 bytes = 360 bytes.
+        assert_eq!(DType::Q4_1.row_page_unit(576, 1 << 20), 360);
+        // Q4_0 rows of 32 are 18 bytes: whole rows, rounded to whole words (2 rows).
+        assert_eq!(DType::Q4_0.row_page_unit(32, 1 << 20), 36);
+        // Rows longer than allowed, or not whole blocks: whole blocks.
+        assert_eq!(DType::Q4_1.row_page_unit(576, 100), DType::Q4_1.page_unit());
+        assert_eq!(
+            DType::Q4_1.row_page_unit(33, 1 << 20),
+            DType::Q4_1.page_unit()
+        );
+        assert_eq!(DType::Q6_K.page_unit(), 420);
     }
 
     #[test]

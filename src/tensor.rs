@@ -174,6 +174,12 @@ impl Tensor {
         Ok(out)
     }
 
+    /// Where GPU pages of this tensor are split: at whole rows when rows are small enough
+    /// (at most 1/16 of a page), else at whole blocks.
+    pub(crate) fn page_unit_on(gpu: &Gpu, dtype: DType, shape: &Shape) -> u64 {
+        dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
+    }
+
     /// A copy of this tensor on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         let storage = match device {
@@ -182,14 +188,20 @@ impl Tensor {
                 Storage::Cpu(bytes) => {
                     let src = crate::device::source::Source::Contiguous(bytes);
                     let mut up = crate::device::upload::Uploader::new(gpu, bytes.len() as u64);
-                    let storage =
-                        up.upload(&self.name, &src, bytes.len() as u64, self.dtype.page_unit())?;
+                    let storage = up.upload(
+                        &self.name,
+                        &src,
+                        bytes.len() as u64,
+                        Tensor::page_unit_on(gpu, self.dtype, &self.shape),
+                    )?;
                     up.finish()?;
                     Storage::Gpu(storage)
                 }
-                Storage::Gpu(g) => {
-                    Storage::Gpu(g.copy_to(gpu, &self.name, self.dtype.page_unit())?)
-                }
+                Storage::Gpu(g) => Storage::Gpu(g.copy_to(
+                    gpu,
+                    &self.name,
+                    Tensor::page_unit_on(gpu, self.dtype, &self.shape),
+                )?),
             },
         };
         Ok(Tensor::new(

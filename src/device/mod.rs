@@ -103,7 +103,7 @@ impl Device {
                         &info.name,
                         &Source::of(file, info),
                         logical_len(info),
-                        info.dtype.page_unit(),
+                        Tensor::page_unit_on(gpu, info.dtype, &info.shape),
                     )?;
                     out.push(tensor(info, Storage::Gpu(storage)));
                 }

@@ -71,7 +71,8 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
     let out_bytes = elems
         .checked_mul(out_size)
         .ok_or_else(|| limit("the output size overflows 64 bits"))?;
-    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, out_dtype.page_unit())?;
+    let unit = Tensor::page_unit_on(gpu, out_dtype, t.shape());
+    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit)?;
     let out_page_elems = out.page_bytes() / out_size;
     let to_u32 =
         |v: u64| u32::try_from(v).map_err(|_| limit("a page holds more than 2^32 elements"));
