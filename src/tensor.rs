@@ -96,6 +96,20 @@ impl Tensor {
         }
     }
 
+    /// A tensor in host memory (the CPU device) from bytes in `dtype`'s layout: little-endian
+    /// numbers, or GGUF blocks for quantized types, row after row. Move it to a GPU with
+    /// [`Tensor::to_device`].
+    pub fn from_bytes(
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Shape,
+        bytes: Vec<u8>,
+    ) -> Result<Tensor> {
+        let t = Tensor::new(name.into(), dtype, shape, Storage::Cpu(bytes));
+        t.check_layout()?;
+        Ok(t)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

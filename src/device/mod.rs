@@ -39,6 +39,15 @@ impl Device {
         matches!(self, Device::Gpu(_))
     }
 
+    /// Wait until every operation submitted to the device so far has finished (a no-op on the
+    /// CPU, whose ops finish before they return). Benchmarks use it to time GPU work.
+    pub fn sync(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(g) => g.wait("sync"),
+        }
+    }
+
     /// A short description: `cpu`, or the adapter's name and backend.
     pub fn describe(&self) -> String {
         match self {

@@ -1,0 +1,116 @@
+//! Dequantization throughput per GGUF type, in GB/s of f32 output: the GPU kernel, its CPU
+//! twin, and gguf-py's numpy decoding of the same bytes, measured in the same run.
+//!
+//! `cargo bench --bench quant` (numbers in BENCHMARKS.md). gguf-py runs through
+//! `scripts/bench_gguf_py.py` with `$MLMF_PYTHON` (the venv `scripts/test.sh` makes); the
+//! script times only its own decoding loop, not Python's start-up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mlmf::{DType, Device, ModelFile};
+
+/// Elements per benchmark tensor: 2^22 (16 MiB of f32 output).
+const ELEMENTS: usize = 1 << 22;
+
+const TYPES: [DType; 12] = [
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("MLMF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("MLMF_MODELS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/mlmf")
+                });
+            cache.join("venv/bin/python")
+        })
+}
+
+/// Real quantized blocks: the fixture's `<type>.quant` (8 rows of 1024) repeated.
+fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
+    let info = expected
+        .tensor(&format!("{}.quant", dtype.name()))
+        .expect("fixture tensor");
+    let one = expected.bytes(info);
+    let copies = ELEMENTS / (8 * 1024);
+    one.repeat(copies)
+}
+
+/// gguf-py decoding `iters` times; returns its own timing of the loop.
+fn gguf_py(dtype: DType, file: &Path, iters: u64) -> Duration {
+    let out = Command::new(python())
+        .arg(manifest_dir().join("scripts/bench_gguf_py.py"))
+        .args([
+            dtype.name(),
+            &file.display().to_string(),
+            &ELEMENTS.to_string(),
+            &iters.to_string(),
+        ])
+        .output()
+        .expect("run scripts/bench_gguf_py.py (run scripts/test.sh first to make the venv)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    Duration::from_secs_f64(v["seconds"].as_f64().expect("seconds"))
+}
+
+fn dequant(c: &mut Criterion) {
+    let expected =
+        ModelFile::open(manifest_dir().join("../shared/fixtures/quant/expected.safetensors"))
+            .expect("fixtures beside the checkout");
+    let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    for dtype in TYPES {
+        let bytes = blocks(&expected, dtype);
+        let raw = dir.path().join(format!("{}.bin", dtype.name()));
+        std::fs::write(&raw, &bytes).expect("write blocks");
+        let shape = mlmf::Shape::new(vec![ELEMENTS / 1024, 1024]).expect("shape");
+        let on_cpu = mlmf::Tensor::from_bytes("w", dtype, shape, bytes.clone()).expect("tensor");
+        let on_gpu = on_cpu.to_device(&gpu).expect("upload");
+
+        let mut group = c.benchmark_group(format!("dequant/{}", dtype.name()));
+        group.throughput(Throughput::Bytes((ELEMENTS * 4) as u64));
+        group.sample_size(10);
+        group.bench_function("gpu", |b| {
+            b.iter(|| {
+                let out = mlmf::ops::convert::to_f32(&on_gpu).expect("dequant");
+                gpu.sync().expect("sync");
+                out
+            })
+        });
+        group.bench_function("cpu_twin", |b| {
+            b.iter(|| mlmf::ops::convert::to_f32(&on_cpu).expect("dequant"))
+        });
+        group.bench_function("gguf_py", |b| {
+            b.iter_custom(|iters| gguf_py(dtype, &raw, iters))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, dequant);
+criterion_main!(benches);
