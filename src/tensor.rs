@@ -96,6 +96,31 @@ impl Tensor {
         }
     }
 
+    /// A tensor of f32 `values` shaped `dims`, in host memory (move it with
+    /// [`Tensor::to_device`]). Errors: `values` is not `dims`' element count
+    /// ([`Error::TensorBytes`]).
+    pub fn from_f32(name: &str, dims: Vec<usize>, values: &[f32]) -> Result<Tensor> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mismatch = |expected: u64| Error::TensorBytes {
+            tensor: name.to_string(),
+            dtype: DType::F32.to_string(),
+            shape: dims.clone(),
+            expected,
+            found: bytes.len() as u64,
+        };
+        let shape = Shape::new(dims.clone()).ok_or_else(|| mismatch(u64::MAX))?;
+        let expected = DType::F32.byte_len(shape.elem_count()).unwrap_or(u64::MAX);
+        if expected != bytes.len() as u64 {
+            return Err(mismatch(expected));
+        }
+        Ok(Tensor::new(
+            name.to_string(),
+            DType::F32,
+            shape,
+            Storage::Cpu(bytes),
+        ))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
