@@ -237,15 +237,15 @@ pub enum Error {
         expected: &'static str,
     },
 
-    /// Two operands whose shapes do not fit together.
-    #[error("{op}: '{left}' {left_shape:?} and '{right}' {right_shape:?} do not fit: {reason}")]
+    /// Two operands whose shapes do not fit together (for a matrix product: rows of different
+    /// lengths).
+    #[error("{op}: '{left}' {left_shape:?} and '{right}' {right_shape:?} do not fit together")]
     ShapeMismatch {
         op: &'static str,
         left: String,
         left_shape: Vec<usize>,
         right: String,
         right_shape: Vec<usize>,
-        reason: &'static str,
     },
 
     /// Two operands on different devices (an op never moves tensors implicitly).

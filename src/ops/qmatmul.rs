@@ -125,7 +125,6 @@ pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
             left_shape: w.shape().dims().to_vec(),
             right: x.name().to_string(),
             right_shape: x.shape().dims().to_vec(),
-            reason: "the rows of W and of X differ in length",
         });
     }
     let mismatch = || Error::DeviceMismatch {
