@@ -219,6 +219,45 @@ pub enum Error {
     #[error("tensor '{tensor}': {dtype} cannot be converted to f32 yet")]
     UnsupportedConversion { tensor: String, dtype: String },
 
+    /// An op got a tensor whose rank it does not take.
+    #[error("{op}: tensor '{tensor}' has shape {shape:?}; expected {expected}")]
+    OpRank {
+        op: &'static str,
+        tensor: String,
+        shape: Vec<usize>,
+        expected: &'static str,
+    },
+
+    /// An op got a tensor whose dtype it does not take.
+    #[error("{op}: tensor '{tensor}' is {dtype}; expected {expected}")]
+    OpDType {
+        op: &'static str,
+        tensor: String,
+        dtype: DType,
+        expected: &'static str,
+    },
+
+    /// Two operands whose shapes do not fit together (for a matrix product: rows of different
+    /// lengths).
+    #[error("{op}: '{left}' {left_shape:?} and '{right}' {right_shape:?} do not fit together")]
+    ShapeMismatch {
+        op: &'static str,
+        left: String,
+        left_shape: Vec<usize>,
+        right: String,
+        right_shape: Vec<usize>,
+    },
+
+    /// Two operands on different devices (an op never moves tensors implicitly).
+    #[error("{op}: '{left}' is on {left_device}, '{right}' on {right_device}; move one with Tensor::to_device")]
+    DeviceMismatch {
+        op: &'static str,
+        left: String,
+        left_device: String,
+        right: String,
+        right_device: String,
+    },
+
     // ---- quantization ----------------------------------------------------------------------------
     #[error("quantizing to {dtype} is not supported")]
     UnsupportedQuant { dtype: DType },

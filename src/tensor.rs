@@ -110,6 +110,21 @@ impl Tensor {
         Ok(t)
     }
 
+    /// A tensor of f32 `values` shaped `dims`, in host memory (move it with
+    /// [`Tensor::to_device`]). Errors: `values` is not `dims`' element count
+    /// ([`Error::TensorBytes`]).
+    pub fn from_f32(name: &str, dims: Vec<usize>, values: &[f32]) -> Result<Tensor> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = Shape::new(dims.clone()).ok_or_else(|| Error::TensorBytes {
+            tensor: name.to_string(),
+            dtype: DType::F32.to_string(),
+            shape: dims,
+            expected: u64::MAX,
+            found: bytes.len() as u64,
+        })?;
+        Tensor::from_bytes(name, DType::F32, shape, bytes)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

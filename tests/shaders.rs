@@ -38,18 +38,54 @@ fn validate(kernel: Kernel, variant: Variant, constants: &[(&str, f64)]) {
 #[test]
 fn every_kernel_family_validates() {
     // Adding a family means adding it here and to Kernel::ALL.
-    assert_eq!(Kernel::ALL.len(), 3);
+    assert_eq!(Kernel::ALL.len(), 4);
     for kernel in Kernel::ALL {
         let variants: &[Variant] = match kernel {
-            Kernel::Convert => &[Variant::F32],
+            Kernel::Convert | Kernel::QMatmul => &[Variant::F32],
             Kernel::Dequant | Kernel::DequantK => &[Variant::F32, Variant::F16],
         };
         for &variant in variants {
             validate(kernel, variant, &[]);
             for wg in [32.0, 64.0, 256.0] {
                 validate(kernel, variant, &[("WG", wg)]);
+                if kernel == Kernel::QMatmul {
+                    for batch in [1.0, 8.0, 16.0] {
+                        validate(kernel, variant, &[("WG", wg), ("MAX_BATCH", batch)]);
+                    }
+                }
             }
         }
+    }
+}
+
+/// The shared decoders (`shaders/quant_decode.wgsl`) are part of every family that reads weight
+/// blocks, which the validation above then checks them through, and of no other.
+#[test]
+fn shared_decoders_are_in_every_family_that_reads_blocks() {
+    let decode = "fn decode_q4_k(b: u32, j: u32) -> f32";
+    for kernel in Kernel::ALL {
+        let n = kernel.source().matches(decode).count();
+        let want = usize::from(kernel != Kernel::Convert);
+        assert_eq!(n, want, "{}", kernel.name());
+    }
+}
+
+/// `ops::qmatmul` has an entry point for every type it accepts, and every entry point serves a
+/// type: F32, F16, BF16 and every type `ops::dequant` decodes.
+#[test]
+fn qmatmul_has_an_entry_point_per_weight_type() {
+    let names = entry_points(Kernel::QMatmul);
+    let mut served = 0;
+    for dtype in mlmf::DType::all().filter(|d| mlmf::ops::qmatmul::supports(*d)) {
+        let entry = mlmf::ops::qmatmul::entry(dtype).unwrap();
+        assert_eq!(entry, format!("qmatmul_{}", dtype.name().to_lowercase()));
+        assert!(names.iter().any(|e| e == entry), "{entry} missing");
+        served += 1;
+    }
+    assert_eq!(served, names.len());
+    assert_eq!(served, 15);
+    for dtype in mlmf::DType::all().filter(|d| mlmf::ops::dequant::supports(*d)) {
+        assert!(mlmf::ops::qmatmul::supports(dtype), "{dtype}");
     }
 }
 

@@ -1,7 +1,9 @@
 //! Kernel families, their WGSL source, and the per-device pipeline cache.
 //!
 //! This is the only place shader source is included. Each family is one file in `shaders/`
-//! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended. Pipelines are
+//! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended, and for the
+//! families that read weight blocks (dequant, dequant_k, qmatmul) `shaders/quant_decode.wgsl`,
+//! the per-type element decoders, after it. Pipelines are
 //! compiled lazily, the first time a workload asks for an entry point, and kept per device.
 
 use std::borrow::Cow;
@@ -21,6 +23,9 @@ pub enum Kernel {
     /// GGML's 256-element K-quant super-blocks to f32 (`shaders/dequant_k.wgsl`,
     /// `src/ops/dequant_k.rs`).
     DequantK,
+    /// Fused matrix products `Y = W·X` with W in any decodable type (`shaders/qmatmul.wgsl`,
+    /// `src/ops/qmatmul.rs`).
+    QMatmul,
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
@@ -49,17 +54,24 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::Convert, Kernel::Dequant, Kernel::DequantK];
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Convert,
+        Kernel::Dequant,
+        Kernel::DequantK,
+        Kernel::QMatmul,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Convert => "convert",
             Kernel::Dequant => "dequant",
             Kernel::DequantK => "dequant_k",
+            Kernel::QMatmul => "qmatmul",
         }
     }
 
-    /// The full WGSL source: the shared helpers, then the family's file.
+    /// The full WGSL source: the shared helpers (and the decoders, for families that read
+    /// weight blocks), then the family's file.
     pub fn source(self) -> &'static str {
         match self {
             Kernel::Convert => concat!(
@@ -68,11 +80,18 @@ impl Kernel {
             ),
             Kernel::Dequant => concat!(
                 include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
                 include_str!("../../shaders/dequant.wgsl")
             ),
             Kernel::DequantK => concat!(
                 include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
                 include_str!("../../shaders/dequant_k.wgsl")
+            ),
+            Kernel::QMatmul => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl")
             ),
         }
     }
@@ -98,6 +117,12 @@ impl Kernel {
             Kernel::Convert | Kernel::Dequant | Kernel::DequantK => {
                 &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
             }
+            Kernel::QMatmul => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
         }
     }
 }

@@ -6,3 +6,4 @@ pub mod convert;
 pub mod dequant;
 pub mod dequant_k;
 mod paged;
+pub mod qmatmul;

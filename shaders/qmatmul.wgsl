@@ -1,0 +1,194 @@
+// Fused matrix products with a weight matrix in any type shaders/quant_decode.wgsl decodes:
+// Y[b][r] = sum_k W[r][k] * X[b][k] (ggml's mul_mat, PyTorch's Linear), W [rows, cols] read
+// straight from its stored bytes (no dequantized copy), X [batch, cols] and Y [batch, rows] f32.
+//
+// One workgroup per row of W. Its WG threads stride over the row's elements (thread l takes
+// elements l, l + WG, ...), decode each weight once and multiply it into every batch column,
+// keeping one partial sum per (batch column, thread) in workgroup memory; a tree reduction then
+// adds the WG partial sums of each batch column and thread 0 writes them. A dispatch covers up
+// to MAX_BATCH batch columns and a run of rows that lie whole in the bound buffer of W; the
+// launcher (src/ops/qmatmul.rs) loops over batch chunks and pages. One entry point per type.
+// The CPU twin is `cpu` in src/ops/qmatmul.rs.
+
+struct Params {
+    // Rows of W in this dispatch, and the row of Y the first of them writes.
+    rows: u32,
+    row0: u32,
+    // Elements per row of W (columns of X), and rows of W in all (the row stride of Y).
+    cols: u32,
+    out_rows: u32,
+    // Byte offset of this dispatch's first row in the bound W buffer, and bytes per row.
+    w_offset: u32,
+    row_bytes: u32,
+    // Bytes and elements per block of W's type (dtype.rs's table).
+    block_bytes: u32,
+    block_elems: u32,
+    // Batch columns in this dispatch, 1..=MAX_BATCH.
+    batch: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// Threads per workgroup: a power of two (the reduction halves it).
+override WG: u32 = 64u;
+// Most batch columns one dispatch computes.
+override MAX_BATCH: u32 = 8u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+// The bytes of W as stored, read as u32 words (the name the decoders read).
+@group(0) @binding(1) var<storage, read> src: array<u32>;
+// X's batch columns of this dispatch, [batch, cols].
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+// Y's batch columns of this dispatch, [batch, out_rows].
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+var<workgroup> partial: array<f32, WG * MAX_BATCH>;
+
+// Weight types, as each entry point names its own.
+const T_F32: u32 = 0u;
+const T_F16: u32 = 1u;
+const T_BF16: u32 = 2u;
+const T_Q4_0: u32 = 3u;
+const T_Q4_1: u32 = 4u;
+const T_Q5_0: u32 = 5u;
+const T_Q5_1: u32 = 6u;
+const T_Q8_0: u32 = 7u;
+const T_IQ4_NL: u32 = 8u;
+const T_Q2_K: u32 = 9u;
+const T_Q3_K: u32 = 10u;
+const T_Q4_K: u32 = 11u;
+const T_Q5_K: u32 = 12u;
+const T_Q6_K: u32 = 13u;
+const T_IQ4_XS: u32 = 14u;
+
+// Element j of the block of type `t` at byte b of `src`. Each entry point passes a constant t,
+// so the switch folds away.
+fn decode(t: u32, b: u32, j: u32) -> f32 {
+    switch t {
+        case 0u: { return decode_f32(b, j); }
+        case 1u: { return decode_f16(b, j); }
+        case 2u: { return decode_bf16(b, j); }
+        case 3u: { return decode_q4_0(b, j); }
+        case 4u: { return decode_q4_1(b, j); }
+        case 5u: { return decode_q5_0(b, j); }
+        case 6u: { return decode_q5_1(b, j); }
+        case 7u: { return decode_q8_0(b, j); }
+        case 8u: { return decode_iq4_nl(b, j); }
+        case 9u: { return decode_q2_k(b, j); }
+        case 10u: { return decode_q3_k(b, j); }
+        case 11u: { return decode_q4_k(b, j); }
+        case 12u: { return decode_q5_k(b, j); }
+        case 13u: { return decode_q6_k(b, j); }
+        case 14u: { return decode_iq4_xs(b, j); }
+        default: { return 0.0; }
+    }
+}
+
+fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
+    // The workgroup's row: the same for every thread of the workgroup.
+    let r = wg.y * nwg.x + wg.x;
+    if r >= params.rows {
+        return;
+    }
+    let batch = params.batch;
+    let cols = params.cols;
+    let base = params.w_offset + r * params.row_bytes;
+    for (var b = 0u; b < batch; b++) {
+        partial[b * WG + l] = 0.0;
+    }
+    for (var k = l; k < cols; k += WG) {
+        let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
+        for (var b = 0u; b < batch; b++) {
+            partial[b * WG + l] += w * x[b * cols + k];
+        }
+    }
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        workgroupBarrier();
+        if l < s {
+            for (var b = 0u; b < batch; b++) {
+                partial[b * WG + l] += partial[b * WG + l + s];
+            }
+        }
+    }
+    if l == 0u {
+        for (var b = 0u; b < batch; b++) {
+            dst[b * params.out_rows + params.row0 + r] = partial[b * WG];
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_F32, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_F16, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_BF16, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q4_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q4_0, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q4_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q4_1, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q5_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q5_0, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q5_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q5_1, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q8_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q8_0, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_iq4_nl(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_IQ4_NL, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q2_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q2_K, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q3_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q3_K, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q4_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q4_K, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q5_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q5_K, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_q6_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_Q6_K, wg, nwg, l);
+}
+
+@compute @workgroup_size(WG)
+fn qmatmul_iq4_xs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    matmul(T_IQ4_XS, wg, nwg, l);
+}

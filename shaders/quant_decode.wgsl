@@ -1,0 +1,204 @@
+// Element decoders for every weight type the dequant and qmatmul families read, shared by them
+// (kernels.rs prepends this file after common.wgsl). Each family declares the binding these
+// functions read, `src: array<u32>`, holding the tensor's bytes exactly as the file stores them;
+// WGSL module-scope declarations are order-independent, so the functions here may name it.
+//
+// `decode_<type>(b, j)` is element j of the block whose first byte is at byte b of `src`. Block
+// layouts are ggml-common.h's; element order and arithmetic are ggml's dequantize_row_*
+// (ggml-quants.c) in float32: scales from f16 first (exactly, subnormals included), products
+// grouped as written there. Every product is exact in f32 (an f16 significand has 11 bits, a
+// quant at most 7, a K-quant sub-block scale at most 6 more), so the only rounding is the one
+// add or subtract of a min in Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, and a compiler that contracts it
+// with the product into a fused multiply-add gets the same bits. The CPU twins are `cpu` in
+// src/ops/dequant.rs and src/ops/dequant_k.rs (and convert.rs's for F32, F16 and BF16).
+
+// The non-linear 4-bit grid of IQ4_NL and IQ4_XS (kvalues_iq4nl in ggml-common.h).
+const KVALUES_IQ4NL = array<i32, 16>(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
+
+// Byte loaders over `src` at byte offset `i`.
+fn src_byte(i: u32) -> u32 {
+    return byte_of(src[i >> 2u], i);
+}
+
+// An f16 at an even byte offset, widened exactly to f32.
+fn src_f16(i: u32) -> f32 {
+    return bitcast<f32>(f16_to_f32_bits(half_of(src[i >> 2u], i)));
+}
+
+fn src_u32(i: u32) -> u32 {
+    if (i & 3u) == 0u {
+        return src[i >> 2u];
+    }
+    return u32_across(src[i >> 2u], src[(i >> 2u) + 1u], i);
+}
+
+// ---- plain numbers: a "block" is one element, j is always 0 -----------------------------------
+
+fn decode_f32(b: u32, j: u32) -> f32 {
+    return bitcast<f32>(src[(b >> 2u) + j]);
+}
+
+fn decode_f16(b: u32, j: u32) -> f32 {
+    return src_f16(b + 2u * j);
+}
+
+fn decode_bf16(b: u32, j: u32) -> f32 {
+    let i = b + 2u * j;
+    return bitcast<f32>(half_of(src[i >> 2u], i) << 16u);
+}
+
+// ---- legacy blocks of 32 elements -------------------------------------------------------------
+
+// The 4-bit quant of element j of a block whose 16 quant bytes start at byte q: element j < 16
+// is the low nibble of byte j, element j >= 16 the high nibble of byte j - 16.
+fn nibble(q: u32, j: u32) -> u32 {
+    return (src_byte(q + (j & 15u)) >> ((j >> 4u) * 4u)) & 15u;
+}
+
+// Q4_0: d (f16), qs[16]. x = d * (q - 8).
+fn decode_q4_0(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let q = i32(nibble(b + 2u, j)) - 8;
+    return d * f32(q);
+}
+
+// Q4_1: d, m (f16), qs[16]. x = d * q + m.
+fn decode_q4_1(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let m = src_f16(b + 2u);
+    let q = nibble(b + 4u, j);
+    return d * f32(q) + m;
+}
+
+// Q5_0: d (f16), qh (u32: bit j is the fifth bit of element j), qs[16]. x = d * (q - 16).
+fn decode_q5_0(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let qh = src_u32(b + 2u);
+    let q = nibble(b + 6u, j) | (((qh >> j) & 1u) << 4u);
+    return d * f32(i32(q) - 16);
+}
+
+// Q5_1: d, m (f16), qh (u32), qs[16]. x = d * q + m.
+fn decode_q5_1(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let m = src_f16(b + 2u);
+    let qh = src_u32(b + 4u);
+    let q = nibble(b + 8u, j) | (((qh >> j) & 1u) << 4u);
+    return d * f32(q) + m;
+}
+
+// Q8_0: d (f16), qs[32] (int8). x = q * d.
+fn decode_q8_0(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let q = i32(src_byte(b + 2u + j) << 24u) >> 24u;
+    return f32(q) * d;
+}
+
+// IQ4_NL: d (f16), qs[16] indexing the non-linear grid. x = d * kvalues[q].
+fn decode_iq4_nl(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let q = nibble(b + 2u, j);
+    return d * f32(KVALUES_IQ4NL[q]);
+}
+
+// ---- K-quant super-blocks of 256 elements -----------------------------------------------------
+
+// Scale and min of sub-block j (0..8) from the 12 packed 6-bit values starting at byte s
+// (get_scale_min_k4 in ggml-quants.c), as (scale, min).
+fn scale_min_k4(s: u32, j: u32) -> vec2<u32> {
+    if j < 4u {
+        return vec2<u32>(src_byte(s + j) & 63u, src_byte(s + j + 4u) & 63u);
+    }
+    let lo = src_byte(s + j + 4u);
+    return vec2<u32>((lo & 15u) | ((src_byte(s + j - 4u) >> 6u) << 4u), (lo >> 4u) | ((src_byte(s + j) >> 6u) << 4u));
+}
+
+// Q2_K: scales[16] (4-bit scale | 4-bit min << 4), qs[64] (2-bit quants), d, dmin (f16).
+// Element j: sub-block j / 16; quant byte 32 * (j / 128) + j % 32, shift 2 * (j % 128 / 32).
+// x = (d * sc) * q - (dmin * m).
+fn decode_q2_k(b: u32, j: u32) -> f32 {
+    let d = src_f16(b + 80u);
+    let dmin = src_f16(b + 82u);
+    let sc = src_byte(b + j / 16u);
+    let q = (src_byte(b + 16u + 32u * (j / 128u) + j % 32u) >> (2u * ((j % 128u) / 32u))) & 3u;
+    let dl = d * f32(sc & 15u);
+    let ml = dmin * f32(sc >> 4u);
+    return dl * f32(q) - ml;
+}
+
+// Q3_K: hmask[32] (high bits), qs[64] (low 2 bits), scales[12] (16 packed 6-bit scales), d.
+// Element j: sub-block j / 16; low bits as Q2_K; high bit j / 32 of hmask[j % 32], and a clear
+// high bit subtracts 4. x = (d * (sc - 32)) * q with q in -4..3.
+fn decode_q3_k(b: u32, j: u32) -> f32 {
+    let d = src_f16(b + 108u);
+    // Scale s: low 4 bits from nibble s / 8 of byte s % 8, high 2 bits from bits 2 * (s / 4)
+    // of byte 8 + s % 4.
+    let s = j / 16u;
+    let sc_lo = (src_byte(b + 96u + s % 8u) >> (4u * (s / 8u))) & 15u;
+    let sc_hi = (src_byte(b + 104u + s % 4u) >> (2u * (s / 4u))) & 3u;
+    let sc = i32(sc_lo | (sc_hi << 4u)) - 32;
+    let lo = (src_byte(b + 32u + 32u * (j / 128u) + j % 32u) >> (2u * ((j % 128u) / 32u))) & 3u;
+    let hi = (src_byte(b + j % 32u) >> (j / 32u)) & 1u;
+    let q = i32(lo) - select(4, 0, hi == 1u);
+    let dl = d * f32(sc);
+    return dl * f32(q);
+}
+
+// Q4_K: d, dmin (f16), scales[12] (8 packed 6-bit scales and mins), qs[128] (4-bit quants).
+// Element j: sub-block j / 32; quant byte 32 * (j / 64) + j % 32, low nibble for even
+// sub-blocks, high for odd. x = (d * sc) * q - (dmin * m).
+fn decode_q4_k(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let dmin = src_f16(b + 2u);
+    let sm = scale_min_k4(b + 4u, j / 32u);
+    let q = (src_byte(b + 16u + 32u * (j / 64u) + j % 32u) >> (4u * ((j / 32u) & 1u))) & 15u;
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    return dl * f32(q) - ml;
+}
+
+// Q5_K: d, dmin (f16), scales[12], qh[32] (fifth bits), qs[128]. Low 4 bits as Q4_K; the fifth
+// bit is bit j / 32 of qh[j % 32]. x = (d * sc) * q - (dmin * m).
+fn decode_q5_k(b: u32, j: u32) -> f32 {
+    let d = src_f16(b);
+    let dmin = src_f16(b + 2u);
+    let sm = scale_min_k4(b + 4u, j / 32u);
+    let lo = (src_byte(b + 48u + 32u * (j / 64u) + j % 32u) >> (4u * ((j / 32u) & 1u))) & 15u;
+    let hi = (src_byte(b + 16u + j % 32u) >> (j / 32u)) & 1u;
+    let q = lo | (hi << 4u);
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    return dl * f32(q) - ml;
+}
+
+// Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d (f16).
+// Element j = 128 * n + 32 * k + i: low nibble (k < 2) or high nibble (k >= 2) of
+// ql[64 * n + 32 * (k % 2) + i], high bits 2 * k of qh[32 * n + i], scale j / 16.
+// x = (d * sc) * (q - 32).
+fn decode_q6_k(b: u32, j: u32) -> f32 {
+    let n = j / 128u;
+    let k = (j % 128u) / 32u;
+    let i = j % 32u;
+    let d = src_f16(b + 208u);
+    let sc = i32(src_byte(b + 192u + j / 16u) << 24u) >> 24u;
+    let lo = (src_byte(b + 64u * n + 32u * (k % 2u) + i) >> (4u * (k / 2u))) & 15u;
+    let hi = (src_byte(b + 128u + 32u * n + i) >> (2u * k)) & 3u;
+    let q = i32(lo | (hi << 4u)) - 32;
+    let dl = d * f32(sc);
+    return dl * f32(q);
+}
+
+// IQ4_XS: d (f16), scales_h (u16: 2 high bits per sub-block), scales_l[4] (4 low bits per
+// sub-block), qs[128] indexing the non-linear grid. Element j: sub-block j / 32, quant byte
+// 16 * (j / 32) + j % 16, low nibble for j % 32 < 16. x = (d * (ls - 32)) * kvalues[q].
+fn decode_iq4_xs(b: u32, j: u32) -> f32 {
+    let ib = j / 32u;
+    let d = src_f16(b);
+    let scales_h = half_of(src[(b + 2u) >> 2u], b + 2u);
+    let ls_lo = (src_byte(b + 4u + ib / 2u) >> (4u * (ib % 2u))) & 15u;
+    let ls_hi = (scales_h >> (2u * ib)) & 3u;
+    let ls = i32(ls_lo | (ls_hi << 4u)) - 32;
+    let q = (src_byte(b + 8u + 16u * ib + j % 16u) >> (4u * ((j % 32u) / 16u))) & 15u;
+    let dl = d * f32(ls);
+    return dl * f32(KVALUES_IQ4NL[q]);
+}
