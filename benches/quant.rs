@@ -1,5 +1,6 @@
-//! Dequantization throughput per GGUF type, in GB/s of f32 output: the GPU kernel, its CPU
-//! twin, and gguf-py's numpy decoding of the same bytes, measured in the same run.
+//! Per GGUF type, in the same run: dequantization throughput (GB/s of f32 output) and fused
+//! matrix-vector throughput (GB/s of quantized weights read), for the GPU kernel, its CPU twin
+//! and gguf-py's numpy decoding of the same bytes (followed by numpy's `W @ x` for the product).
 //!
 //! `cargo bench --bench quant` (numbers in BENCHMARKS.md). gguf-py runs through
 //! `scripts/bench_gguf_py.py` with `$MLMF_PYTHON` (the venv `scripts/test.sh` makes); the
@@ -95,6 +96,8 @@ fn dequant(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("dequant/{}", dtype.name()));
         group.throughput(Throughput::Bytes((ELEMENTS * 4) as u64));
         group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
         group.bench_function("gpu", |b| {
             b.iter(|| {
                 let out = mlmf::ops::convert::to_f32(&on_gpu).expect("dequant");
