@@ -58,16 +58,22 @@ fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
     one.repeat(copies)
 }
 
-/// gguf-py decoding `iters` times; returns its own timing of the loop.
-fn gguf_py(dtype: DType, file: &Path, iters: u64) -> Duration {
+/// Rows of the matrix-vector product's W (ELEMENTS / ROWS columns).
+const ROWS: usize = 4096;
+
+/// gguf-py decoding `iters` times (followed by `W @ x` when `rows` is given); returns its own
+/// timing of the loop.
+fn gguf_py(dtype: DType, file: &Path, iters: u64, rows: Option<usize>) -> Duration {
+    let mut args = vec![
+        dtype.name().to_string(),
+        file.display().to_string(),
+        ELEMENTS.to_string(),
+        iters.to_string(),
+    ];
+    args.extend(rows.map(|r| r.to_string()));
     let out = Command::new(python())
         .arg(manifest_dir().join("scripts/bench_gguf_py.py"))
-        .args([
-            dtype.name(),
-            &file.display().to_string(),
-            &ELEMENTS.to_string(),
-            &iters.to_string(),
-        ])
+        .args(&args)
         .output()
         .expect("run scripts/bench_gguf_py.py (run scripts/test.sh first to make the venv)");
     assert!(
@@ -109,7 +115,35 @@ fn dequant(c: &mut Criterion) {
             b.iter(|| mlmf::ops::convert::to_f32(&on_cpu).expect("dequant"))
         });
         group.bench_function("gguf_py", |b| {
-            b.iter_custom(|iters| gguf_py(dtype, &raw, iters))
+            b.iter_custom(|iters| gguf_py(dtype, &raw, iters, None))
+        });
+        group.finish();
+
+        // y = W x with W [ROWS, ELEMENTS / ROWS], read straight from its blocks.
+        let cols = ELEMENTS / ROWS;
+        let w_shape = mlmf::Shape::new(vec![ROWS, cols]).expect("shape");
+        let w_cpu = mlmf::Tensor::from_bytes("w", dtype, w_shape, bytes.clone()).expect("tensor");
+        let w_gpu = w_cpu.to_device(&gpu).expect("upload");
+        let x: Vec<f32> = (0..cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let x_cpu = mlmf::Tensor::from_f32("x", vec![cols], &x).expect("x");
+        let x_gpu = x_cpu.to_device(&gpu).expect("upload x");
+        let mut group = c.benchmark_group(format!("matvec/{}", dtype.name()));
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        group.bench_function("gpu", |b| {
+            b.iter(|| {
+                let y = mlmf::ops::qmatmul::matmul(&w_gpu, &x_gpu).expect("matmul");
+                gpu.sync().expect("sync");
+                y
+            })
+        });
+        group.bench_function("cpu_twin", |b| {
+            b.iter(|| mlmf::ops::qmatmul::matmul(&w_cpu, &x_cpu).expect("matmul"))
+        });
+        group.bench_function("gguf_py", |b| {
+            b.iter_custom(|iters| gguf_py(dtype, &raw, iters, Some(ROWS)))
         });
         group.finish();
     }
