@@ -145,7 +145,7 @@ fn gpu_dequant(
     let key = PipelineKey::new(Kernel::Dequant, entry)
         .variant(variant(out))
         .with("WG", f64::from(WORKGROUP));
-    paged::map_elements(t, src, &key, out, WORKGROUP, |p| Params {
+    paged::map_elements(t, src, &key, out, WORKGROUP, 1, |p| Params {
         count: p.count,
         in_offset: p.in_offset,
         out_offset: p.out_offset,

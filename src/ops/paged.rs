@@ -47,13 +47,15 @@ fn spans(elems: u64, in_page_elems: u64, out_page_elems: u64) -> Vec<(u64, u64, 
 
 /// Run the kernel `key` over every element of `t`, whose bytes are `src`, into new pages of
 /// `out_dtype` elements, and return those pages. The work is submitted, not waited for (readback
-/// waits). `params` builds the family's uniform parameters for each piece.
+/// waits). `params` builds the family's uniform parameters for each piece. Each invocation of
+/// the kernel handles `elems_per_invocation` elements (its `EPT` override, where it has one).
 pub(crate) fn map_elements<P: bytemuck::Pod>(
     t: &Tensor,
     src: &GpuStorage,
     key: &PipelineKey,
     out_dtype: DType,
     workgroup: u32,
+    elems_per_invocation: u32,
     params: impl Fn(&Piece) -> P,
 ) -> Result<GpuStorage> {
     t.check_layout()?;
@@ -108,7 +110,8 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
                 },
             ],
         });
-        gpu.dispatch(&mut encoder, &pipeline, &bind, end - at, workgroup);
+        let invocations = (end - at).div_ceil(u64::from(elems_per_invocation.max(1)));
+        gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, workgroup);
     }
     gpu.wgpu_queue().submit([encoder.finish()]);
     Ok(out)
