@@ -1,8 +1,8 @@
 // Dequantize GGML's legacy blocks of 32 elements (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) to f32,
 // straight from the block bytes as the GGUF file stores them: the input is the raw byte stream
 // read as u32 words, and each field (an f16 scale at byte 0 of an 18-byte Q4_0 block, a u32 of
-// high bits at byte 2 of a 22-byte Q5_0 block) is read at its byte offset. One invocation per
-// output element; one entry point per block type. The per-type arithmetic is
+// high bits at byte 2 of a 22-byte Q5_0 block) is read at its byte offset. Each invocation
+// decodes EPT elements; one entry point per block type. The per-type arithmetic is
 // shaders/quant_decode.wgsl's (shared with qmatmul), ggml's dequantize_row_* in float32; GPU,
 // CPU twin (`cpu` in src/ops/dequant.rs) and gguf-py agree bit for bit.
 
@@ -37,62 +37,83 @@ alias Out = f32;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<Out>;
 
-// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
-// y = its index in the block, z = its index in the output page.
-fn locate(wg: vec3<u32>, nwg: vec3<u32>, local: u32, block_bytes: u32) -> vec3<u32> {
-    let i = flat_index(wg, nwg, local, WG);
-    let e = params.in_offset + i;
-    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
+// Elements per invocation: each workgroup covers WG * EPT consecutive elements, because
+// lavapipe pays a fixed cost per workgroup; in each step its invocations touch WG consecutive
+// elements.
+override EPT: u32 = 16u;
+
+// The first element of this workgroup's run, and one past its last.
+fn run_start(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG * EPT;
 }
 
-fn in_range(wg: vec3<u32>, nwg: vec3<u32>, local: u32) -> bool {
-    return flat_index(wg, nwg, local, WG) < params.count;
+fn run_end(start: u32) -> u32 {
+    return min(params.count, start + WG * EPT);
+}
+
+// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
+// y = its index in the block, z = its index in the output page.
+fn locate(i: u32, block_bytes: u32) -> vec3<u32> {
+    let e = params.in_offset + i;
+    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
 }
 
 // Q4_0: d (f16), qs[16]. x = d * (q - 8).
 @compute @workgroup_size(WG)
 fn dequant_q4_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q4_0_BYTES);
-    dst[at.z] = Out(decode_q4_0(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q4_0_BYTES);
+        dst[at.z] = Out(decode_q4_0(at.x, at.y));
+    }
 }
 
 // Q4_1: d, m (f16), qs[16]. x = d * q + m.
 @compute @workgroup_size(WG)
 fn dequant_q4_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q4_1_BYTES);
-    dst[at.z] = Out(decode_q4_1(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q4_1_BYTES);
+        dst[at.z] = Out(decode_q4_1(at.x, at.y));
+    }
 }
 
 // Q5_0: d (f16), qh (u32), qs[16]. x = d * (q - 16).
 @compute @workgroup_size(WG)
 fn dequant_q5_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q5_0_BYTES);
-    dst[at.z] = Out(decode_q5_0(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q5_0_BYTES);
+        dst[at.z] = Out(decode_q5_0(at.x, at.y));
+    }
 }
 
 // Q5_1: d, m (f16), qh (u32), qs[16]. x = d * q + m.
 @compute @workgroup_size(WG)
 fn dequant_q5_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q5_1_BYTES);
-    dst[at.z] = Out(decode_q5_1(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q5_1_BYTES);
+        dst[at.z] = Out(decode_q5_1(at.x, at.y));
+    }
 }
 
 // Q8_0: d (f16), qs[32] (int8). x = q * d.
 @compute @workgroup_size(WG)
 fn dequant_q8_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q8_0_BYTES);
-    dst[at.z] = Out(decode_q8_0(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q8_0_BYTES);
+        dst[at.z] = Out(decode_q8_0(at.x, at.y));
+    }
 }
 
 // IQ4_NL: d (f16), qs[16] indexing the non-linear grid. x = d * kvalues[q].
 @compute @workgroup_size(WG)
 fn dequant_iq4_nl(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, IQ4_NL_BYTES);
-    dst[at.z] = Out(decode_iq4_nl(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, IQ4_NL_BYTES);
+        dst[at.z] = Out(decode_iq4_nl(at.x, at.y));
+    }
 }

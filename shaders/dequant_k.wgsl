@@ -1,6 +1,6 @@
 // Dequantize GGML's K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and IQ4_XS, super-blocks of 256
 // elements, to f32, straight from the block bytes as the GGUF file stores them (read as u32
-// words; fields at their byte offsets). One invocation per output element; one entry point per
+// words; fields at their byte offsets). Each invocation decodes EPT elements; one entry point per
 // block type. The per-type arithmetic is shaders/quant_decode.wgsl's (shared with qmatmul),
 // ggml's dequantize_row_* in float32; GPU, CPU twin (`cpu` in src/ops/dequant_k.rs) and gguf-py
 // agree bit for bit.
@@ -36,62 +36,83 @@ alias Out = f32;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<Out>;
 
-// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
-// y = its index in the block, z = its index in the output page.
-fn locate(wg: vec3<u32>, nwg: vec3<u32>, local: u32, block_bytes: u32) -> vec3<u32> {
-    let i = flat_index(wg, nwg, local, WG);
-    let e = params.in_offset + i;
-    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
+// Elements per invocation: each workgroup covers WG * EPT consecutive elements, because
+// lavapipe pays a fixed cost per workgroup; in each step its invocations touch WG consecutive
+// elements.
+override EPT: u32 = 16u;
+
+// The first element of this workgroup's run, and one past its last.
+fn run_start(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wg.y * nwg.x + wg.x) * WG * EPT;
 }
 
-fn in_range(wg: vec3<u32>, nwg: vec3<u32>, local: u32) -> bool {
-    return flat_index(wg, nwg, local, WG) < params.count;
+fn run_end(start: u32) -> u32 {
+    return min(params.count, start + WG * EPT);
+}
+
+// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
+// y = its index in the block, z = its index in the output page.
+fn locate(i: u32, block_bytes: u32) -> vec3<u32> {
+    let e = params.in_offset + i;
+    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
 }
 
 // Q2_K: scales[16], qs[64] (2-bit quants), d, dmin (f16). x = (d * sc) * q - (dmin * m).
 @compute @workgroup_size(WG)
 fn dequant_q2_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q2_K_BYTES);
-    dst[at.z] = Out(decode_q2_k(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q2_K_BYTES);
+        dst[at.z] = Out(decode_q2_k(at.x, at.y));
+    }
 }
 
 // Q3_K: hmask[32], qs[64], scales[12], d. x = (d * (sc - 32)) * q, q in -4..3.
 @compute @workgroup_size(WG)
 fn dequant_q3_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q3_K_BYTES);
-    dst[at.z] = Out(decode_q3_k(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q3_K_BYTES);
+        dst[at.z] = Out(decode_q3_k(at.x, at.y));
+    }
 }
 
 // Q4_K: d, dmin (f16), scales[12], qs[128]. x = (d * sc) * q - (dmin * m).
 @compute @workgroup_size(WG)
 fn dequant_q4_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q4_K_BYTES);
-    dst[at.z] = Out(decode_q4_k(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q4_K_BYTES);
+        dst[at.z] = Out(decode_q4_k(at.x, at.y));
+    }
 }
 
 // Q5_K: d, dmin (f16), scales[12], qh[32], qs[128]. x = (d * sc) * q - (dmin * m).
 @compute @workgroup_size(WG)
 fn dequant_q5_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q5_K_BYTES);
-    dst[at.z] = Out(decode_q5_k(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q5_K_BYTES);
+        dst[at.z] = Out(decode_q5_k(at.x, at.y));
+    }
 }
 
 // Q6_K: ql[128], qh[64], scales[16] (int8), d (f16). x = (d * sc) * (q - 32).
 @compute @workgroup_size(WG)
 fn dequant_q6_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, Q6_K_BYTES);
-    dst[at.z] = Out(decode_q6_k(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, Q6_K_BYTES);
+        dst[at.z] = Out(decode_q6_k(at.x, at.y));
+    }
 }
 
 // IQ4_XS: d (f16), scales_h (u16), scales_l[4], qs[128]. x = (d * (ls - 32)) * kvalues[q].
 @compute @workgroup_size(WG)
 fn dequant_iq4_xs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    if !in_range(wg, nwg, l) { return; }
-    let at = locate(wg, nwg, l, IQ4_XS_BYTES);
-    dst[at.z] = Out(decode_iq4_xs(at.x, at.y));
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        let at = locate(i, IQ4_XS_BYTES);
+        dst[at.z] = Out(decode_iq4_xs(at.x, at.y));
+    }
 }

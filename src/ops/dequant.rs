@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
 
 const WORKGROUP: u32 = 64;
+/// Elements per invocation (`EPT` in the shader; see `ops::convert`).
+pub(crate) const ELEMS_PER_INVOCATION: u32 = 16;
 
 /// Uniform parameters of `dequant.wgsl`, fields in WGSL order.
 #[repr(C)]
@@ -144,12 +146,15 @@ fn gpu_dequant(
     check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::Dequant, entry)
         .variant(variant(out))
-        .with("WG", f64::from(WORKGROUP));
-    paged::map_elements(t, src, &key, out, WORKGROUP, 1, |p| Params {
-        count: p.count,
-        in_offset: p.in_offset,
-        out_offset: p.out_offset,
-        _pad: 0,
+        .with("WG", f64::from(WORKGROUP))
+        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
+    paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
+        Params {
+            count: p.count,
+            in_offset: p.in_offset,
+            out_offset: p.out_offset,
+            _pad: 0,
+        }
     })
 }
 

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::tensor::{GpuStorage, Tensor};
 
 const WORKGROUP: u32 = 64;
+use super::dequant::ELEMS_PER_INVOCATION;
 
 /// Uniform parameters of `dequant_k.wgsl`, fields in WGSL order.
 #[repr(C)]
@@ -49,12 +50,15 @@ pub(crate) fn gpu_dequant(
     dequant::check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::DequantK, entry)
         .variant(dequant::variant(out))
-        .with("WG", f64::from(WORKGROUP));
-    paged::map_elements(t, src, &key, out, WORKGROUP, 1, |p| Params {
-        count: p.count,
-        in_offset: p.in_offset,
-        out_offset: p.out_offset,
-        _pad: 0,
+        .with("WG", f64::from(WORKGROUP))
+        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
+    paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
+        Params {
+            count: p.count,
+            in_offset: p.in_offset,
+            out_offset: p.out_offset,
+            _pad: 0,
+        }
     })
 }
 
