@@ -6,18 +6,6 @@
 // shaders/quant_decode.wgsl's (shared with qmatmul), ggml's dequantize_row_* in float32; GPU,
 // CPU twin (`cpu` in src/ops/dequant.rs) and gguf-py agree bit for bit.
 
-struct Params {
-    // Elements to decode in this dispatch.
-    count: u32,
-    // First element of this dispatch, counted from the start of the input page (which begins at
-    // a block boundary) and from the start of the output page.
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-
-override WG: u32 = 64u;
-
 // Elements per block, and bytes per block of each type (ggml-common.h; asserted equal to
 // dtype.rs in tests/shaders.rs).
 const BLOCK_ELEMS: u32 = 32u;
@@ -27,36 +15,6 @@ const Q5_0_BYTES: u32 = 22u;
 const Q5_1_BYTES: u32 = 24u;
 const Q8_0_BYTES: u32 = 34u;
 const IQ4_NL_BYTES: u32 = 18u;
-
-// The output element type. The F16 variant of this family (kernels.rs, `Variant::F16`) turns
-// this line into `alias Out = f16;` and enables f16; values are computed in f32 either way and
-// rounded once on the store.
-alias Out = f32;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
-
-// Elements per invocation: each workgroup covers WG * EPT consecutive elements, because
-// lavapipe pays a fixed cost per workgroup; in each step its invocations touch WG consecutive
-// elements.
-override EPT: u32 = 16u;
-
-// The first element of this workgroup's run, and one past its last.
-fn run_start(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG * EPT;
-}
-
-fn run_end(start: u32) -> u32 {
-    return min(params.count, start + WG * EPT);
-}
-
-// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
-// y = its index in the block, z = its index in the output page.
-fn locate(i: u32, block_bytes: u32) -> vec3<u32> {
-    let e = params.in_offset + i;
-    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
-}
 
 // Q4_0: d (f16), qs[16]. x = d * (q - 8).
 @compute @workgroup_size(WG)

@@ -5,18 +5,6 @@
 // ggml's dequantize_row_* in float32; GPU, CPU twin (`cpu` in src/ops/dequant_k.rs) and gguf-py
 // agree bit for bit.
 
-struct Params {
-    // Elements to decode in this dispatch.
-    count: u32,
-    // First element of this dispatch, counted from the start of the input page (which begins at
-    // a block boundary) and from the start of the output page.
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-
-override WG: u32 = 64u;
-
 // Elements per super-block (QK_K), and bytes per block of each type (ggml-common.h; asserted
 // equal to dtype.rs in tests/shaders.rs).
 const BLOCK_ELEMS: u32 = 256u;
@@ -26,36 +14,6 @@ const Q4_K_BYTES: u32 = 144u;
 const Q5_K_BYTES: u32 = 176u;
 const Q6_K_BYTES: u32 = 210u;
 const IQ4_XS_BYTES: u32 = 136u;
-
-// The output element type. The F16 variant of this family (kernels.rs, `Variant::F16`) turns
-// this line into `alias Out = f16;` and enables f16; values are computed in f32 either way and
-// rounded once on the store.
-alias Out = f32;
-
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
-
-// Elements per invocation: each workgroup covers WG * EPT consecutive elements, because
-// lavapipe pays a fixed cost per workgroup; in each step its invocations touch WG consecutive
-// elements.
-override EPT: u32 = 16u;
-
-// The first element of this workgroup's run, and one past its last.
-fn run_start(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG * EPT;
-}
-
-fn run_end(start: u32) -> u32 {
-    return min(params.count, start + WG * EPT);
-}
-
-// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
-// y = its index in the block, z = its index in the output page.
-fn locate(i: u32, block_bytes: u32) -> vec3<u32> {
-    let e = params.in_offset + i;
-    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
-}
 
 // Q2_K: scales[16], qs[64] (2-bit quants), d, dmin (f16). x = (d * sc) * q - (dmin * m).
 @compute @workgroup_size(WG)

@@ -81,11 +81,13 @@ impl Kernel {
             Kernel::Dequant => concat!(
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/dequant_common.wgsl"),
                 include_str!("../../shaders/dequant.wgsl")
             ),
             Kernel::DequantK => concat!(
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/dequant_common.wgsl"),
                 include_str!("../../shaders/dequant_k.wgsl")
             ),
             Kernel::QMatmul => concat!(
