@@ -8,6 +8,11 @@
 // adds the WG partial sums of each batch column and thread 0 writes them. A dispatch covers up
 // to MAX_BATCH batch columns and a run of rows that lie whole in the bound buffer of W; the
 // launcher (src/ops/qmatmul.rs) loops over batch chunks and pages. One entry point per type.
+//
+// With ROW_PER_INVOCATION (the launcher sets it for CPU-based adapters such as lavapipe), each
+// invocation instead sums one whole row alone, with no workgroup memory and no barriers: a CPU
+// driver runs a workgroup's invocations as SIMD lanes and pays for every barrier by switching
+// between them.
 // The CPU twin is `cpu` in src/ops/qmatmul.rs.
 
 struct Params {
@@ -32,8 +37,12 @@ struct Params {
 
 // Threads per workgroup: a power of two (the reduction halves it).
 override WG: u32 = 64u;
-// Most batch columns one dispatch computes.
+// Most batch columns one dispatch computes (at most ROW_BATCH_LIMIT with ROW_PER_INVOCATION).
 override MAX_BATCH: u32 = 8u;
+// One row per invocation instead of one per workgroup.
+override ROW_PER_INVOCATION: bool = false;
+// Size of the per-invocation accumulators of the row-per-invocation path.
+const ROW_BATCH_LIMIT: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 // The bytes of W as stored, read as u32 words (the name the decoders read).
@@ -85,7 +94,31 @@ fn decode(t: u32, b: u32, j: u32) -> f32 {
     }
 }
 
+// Row r of this dispatch, summed by one invocation in column order.
+fn matmul_row(t: u32, r: u32) {
+    if r >= params.rows {
+        return;
+    }
+    let batch = min(params.batch, ROW_BATCH_LIMIT);
+    let cols = params.cols;
+    let base = params.w_offset + r * params.row_bytes;
+    var acc: array<f32, ROW_BATCH_LIMIT>;
+    for (var k = 0u; k < cols; k++) {
+        let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
+        for (var b = 0u; b < batch; b++) {
+            acc[b] += w * x[b * cols + k];
+        }
+    }
+    for (var b = 0u; b < batch; b++) {
+        dst[b * params.out_rows + params.row0 + r] = acc[b];
+    }
+}
+
 fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
+    if ROW_PER_INVOCATION {
+        matmul_row(t, flat_index(wg, nwg, l, WG));
+        return;
+    }
     // The workgroup's row: the same for every thread of the workgroup.
     let r = wg.y * nwg.x + wg.x;
     if r >= params.rows {

@@ -50,7 +50,14 @@ fn every_kernel_family_validates() {
                 validate(kernel, variant, &[("WG", wg)]);
                 if kernel == Kernel::QMatmul {
                     for batch in [1.0, 8.0, 16.0] {
-                        validate(kernel, variant, &[("WG", wg), ("MAX_BATCH", batch)]);
+                        for per_row in [0.0, 1.0] {
+                            let constants = [
+                                ("WG", wg),
+                                ("MAX_BATCH", batch),
+                                ("ROW_PER_INVOCATION", per_row),
+                            ];
+                            validate(kernel, variant, &constants);
+                        }
                     }
                 }
             }

@@ -82,6 +82,32 @@ pub fn entry(dtype: DType) -> Option<&'static str> {
 /// devices ([`Error::DeviceMismatch`]), bytes that disagree with the shape
 /// ([`Error::TensorBytes`], [`Error::PartialBlock`]).
 pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
+    matmul_with(w, x, None)
+}
+
+/// How a GPU dispatch sums a row of W.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reduce {
+    /// A workgroup per row, partial sums reduced in workgroup memory (real GPUs).
+    Workgroup,
+    /// An invocation per row, no barriers (CPU-based adapters, where barriers are expensive:
+    /// benches/quant.rs on lavapipe).
+    PerInvocation,
+}
+
+impl Reduce {
+    fn for_gpu(gpu: &crate::device::Gpu) -> Reduce {
+        if gpu.inner.info.device_type == wgpu::DeviceType::Cpu {
+            Reduce::PerInvocation
+        } else {
+            Reduce::Workgroup
+        }
+    }
+}
+
+/// [`matmul`] with the GPU's way of summing chosen by the caller (tests run both); `None`
+/// chooses by the adapter.
+pub(crate) fn matmul_with(w: &Tensor, x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
     let &[rows, cols] = w.shape().dims() else {
         return Err(Error::OpRank {
             op: OP,
@@ -154,6 +180,7 @@ pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
             Storage::Cpu(y.iter().flat_map(|v| v.to_le_bytes()).collect())
         }
         (Storage::Gpu(ws), Storage::Gpu(xs)) if Arc::ptr_eq(&ws.gpu().inner, &xs.gpu().inner) => {
+            let reduce = reduce.unwrap_or_else(|| Reduce::for_gpu(ws.gpu()));
             Storage::Gpu(gpu_matmul(
                 w,
                 ws,
@@ -163,6 +190,7 @@ pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
                 cols as u64,
                 batch as u64,
                 &out_shape,
+                reduce,
             )?)
         }
         _ => return Err(mismatch()),
@@ -255,6 +283,7 @@ fn gpu_matmul(
     cols: u64,
     batch: u64,
     out_shape: &Shape,
+    reduce: Reduce,
 ) -> Result<GpuStorage> {
     dequant::check_page_bytes(w, ws)?;
     let gpu = ws.gpu();
@@ -300,9 +329,11 @@ fn gpu_matmul(
         to_u32(row_bytes, "the row size")?,
     );
 
+    let per_invocation = reduce == Reduce::PerInvocation;
     let key = PipelineKey::new(Kernel::QMatmul, entry)
         .with("WG", f64::from(WORKGROUP))
-        .with("MAX_BATCH", MAX_BATCH as f64);
+        .with("MAX_BATCH", MAX_BATCH as f64)
+        .with("ROW_PER_INVOCATION", if per_invocation { 1.0 } else { 0.0 });
     let pipeline = gpu.pipeline(&key)?;
     let device = gpu.wgpu_device();
     let mut encoder =
@@ -379,7 +410,11 @@ fn gpu_matmul(
                 &mut encoder,
                 &pipeline,
                 &bind,
-                n * u64::from(WORKGROUP),
+                if per_invocation {
+                    n
+                } else {
+                    n * u64::from(WORKGROUP)
+                },
                 WORKGROUP,
             );
         }
@@ -573,10 +608,15 @@ mod tests {
         DType::IQ4_XS,
     ];
 
+    /// Both ways a GPU dispatch can sum a row, whatever the adapter would choose.
+    const REDUCE: [Reduce; 2] = [Reduce::Workgroup, Reduce::PerInvocation];
+
     /// W `[rows, cols]` of random `dtype` times random X `[batch, cols]` on `device` (and with
-    /// the CPU twin), both within the bound of the f64 reference. Returns W's page count.
+    /// the CPU twin), both within the bound of the f64 reference. `reduce` picks how a GPU sums
+    /// (`None`: as the adapter would). Returns W's page count.
     fn check(
         device: &Device,
+        reduce: Option<Reduce>,
         dtype: DType,
         rows: usize,
         cols: usize,
@@ -596,11 +636,11 @@ mod tests {
             .unwrap()
             .to_device(device)
             .unwrap();
-        let y = matmul(&w, &x).unwrap();
+        let y = matmul_with(&w, &x, reduce).unwrap();
         assert_eq!(y.dtype(), DType::F32);
         assert_eq!(y.shape().dims(), &[batch, rows]);
         check_bound(
-            &format!("{what} on {}", device.describe()),
+            &format!("{what} on {} ({reduce:?})", device.describe()),
             &f32s(&y),
             &want,
             &abs,
@@ -625,8 +665,10 @@ mod tests {
                 .enumerate()
             {
                 let seed = 1 + 10 * k as u64 + n as u64;
-                check(&gpu, dtype, rows, cols, batch, seed);
-                check(&Device::Cpu, dtype, rows, cols, batch, seed);
+                for reduce in REDUCE {
+                    check(&gpu, Some(reduce), dtype, rows, cols, batch, seed);
+                }
+                check(&Device::Cpu, None, dtype, rows, cols, batch, seed);
             }
         }
     }
@@ -638,15 +680,21 @@ mod tests {
             let block = dtype.block_elems() as usize;
             // Short rows: pages split at whole rows.
             let cols = if block == 1 { 36 } else { block };
-            let pages = check(&gpu, dtype, 400, cols, 3, 500 + k as u64);
-            assert!(pages > 1, "{dtype}: {pages} page(s)");
+            for reduce in REDUCE.map(Some) {
+                let pages = check(&gpu, reduce, dtype, 400, cols, 3, 500 + k as u64);
+                assert!(pages > 1, "{dtype}: {pages} page(s)");
+            }
             // Rows longer than 1/16 of a page: pages split at blocks, rows straddle them.
             let cols = if block == 1 { 1500 } else { 7 * block.max(256) };
-            let pages = check(&gpu, dtype, 23, cols, MAX_BATCH + 1, 600 + k as u64);
-            assert!(pages > 1, "{dtype}: {pages} page(s)");
+            for reduce in REDUCE.map(Some) {
+                let pages = check(&gpu, reduce, dtype, 23, cols, MAX_BATCH + 1, 600 + k as u64);
+                assert!(pages > 1, "{dtype}: {pages} page(s)");
+            }
         }
         // Rows longer than a page: 8704 bytes of Q8_0 per row.
-        check(&gpu, DType::Q8_0, 5, 8192, 2, 700);
+        for reduce in REDUCE.map(Some) {
+            check(&gpu, reduce, DType::Q8_0, 5, 8192, 2, 700);
+        }
     }
 
     #[test]
