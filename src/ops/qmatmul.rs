@@ -673,6 +673,46 @@ mod tests {
         }
     }
 
+    /// A real weight (SmolLM2's `blk.0.attn_q.weight`, Q4_1), summed both ways on the GPU:
+    /// tests/qmatmul_files.rs covers real weights through `matmul`, which on lavapipe always
+    /// picks one invocation per row.
+    #[test]
+    fn real_weight_both_ways_of_summing() {
+        let models = std::env::var_os("MLMF_MODELS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                    .join(".cache/mlmf")
+            });
+        let path = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        let file = crate::ModelFile::open(&path)
+            .unwrap_or_else(|e| panic!("{e}: run `python3 scripts/fetch_models.py` first"));
+        let info = file.tensor("blk.0.attn_q.weight").unwrap();
+        let (rows, cols) = (info.shape.dims()[0], info.shape.dims()[1]);
+        let wb = file.bytes(info).to_vec();
+        let batch = 2;
+        let xv = random_f32(batch * cols, 9);
+        let (want, abs) = reference(info.dtype, &wb, rows, cols, &xv, batch);
+        let gpu = Device::gpu().unwrap();
+        let w = tensor(info.dtype, vec![rows, cols], wb)
+            .to_device(&gpu)
+            .unwrap();
+        let x = Tensor::from_f32("x", vec![batch, cols], &xv)
+            .unwrap()
+            .to_device(&gpu)
+            .unwrap();
+        for reduce in REDUCE {
+            let y = matmul_with(&w, &x, Some(reduce)).unwrap();
+            check_bound(
+                &format!("attn_q ({reduce:?})"),
+                &f32s(&y),
+                &want,
+                &abs,
+                cols,
+            );
+        }
+    }
+
     #[test]
     fn tensors_spanning_pages() {
         let gpu = paged_gpu(4096);
