@@ -258,6 +258,24 @@ pub enum Error {
         right_device: String,
     },
 
+    /// An index given to an op (an adapter slot, a batch row's slot) that is out of range.
+    #[error("{op}: {what} {index} is out of range 0..{len}")]
+    OpIndex {
+        op: &'static str,
+        what: &'static str,
+        index: u64,
+        len: u64,
+    },
+
+    /// An op that works on one kind of device only (e.g. writing a GPU tensor in place).
+    #[error("{op}: tensor '{tensor}' is on {device}; expected {expected}")]
+    OpDevice {
+        op: &'static str,
+        tensor: String,
+        device: String,
+        expected: &'static str,
+    },
+
     // ---- quantization ----------------------------------------------------------------------------
     #[error("quantizing to {dtype} is not supported")]
     UnsupportedQuant { dtype: DType },

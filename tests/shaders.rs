@@ -38,10 +38,10 @@ fn validate(kernel: Kernel, variant: Variant, constants: &[(&str, f64)]) {
 #[test]
 fn every_kernel_family_validates() {
     // Adding a family means adding it here and to Kernel::ALL.
-    assert_eq!(Kernel::ALL.len(), 4);
+    assert_eq!(Kernel::ALL.len(), 5);
     for kernel in Kernel::ALL {
         let variants: &[Variant] = match kernel {
-            Kernel::Convert | Kernel::QMatmul => &[Variant::F32],
+            Kernel::Convert | Kernel::QMatmul | Kernel::Lora => &[Variant::F32],
             Kernel::Dequant | Kernel::DequantK => &[Variant::F32, Variant::F16],
         };
         for &variant in variants {
@@ -72,7 +72,7 @@ fn shared_decoders_are_in_every_family_that_reads_blocks() {
     let decode = "fn decode_q4_k(b: u32, j: u32) -> f32";
     for kernel in Kernel::ALL {
         let n = kernel.source().matches(decode).count();
-        let want = usize::from(kernel != Kernel::Convert);
+        let want = usize::from(!matches!(kernel, Kernel::Convert | Kernel::Lora));
         assert_eq!(n, want, "{}", kernel.name());
     }
 }
@@ -219,4 +219,36 @@ fn dequant_block_constants_mirror_dtype_table() {
         }
         assert_eq!(checked, 6, "{}", kernel.name());
     }
+}
+
+/// `shaders/lora.wgsl` mirrors `ops::lora`: its `NO_ADAPTER`, its uniform parameters (48 bytes,
+/// the size `ops::lora` asserts for its `Params`), and the five entry points the launcher uses.
+#[test]
+fn lora_mirrors_its_launcher() {
+    let constants = u32_constants(Kernel::Lora);
+    assert!(constants.contains(&("NO_ADAPTER".to_string(), mlmf::ops::lora::NO_ADAPTER)));
+    let module = naga::front::wgsl::parse_str(Kernel::Lora.source()).unwrap();
+    let span = module
+        .types
+        .iter()
+        .find_map(|(_, t)| match &t.inner {
+            naga::TypeInner::Struct { span, .. } if t.name.as_deref() == Some("Params") => {
+                Some(*span)
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(span, 48);
+    let mut names = entry_points(Kernel::Lora);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "lora_expand",
+            "lora_merge_bf16",
+            "lora_merge_f16",
+            "lora_merge_f32",
+            "lora_shrink"
+        ]
+    );
 }

@@ -26,6 +26,9 @@ pub enum Kernel {
     /// Fused matrix products `Y = W·X` with W in any decodable type (`shaders/qmatmul.wgsl`,
     /// `src/ops/qmatmul.rs`).
     QMatmul,
+    /// LoRA adapters: merged into a weight, or applied to a batch several at once
+    /// (`shaders/lora.wgsl`, `src/ops/lora.rs`).
+    Lora,
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
@@ -54,11 +57,12 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 4] = [
+    pub const ALL: [Kernel; 5] = [
         Kernel::Convert,
         Kernel::Dequant,
         Kernel::DequantK,
         Kernel::QMatmul,
+        Kernel::Lora,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl Kernel {
             Kernel::Dequant => "dequant",
             Kernel::DequantK => "dequant_k",
             Kernel::QMatmul => "qmatmul",
+            Kernel::Lora => "lora",
         }
     }
 
@@ -95,6 +100,10 @@ impl Kernel {
                 include_str!("../../shaders/quant_decode.wgsl"),
                 include_str!("../../shaders/qmatmul.wgsl")
             ),
+            Kernel::Lora => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/lora.wgsl")
+            ),
         }
     }
 
@@ -121,6 +130,15 @@ impl Kernel {
             }
             Kernel::QMatmul => &[
                 Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // Every entry point binds all six; see shaders/lora.wgsl for what each holds.
+            Kernel::Lora => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadWrite,

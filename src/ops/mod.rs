@@ -5,5 +5,6 @@
 pub mod convert;
 pub mod dequant;
 pub mod dequant_k;
+pub mod lora;
 mod paged;
 pub mod qmatmul;

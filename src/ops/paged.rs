@@ -31,7 +31,11 @@ pub(crate) struct Piece {
 /// The overlaps of input pages of `in_page_elems` elements with output pages of
 /// `out_page_elems` elements over `elems` elements, in order, as
 /// `(input page, output page, first element, end element)`.
-fn spans(elems: u64, in_page_elems: u64, out_page_elems: u64) -> Vec<(u64, u64, u64, u64)> {
+pub(crate) fn spans(
+    elems: u64,
+    in_page_elems: u64,
+    out_page_elems: u64,
+) -> Vec<(u64, u64, u64, u64)> {
     let mut out = Vec::new();
     let mut at = 0u64;
     while at < elems {
