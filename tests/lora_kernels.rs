@@ -217,12 +217,13 @@ fn merge_matches_the_twin_bit_for_bit_on_random_shapes() {
     let gpu = Device::gpu().unwrap();
     let mut n = 0;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        for rank in [1, 4, 16] {
+        // Rank 0 (an empty adapter) and an empty W too.
+        for rank in [0, 1, 4, 16] {
             for fan_in_fan_out in [false, true] {
                 // Row lengths that are not multiples of the workgroup size (64), odd element
                 // counts (a 16-bit W' ends in half a word), and a scale that is not a power of
                 // two, so a contracted multiply-add would show.
-                for (out, inp) in [(67, 100), (5, 131), (130, 3), (1, 1)] {
+                for (out, inp) in [(67, 100), (5, 131), (130, 3), (1, 1), (0, 5)] {
                     n += 1;
                     let worst = check_merge(&gpu, dtype, out, inp, rank, fan_in_fan_out, 1.7, n);
                     check_merge(&Device::Cpu, dtype, out, inp, rank, fan_in_fan_out, 1.7, n);

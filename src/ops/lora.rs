@@ -25,11 +25,13 @@
 //! CPU twin: [`cpu`], plain loops in the same order. GPU and twin agree bit for bit where the
 //! shader compiler does not contract a product and an add into a fused multiply-add (lavapipe
 //! does not; the tests check bit equality there). A contracting compiler rounds once where the
-//! twin rounds twice; both then stay within `(n + 2) * f32::EPSILON * sum |terms|` of the exact
-//! result, n the length of the longest sum (r for merge, `in + r_max` for BGMV), before the
-//! final rounding to f16 or bf16. WGSL lets a GPU flush f32 subnormals to zero; the twin keeps
-//! them, so values below 1.2e-38 may differ (never the case for f16 weights, whose subnormals
-//! are normal f32).
+//! twin rounds twice; either way, with `eps = f32::EPSILON`, both stay within these bounds of
+//! the exact result (the tests check them in f64):
+//! merge `|W' - exact| <= (r + 2) eps (|W| + |scale| sum_k |B[o][k] A[k][i]|)`, plus half an ulp
+//! of f16 or bf16 for the final rounding; BGMV `|Y' - exact| <= 2 (in + r_max + 3) eps (|y| +
+//! |bias| + |scale| sum_k |B[s][o][k]| sum_i |A[s][k][i] x[b][i]|)`. WGSL lets a GPU flush f32
+//! subnormals to zero; the twin keeps them, so values below 1.2e-38 may differ (never for f16
+//! weights, whose subnormals are normal f32).
 
 use std::sync::Arc;
 
