@@ -6,7 +6,9 @@
 //! `scripts/bench_gguf_py.py` with `$MLMF_PYTHON` (the venv `scripts/test.sh` makes); the
 //! script times only its own decoding loop, not Python's start-up.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -31,23 +33,6 @@ const TYPES: [DType; 12] = [
     DType::Q6_K,
 ];
 
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("MLMF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("MLMF_MODELS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/mlmf")
-                });
-            cache.join("venv/bin/python")
-        })
-}
-
 /// Real quantized blocks: the fixture's `<type>.quant` (8 rows of 1024) repeated.
 fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
     let info = expected
@@ -71,8 +56,8 @@ fn gguf_py(dtype: DType, file: &Path, iters: u64, rows: Option<usize>) -> Durati
         iters.to_string(),
     ];
     args.extend(rows.map(|r| r.to_string()));
-    let out = Command::new(python())
-        .arg(manifest_dir().join("scripts/bench_gguf_py.py"))
+    let out = Command::new(common::python())
+        .arg(common::manifest_dir().join("scripts/bench_gguf_py.py"))
         .args(&args)
         .output()
         .expect("run scripts/bench_gguf_py.py (run scripts/test.sh first to make the venv)");
@@ -86,9 +71,10 @@ fn gguf_py(dtype: DType, file: &Path, iters: u64, rows: Option<usize>) -> Durati
 }
 
 fn dequant(c: &mut Criterion) {
-    let expected =
-        ModelFile::open(manifest_dir().join("../shared/fixtures/quant/expected.safetensors"))
-            .expect("fixtures beside the checkout");
+    let expected = ModelFile::open(
+        common::manifest_dir().join("../shared/fixtures/quant/expected.safetensors"),
+    )
+    .expect("fixtures beside the checkout");
     let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
     let dir = tempfile::tempdir().expect("temp dir");
     for dtype in TYPES {

@@ -329,6 +329,17 @@ pub enum Error {
         found: u64,
     },
 
+    // ---- LoRA adapters -----------------------------------------------------------------------
+    #[error("{path}: LoRA adapter: {reason}")]
+    BadAdapter { path: PathBuf, reason: String },
+
+    #[error("adapter {adapter} does not fit base {base}:\n  {}", problems.join("\n  "))]
+    AdapterMismatch {
+        adapter: PathBuf,
+        base: PathBuf,
+        problems: Vec<String>,
+    },
+
     // ---- the command-line tool and user arguments ------------------------------------------------
     #[error("{0}")]
     Usage(String),

@@ -16,12 +16,13 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod formats;
+pub mod lora;
 pub mod memory;
 pub mod ops;
 pub mod quant;
 pub mod tensor;
 
-pub use checkpoint::{GgufWriter, TensorSource};
+pub use checkpoint::{GgufWriter, SafetensorsWriter, TensorSource};
 pub use device::{Device, Gpu, GpuOptions};
 pub use dtype::DType;
 pub use error::{Error, Result};

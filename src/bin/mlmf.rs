@@ -54,12 +54,48 @@ enum Command {
         #[arg(long)]
         keep: Vec<String>,
     },
+    /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
+    Lora {
+        #[command(subcommand)]
+        command: LoraCommand,
+    },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     BenchLoad {
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LoraCommand {
+    /// Merge an adapter into a base model and write the result (.safetensors or .gguf, by the
+    /// output's extension). Untouched tensors are copied bit for bit; merged ones keep their
+    /// dtype, except quantized ones (see --quantized).
+    Merge {
+        base: PathBuf,
+        /// A PEFT adapter directory (adapter_config.json) or a GGUF adapter file.
+        adapter: PathBuf,
+        /// Multiplies the adapter's own scale (alpha / r, or alpha / sqrt(r) with rsLoRA).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f32,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// What merged quantized tensors become.
+        #[arg(long, value_enum, default_value_t = QuantizedArg::F16)]
+        quantized: QuantizedArg,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantizedArg {
+    /// F16, as llama-export-lora writes them.
+    F16,
+    F32,
+    /// Quantized again to the base tensor's type.
+    Requantize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +122,17 @@ fn main() -> ExitCode {
             dtype,
             keep,
         } => quantize(&input, &output, &dtype, &keep),
+        Command::Lora {
+            command:
+                LoraCommand::Merge {
+                    base,
+                    adapter,
+                    scale,
+                    device: d,
+                    quantized,
+                    output,
+                },
+        } => lora_merge(&base, &adapter, scale, d, quantized, &output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,7 +256,6 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
 }
 
 fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result<()> {
-    use std::io::{IsTerminal, Write};
     let dtype = mlmf::DType::from_name(dtype)
         .filter(|d| mlmf::quant::supports(*d))
         .ok_or_else(|| Error::Usage(format!("--type {dtype}: not a type mlmf can quantize to")))?;
@@ -219,26 +265,8 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
         .collect::<Result<Vec<_>>>()?;
     let file = ModelFile::open(input)?;
     let options = mlmf::quant::QuantizeOptions { dtype, keep };
-    let total = file.tensors().len();
-    let bar = std::io::stderr().is_terminal();
-    let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |i, t| {
-        if bar {
-            let width = 30;
-            let done = (i * width) / total.max(1);
-            eprint!(
-                "\r[{}{}] {}/{} {:<40.40}",
-                "#".repeat(done),
-                " ".repeat(width - done),
-                i + 1,
-                total,
-                t.name
-            );
-            let _ = std::io::stderr().flush();
-        }
-    })?;
-    if bar {
-        eprintln!();
-    }
+    let mut bar = progress_bar(file.tensors().len());
+    let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |i, t| bar(i, &t.name))?;
     println!(
         "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
         "tensor", "from", "to", "shape", "bytes in", "bytes out"
@@ -262,6 +290,79 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
     println!(
         "{quantized} of {} tensors quantized to {dtype}; {bytes_in} -> {bytes_out} bytes; wrote {}",
         plan.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(total: usize) -> impl FnMut(usize, &str) {
+    use std::io::{IsTerminal, Write};
+    let bar = std::io::stderr().is_terminal();
+    move |i, name| {
+        if bar {
+            let width = 30;
+            let done = (i * width) / total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{} {:<40.40}",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                i + 1,
+                total,
+                name
+            );
+            if i + 1 == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+fn lora_merge(
+    base: &Path,
+    adapter: &Path,
+    scale: f32,
+    device_arg: DeviceArg,
+    quantized: QuantizedArg,
+    output: &Path,
+) -> Result<()> {
+    use mlmf::lora::{Action, LoraAdapter, MergeOptions, QuantizedMerge};
+    let file = ModelFile::open(base)?;
+    let adapter = LoraAdapter::open(adapter)?;
+    let bound = adapter.bind(&file)?;
+    let options = MergeOptions {
+        multiplier: scale,
+        quantized: match quantized {
+            QuantizedArg::F16 => QuantizedMerge::F16,
+            QuantizedArg::F32 => QuantizedMerge::F32,
+            QuantizedArg::Requantize => QuantizedMerge::Requantize,
+        },
+    };
+    let device = device(device_arg)?;
+    let mut progress = progress_bar(file.tensors().len());
+    let report = mlmf::lora::merge_file(&device, &file, &bound, &options, output, &mut progress)?;
+    println!(
+        "{:<48} {:<8} {:<8} {:<20} action",
+        "tensor", "from", "to", "shape"
+    );
+    for t in report.iter().filter(|t| t.action != Action::Kept) {
+        println!(
+            "{:<48} {:<8} {:<8} {:<20} {:?}",
+            t.name,
+            t.from.name(),
+            t.to.name(),
+            format!("{:?}", t.shape),
+            t.action
+        );
+    }
+    let count = |a: Action| report.iter().filter(|t| t.action == a).count();
+    println!(
+        "{} merged, {} replaced, {} kept as they were; scale {scale} on {}; wrote {}",
+        count(Action::Merged),
+        count(Action::Replaced),
+        count(Action::Kept),
+        device.describe(),
         output.display()
     );
     Ok(())

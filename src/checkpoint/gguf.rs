@@ -36,12 +36,11 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use super::AtomicFile;
+use super::{AtomicFile, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::formats::{Metadata, Value};
-use crate::tensor::Tensor;
 
 /// The GGUF version written.
 pub const VERSION: u32 = 3;
@@ -67,64 +66,6 @@ const TYPE_ARRAY: u32 = 9;
 const TYPE_U64: u32 = 10;
 const TYPE_I64: u32 = 11;
 const TYPE_F64: u32 = 12;
-
-/// Where a tensor's bytes come from. Each is read once, in order, while the file is written.
-#[derive(Clone, Copy)]
-pub enum TensorSource<'a> {
-    /// Bytes in memory, e.g. a zero-copy [`crate::ModelFile::bytes`] view into a memory map.
-    Bytes(&'a [u8]),
-    /// A tensor on a device; GPU tensors are read back chunk by chunk
-    /// ([`Tensor::for_each_chunk`]).
-    Tensor(&'a Tensor),
-    /// Anything else that can hand its bytes over in order.
-    Chunks(&'a dyn ChunkSource),
-}
-
-/// A source that produces a tensor's bytes in consecutive chunks, e.g. a quantizer writing
-/// block after block. The writer checks that the chunks add up to [`ChunkSource::byte_len`].
-pub trait ChunkSource {
-    /// How many bytes [`ChunkSource::for_each_chunk`] will produce.
-    fn byte_len(&self) -> u64;
-    /// Call `f` with the bytes in order; stop at the first error `f` returns.
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
-}
-
-impl TensorSource<'_> {
-    /// The byte length the source announces.
-    pub fn byte_len(&self) -> u64 {
-        match self {
-            TensorSource::Bytes(b) => b.len() as u64,
-            TensorSource::Tensor(t) => t.byte_len(),
-            TensorSource::Chunks(c) => c.byte_len(),
-        }
-    }
-
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        match self {
-            TensorSource::Bytes(b) => f(b),
-            TensorSource::Tensor(t) => t.for_each_chunk(|_, chunk| f(chunk)),
-            TensorSource::Chunks(c) => c.for_each_chunk(f),
-        }
-    }
-}
-
-impl<'a> From<&'a [u8]> for TensorSource<'a> {
-    fn from(bytes: &'a [u8]) -> Self {
-        TensorSource::Bytes(bytes)
-    }
-}
-
-impl<'a> From<&'a Vec<u8>> for TensorSource<'a> {
-    fn from(bytes: &'a Vec<u8>) -> Self {
-        TensorSource::Bytes(bytes)
-    }
-}
-
-impl<'a> From<&'a Tensor> for TensorSource<'a> {
-    fn from(tensor: &'a Tensor) -> Self {
-        TensorSource::Tensor(tensor)
-    }
-}
 
 /// A GGUF file to be written: metadata, then tensors in the order they were added.
 ///
@@ -218,7 +159,9 @@ impl<'a> GgufWriter<'a> {
         debug_assert_eq!(out.pos, plan.data_start);
         for (entry, planned) in self.tensors.iter().zip(&plan.tensors) {
             debug_assert_eq!(out.pos, plan.data_start + planned.offset);
-            write_data(&mut out, path, entry, planned.byte_len)?;
+            entry
+                .source
+                .stream_exact(path, &entry.name, planned.byte_len, &mut |c| out.put(c))?;
             out.pad_to(plan.alignment)?;
         }
         debug_assert_eq!(out.pos, plan.file_len);
@@ -390,30 +333,6 @@ fn check_tensor(path: &Path, entry: &Entry<'_>) -> Result<(u32, Vec<u64>, u64)> 
         });
     }
     Ok((ggml_id, ne, byte_len))
-}
-
-/// Stream one tensor's bytes, stopping as soon as the source produces more than `expected`.
-fn write_data(out: &mut Out<'_>, path: &Path, entry: &Entry<'_>, expected: u64) -> Result<()> {
-    let mismatch = |found: u64| Error::ByteLengthMismatch {
-        path: path.to_path_buf(),
-        tensor: entry.name.clone(),
-        expected,
-        found,
-    };
-    let mut written = 0u64;
-    entry.source.for_each_chunk(&mut |chunk: &[u8]| {
-        let total = written + chunk.len() as u64;
-        if total > expected {
-            return Err(mismatch(total));
-        }
-        out.put(chunk)?;
-        written = total;
-        Ok(())
-    })?;
-    if written != expected {
-        return Err(mismatch(written));
-    }
-    Ok(())
 }
 
 // ---- metadata values ---------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 
 mod atomic;
 pub mod gguf;
+pub mod safetensors;
+mod source;
 
 pub use atomic::AtomicFile;
-pub use gguf::{ChunkSource, GgufWriter, TensorSource};
+pub use gguf::GgufWriter;
+pub use safetensors::SafetensorsWriter;
+pub use source::{ChunkSource, TensorSource};

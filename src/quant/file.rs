@@ -156,7 +156,7 @@ pub fn quantize_file(
 /// Metadata worth keeping: GGUF key/values as they are; for other formats their string
 /// metadata under `mlmf.source.` (GGUF readers expect `general.*` keys to mean what llama.cpp
 /// says, which a safetensors `__metadata__` does not promise).
-fn carried_metadata(file: &ModelFile) -> Metadata {
+pub(crate) fn carried_metadata(file: &ModelFile) -> Metadata {
     let mut out = Metadata::default();
     for (k, v) in file.metadata().iter() {
         if file.format() == Format::Gguf {

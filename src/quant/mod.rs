@@ -23,6 +23,7 @@ mod iq4;
 mod k_quants;
 mod legacy;
 
+pub(crate) use file::carried_metadata;
 pub use file::{plan, quantize_file, Planned, QuantizeOptions};
 
 use crate::dtype::DType;

@@ -1,0 +1,225 @@
+//! Writing safetensors files, streamed: the header is computed from the tensor list first (every
+//! size is known up front), then each tensor's bytes go from their source (a memory map, a GPU
+//! readback, a quantizer) straight into an [`AtomicFile`].
+//!
+//! The layout is the one [`crate::formats::safetensors`] and the `safetensors` crate read:
+//!
+//! ```text
+//! u64 header length N   N bytes of JSON, padded with spaces to a multiple of 8
+//! the tensors' bytes, back to back, in the order they were added
+//! ```
+//!
+//! The JSON object holds `__metadata__` (string to string, written only when not empty) and one
+//! entry per tensor, `{"dtype", "shape", "data_offsets": [begin, end]}`, offsets relative to the
+//! end of the header. The padding is the `safetensors` crate's: it keeps every tensor of the
+//! usual dtypes aligned to its element size when the data section is mapped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use super::{AtomicFile, TensorSource};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// A safetensors file to be written: metadata, then tensors in the order they were added.
+///
+/// ```no_run
+/// use mlmf::checkpoint::SafetensorsWriter;
+/// use mlmf::ModelFile;
+/// let file = ModelFile::open("in.safetensors")?;
+/// let mut writer = SafetensorsWriter::new(Default::default());
+/// for t in file.tensors() {
+///     writer.add_tensor(&t.name, t.dtype, t.shape.dims(), file.bytes(t));
+/// }
+/// writer.write("out.safetensors")?;
+/// # Ok::<(), mlmf::Error>(())
+/// ```
+pub struct SafetensorsWriter<'a> {
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<Entry<'a>>,
+}
+
+struct Entry<'a> {
+    name: String,
+    dtype: DType,
+    shape: Vec<usize>,
+    source: TensorSource<'a>,
+}
+
+impl<'a> SafetensorsWriter<'a> {
+    /// A writer whose file carries `metadata` as its `__metadata__` (written as given).
+    pub fn new(metadata: BTreeMap<String, String>) -> SafetensorsWriter<'a> {
+        SafetensorsWriter {
+            metadata,
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Add a tensor of `dtype` with `shape` (slowest dimension first). Nothing is checked or read
+    /// until [`SafetensorsWriter::write`].
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: &[usize],
+        source: impl Into<TensorSource<'a>>,
+    ) -> &mut Self {
+        self.tensors.push(Entry {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            source: source.into(),
+        });
+        self
+    }
+
+    /// Write the file to `path`, replacing it atomically. Every check (names, dtypes, shapes,
+    /// byte lengths) runs before the file is created; a source that produces a different number
+    /// of bytes than it announced fails the write, and the previous file at `path` stays.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let (header, lengths) = self.header(path)?;
+        let mut file = AtomicFile::create(path)?;
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        for (entry, &len) in self.tensors.iter().zip(&lengths) {
+            entry
+                .source
+                .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
+        }
+        file.commit()
+    }
+
+    /// The padded JSON header and each tensor's byte length, after checking every tensor.
+    fn header(&self, path: &Path) -> Result<(Vec<u8>, Vec<u64>)> {
+        let mut object = serde_json::Map::new();
+        if !self.metadata.is_empty() {
+            object.insert("__metadata__".into(), serde_json::json!(self.metadata));
+        }
+        let mut names = HashSet::with_capacity(self.tensors.len());
+        let mut lengths = Vec::with_capacity(self.tensors.len());
+        let mut offset = 0u64;
+        for entry in &self.tensors {
+            let name = &entry.name;
+            if name == "__metadata__" {
+                return Err(Error::BadTensorName {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    reason: "the name is reserved for the metadata".into(),
+                });
+            }
+            if !names.insert(name.as_str()) {
+                return Err(Error::DuplicateTensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                });
+            }
+            let dtype_name =
+                entry
+                    .dtype
+                    .info()
+                    .safetensors
+                    .ok_or_else(|| Error::UnsupportedDType {
+                        path: path.to_path_buf(),
+                        tensor: name.clone(),
+                        dtype: entry.dtype.name().to_string(),
+                        format: "safetensors",
+                    })?;
+            let overflow = || Error::ShapeOverflow {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                shape: entry.shape.iter().map(|&d| d as u64).collect(),
+            };
+            let elems = entry
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                .ok_or_else(overflow)?;
+            let len = entry.dtype.byte_len(elems).ok_or_else(overflow)?;
+            let found = entry.source.byte_len();
+            if found != len {
+                return Err(Error::ByteLengthMismatch {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    expected: len,
+                    found,
+                });
+            }
+            let end = offset.checked_add(len).ok_or_else(overflow)?;
+            object.insert(
+                name.clone(),
+                serde_json::json!({
+                    "dtype": dtype_name,
+                    "shape": entry.shape,
+                    "data_offsets": [offset, end],
+                }),
+            );
+            lengths.push(len);
+            offset = end;
+        }
+        let mut header = serde_json::to_vec(&object).map_err(|e| Error::BadHeader {
+            path: path.to_path_buf(),
+            offset: 8,
+            reason: e.to_string(),
+        })?;
+        header.resize(header.len().next_multiple_of(8), b' ');
+        Ok((header, lengths))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::ModelFile;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn written_file_reads_back_with_metadata_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.safetensors");
+        let a = f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let b = vec![7u8, 8, 9];
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let mut w = SafetensorsWriter::new(meta);
+        w.add_tensor("a", DType::F32, &[2, 3], &a)
+            .add_tensor("b", DType::U8, &[3], &b);
+        w.write(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(n % 8, 0);
+        let file = ModelFile::open(&path).unwrap();
+        assert_eq!(file.metadata().get("format").unwrap().as_str(), Some("pt"));
+        let ta = file.tensor("a").unwrap();
+        assert_eq!(ta.shape.dims(), &[2, 3]);
+        assert_eq!(file.bytes(ta), &a[..]);
+        assert_eq!(file.bytes(file.tensor("b").unwrap()), &b[..]);
+    }
+
+    #[test]
+    fn bad_tensors_fail_before_the_file_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.safetensors");
+        std::fs::write(&path, b"previous").unwrap();
+        let four = f32_bytes(&[1.0]);
+        let cases: Vec<(&str, DType, Vec<usize>, &[u8])> = vec![
+            ("short", DType::F32, vec![2], &four),
+            ("__metadata__", DType::F32, vec![1], &four),
+            ("q", DType::Q4_0, vec![32], &[0u8; 18]),
+        ];
+        for (name, dtype, shape, bytes) in cases {
+            let mut w = SafetensorsWriter::new(BTreeMap::new());
+            w.add_tensor(name, dtype, &shape, bytes);
+            let err = w.write(&path).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"previous");
+        }
+        let mut w = SafetensorsWriter::new(BTreeMap::new());
+        w.add_tensor("x", DType::F32, &[1], &four)
+            .add_tensor("x", DType::F32, &[1], &four);
+        assert!(matches!(w.write(&path), Err(Error::DuplicateTensor { .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"previous");
+    }
+}
