@@ -535,3 +535,165 @@ fn cli_merge_writes_the_merged_model() {
         );
     }
 }
+
+#[test]
+fn peft_adapter_model_bin_reads_like_the_safetensors() {
+    let src = lora_dir("standard").join("adapter");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/peft_adapter_bin.py");
+    let out = Command::new(common::python())
+        .arg(&script)
+        .arg(&src)
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(tmp.path().join("adapter_model.bin").is_file());
+    let from_bin = LoraAdapter::open(tmp.path()).unwrap();
+    let from_st = LoraAdapter::open(&src).unwrap();
+    assert_eq!(from_bin.modules().len(), from_st.modules().len());
+    for (a, b) in from_bin.modules().iter().zip(from_st.modules()) {
+        assert_eq!(
+            (&a.name, &a.a, &a.b, a.scale),
+            (&b.name, &b.a, &b.b, b.scale)
+        );
+    }
+}
+
+#[test]
+fn modules_to_save_replace_whole_tensors_in_a_merge_and_are_refused_at_run_time() {
+    let src = lora_dir("standard");
+    let base = ModelFile::open(src.join("base.safetensors")).unwrap();
+    let adapter_file = ModelFile::open(src.join("adapter/adapter_model.safetensors")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // The fixture's adapter plus a trained copy of one bias, saved as PEFT saves modules_to_save
+    // (and bias="all"): under the base model's own name.
+    let bias_name = "model.layers.1.self_attn.v_proj.bias";
+    let bias: Vec<u8> = (0..96)
+        .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
+        .collect();
+    let mut writer = mlmf::SafetensorsWriter::new(Default::default());
+    for info in adapter_file.tensors() {
+        writer.add_tensor(
+            info.name.clone(),
+            info.dtype,
+            info.shape.dims(),
+            adapter_file.bytes(info),
+        );
+    }
+    writer.add_tensor(
+        format!("base_model.model.{bias_name}"),
+        DType::F32,
+        &[96],
+        &bias,
+    );
+    writer
+        .write(tmp.path().join("adapter_model.safetensors"))
+        .unwrap();
+    std::fs::copy(
+        src.join("adapter/adapter_config.json"),
+        tmp.path().join("adapter_config.json"),
+    )
+    .unwrap();
+    let adapter = LoraAdapter::open(tmp.path()).unwrap();
+    let bound = adapter.bind(&base).unwrap();
+    assert_eq!(bound.replacements().len(), 1);
+    let out = tmp.path().join("merged.safetensors");
+    let report = mlmf::lora::merge_file(
+        &Device::Cpu,
+        &base,
+        &bound,
+        &MergeOptions::default(),
+        &out,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let replaced: Vec<&str> = report
+        .iter()
+        .filter(|t| t.action == mlmf::lora::Action::Replaced)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(replaced, [bias_name]);
+    let written = ModelFile::open(&out).unwrap();
+    assert_eq!(written.bytes(written.tensor(bias_name).unwrap()), &bias[..]);
+    let mut set = AdapterSet::new(
+        &Device::Cpu,
+        &base,
+        &["model.layers.1.self_attn.v_proj.weight"],
+        1,
+        4,
+    )
+    .unwrap();
+    let err = set.load(&bound, 1.0).unwrap_err();
+    assert!(err.to_string().contains(bias_name), "{err}");
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| v[r * cols + c]))
+        .collect()
+}
+
+#[test]
+fn fan_in_fan_out_merges_into_transposed_weights() {
+    // GPT-2's Conv1D stores weights [in, out]; PEFT marks such adapters fan_in_fan_out.
+    let src = lora_dir("standard");
+    let base = ModelFile::open(src.join("base.safetensors")).unwrap();
+    let merged = ModelFile::open(src.join("merged.safetensors")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tensors = Vec::new();
+    for info in base.tensors() {
+        let v = file_f32s(&base, &info.name);
+        let (dims, v) = match *info.shape.dims() {
+            [rows, cols] => (vec![cols, rows], transpose(&v, rows, cols)),
+            _ => (info.shape.dims().to_vec(), v),
+        };
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push((info.name.clone(), dims, bytes));
+    }
+    let mut writer = mlmf::SafetensorsWriter::new(Default::default());
+    for (name, dims, bytes) in &tensors {
+        writer.add_tensor(name.clone(), DType::F32, dims, bytes);
+    }
+    writer.write(tmp.path().join("base.safetensors")).unwrap();
+    let adapter_dir = tmp.path().join("adapter");
+    std::fs::create_dir(&adapter_dir).unwrap();
+    std::fs::copy(
+        src.join("adapter/adapter_model.safetensors"),
+        adapter_dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    config["fan_in_fan_out"] = serde_json::json!(true);
+    std::fs::write(adapter_dir.join("adapter_config.json"), config.to_string()).unwrap();
+
+    let t_base = ModelFile::open(tmp.path().join("base.safetensors")).unwrap();
+    let adapter = LoraAdapter::open(&adapter_dir).unwrap();
+    assert!(adapter.fan_in_fan_out());
+    let bound = adapter.bind(&t_base).unwrap();
+    for device in devices() {
+        for target in bound.targets() {
+            let t = mlmf::lora::merge_target(&device, &t_base, target, &MergeOptions::default())
+                .unwrap();
+            let &[inp, out] = t.shape().dims() else {
+                panic!()
+            };
+            assert_close(
+                &target.tensor,
+                &transpose(&f32s(&t), inp, out),
+                &file_f32s(&merged, &target.tensor),
+            );
+        }
+    }
+    // The untransposed fixture base does not fit a fan_in_fan_out adapter.
+    assert!(matches!(
+        adapter.bind(&base),
+        Err(Error::AdapterMismatch { .. })
+    ));
+}
