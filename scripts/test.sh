@@ -8,16 +8,18 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 python3 scripts/fetch_models.py
 
-# gguf-py, the reference reader tests/gguf_writer.rs checks written files with
-# (scripts/check_gguf.py), in a venv in the model cache: outside git, made once and reused.
+# The reference readers tests check written files with: gguf-py (scripts/check_gguf.py) and
+# Python safetensors (scripts/check_safetensors.py), in a venv in the model cache: outside git,
+# made once and reused.
 models="${MLMF_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmf}"
 venv="$models/venv"
 gguf_version=0.19.0
-if ! "$venv/bin/python" -c "import importlib.metadata as m, numpy; assert m.version('gguf') == '$gguf_version'" 2>/dev/null; then
-    echo "making $venv with gguf==$gguf_version" >&2
+safetensors_version=0.6.2
+if ! "$venv/bin/python" -c "import importlib.metadata as m, numpy; assert m.version('gguf') == '$gguf_version'; assert m.version('safetensors') == '$safetensors_version'" 2>/dev/null; then
+    echo "making $venv with gguf==$gguf_version and safetensors==$safetensors_version" >&2
     mkdir -p "$models"
     python3 -m venv --clear "$venv"
-    "$venv/bin/python" -m pip install -q "gguf==$gguf_version"  # pulls numpy
+    "$venv/bin/python" -m pip install -q "gguf==$gguf_version" "safetensors==$safetensors_version"  # gguf pulls numpy
 fi
 export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.

@@ -54,6 +54,28 @@ enum Command {
         #[arg(long)]
         keep: Vec<String>,
     },
+    /// Convert between safetensors (OUT ending in .safetensors), GGUF (.gguf) and sharded
+    /// safetensors (any other OUT: a directory); PyTorch is read only. Metadata is kept.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+        /// Map tensor names (and what llama.cpp does to q/k rows and Gemma norms).
+        #[arg(long, value_enum)]
+        map: Option<MapArg>,
+        /// Architecture for --map (llama, mistral, qwen2, gemma, gemma2, gemma3, phi3, bert),
+        /// when neither general.architecture nor a config.json beside the input names it.
+        #[arg(long)]
+        arch: Option<String>,
+        /// Convert every floating-point tensor (quantized ones too) to this type.
+        #[arg(long, value_enum)]
+        dtype: Option<DTypeArg>,
+        /// Largest shard of a sharded output, in bytes (default 5000000000).
+        #[arg(long)]
+        max_shard_size: Option<u64>,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
     Lora {
         #[command(subcommand)]
@@ -90,6 +112,19 @@ enum LoraCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum MapArg {
+    HfToGguf,
+    GgufToHf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum QuantizedArg {
     /// F16, as llama-export-lora writes them.
     F16,
@@ -122,6 +157,23 @@ fn main() -> ExitCode {
             dtype,
             keep,
         } => quantize(&input, &output, &dtype, &keep),
+        Command::Convert {
+            input,
+            output,
+            map,
+            arch,
+            dtype,
+            max_shard_size,
+            force,
+        } => convert(
+            &input,
+            &output,
+            map,
+            arch.as_deref(),
+            dtype,
+            max_shard_size,
+            force,
+        ),
         Command::Lora {
             command:
                 LoraCommand::Merge {
@@ -317,6 +369,53 @@ fn progress_bar(total: usize) -> impl FnMut(usize, &str) {
             let _ = std::io::stderr().flush();
         }
     }
+}
+
+fn convert(
+    input: &Path,
+    output: &Path,
+    map: Option<MapArg>,
+    arch: Option<&str>,
+    dtype: Option<DTypeArg>,
+    max_shard_size: Option<u64>,
+    force: bool,
+) -> Result<()> {
+    use mlmf::checkpoint::{ConvertOptions, MapDirection};
+    let arch = arch
+        .map(|a| {
+            mlmf::Arch::from_gguf(a)
+                .or_else(|| mlmf::Arch::from_hf(a))
+                .ok_or_else(|| Error::Usage(format!("--arch {a}: not an architecture mlmf maps")))
+        })
+        .transpose()?;
+    let options = ConvertOptions {
+        map: map.map(|m| match m {
+            MapArg::HfToGguf => MapDirection::HfToGguf,
+            MapArg::GgufToHf => MapDirection::GgufToHf,
+        }),
+        arch,
+        dtype: dtype.map(|d| match d {
+            DTypeArg::F32 => mlmf::DType::F32,
+            DTypeArg::F16 => mlmf::DType::F16,
+            DTypeArg::Bf16 => mlmf::DType::BF16,
+        }),
+        max_shard_bytes: max_shard_size,
+        force,
+    };
+    let file = ModelFile::open(input)?;
+    let mut progress = progress_bar(file.tensors().len());
+    let report = mlmf::checkpoint::convert_file(&file, output, &options, &mut progress)?;
+    let changed = report
+        .iter()
+        .filter(|t| t.name != t.from_name || t.to != t.from || t.note.is_some())
+        .count();
+    println!(
+        "{} tensors, {changed} renamed, retyped or changed; {} -> {}",
+        report.len(),
+        file.format(),
+        output.display()
+    );
+    Ok(())
 }
 
 fn lora_merge(

@@ -1,11 +1,13 @@
 //! Writing files. Every write is atomic: see [`AtomicFile`].
 
 mod atomic;
+pub mod convert;
 pub mod gguf;
 pub mod safetensors;
 mod source;
 
 pub use atomic::AtomicFile;
+pub use convert::{convert_file, ConvertOptions, Converted, MapDirection};
 pub use gguf::GgufWriter;
 pub use safetensors::SafetensorsWriter;
 pub use source::{ChunkSource, TensorSource};

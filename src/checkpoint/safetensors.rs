@@ -15,11 +15,14 @@
 //! usual dtypes aligned to its element size when the data section is mapped.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{AtomicFile, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+
+/// The index file of a sharded checkpoint, as `transformers` names it.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
 
 /// A safetensors file to be written: metadata, then tensors in the order they were added.
 ///
@@ -88,6 +91,66 @@ impl<'a> SafetensorsWriter<'a> {
                 .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
         }
         file.commit()
+    }
+
+    /// Write the tensors as a Hugging Face sharded checkpoint in the directory `dir`:
+    /// `model-00001-of-0000N.safetensors` shards of at most `max_shard_bytes` of tensor data
+    /// each (a larger tensor gets a shard of its own, as `save_pretrained` does), in the order
+    /// the tensors were added, every shard carrying the metadata, then
+    /// `model.safetensors.index.json` (`metadata.total_size` and `weight_map`), which
+    /// [`crate::ModelFile::open`] and `transformers` read. Every file is written atomically and
+    /// the index last. `dir` is created if missing; a directory that already holds an index is
+    /// refused, because replacing shards one by one could mix two checkpoints. Returns the
+    /// index's path.
+    pub fn write_sharded(&self, dir: impl AsRef<Path>, max_shard_bytes: u64) -> Result<PathBuf> {
+        let dir = dir.as_ref();
+        let index_path = dir.join(INDEX_NAME);
+        if index_path.exists() {
+            return Err(Error::Usage(format!(
+                "{} exists; write the sharded checkpoint to a new directory",
+                index_path.display()
+            )));
+        }
+        // Check everything once, before any file is created.
+        let (_, lengths) = self.header(&index_path)?;
+        let mut shards: Vec<Vec<usize>> = Vec::new();
+        let mut filled = 0u64;
+        for (i, &len) in lengths.iter().enumerate() {
+            match shards.last_mut() {
+                Some(shard) if filled + len <= max_shard_bytes => shard.push(i),
+                _ => {
+                    shards.push(vec![i]);
+                    filled = 0;
+                }
+            }
+            filled += len;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let count = shards.len();
+        let mut weight_map = serde_json::Map::new();
+        for (n, shard) in shards.iter().enumerate() {
+            let name = format!("model-{:05}-of-{count:05}.safetensors", n + 1);
+            let mut writer = SafetensorsWriter::new(self.metadata.clone());
+            for &i in shard {
+                let e = &self.tensors[i];
+                writer.add_tensor(e.name.clone(), e.dtype, &e.shape, e.source);
+                weight_map.insert(e.name.clone(), name.clone().into());
+            }
+            writer.write(dir.join(&name))?;
+        }
+        let total: u64 = lengths.iter().sum();
+        let index = serde_json::json!({
+            "metadata": {"total_size": total},
+            "weight_map": weight_map,
+        });
+        let mut file = AtomicFile::create(&index_path)?;
+        let text = serde_json::to_string_pretty(&index).map_err(|e| Error::BadIndex {
+            path: index_path.clone(),
+            reason: e.to_string(),
+        })?;
+        file.write_all(text.as_bytes())?;
+        file.commit()?;
+        Ok(index_path)
     }
 
     /// The padded JSON header and each tensor's byte length, after checking every tensor.
@@ -196,6 +259,32 @@ mod tests {
         assert_eq!(ta.shape.dims(), &[2, 3]);
         assert_eq!(file.bytes(ta), &a[..]);
         assert_eq!(file.bytes(file.tensor("b").unwrap()), &b[..]);
+    }
+
+    #[test]
+    fn sharded_checkpoint_reads_back_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("sharded");
+        let values: Vec<Vec<u8>> = (0..5)
+            .map(|i| f32_bytes(&vec![i as f32; 10 + i * 4]))
+            .collect();
+        let mut w = SafetensorsWriter::new(BTreeMap::new());
+        for (i, v) in values.iter().enumerate() {
+            w.add_tensor(format!("t{i}"), DType::F32, &[v.len() / 4], v);
+        }
+        // 100 bytes per shard: t0 (40) + t1 (56); t2 (72); t3 (88); t4 (104, alone and over).
+        let index = w.write_sharded(&out, 100).unwrap();
+        let text = std::fs::read_to_string(&index).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["metadata"]["total_size"], 40 + 56 + 72 + 88 + 104);
+        assert_eq!(json["weight_map"]["t1"], "model-00001-of-00004.safetensors");
+        assert_eq!(json["weight_map"]["t4"], "model-00004-of-00004.safetensors");
+        let file = ModelFile::open(&out).unwrap();
+        for (i, v) in values.iter().enumerate() {
+            let t = file.tensor(&format!("t{i}")).unwrap();
+            assert_eq!(file.bytes(t), &v[..]);
+        }
+        assert!(w.write_sharded(&out, 100).is_err());
     }
 
     #[test]

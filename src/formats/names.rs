@@ -190,6 +190,74 @@ pub fn needs_qk_permute(arch: Arch) -> bool {
     matches!(arch, Arch::Llama | Arch::Mistral)
 }
 
+/// llama.cpp's `LlamaModel.permute` (see the module documentation) applied to the rows of `data`
+/// (`rows` rows of equal length, any element type: f32 values, or a row's raw bytes), or undone:
+/// `reshape(n_head, 2, rows / n_head / 2, -1).swapaxes(1, 2)`, so Hugging Face row
+/// `h·2·half + s·half + i` becomes GGUF row `h·2·half + 2·i + s`. `None` when the rows do not
+/// split into `n_head` heads of even size.
+pub fn permute_rows<T: Copy + Default>(
+    data: &[T],
+    rows: usize,
+    n_head: usize,
+    to_gguf: bool,
+) -> Option<Vec<T>> {
+    if n_head == 0 || rows == 0 || rows % (2 * n_head) != 0 || data.len() % rows != 0 {
+        return None;
+    }
+    let cols = data.len() / rows;
+    let half = rows / n_head / 2;
+    let mut out = vec![T::default(); data.len()];
+    for h in 0..n_head {
+        for s in 0..2 {
+            for i in 0..half {
+                let hf = h * 2 * half + s * half + i;
+                let gguf = h * 2 * half + 2 * i + s;
+                let (from, to) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&data[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The architecture of a model file: its `general.architecture` (GGUF), else the
+/// `config.json` beside it (Hugging Face).
+pub fn arch_of(file: &crate::ModelFile) -> Option<Arch> {
+    if file.format() == crate::Format::Gguf {
+        let a = file.metadata().get("general.architecture")?.as_str()?;
+        return Arch::from_gguf(a);
+    }
+    Arch::from_hf_config(&hf_config(file)?)
+}
+
+/// `(n_head, n_head_kv)` for [`permute_rows`]: `{arch}.attention.head_count{,_kv}` of a GGUF
+/// file, else `num_attention_heads` / `num_key_value_heads` of the `config.json` beside it.
+pub fn head_counts(file: &crate::ModelFile, arch: Arch) -> Option<(usize, usize)> {
+    let (n, kv) = if file.format() == crate::Format::Gguf {
+        let key = |k: &str| format!("{}.attention.{k}", arch.gguf_name());
+        let meta = file.metadata();
+        let n = meta.get(&key("head_count"))?.as_u64()?;
+        (n, meta.get(&key("head_count_kv")).and_then(|v| v.as_u64()))
+    } else {
+        let config = hf_config(file)?;
+        let n = config.get("num_attention_heads")?.as_u64()?;
+        (
+            n,
+            config.get("num_key_value_heads").and_then(|v| v.as_u64()),
+        )
+    };
+    Some((n as usize, kv.unwrap_or(n) as usize))
+}
+
+/// The parsed `config.json` beside a Hugging Face model file, if there is a readable one.
+fn hf_config(file: &crate::ModelFile) -> Option<serde_json::Value> {
+    let path = file.path();
+    let dir = if path.is_dir() { path } else { path.parent()? };
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Whether llama.cpp stores `weight + 1` for this architecture's normalisation weights (every
 /// tensor whose Hugging Face name ends in `norm.weight`). True for Gemma, Gemma 2 and Gemma 3.
 pub fn needs_norm_plus_one(arch: Arch) -> bool {
@@ -1127,5 +1195,19 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn permutation_matches_llama_cpp_and_inverts() {
+        // 2 heads of 4 rows, one column holding the Hugging Face row index. numpy:
+        // np.arange(8).reshape(2, 2, 2).swapaxes(1, 2).reshape(8) = [0, 2, 1, 3, 4, 6, 5, 7].
+        let b: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let g = permute_rows(&b, 8, 2, true).unwrap();
+        assert_eq!(g, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
+        let wide: Vec<u8> = (0..24 * 3).map(|i| i as u8).collect();
+        let there = permute_rows(&wide, 24, 3, true).unwrap();
+        assert_ne!(there, wide);
+        assert_eq!(permute_rows(&there, 24, 3, false).unwrap(), wide);
+        assert!(permute_rows(&b, 8, 3, true).is_none());
     }
 }

@@ -11,12 +11,11 @@
 //! [`Error::AdapterMismatch`].
 
 use std::borrow::Cow;
-use std::path::Path;
 
 use super::{LoraAdapter, LoraModule, Naming, Replacement};
 use crate::error::{Error, Result};
-use crate::formats::names::{needs_qk_permute, Arch, NameMap};
-use crate::formats::{Format, ModelFile, Value};
+use crate::formats::names::{arch_of, head_counts, needs_qk_permute, permute_rows, NameMap};
+use crate::formats::{Format, ModelFile};
 
 /// One adapter module matched to its base tensor.
 #[derive(Debug)]
@@ -74,9 +73,6 @@ enum Crossing {
     GgufToHf(NameMap),
 }
 
-/// Head counts for llama.cpp's q/k permutation: `(n_head, n_head_kv)`.
-type Heads = Option<(usize, usize)>;
-
 pub(super) fn bind<'a>(adapter: &'a LoraAdapter, base: &ModelFile) -> Result<Bound<'a>> {
     let mismatch = |problems: Vec<String>| Error::AdapterMismatch {
         adapter: adapter.path.clone(),
@@ -84,16 +80,7 @@ pub(super) fn bind<'a>(adapter: &'a LoraAdapter, base: &ModelFile) -> Result<Bou
         problems,
     };
     let base_gguf = base.format() == Format::Gguf;
-    let base_arch = if base_gguf {
-        base.metadata()
-            .get("general.architecture")
-            .and_then(Value::as_str)
-            .and_then(Arch::from_gguf)
-    } else {
-        hf_config(base.path())
-            .as_ref()
-            .and_then(Arch::from_hf_config)
-    };
+    let base_arch = arch_of(base);
     if let (Some(a), Some(b), true) = (adapter.arch, base_arch, base_gguf) {
         if a.gguf_name() != b.gguf_name() {
             return Err(mismatch(vec![format!(
@@ -180,7 +167,7 @@ pub(super) fn bind<'a>(adapter: &'a LoraAdapter, base: &ModelFile) -> Result<Bou
                     Qk::K => n_head,
                 };
                 let to_gguf = matches!(crossing, Crossing::HfToGguf(_));
-                match permute_rows(&module.b, out, module.rank, n, to_gguf) {
+                match permute_rows(&module.b, out, n, to_gguf) {
                     Some(b) => Cow::Owned(b),
                     None => {
                         problems.push(format!(
@@ -241,82 +228,5 @@ fn qk_kind(crossing: &Crossing, adapter_name: &str, base_name: &str) -> Option<Q
         Some(Qk::K)
     } else {
         None
-    }
-}
-
-/// The `config.json` beside a Hugging Face base file, if there is a readable one.
-fn hf_config(base: &Path) -> Option<serde_json::Value> {
-    let dir = if base.is_dir() { base } else { base.parent()? };
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// `(n_head, n_head_kv)` from the GGUF base's metadata or the `config.json` beside a Hugging
-/// Face base.
-fn head_counts(base: &ModelFile, arch: Arch) -> Heads {
-    if base.format() == Format::Gguf {
-        let key = |k: &str| format!("{}.attention.{k}", arch.gguf_name());
-        let meta = base.metadata();
-        let n_head = meta.get(&key("head_count"))?.as_u64()? as usize;
-        let n_kv = meta
-            .get(&key("head_count_kv"))
-            .and_then(Value::as_u64)
-            .map_or(n_head, |n| n as usize);
-        return Some((n_head, n_kv));
-    }
-    let config = hf_config(base.path())?;
-    let n_head = config.get("num_attention_heads")?.as_u64()? as usize;
-    let n_kv = config
-        .get("num_key_value_heads")
-        .and_then(serde_json::Value::as_u64)
-        .map_or(n_head, |n| n as usize);
-    Some((n_head, n_kv))
-}
-
-/// llama.cpp's `LlamaModel.permute` applied to the rows of `b` (`[rows, cols]`), or undone:
-/// `reshape(n_head, 2, rows / n_head / 2, cols).swapaxes(1, 2)`, so Hugging Face row
-/// `h·2·half + s·half + i` becomes GGUF row `h·2·half + 2·i + s`. `None` when the rows do not
-/// split into `n_head` heads of even size.
-pub(crate) fn permute_rows(
-    b: &[f32],
-    rows: usize,
-    cols: usize,
-    n_head: usize,
-    to_gguf: bool,
-) -> Option<Vec<f32>> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || b.len() != rows * cols {
-        return None;
-    }
-    let half = rows / n_head / 2;
-    let mut out = vec![0.0; b.len()];
-    for h in 0..n_head {
-        for s in 0..2 {
-            for i in 0..half {
-                let hf = h * 2 * half + s * half + i;
-                let gguf = h * 2 * half + 2 * i + s;
-                let (from, to) = if to_gguf { (hf, gguf) } else { (gguf, hf) };
-                out[to * cols..(to + 1) * cols].copy_from_slice(&b[from * cols..(from + 1) * cols]);
-            }
-        }
-    }
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permutation_matches_llama_cpp_and_inverts() {
-        // 2 heads of 4 rows, one column holding the Hugging Face row index. numpy:
-        // np.arange(8).reshape(2, 2, 2).swapaxes(1, 2).reshape(8) = [0, 2, 1, 3, 4, 6, 5, 7].
-        let b: Vec<f32> = (0..8).map(|i| i as f32).collect();
-        let g = permute_rows(&b, 8, 1, 2, true).unwrap();
-        assert_eq!(g, vec![0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]);
-        let wide: Vec<f32> = (0..24 * 3).map(|i| i as f32).collect();
-        let there = permute_rows(&wide, 24, 3, 3, true).unwrap();
-        assert_ne!(there, wide);
-        assert_eq!(permute_rows(&there, 24, 3, 3, false).unwrap(), wide);
-        assert!(permute_rows(&b, 8, 1, 3, true).is_none());
     }
 }

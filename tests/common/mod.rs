@@ -57,7 +57,7 @@ pub fn python() -> PathBuf {
         });
     assert!(
         path.is_file(),
-        "{} not found: run `bash scripts/test.sh`, which makes a venv with gguf==0.19.0 \
+        "{} not found: run `bash scripts/test.sh`, which makes a venv with gguf==0.19.0 and safetensors==0.6.2 \
          (or set MLMF_PYTHON to a python that has it)",
         path.display()
     );
