@@ -13,13 +13,19 @@
 //! entry per tensor, `{"dtype", "shape", "data_offsets": [begin, end]}`, offsets relative to the
 //! end of the header. The padding is the `safetensors` crate's: it keeps every tensor of the
 //! usual dtypes aligned to its element size when the data section is mapped.
+//!
+//! With [`SafetensorsWriter::provenance`], `__metadata__` also gets a [`crate::provenance`]
+//! record under `mlmf.provenance`, whose content hash is computed from the bytes as they stream
+//! and patched into the header (fixed-width hex over a placeholder) before the file is committed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use super::{AtomicFile, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::provenance::{self, ContentHasher, Provenance, TensorDigest};
 
 /// A safetensors file to be written: metadata, then tensors in the order they were added.
 ///
@@ -37,6 +43,7 @@ use crate::error::{Error, Result};
 pub struct SafetensorsWriter<'a> {
     metadata: BTreeMap<String, String>,
     tensors: Vec<Entry<'a>>,
+    provenance: Option<Provenance>,
 }
 
 struct Entry<'a> {
@@ -52,7 +59,16 @@ impl<'a> SafetensorsWriter<'a> {
         SafetensorsWriter {
             metadata,
             tensors: Vec::new(),
+            provenance: None,
         }
+    }
+
+    /// Record provenance: at [`SafetensorsWriter::write`], `__metadata__["mlmf.provenance"]`
+    /// gets the record of `provenance` with the written tensors' content hash, the tool and the
+    /// time (replacing any record the metadata carried).
+    pub fn provenance(&mut self, provenance: Provenance) -> &mut Self {
+        self.provenance = Some(provenance);
+        self
     }
 
     /// Add a tensor of `dtype` with `shape` (slowest dimension first). Nothing is checked or read
@@ -78,23 +94,62 @@ impl<'a> SafetensorsWriter<'a> {
     /// of bytes than it announced fails the write, and the previous file at `path` stays.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let (header, lengths) = self.header(path)?;
+        let record = self.provenance.as_ref().map(Provenance::placeholder_text);
+        let metadata = match &record {
+            None => Cow::Borrowed(&self.metadata),
+            Some(text) => {
+                let mut m = self.metadata.clone();
+                m.insert(provenance::KEY.to_string(), text.clone());
+                Cow::Owned(m)
+            }
+        };
+        let (header, lengths) = self.header(path, &metadata)?;
+        // Where the hash's hex digits go: 8 bytes of header length, then the header.
+        let hash_at = match record {
+            Some(_) => Some(
+                8 + hash_offset(&header).ok_or_else(|| Error::BadHeader {
+                    path: path.to_path_buf(),
+                    offset: 8,
+                    reason: "the provenance record's placeholder is not in the header".into(),
+                })?,
+            ),
+            None => None,
+        };
         let mut file = AtomicFile::create(path)?;
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
+        let mut hasher = ContentHasher::new();
         for (entry, &len) in self.tensors.iter().zip(&lengths) {
+            if hash_at.is_none() {
+                entry
+                    .source
+                    .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
+                continue;
+            }
+            let mut digest = TensorDigest::new();
             entry
                 .source
-                .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
+                .stream_exact(path, &entry.name, len, &mut |c| {
+                    digest.update(c);
+                    file.write_all(c)
+                })?;
+            hasher.add(&entry.name, entry.dtype, &entry.shape, digest.finish());
+        }
+        if let Some(at) = hash_at {
+            file.write_at(at as u64, hasher.finish().hex().as_bytes())?;
         }
         file.commit()
     }
 
     /// The padded JSON header and each tensor's byte length, after checking every tensor.
-    fn header(&self, path: &Path) -> Result<(Vec<u8>, Vec<u64>)> {
+    fn header(
+        &self,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(Vec<u8>, Vec<u64>)> {
         let mut object = serde_json::Map::new();
-        if !self.metadata.is_empty() {
-            object.insert("__metadata__".into(), serde_json::json!(self.metadata));
+        if !metadata.is_empty() {
+            object.insert("__metadata__".into(), serde_json::json!(metadata));
         }
         let mut names = HashSet::with_capacity(self.tensors.len());
         let mut lengths = Vec::with_capacity(self.tensors.len());
@@ -165,6 +220,26 @@ impl<'a> SafetensorsWriter<'a> {
         header.resize(header.len().next_multiple_of(8), b' ');
         Ok((header, lengths))
     }
+}
+
+/// Offset in `header` of the provenance record's hash digits. The record is a JSON string value
+/// there, so its quotes are escaped; `"mlmf.provenance":"` with bare quotes can only be the
+/// key itself (a string's closing quote is never followed by a letter, and a tensor's entry is
+/// an object, not a string).
+fn hash_offset(header: &[u8]) -> Option<usize> {
+    let key = format!("\"{}\":\"", provenance::KEY);
+    let value = find(header, key.as_bytes())? + key.len();
+    let escaped = serde_json::to_string(provenance::HASH_PREFIX).ok()?;
+    let prefix = &escaped.as_bytes()[1..escaped.len() - 1];
+    let at = value + prefix.len();
+    let digits = header.get(value..at + 64)?;
+    (digits[..prefix.len()] == *prefix
+        && digits[prefix.len()..] == *provenance::PLACEHOLDER_HEX.as_bytes())
+    .then_some(at)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
