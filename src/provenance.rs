@@ -646,22 +646,12 @@ pub fn adapter_hash(adapter: &LoraAdapter) -> Result<Sha256Hash> {
             Ok(Sha256Hash(h.finalize().into()))
         }
         Naming::Gguf => {
-            let file = ModelFile::open(adapter.path())?;
-            let mut d = TensorDigest::new();
-            whole_file(&file, &mut d)?;
-            Ok(Sha256Hash(d.finish()))
+            // Adapters are small (rank x (in + out) per module): read whole.
+            let path = adapter.path();
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            Ok(Sha256Hash::of(&bytes))
         }
     }
-}
-
-/// Feed the whole file `file` was opened from (not sharded) to `d`, from its memory map.
-fn whole_file(file: &ModelFile, d: &mut TensorDigest) -> Result<()> {
-    let path = file.path();
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only map, as in `ModelFile::open`.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    d.update(&map);
-    Ok(())
 }
 
 // ---- small helpers ---------------------------------------------------------------------------

@@ -303,6 +303,8 @@ fn verify_catches_a_changed_data_byte_and_a_changed_name() {
         drop(file);
         let out = mlmf(&[Path::new("verify"), &path]);
         assert!(!out.status.success(), "{ext}: name flip not reported");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("differs from the recorded"), "{stderr}");
     }
 }
 
@@ -418,4 +420,44 @@ fn relative_parent_paths_resolve_beside_the_child() {
         PathBuf::from(&sub).join("p.safetensors")
     );
     assert_eq!(node.parents[0].matches(), Some(true));
+}
+
+/// A record that is not JSON, or from a later version, is a typed error naming the file; as a
+/// parent it stops the lineage there, with the reason.
+#[test]
+fn unreadable_records_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = small_tensors();
+    for (text, says) in [
+        ("not json", "not JSON"),
+        (r#"{"version":2}"#, "version 2"),
+        (r#"{"version":1,"content_hash":"sha256:12"}"#, "sha256"),
+    ] {
+        let path = dir.path().join("bad.gguf");
+        let meta = Metadata {
+            entries: vec![(provenance::KEY.into(), Value::String(text.into()))],
+        };
+        write_gguf(&path, &tensors, meta, None);
+        let err = provenance::verify(&ModelFile::open(&path).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::BadProvenance { .. }), "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+        let out = mlmf(&[Path::new("verify"), &path]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+
+        // As a parent: named by its tensors' hash, and not followed.
+        let child = dir.path().join("child.safetensors");
+        let parent = Parent::of(&ModelFile::open(&path).unwrap()).unwrap();
+        assert_eq!(parent.content_hash, hash_by_definition(&tensors));
+        let p = Provenance {
+            parents: vec![parent],
+            transforms: vec![],
+        };
+        write_safetensors(&child, &tensors, Some(p));
+        let node = provenance::lineage(&child, 4).unwrap();
+        assert_eq!(node.parents[0].matches(), Some(true));
+        let stopped = node.parents[0].stopped.as_deref().unwrap_or_default();
+        assert!(stopped.contains(says), "{stopped}");
+    }
 }
