@@ -343,6 +343,21 @@ pub enum Error {
     // ---- the command-line tool and user arguments ------------------------------------------------
     #[error("{0}")]
     Usage(String),
+
+    // ---- provenance (records in file metadata, content hashes) -----------------------------------
+    /// The `mlmf.provenance` metadata is there but cannot be read as a record.
+    #[error("{path}: provenance record (mlmf.provenance): {reason}")]
+    BadProvenance { path: PathBuf, reason: String },
+
+    #[error("{path}: no provenance record (no mlmf.provenance metadata); its content hash is {computed}")]
+    NoProvenance { path: PathBuf, computed: String },
+
+    #[error("{path}: content hash {computed} differs from the recorded {recorded}: tensor names, dtypes, shapes or bytes changed after it was written")]
+    ContentHashMismatch {
+        path: PathBuf,
+        recorded: String,
+        computed: String,
+    },
 }
 
 /// Shorthand used throughout the crate.

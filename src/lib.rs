@@ -19,6 +19,7 @@ pub mod formats;
 pub mod lora;
 pub mod memory;
 pub mod ops;
+pub mod provenance;
 pub mod quant;
 pub mod tensor;
 

@@ -114,6 +114,18 @@ fn minilm_round_trips_through_gguf_bit_identical() {
     let original = ModelFile::open(&src).unwrap();
     let round = ModelFile::open(&back).unwrap();
     assert_same_tensors(&original, &round);
+    // Both outputs verify and name their parents; same tensors, same content hash.
+    for (file, parent) in [(&g, &src), (&round, &gguf)] {
+        mlmf::provenance::verify(file).unwrap().check().unwrap();
+        let record = mlmf::provenance::read_record(file).unwrap().unwrap();
+        assert!(record.parents[0]
+            .path
+            .ends_with(parent.file_name().unwrap().to_str().unwrap()));
+    }
+    assert_eq!(
+        mlmf::provenance::content_hash(&round).unwrap(),
+        mlmf::provenance::content_hash(&original).unwrap()
+    );
     // The original's __metadata__ comes back under its own keys.
     for (k, v) in original.metadata().iter() {
         assert_eq!(round.metadata().get(k), Some(v), "{k}");
@@ -156,6 +168,14 @@ fn sharded_output_opens_in_both_readers_and_force_replaces_it() {
     let sharded = ModelFile::open(&out).unwrap();
     assert_eq!(sharded.format(), Format::ShardedSafetensors);
     assert_same_tensors(&original, &sharded);
+    // The index records the whole checkpoint, each shard its own tensors.
+    mlmf::provenance::verify(&sharded).unwrap().check().unwrap();
+    for shard in &shards {
+        mlmf::provenance::verify(&ModelFile::open(shard).unwrap())
+            .unwrap()
+            .check()
+            .unwrap();
+    }
     let (_, py) = python_safetensors(&shards);
     assert_eq!(py.len(), original.tensors().len());
 

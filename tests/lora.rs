@@ -117,6 +117,7 @@ fn merged_file_keeps_untouched_tensors_bit_identical() {
         assert_eq!(seen.len(), base.tensors().len());
         assert_eq!(report.len(), base.tensors().len());
         let written = ModelFile::open(&out).unwrap();
+        check_provenance(&written, &base, &dir.join("adapter"));
         for info in base.tensors() {
             let got = written.tensor(&info.name).unwrap();
             assert_eq!(got.dtype, info.dtype);
@@ -137,6 +138,41 @@ fn merged_file_keeps_untouched_tensors_bit_identical() {
             }
         }
     }
+}
+
+/// The merged file verifies and names `base` as its parent and the adapter, by the hash the
+/// provenance module docs define (content hash of the tensors, then sha256 of the config), as
+/// the merge.
+fn check_provenance(written: &ModelFile, base: &ModelFile, adapter_dir: &Path) {
+    use mlmf::provenance::{self, Transform};
+    use sha2::{Digest, Sha256};
+    let check = provenance::verify(written).unwrap();
+    check.check().unwrap();
+    let record = check.record.unwrap();
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
+    assert_eq!(record.parents.len(), 1);
+    assert_eq!(record.parents[0].path, canonical(base.path()));
+    assert_eq!(
+        record.parents[0].content_hash,
+        provenance::content_hash(base).unwrap()
+    );
+    let tensors = provenance::content_hash(
+        &ModelFile::open(adapter_dir.join("adapter_model.safetensors")).unwrap(),
+    )
+    .unwrap();
+    let config = std::fs::read(adapter_dir.join("adapter_config.json")).unwrap();
+    let mut h = Sha256::new();
+    h.update(tensors.0);
+    h.update(Sha256::digest(&config));
+    let adapter_hash = provenance::Sha256Hash(h.finalize().into());
+    assert_eq!(
+        record.transforms,
+        [Transform::LoraMerge {
+            adapter: canonical(adapter_dir),
+            adapter_hash,
+            scale: 1.0,
+        }]
+    );
 }
 
 #[test]
@@ -295,6 +331,14 @@ fn gguf_adapter_merges_into_a_safetensors_base() {
             &file_f32s(&merged, &target.tensor),
         );
     }
+    // A GGUF adapter's settings are metadata, outside the content hash: its hash is the sha256
+    // of the whole file.
+    use sha2::{Digest, Sha256};
+    let whole = std::fs::read(dir.join("adapter-qwen2.gguf")).unwrap();
+    assert_eq!(
+        mlmf::provenance::adapter_hash(&adapter).unwrap().0,
+        <[u8; 32]>::from(Sha256::digest(&whole))
+    );
 }
 
 #[test]

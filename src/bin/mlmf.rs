@@ -81,6 +81,17 @@ enum Command {
         #[command(subcommand)]
         command: LoraCommand,
     },
+    /// Recompute a file's content hash and compare it with its provenance record
+    /// (mlmf.provenance); exits non-zero when they differ or there is no record.
+    Verify { file: PathBuf },
+    /// Print a file's provenance: parents and transforms, followed through parents that exist
+    /// and carry records, each parent checked against the hash its child recorded.
+    Lineage {
+        file: PathBuf,
+        /// Generations of parents to follow.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+    },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     BenchLoad {
         file: PathBuf,
@@ -151,6 +162,8 @@ fn main() -> ExitCode {
         } => dump(&file, &tensor, device, &output),
         Command::Devices { json } => devices(json),
         Command::BenchLoad { file, json } => bench_load(&file, json),
+        Command::Verify { file } => verify(&file),
+        Command::Lineage { file, depth } => lineage(&file, depth),
         Command::Quantize {
             input,
             output,
@@ -465,6 +478,75 @@ fn lora_merge(
         output.display()
     );
     Ok(())
+}
+
+fn verify(path: &Path) -> Result<()> {
+    let file = ModelFile::open(path)?;
+    let v = mlmf::provenance::verify(&file)?;
+    println!(
+        "{}: {}, {} tensors",
+        path.display(),
+        file.format(),
+        file.tensors().len()
+    );
+    println!("computed  {}", v.computed);
+    match &v.record {
+        Some(r) => {
+            println!("recorded  {}  ({}, {})", r.content_hash, r.tool, r.time);
+            for p in &r.parents {
+                println!("parent    {}  {}", p.path, p.content_hash);
+            }
+            for t in &r.transforms {
+                println!("transform {t}");
+            }
+        }
+        None => println!("recorded  none (no mlmf.provenance metadata)"),
+    }
+    v.check()?;
+    println!("OK: the tensors hash to the recorded content hash");
+    Ok(())
+}
+
+fn lineage(path: &Path, depth: usize) -> Result<()> {
+    let root = mlmf::provenance::lineage(path, depth)?;
+    print_node(&root, "");
+    Ok(())
+}
+
+fn print_node(node: &mlmf::provenance::Node, indent: &str) {
+    use mlmf::provenance::Found;
+    let state = match (&node.found, node.matches(), &node.expected) {
+        (Found::Missing, _, _) => "MISSING: no file there".to_string(),
+        (Found::Unreadable(e), _, _) => format!("UNREADABLE: {e}"),
+        (Found::Hash(h), Some(true), _) => format!("{h} (matches)"),
+        (Found::Hash(h), Some(false), Some(e)) => {
+            format!("HASH NO LONGER MATCHES: recorded {e}, now {h}")
+        }
+        (Found::Hash(h), _, _) => format!("{h}"),
+    };
+    println!("{indent}{}  {state}", node.path.display());
+    match &node.record {
+        Some(r) => {
+            println!("{indent}  made by {} at {}", r.tool, r.time);
+            for t in &r.transforms {
+                println!("{indent}  transform: {t}");
+            }
+            if r.parents.is_empty() {
+                println!("{indent}  no parents recorded");
+            }
+        }
+        None if matches!(node.found, Found::Hash(_)) => {
+            println!("{indent}  no provenance record")
+        }
+        None => {}
+    }
+    if let Some(why) = &node.stopped {
+        println!("{indent}  parents not followed: {why}");
+    }
+    for parent in &node.parents {
+        println!("{indent}  parent:");
+        print_node(parent, &format!("{indent}    "));
+    }
 }
 
 fn devices(json: bool) -> Result<()> {

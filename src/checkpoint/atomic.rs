@@ -3,7 +3,7 @@
 //! was; at worst a stray temporary file remains.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -39,6 +39,38 @@ impl AtomicFile {
             .as_mut()
             .expect("an uncommitted AtomicFile has a writer");
         out.write_all(bytes).map_err(|e| Error::io(&self.temp, e))
+    }
+
+    /// Overwrite `bytes.len()` bytes already written, starting at `offset`, e.g. a hash in a
+    /// header that is known only after the data. Later writes still append at the end. The
+    /// range must lie inside what was written so far.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .expect("an uncommitted AtomicFile has a writer");
+        let temp = &self.temp;
+        out.flush().map_err(|e| Error::io(temp, e))?;
+        let file = out.get_mut();
+        let end = file.stream_position().map_err(|e| Error::io(temp, e))?;
+        if offset
+            .checked_add(bytes.len() as u64)
+            .is_none_or(|stop| stop > end)
+        {
+            let reason = format!(
+                "overwriting {} bytes at {offset} would pass the {end} bytes written",
+                bytes.len()
+            );
+            return Err(Error::io(
+                temp,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+            ));
+        }
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.write_all(bytes))
+            .and_then(|_| file.seek(SeekFrom::Start(end)))
+            .map(|_| ())
+            .map_err(|e| Error::io(temp, e))
     }
 
     /// Flush, fsync, rename over the target, fsync the directory. On failure the temporary
@@ -111,6 +143,20 @@ mod tests {
             1,
             "temporary file left behind"
         );
+    }
+
+    #[test]
+    fn write_at_patches_written_bytes_and_appends_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        let mut f = AtomicFile::create(&target).unwrap();
+        f.write_all(b"hash=????;data").unwrap();
+        f.write_at(5, b"abcd").unwrap();
+        f.write_all(b"+more").unwrap();
+        // Past the end of what was written: refused, nothing changes.
+        assert!(matches!(f.write_at(17, b"xyz"), Err(Error::Io { .. })));
+        f.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"hash=abcd;data+more");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! Metadata is kept: GGUF to GGUF as it is; safetensors `__metadata__` into GGUF under
 //! `mlmf.source.*` (as `mlmf quantize` does) and back out under its own keys; other GGUF values
 //! into safetensors as JSON text. The output's format follows its name: `.gguf`, `.safetensors`,
-//! or anything else a directory of Hugging Face shards.
+//! or anything else a directory of Hugging Face shards. The output carries a
+//! [`crate::provenance`] record: the input as parent, `convert`, `name_map` and `cast`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use crate::formats::names::{
     arch_of, head_counts, needs_norm_plus_one, needs_qk_permute, permute_rows, Arch, NameMap,
 };
 use crate::formats::{Format, Metadata, ModelFile, TensorInfo, Value};
+use crate::provenance::{Parent, Provenance, Transform};
 
 /// Which way tensor names are mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +174,7 @@ pub fn convert_file(
     for s in &sources {
         s.out_len()?;
     }
+    let provenance = provenance(input, kind, options, arch)?;
     match kind {
         Format::Gguf => {
             let mut metadata = gguf_metadata(input);
@@ -187,6 +190,7 @@ pub fn convert_file(
                 );
             }
             let mut writer = GgufWriter::new(metadata);
+            writer.provenance(provenance);
             for (row, s) in report.iter().zip(&sources) {
                 writer.add_tensor(
                     row.name.clone(),
@@ -199,6 +203,7 @@ pub fn convert_file(
         }
         _ => {
             let mut writer = SafetensorsWriter::new(safetensors_metadata(input));
+            writer.provenance(provenance);
             for (row, s) in report.iter().zip(&sources) {
                 writer.add_tensor(
                     row.name.clone(),
@@ -216,6 +221,37 @@ pub fn convert_file(
         }
     }
     Ok(report)
+}
+
+/// The record the output carries: the input as parent; convert, name map and cast.
+fn provenance(
+    input: &ModelFile,
+    to: Format,
+    options: &ConvertOptions,
+    arch: Option<Arch>,
+) -> Result<Provenance> {
+    let mut transforms = vec![Transform::Convert {
+        from: input.format().name().to_string(),
+        to: to.name().to_string(),
+    }];
+    if let (Some(dir), Some(a)) = (options.map, arch) {
+        let map = match dir {
+            MapDirection::HfToGguf => "hf-to-gguf",
+            MapDirection::GgufToHf => "gguf-to-hf",
+        };
+        transforms.push(Transform::NameMap {
+            map: format!("{map} ({})", a.gguf_name()),
+        });
+    }
+    if let Some(d) = options.dtype {
+        transforms.push(Transform::Cast {
+            dtype: d.name().to_string(),
+        });
+    }
+    Ok(Provenance {
+        parents: vec![Parent::of(input)?],
+        transforms,
+    })
 }
 
 /// Write shards into a new directory beside `out`, then put it in `out`'s place. The old

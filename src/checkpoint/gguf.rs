@@ -32,7 +32,13 @@
 //! has no element to take a type from, so it is written as an array of strings
 //! ([`EMPTY_ARRAY_TYPE`]); gguf-py's writer never writes empty arrays, but its reader, llama.cpp's
 //! and ours read them.
+//!
+//! With [`GgufWriter::provenance`], the metadata also gets a [`crate::provenance`] record, a
+//! string under `mlmf.provenance` (in place of one already there, else last), whose content
+//! hash is computed from the bytes as they stream and patched into the header (fixed-width hex
+//! over a placeholder) before the file is committed.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -41,6 +47,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use crate::formats::{Metadata, Value};
+use crate::provenance::{self, ContentHasher, Provenance, TensorDigest};
 
 /// The GGUF version written.
 pub const VERSION: u32 = 3;
@@ -83,6 +90,7 @@ const TYPE_F64: u32 = 12;
 pub struct GgufWriter<'a> {
     metadata: Metadata,
     tensors: Vec<Entry<'a>>,
+    provenance: Option<Provenance>,
 }
 
 struct Entry<'a> {
@@ -101,6 +109,8 @@ struct Plan {
     data_start: u64,
     /// Length of the whole file.
     file_len: u64,
+    /// Where the provenance record's hash digits go, when there is one.
+    hash_at: Option<u64>,
 }
 
 struct Planned {
@@ -117,7 +127,15 @@ impl<'a> GgufWriter<'a> {
         GgufWriter {
             metadata,
             tensors: Vec::new(),
+            provenance: None,
         }
+    }
+
+    /// Record provenance: at [`GgufWriter::write`], the metadata gets the record of
+    /// `provenance` with the written tensors' content hash, the tool and the time.
+    pub fn provenance(&mut self, provenance: Provenance) -> &mut Self {
+        self.provenance = Some(provenance);
+        self
     }
 
     /// Add a tensor of `dtype` with `shape` in numpy order (slowest first, the row last; it is
@@ -148,29 +166,56 @@ impl<'a> GgufWriter<'a> {
     /// previous file at `path` stays as it was.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let plan = self.plan(path)?;
+        let metadata = match &self.provenance {
+            None => Cow::Borrowed(&self.metadata),
+            Some(p) => {
+                let mut m = self.metadata.clone();
+                let record = Value::String(p.placeholder_text());
+                match m.entries.iter_mut().find(|(k, _)| k == provenance::KEY) {
+                    Some(entry) => entry.1 = record,
+                    None => m.entries.push((provenance::KEY.to_string(), record)),
+                }
+                Cow::Owned(m)
+            }
+        };
+        let plan = self.plan(path, &metadata)?;
         let mut file = AtomicFile::create(path)?;
         let mut out = Out {
             file: Some(&mut file),
             pos: 0,
         };
-        self.write_header(&mut out, &plan)?;
+        self.write_header(&mut out, &plan, &metadata)?;
         out.pad_to(plan.alignment)?;
         debug_assert_eq!(out.pos, plan.data_start);
+        let mut hasher = ContentHasher::new();
         for (entry, planned) in self.tensors.iter().zip(&plan.tensors) {
             debug_assert_eq!(out.pos, plan.data_start + planned.offset);
-            entry
-                .source
-                .stream_exact(path, &entry.name, planned.byte_len, &mut |c| out.put(c))?;
+            if plan.hash_at.is_some() {
+                let mut digest = TensorDigest::new();
+                entry
+                    .source
+                    .stream_exact(path, &entry.name, planned.byte_len, &mut |c| {
+                        digest.update(c);
+                        out.put(c)
+                    })?;
+                hasher.add(&entry.name, entry.dtype, &entry.shape, digest.finish());
+            } else {
+                entry
+                    .source
+                    .stream_exact(path, &entry.name, planned.byte_len, &mut |c| out.put(c))?;
+            }
             out.pad_to(plan.alignment)?;
         }
         debug_assert_eq!(out.pos, plan.file_len);
+        if let Some(at) = plan.hash_at {
+            file.write_at(at, hasher.finish().hex().as_bytes())?;
+        }
         file.commit()
     }
 
     /// Check everything and lay the file out, without touching the file system.
-    fn plan(&self, path: &Path) -> Result<Plan> {
-        let alignment = self.check_metadata(path)?;
+    fn plan(&self, path: &Path, metadata: &Metadata) -> Result<Plan> {
+        let alignment = self.check_metadata(path, metadata)?;
         let mut names = HashSet::with_capacity(self.tensors.len());
         let mut tensors = Vec::with_capacity(self.tensors.len());
         let mut offset = 0u64;
@@ -202,23 +247,28 @@ impl<'a> GgufWriter<'a> {
             tensors,
             data_start: 0,
             file_len: 0,
+            hash_at: None,
         };
         let mut count = Out { file: None, pos: 0 };
-        self.write_header(&mut count, &plan)?;
+        let record_at = self.write_header(&mut count, &plan, metadata)?;
         plan.data_start = count.pos.next_multiple_of(alignment);
         plan.file_len = plan.data_start + offset;
+        if self.provenance.is_some() {
+            // The record's text starts with the prefix; the placeholder digits follow it.
+            plan.hash_at = record_at.map(|at| at + provenance::HASH_PREFIX.len() as u64);
+        }
         Ok(plan)
     }
 
     /// The alignment, after checking that every key is unique and every value encodable.
-    fn check_metadata(&self, path: &Path) -> Result<u64> {
+    fn check_metadata(&self, path: &Path, metadata: &Metadata) -> Result<u64> {
         let bad = |key: &str, reason: String| Error::BadMetadata {
             path: path.to_path_buf(),
             key: key.to_string(),
             reason,
         };
-        let mut keys = HashSet::with_capacity(self.metadata.len());
-        for (key, value) in self.metadata.iter() {
+        let mut keys = HashSet::with_capacity(metadata.len());
+        for (key, value) in metadata.iter() {
             if key.is_empty() {
                 // llama.cpp's `gguf_kv` asserts a nonempty key: it would abort reading the file.
                 return Err(bad(key, "the key is empty".into()));
@@ -228,7 +278,7 @@ impl<'a> GgufWriter<'a> {
             }
             check_value(value, 0).map_err(|reason| bad(key, reason))?;
         }
-        match self.metadata.get(ALIGNMENT_KEY) {
+        match metadata.get(ALIGNMENT_KEY) {
             None => Ok(DEFAULT_ALIGNMENT),
             Some(Value::U32(a)) if a.is_power_of_two() => Ok(u64::from(*a)),
             Some(v) => Err(bad(
@@ -239,14 +289,25 @@ impl<'a> GgufWriter<'a> {
     }
 
     /// Everything before the data section's padding. Run twice: once counting, once writing.
-    fn write_header(&self, out: &mut Out<'_>, plan: &Plan) -> Result<()> {
+    /// Returns where the text of a string `mlmf.provenance` value starts, if there is one.
+    fn write_header(
+        &self,
+        out: &mut Out<'_>,
+        plan: &Plan,
+        metadata: &Metadata,
+    ) -> Result<Option<u64>> {
         out.put(MAGIC)?;
         out.put_u32(VERSION)?;
         out.put_u64(self.tensors.len() as u64)?;
-        out.put_u64(self.metadata.len() as u64)?;
-        for (key, value) in self.metadata.iter() {
+        out.put_u64(metadata.len() as u64)?;
+        let mut record_at = None;
+        for (key, value) in metadata.iter() {
             out.put_str(key)?;
             out.put_u32(type_id(value))?;
+            if key == provenance::KEY && matches!(value, Value::String(_)) {
+                // After the string's u64 length.
+                record_at = Some(out.pos + 8);
+            }
             put_value(out, value)?;
         }
         for (entry, planned) in self.tensors.iter().zip(&plan.tensors) {
@@ -258,7 +319,7 @@ impl<'a> GgufWriter<'a> {
             out.put_u32(planned.ggml_id)?;
             out.put_u64(planned.offset)?;
         }
-        Ok(())
+        Ok(record_at)
     }
 }
 

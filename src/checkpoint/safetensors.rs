@@ -13,13 +13,19 @@
 //! entry per tensor, `{"dtype", "shape", "data_offsets": [begin, end]}`, offsets relative to the
 //! end of the header. The padding is the `safetensors` crate's: it keeps every tensor of the
 //! usual dtypes aligned to its element size when the data section is mapped.
+//!
+//! With [`SafetensorsWriter::provenance`], `__metadata__` also gets a [`crate::provenance`]
+//! record under `mlmf.provenance`, whose content hash is computed from the bytes as they stream
+//! and patched into the header (fixed-width hex over a placeholder) before the file is committed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::{AtomicFile, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::provenance::{self, ContentHasher, Provenance, TensorDigest};
 
 /// The index file of a sharded checkpoint, as `transformers` names it.
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -40,6 +46,7 @@ pub const INDEX_NAME: &str = "model.safetensors.index.json";
 pub struct SafetensorsWriter<'a> {
     metadata: BTreeMap<String, String>,
     tensors: Vec<Entry<'a>>,
+    provenance: Option<Provenance>,
 }
 
 struct Entry<'a> {
@@ -55,7 +62,16 @@ impl<'a> SafetensorsWriter<'a> {
         SafetensorsWriter {
             metadata,
             tensors: Vec::new(),
+            provenance: None,
         }
+    }
+
+    /// Record provenance: at [`SafetensorsWriter::write`], `__metadata__["mlmf.provenance"]`
+    /// gets the record of `provenance` with the written tensors' content hash, the tool and the
+    /// time (replacing any record the metadata carried).
+    pub fn provenance(&mut self, provenance: Provenance) -> &mut Self {
+        self.provenance = Some(provenance);
+        self
     }
 
     /// Add a tensor of `dtype` with `shape` (slowest dimension first). Nothing is checked or read
@@ -80,15 +96,59 @@ impl<'a> SafetensorsWriter<'a> {
     /// byte lengths) runs before the file is created; a source that produces a different number
     /// of bytes than it announced fails the write, and the previous file at `path` stays.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let (header, lengths) = self.header(path)?;
+        self.write_file(path.as_ref(), None)
+    }
+
+    /// [`SafetensorsWriter::write`]; when `whole` is given, each tensor's digest also goes into
+    /// it (a sharded save hashes the whole checkpoint across its shards).
+    fn write_file(&self, path: &Path, mut whole: Option<&mut ContentHasher>) -> Result<()> {
+        let record = self.provenance.as_ref().map(Provenance::placeholder_text);
+        let metadata = match &record {
+            None => Cow::Borrowed(&self.metadata),
+            Some(text) => {
+                let mut m = self.metadata.clone();
+                m.insert(provenance::KEY.to_string(), text.clone());
+                Cow::Owned(m)
+            }
+        };
+        let (header, lengths) = self.header(path, &metadata)?;
+        // Where the hash's hex digits go: 8 bytes of header length, then the header.
+        let hash_at = match record {
+            Some(_) => Some(
+                8 + hash_offset(&header).ok_or_else(|| Error::BadHeader {
+                    path: path.to_path_buf(),
+                    offset: 8,
+                    reason: "the provenance record's placeholder is not in the header".into(),
+                })?,
+            ),
+            None => None,
+        };
         let mut file = AtomicFile::create(path)?;
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
+        let mut hasher = ContentHasher::new();
         for (entry, &len) in self.tensors.iter().zip(&lengths) {
+            if hash_at.is_none() && whole.is_none() {
+                entry
+                    .source
+                    .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
+                continue;
+            }
+            let mut digest = TensorDigest::new();
             entry
                 .source
-                .stream_exact(path, &entry.name, len, &mut |c| file.write_all(c))?;
+                .stream_exact(path, &entry.name, len, &mut |c| {
+                    digest.update(c);
+                    file.write_all(c)
+                })?;
+            let digest = digest.finish();
+            hasher.add(&entry.name, entry.dtype, &entry.shape, digest);
+            if let Some(w) = whole.as_deref_mut() {
+                w.add(&entry.name, entry.dtype, &entry.shape, digest);
+            }
+        }
+        if let Some(at) = hash_at {
+            file.write_at(at as u64, hasher.finish().hex().as_bytes())?;
         }
         file.commit()
     }
@@ -100,8 +160,9 @@ impl<'a> SafetensorsWriter<'a> {
     /// `model.safetensors.index.json` (`metadata.total_size` and `weight_map`), which
     /// [`crate::ModelFile::open`] and `transformers` read. Every file is written atomically and
     /// the index last. `dir` is created if missing; a directory that already holds an index is
-    /// refused, because replacing shards one by one could mix two checkpoints. Returns the
-    /// index's path.
+    /// refused, because replacing shards one by one could mix two checkpoints. With
+    /// [`SafetensorsWriter::provenance`], each shard records its own tensors and the index's
+    /// `metadata` records the whole checkpoint. Returns the index's path.
     pub fn write_sharded(&self, dir: impl AsRef<Path>, max_shard_bytes: u64) -> Result<PathBuf> {
         let dir = dir.as_ref();
         let index_path = dir.join(INDEX_NAME);
@@ -112,7 +173,7 @@ impl<'a> SafetensorsWriter<'a> {
             )));
         }
         // Check everything once, before any file is created.
-        let (_, lengths) = self.header(&index_path)?;
+        let (_, lengths) = self.header(&index_path, &self.metadata)?;
         let mut shards: Vec<Vec<usize>> = Vec::new();
         let mut filled = 0u64;
         for (i, &len) in lengths.iter().enumerate() {
@@ -128,19 +189,32 @@ impl<'a> SafetensorsWriter<'a> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let count = shards.len();
         let mut weight_map = serde_json::Map::new();
+        let mut whole = ContentHasher::new();
         for (n, shard) in shards.iter().enumerate() {
             let name = format!("model-{:05}-of-{count:05}.safetensors", n + 1);
             let mut writer = SafetensorsWriter::new(self.metadata.clone());
+            // Each shard records its own tensors; the index records the whole checkpoint.
+            writer.provenance = self.provenance.clone();
             for &i in shard {
                 let e = &self.tensors[i];
                 writer.add_tensor(e.name.clone(), e.dtype, &e.shape, e.source);
                 weight_map.insert(e.name.clone(), name.clone().into());
             }
-            writer.write(dir.join(&name))?;
+            let hasher = self.provenance.is_some().then_some(&mut whole);
+            writer.write_file(&dir.join(&name), hasher)?;
         }
         let total: u64 = lengths.iter().sum();
+        let mut metadata = serde_json::json!({"total_size": total});
+        if let Some(p) = &self.provenance {
+            let record =
+                serde_json::to_string(&p.record(whole.finish())).map_err(|e| Error::BadIndex {
+                    path: index_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            metadata[provenance::KEY] = record.into();
+        }
         let index = serde_json::json!({
-            "metadata": {"total_size": total},
+            "metadata": metadata,
             "weight_map": weight_map,
         });
         let mut file = AtomicFile::create(&index_path)?;
@@ -154,10 +228,14 @@ impl<'a> SafetensorsWriter<'a> {
     }
 
     /// The padded JSON header and each tensor's byte length, after checking every tensor.
-    fn header(&self, path: &Path) -> Result<(Vec<u8>, Vec<u64>)> {
+    fn header(
+        &self,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(Vec<u8>, Vec<u64>)> {
         let mut object = serde_json::Map::new();
-        if !self.metadata.is_empty() {
-            object.insert("__metadata__".into(), serde_json::json!(self.metadata));
+        if !metadata.is_empty() {
+            object.insert("__metadata__".into(), serde_json::json!(metadata));
         }
         let mut names = HashSet::with_capacity(self.tensors.len());
         let mut lengths = Vec::with_capacity(self.tensors.len());
@@ -228,6 +306,26 @@ impl<'a> SafetensorsWriter<'a> {
         header.resize(header.len().next_multiple_of(8), b' ');
         Ok((header, lengths))
     }
+}
+
+/// Offset in `header` of the provenance record's hash digits. The record is a JSON string value
+/// there, so its quotes are escaped; `"mlmf.provenance":"` with bare quotes can only be the
+/// key itself (a string's closing quote is never followed by a letter, and a tensor's entry is
+/// an object, not a string).
+fn hash_offset(header: &[u8]) -> Option<usize> {
+    let key = format!("\"{}\":\"", provenance::KEY);
+    let value = find(header, key.as_bytes())? + key.len();
+    let escaped = serde_json::to_string(provenance::HASH_PREFIX).ok()?;
+    let prefix = &escaped.as_bytes()[1..escaped.len() - 1];
+    let at = value + prefix.len();
+    let digits = header.get(value..at + 64)?;
+    (digits[..prefix.len()] == *prefix
+        && digits[prefix.len()..] == *provenance::PLACEHOLDER_HEX.as_bytes())
+    .then_some(at)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

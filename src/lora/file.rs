@@ -13,6 +13,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::{ModelFile, TensorInfo, Value};
+use crate::provenance::{absolute, adapter_hash, Parent, Provenance, Transform};
 
 /// What happened to one tensor of the base.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +64,9 @@ enum Plan<'a> {
 }
 
 /// Write `base` with `bound` merged into it to `out` (`.safetensors` or `.gguf`), atomically.
-/// `progress` is called before each tensor is written, with its index and name.
+/// `progress` is called before each tensor is written, with its index and name. The output
+/// carries a [`crate::provenance`] record: parent `base`, transform `lora_merge` with the
+/// adapter's path and [`crate::provenance::adapter_hash`] and `options.multiplier` as `scale`.
 pub fn merge_file(
     device: &Device,
     base: &ModelFile,
@@ -81,6 +84,20 @@ pub fn merge_file(
                 out.display()
             )))
         }
+    };
+    let adapter = bound.adapter();
+    let provenance = Provenance {
+        parents: vec![Parent::of(base)?],
+        transforms: vec![Transform::LoraMerge {
+            adapter: absolute(adapter.path()).display().to_string(),
+            adapter_hash: adapter_hash(adapter)?,
+            // Through its shortest decimal text, so 0.1 is recorded as 0.1, not 0.10000000149.
+            scale: options
+                .multiplier
+                .to_string()
+                .parse()
+                .unwrap_or(f64::from(options.multiplier)),
+        }],
     };
     let mut report = Vec::with_capacity(base.tensors().len());
     let mut plans = Vec::with_capacity(base.tensors().len());
@@ -135,6 +152,7 @@ pub fn merge_file(
         .collect();
     if gguf {
         let mut writer = GgufWriter::new(crate::quant::carried_metadata(base));
+        writer.provenance(provenance);
         for (row, c) in report.iter().zip(&counted) {
             writer.add_tensor(
                 row.name.clone(),
@@ -146,6 +164,7 @@ pub fn merge_file(
         writer.write(out)?;
     } else {
         let mut writer = SafetensorsWriter::new(string_metadata(base));
+        writer.provenance(provenance);
         for (row, c) in report.iter().zip(&counted) {
             writer.add_tensor(
                 row.name.clone(),

@@ -34,6 +34,8 @@ pub use file::{merge_file, Action, MergedTensor};
 pub use merge::{merge_target, MergeOptions, MergedWeights, QuantizedMerge};
 pub use runtime::{AdapterId, AdapterSet};
 
+pub(crate) use peft::files as peft_files;
+
 use std::path::{Path, PathBuf};
 
 use crate::device::Device;

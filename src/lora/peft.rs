@@ -234,19 +234,13 @@ pub(super) fn is_peft(path: &Path) -> bool {
     path.join(CONFIG).is_file() || path.file_name().is_some_and(|n| n == CONFIG)
 }
 
-pub(super) fn open(path: &Path) -> Result<LoraAdapter> {
+/// The config and tensor file of the PEFT adapter at `path` (its directory or its config).
+pub(crate) fn files(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
     };
-    let config_path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let json: Json = serde_json::from_str(&text).map_err(|e| Error::BadAdapter {
-        path: config_path.clone(),
-        reason: format!("not JSON: {e}"),
-    })?;
-    let config = Config::parse(&config_path, &json)?;
     let weights: PathBuf = WEIGHTS
         .iter()
         .map(|w| dir.join(w))
@@ -255,6 +249,21 @@ pub(super) fn open(path: &Path) -> Result<LoraAdapter> {
             path: dir.clone(),
             reason: format!("neither {} nor {} is there", WEIGHTS[0], WEIGHTS[1]),
         })?;
+    Ok((dir.join(CONFIG), weights))
+}
+
+pub(super) fn open(path: &Path) -> Result<LoraAdapter> {
+    let (config_path, weights) = files(path)?;
+    let dir = config_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let json: Json = serde_json::from_str(&text).map_err(|e| Error::BadAdapter {
+        path: config_path.clone(),
+        reason: format!("not JSON: {e}"),
+    })?;
+    let config = Config::parse(&config_path, &json)?;
     let file = ModelFile::open(&weights)?;
     let bad = |reason: String| Error::BadAdapter {
         path: weights.clone(),

@@ -14,6 +14,7 @@ use crate::device::source::Source;
 use crate::dtype::{DType, Kind};
 use crate::error::{Error, Result};
 use crate::formats::{Format, Metadata, ModelFile, TensorInfo, Value};
+use crate::provenance::{Parent, Provenance, Transform};
 
 /// Input rows converted per step, in f32 bytes.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -118,7 +119,8 @@ fn can_read(dtype: DType) -> bool {
 }
 
 /// Quantize `file` into a GGUF file at `out` (written atomically). `progress` is called before
-/// each tensor's bytes are written, with its index in the plan.
+/// each tensor's bytes are written, with its index in the plan. The output carries a
+/// [`crate::provenance`] record: parent `file`, transform `quantize {dtype}`.
 pub fn quantize_file(
     file: &ModelFile,
     out: &Path,
@@ -126,6 +128,12 @@ pub fn quantize_file(
     progress: &mut dyn FnMut(usize, &Planned),
 ) -> Result<Vec<Planned>> {
     let plan = plan(file, options)?;
+    let provenance = Provenance {
+        parents: vec![Parent::of(file)?],
+        transforms: vec![Transform::Quantize {
+            dtype: options.dtype.name().to_string(),
+        }],
+    };
     let mut metadata = carried_metadata(file);
     if let Some(ft) = file_type(options.dtype) {
         set(&mut metadata, "general.file_type", Value::U32(ft));
@@ -146,6 +154,7 @@ pub fn quantize_file(
         })
         .collect();
     let mut writer = GgufWriter::new(metadata);
+    writer.provenance(provenance);
     for (p, s) in plan.iter().zip(&sources) {
         writer.add_tensor(p.name.clone(), p.to, &p.shape, TensorSource::Chunks(s));
     }
