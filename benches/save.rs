@@ -1,7 +1,8 @@
 //! Saving real models, in the same run, GB/s of tensor data written (every writer fsyncs):
 //!
 //! - `mlmf_from_mmap`: every tensor of the file straight from its memory map through
-//!   [`mlmf::SafetensorsWriter`] (atomic: temporary file, fsync, rename, fsync of the directory);
+//!   [`mlmf::SafetensorsWriter`] (or [`mlmf::GgufWriter`] for the GGUF models, whose blocks
+//!   safetensors has no dtype for; atomic: temporary file, fsync, rename, fsync of the directory);
 //! - `mlmf_from_gpu`: the same tensors loaded on the GPU first (not timed), read back chunk by
 //!   chunk while writing;
 //! - `python_safetensors`: Python `safetensors.numpy.save_file` of the same tensors
@@ -17,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mlmf::{Device, ModelFile, SafetensorsWriter, TensorSource};
+use mlmf::{Device, Format, GgufWriter, ModelFile, SafetensorsWriter, TensorSource};
 
 const MODELS: [&str; 3] = [
     "all-MiniLM-L6-v2/model.safetensors",
@@ -42,13 +43,22 @@ fn python_save(model: &Path, out: &Path, iters: u64) -> Duration {
     Duration::from_secs_f64(v["seconds"].as_f64().expect("seconds"))
 }
 
-/// Write `sources` (name, dtype, shape, source) as one safetensors file at `out`.
+/// Write `file`'s tensors from `sources` at `out`, in `file`'s format (GGUF blocks have no
+/// safetensors dtype).
 fn save(file: &ModelFile, sources: Vec<TensorSource<'_>>, out: &Path) {
-    let mut writer = SafetensorsWriter::new(Default::default());
-    for (t, s) in file.tensors().iter().zip(sources) {
-        writer.add_tensor(t.name.clone(), t.dtype, t.shape.dims(), s);
+    if file.format() == Format::Gguf {
+        let mut writer = GgufWriter::new(file.metadata().clone());
+        for (t, s) in file.tensors().iter().zip(sources) {
+            writer.add_tensor(t.name.clone(), t.dtype, t.shape.dims(), s);
+        }
+        writer.write(out).expect("save");
+    } else {
+        let mut writer = SafetensorsWriter::new(Default::default());
+        for (t, s) in file.tensors().iter().zip(sources) {
+            writer.add_tensor(t.name.clone(), t.dtype, t.shape.dims(), s);
+        }
+        writer.write(out).expect("save");
     }
-    writer.write(out).expect("save");
 }
 
 fn bench(c: &mut Criterion) {
@@ -57,7 +67,12 @@ fn bench(c: &mut Criterion) {
     for name in MODELS {
         let path: PathBuf = common::models_dir().join(name);
         let file = ModelFile::open(&path).expect("model (run python3 scripts/fetch_models.py)");
-        let out = dir.path().join("out.safetensors");
+        let out = dir.path().join(if file.format() == Format::Gguf {
+            "out.gguf"
+        } else {
+            "out.safetensors"
+        });
+        let py_out = dir.path().join("py.safetensors");
         let bytes = file.data_bytes();
         let on_gpu = gpu.load_all(&file).expect("load");
 
@@ -84,7 +99,7 @@ fn bench(c: &mut Criterion) {
             })
         });
         group.bench_function("python_safetensors", |b| {
-            b.iter_custom(|iters| python_save(&path, &out, iters))
+            b.iter_custom(|iters| python_save(&path, &py_out, iters))
         });
         let copy = dir.path().join("copy.bin");
         group.bench_function("file_copy", |b| {
