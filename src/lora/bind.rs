@@ -284,7 +284,7 @@ pub(crate) fn permute_rows(
     n_head: usize,
     to_gguf: bool,
 ) -> Option<Vec<f32>> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || b.len() != rows * cols {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || b.len() != rows * cols {
         return None;
     }
     let half = rows / n_head / 2;
