@@ -2,10 +2,15 @@
 
 mod atomic;
 pub mod gguf;
+pub mod manager;
 pub mod safetensors;
 mod source;
 
 pub use atomic::AtomicFile;
 pub use gguf::GgufWriter;
+pub use manager::{
+    CheckpointEntry, CheckpointInfo, CheckpointManager, CheckpointStatus, Manifest, PruneReport,
+    Resume, Retention, TensorEntry, Verify,
+};
 pub use safetensors::SafetensorsWriter;
 pub use source::{ChunkSource, TensorSource};
