@@ -80,7 +80,8 @@ fn save_writes_the_layout_and_manifest_and_loads_back() {
     let meta = BTreeMap::from([("run".to_string(), "test".to_string())]);
     let mut mets = metrics(0.75);
     mets.insert("diverged".into(), f64::NAN);
-    let info = m.save(1000, [&a, &b], &meta, &mets).unwrap();
+    let list: Vec<&Tensor> = vec![&a, &b];
+    let info = m.save(1000, &list[..], &meta, &mets).unwrap();
     assert_eq!(info.step, 1000);
     assert_eq!(info.dir, dir.join("step-00001000"));
     assert_eq!(

@@ -73,6 +73,13 @@ impl<'a> From<&'a Tensor> for TensorEntry<'a> {
     }
 }
 
+/// So that a `&[&Tensor]` can be passed as it is.
+impl<'a> From<&&'a Tensor> for TensorEntry<'a> {
+    fn from(t: &&'a Tensor) -> Self {
+        TensorEntry::from(*t)
+    }
+}
+
 impl<'a, N: Into<String>> From<(N, DType, &[usize], TensorSource<'a>)> for TensorEntry<'a> {
     fn from((name, dtype, shape, source): (N, DType, &[usize], TensorSource<'a>)) -> Self {
         TensorEntry {
@@ -277,8 +284,10 @@ impl CheckpointManager {
 
     /// Save `tensors` as checkpoint `step` (`model.safetensors` through [`SafetensorsWriter`],
     /// then `manifest.json`), commit it by renaming its directory, then update `latest`.
-    /// `step` must be above every existing checkpoint's ([`Error::CheckpointStep`]). On any error
-    /// the temporary directory is removed and the existing checkpoints are untouched.
+    /// `step` must be above every existing checkpoint's ([`Error::CheckpointStep`]). An error
+    /// before the rename removes the temporary directory and leaves the existing checkpoints
+    /// untouched; one after it (the fsync of the directory, `latest`) leaves the new checkpoint
+    /// committed, and the next [`CheckpointManager::open`] re-points `latest`.
     pub fn save<'a, I>(
         &mut self,
         step: u64,
