@@ -253,7 +253,7 @@ impl DType {
     /// blocks or the product overflows.
     pub fn byte_len(self, elems: u64) -> Option<u64> {
         let info = self.info();
-        if elems % info.block_elems != 0 {
+        if !elems.is_multiple_of(info.block_elems) {
             return None;
         }
         (elems / info.block_elems).checked_mul(info.block_bytes)
@@ -301,9 +301,9 @@ impl DType {
 
 /// The least common multiple of `n` and 4.
 fn lcm4(n: u64) -> u64 {
-    let gcd = if n % 4 == 0 {
+    let gcd = if n.is_multiple_of(4) {
         4
-    } else if n % 2 == 0 {
+    } else if n.is_multiple_of(2) {
         2
     } else {
         1

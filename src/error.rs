@@ -358,6 +358,35 @@ pub enum Error {
         recorded: String,
         computed: String,
     },
+
+    // ---- checkpoint directories (checkpoint::manager) ----------------------------------------------
+    /// Another `CheckpointManager` (this process or another) holds the directory's `.lock`.
+    #[error("{dir}: another CheckpointManager holds this checkpoint directory (lock on {dir}/.lock); only one writer at a time")]
+    CheckpointLocked { dir: PathBuf },
+
+    /// Steps must increase: saving at or below the newest existing step is refused.
+    #[error("{dir}: cannot save step {step}: the newest checkpoint is step {newest}; steps must increase (remove newer checkpoints first)")]
+    CheckpointStep {
+        dir: PathBuf,
+        step: u64,
+        newest: u64,
+    },
+
+    /// No checkpoint directory for `step`, or (`step` = None) no checkpoint that verifies.
+    #[error("{dir}: {}", match step { Some(s) => format!("no checkpoint at step {s}"), None => "no checkpoint that verifies".to_string() })]
+    CheckpointNotFound { dir: PathBuf, step: Option<u64> },
+
+    /// A checkpoint (or the `latest` pointer) that does not match its manifest or cannot be read.
+    #[error("{path}: corrupt checkpoint: {reason}")]
+    CorruptCheckpoint { path: PathBuf, reason: String },
+
+    /// Prune deleted nothing because it could not tell which checkpoint is the newest valid one.
+    #[error("{dir}: prune refused, nothing was deleted: {reason}")]
+    PruneRefused { dir: PathBuf, reason: String },
+
+    /// A write (save, prune, remove) through a manager opened with `open_read_only`.
+    #[error("{dir}: {op} needs a manager opened with CheckpointManager::open, not open_read_only")]
+    CheckpointReadOnly { dir: PathBuf, op: &'static str },
 }
 
 /// Shorthand used throughout the crate.

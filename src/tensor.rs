@@ -155,7 +155,7 @@ impl Tensor {
     pub fn check_layout(&self) -> Result<()> {
         let block_elems = self.dtype.block_elems();
         let row_len = self.shape.row_len() as u64;
-        if row_len % block_elems != 0 {
+        if !row_len.is_multiple_of(block_elems) {
             return Err(Error::PartialBlock {
                 tensor: self.name.clone(),
                 dtype: self.dtype.to_string(),

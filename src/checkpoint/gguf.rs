@@ -372,7 +372,7 @@ fn check_tensor(path: &Path, entry: &Entry<'_>) -> Result<(u32, Vec<u64>, u64)> 
             shape: entry.shape.iter().map(|&d| d as u64).collect(),
         })?;
     let block = dtype.block_elems();
-    if ne[0] % block != 0 {
+    if !ne[0].is_multiple_of(block) {
         return Err(bad_shape(format!(
             "row length {} (ne[0]) is not a multiple of the {dtype} block size {block}",
             ne[0]

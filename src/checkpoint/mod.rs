@@ -3,11 +3,16 @@
 mod atomic;
 pub mod convert;
 pub mod gguf;
+pub mod manager;
 pub mod safetensors;
 mod source;
 
 pub use atomic::AtomicFile;
 pub use convert::{convert_file, ConvertOptions, Converted, MapDirection};
 pub use gguf::GgufWriter;
+pub use manager::{
+    CheckpointEntry, CheckpointInfo, CheckpointManager, CheckpointStatus, Manifest, PruneReport,
+    Resume, Retention, TensorEntry, Verify,
+};
 pub use safetensors::SafetensorsWriter;
 pub use source::{ChunkSource, TensorSource};

@@ -201,7 +201,11 @@ pub fn permute_rows<T: Copy + Default>(
     n_head: usize,
     to_gguf: bool,
 ) -> Option<Vec<T>> {
-    if n_head == 0 || rows == 0 || rows % (2 * n_head) != 0 || data.len() % rows != 0 {
+    if n_head == 0
+        || rows == 0
+        || !rows.is_multiple_of(2 * n_head)
+        || !data.len().is_multiple_of(rows)
+    {
         return None;
     }
     let cols = data.len() / rows;

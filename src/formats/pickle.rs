@@ -435,7 +435,7 @@ impl Machine<'_, '_> {
     }
 
     fn set_items(&mut self, dict: Id, items: &[Id]) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let kind = self.kind(dict);

@@ -79,7 +79,7 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
                 Some("1-D")
             } else if !can_read(t.dtype) {
                 Some("not a float tensor")
-            } else if t.shape.row_len() as u64 % options.dtype.block_elems() != 0 {
+            } else if !(t.shape.row_len() as u64).is_multiple_of(options.dtype.block_elems()) {
                 Some("row length is not a whole number of blocks")
             } else {
                 None

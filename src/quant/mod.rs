@@ -66,7 +66,7 @@ pub fn quantize(dtype: DType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
     }
     let block_elems = usize::try_from(dtype.block_elems()).unwrap_or(usize::MAX);
     let block_bytes = usize::try_from(dtype.block_bytes()).unwrap_or(usize::MAX);
-    if row_len == 0 || row_len % block_elems != 0 {
+    if row_len == 0 || !row_len.is_multiple_of(block_elems) {
         return Err(Error::QuantRowLength {
             dtype,
             row_len,
@@ -78,7 +78,7 @@ pub fn quantize(dtype: DType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
         len: data.len(),
         row_len,
     };
-    if data.len() % row_len != 0 {
+    if !data.len().is_multiple_of(row_len) {
         return Err(data_len_error());
     }
     let out_len = (data.len() / block_elems)
