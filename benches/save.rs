@@ -9,6 +9,10 @@
 //!   (`scripts/bench_save_py.py`; GGUF blocks as uint8 arrays), then `os.fsync`;
 //! - `file_copy`: `std::fs::copy` of the model file, then fsync.
 //!
+//! And hashing, GB/s of the file: `mlmf_content_hash` ([`mlmf::provenance::content_hash`], what
+//! `mlmf verify` computes: sha256 of every tensor straight from the memory map) beside the
+//! `sha256sum` command on the same file (page cache warm for both).
+//!
 //! `cargo bench --bench save` (numbers in BENCHMARKS.md).
 
 mod common;
@@ -108,6 +112,27 @@ fn bench(c: &mut Criterion) {
                 std::fs::File::open(&copy)
                     .and_then(|f| f.sync_all())
                     .expect("fsync");
+            })
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("hash/{label}"));
+        group.throughput(Throughput::Bytes(
+            std::fs::metadata(&path).expect("size").len(),
+        ));
+        group.sample_size(10);
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(5));
+        group.bench_function("mlmf_content_hash", |b| {
+            b.iter(|| mlmf::provenance::content_hash(&file).expect("hash"))
+        });
+        group.bench_function("sha256sum", |b| {
+            b.iter(|| {
+                let out = Command::new("sha256sum")
+                    .arg(&path)
+                    .output()
+                    .expect("sha256sum");
+                assert!(out.status.success());
             })
         });
         group.finish();

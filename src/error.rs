@@ -340,6 +340,13 @@ pub enum Error {
         problems: Vec<String>,
     },
 
+    // ---- models and their inputs ----------------------------------------------------------------
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+
+    #[error("{path}: {reason}")]
+    BadModel { path: PathBuf, reason: String },
+
     // ---- the command-line tool and user arguments ------------------------------------------------
     #[error("{0}")]
     Usage(String),

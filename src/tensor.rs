@@ -209,6 +209,38 @@ impl Tensor {
         dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
     }
 
+    /// The same bytes viewed with another shape of the same element count (no copy). On a GPU,
+    /// pages are split where the shape's rows allow, so a tensor in several pages keeps its
+    /// shape unless the new rows are the same length. Errors: another element count
+    /// ([`Error::TensorBytes`]), a multi-page GPU tensor with other rows ([`Error::DeviceLimit`]).
+    pub fn reshape(self, dims: Vec<usize>) -> Result<Tensor> {
+        let new = Shape::new(dims.clone());
+        let Some(shape) = new
+            .clone()
+            .filter(|s| s.elem_count() == self.shape.elem_count())
+        else {
+            return Err(Error::TensorBytes {
+                tensor: self.name.clone(),
+                dtype: self.dtype.to_string(),
+                shape: dims,
+                expected: new
+                    .and_then(|s| self.dtype.byte_len(s.elem_count()))
+                    .unwrap_or(u64::MAX),
+                found: self.byte_len(),
+            });
+        };
+        if let Storage::Gpu(g) = &self.storage {
+            if g.pages.len() > 1 && shape.row_len() != self.shape.row_len() {
+                return Err(Error::DeviceLimit {
+                    tensor: self.name.clone(),
+                    bytes: self.byte_len(),
+                    reason: "a tensor in several pages keeps its row length when reshaped".into(),
+                });
+            }
+        }
+        Ok(Tensor { shape, ..self })
+    }
+
     /// A copy of this tensor on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
         let storage = match device {

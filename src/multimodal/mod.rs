@@ -1,0 +1,3 @@
+//! Inputs of several modalities and the steps that turn them into tensors.
+
+pub mod preprocess;

@@ -1,0 +1,3 @@
+//! Turning raw inputs into model input tensors.
+
+pub mod text;
