@@ -1,0 +1,8 @@
+//! Inputs other than tensors: turning photos (and later audio and text) into the tensors a model
+//! takes, and turning its outputs back into something a person reads.
+
+pub mod labels;
+pub mod preprocess;
+
+pub use labels::imagenet_labels;
+pub use preprocess::image::{Filter, ImagePreprocess};
