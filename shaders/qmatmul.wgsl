@@ -12,7 +12,8 @@
 // With ROW_PER_INVOCATION (the launcher sets it for CPU-based adapters such as lavapipe), each
 // invocation instead sums one whole row alone, with no workgroup memory and no barriers: a CPU
 // driver runs a workgroup's invocations as SIMD lanes and pays for every barrier by switching
-// between them.
+// between them. That path decodes block types 32 weights at a time (quant_decode.wgsl's
+// group_<type>, which hand each weight to `emit` below).
 // The CPU twin is `cpu` in src/ops/qmatmul.rs.
 
 struct Params {
@@ -94,7 +95,42 @@ fn decode(t: u32, b: u32, j: u32) -> f32 {
     }
 }
 
-// Row r of this dispatch, summed by one invocation in column order.
+// Group g of the block of type `t` at byte b of `src`, handed to `emit` (block types only).
+fn decode_group(t: u32, b: u32, g: u32) {
+    switch t {
+        case 3u: { group_q4_0(b, g); }
+        case 4u: { group_q4_1(b, g); }
+        case 5u: { group_q5_0(b, g); }
+        case 6u: { group_q5_1(b, g); }
+        case 7u: { group_q8_0(b, g); }
+        case 8u: { group_iq4_nl(b, g); }
+        case 9u: { group_q2_k(b, g); }
+        case 10u: { group_q3_k(b, g); }
+        case 11u: { group_q4_k(b, g); }
+        case 12u: { group_q5_k(b, g); }
+        case 13u: { group_q6_k(b, g); }
+        case 14u: { group_iq4_xs(b, g); }
+        default: {}
+    }
+}
+
+// The row path's sums, one per batch column, and where the group being decoded sits: its
+// first column, and the batch columns to multiply it into.
+var<private> acc: array<f32, ROW_BATCH_LIMIT>;
+var<private> emit_col: u32;
+var<private> emit_batch: u32;
+
+// Weight i of the group being decoded (the group decoders call this): multiplied into every
+// batch column's sum.
+fn emit(i: u32, w: f32) {
+    let k = emit_col + i;
+    for (var b = 0u; b < emit_batch; b++) {
+        acc[b] += w * x[b * params.cols + k];
+    }
+}
+
+// Row r of this dispatch, summed by one invocation: block types a group of 32 weights at a
+// time (each block's scales decoded once per group), plain types one weight at a time.
 fn matmul_row(t: u32, r: u32) {
     if r >= params.rows {
         return;
@@ -102,11 +138,19 @@ fn matmul_row(t: u32, r: u32) {
     let batch = min(params.batch, ROW_BATCH_LIMIT);
     let cols = params.cols;
     let base = params.w_offset + r * params.row_bytes;
-    var acc: array<f32, ROW_BATCH_LIMIT>;
-    for (var k = 0u; k < cols; k++) {
-        let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
-        for (var b = 0u; b < batch; b++) {
-            acc[b] += w * x[b * cols + k];
+    if t >= T_Q4_0 {
+        emit_batch = batch;
+        let per_block = params.block_elems / GROUP;
+        for (var g = 0u; g < cols / GROUP; g++) {
+            emit_col = g * GROUP;
+            decode_group(t, base + (g / per_block) * params.block_bytes, g % per_block);
+        }
+    } else {
+        for (var k = 0u; k < cols; k++) {
+            let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
+            for (var b = 0u; b < batch; b++) {
+                acc[b] += w * x[b * cols + k];
+            }
         }
     }
     for (var b = 0u; b < batch; b++) {

@@ -202,3 +202,300 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
     let dl = d * f32(ls);
     return dl * f32(KVALUES_IQ4NL[q]);
 }
+
+// ---- groups of 32 elements ----------------------------------------------------------------------
+//
+// `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
+// legacy blocks, 0..8 for a K-quant super-block) and hands each to `emit(i, x)`, i in 0..32, in
+// no particular order. Each family that includes this file defines `emit`: the dequant kernels
+// store x, qmatmul multiplies it into its sums. Same values, same arithmetic as decode_<type>,
+// but each scale is decoded once per group and the quants are read as whole words, each word
+// once: on lavapipe every load from a storage buffer is a loop over the SIMD lanes, so the
+// number of loads is most of the cost.
+
+// Elements per group.
+const GROUP: u32 = 32u;
+
+// The u32 at even byte offset i of `src`, from words i / 4 (lo) and i / 4 + 1 (hi); `unaligned`
+// is i % 4 == 2. Blocks of 18, 22, 34, 110 and 210 bytes start at 2 mod 4 every other block, and
+// every multi-byte field starts at an even byte. Loops over a run of words carry hi over as the
+// next lo, so a run of n words costs n + 1 loads.
+fn even_word(lo: u32, hi: u32, unaligned: bool) -> u32 {
+    return select(lo, (lo >> 16u) | (hi << 16u), unaligned);
+}
+
+// Legacy blocks: quant word k (bytes 4k .. 4k + 3 of qs) holds the low nibbles of elements
+// 4k .. 4k + 3 and the high nibbles of elements 16 + 4k .. 19 + 4k.
+
+fn group_q4_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = even_word(lo, hi, un);
+        lo = hi;
+        for (var t = 0u; t < 4u; t++) {
+            let byte = q >> (8u * t);
+            emit(4u * k + t, d * f32(i32(byte & 15u) - 8));
+            emit(16u + 4u * k + t, d * f32(i32((byte >> 4u) & 15u) - 8));
+        }
+    }
+}
+
+fn group_q4_1(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dm = src[w];
+    let d = bitcast<f32>(f16_to_f32_bits(dm & 0xffffu));
+    let m = bitcast<f32>(f16_to_f32_bits(dm >> 16u));
+    for (var k = 0u; k < 4u; k++) {
+        let q = src[w + 1u + k];
+        for (var t = 0u; t < 4u; t++) {
+            let byte = q >> (8u * t);
+            emit(4u * k + t, d * f32(byte & 15u) + m);
+            emit(16u + 4u * k + t, d * f32((byte >> 4u) & 15u) + m);
+        }
+    }
+}
+
+fn group_q5_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    // qh at byte 2, then qs: one run of 5 words.
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    var hi = src[w + 1u];
+    let qh = even_word(lo, hi, un);
+    for (var k = 0u; k < 4u; k++) {
+        lo = hi;
+        hi = src[w + k + 2u];
+        let q = even_word(lo, hi, un);
+        for (var t = 0u; t < 4u; t++) {
+            let i = 4u * k + t;
+            let byte = q >> (8u * t);
+            let q0 = (byte & 15u) | (((qh >> i) & 1u) << 4u);
+            let q1 = ((byte >> 4u) & 15u) | (((qh >> (i + 16u)) & 1u) << 4u);
+            emit(i, d * f32(i32(q0) - 16));
+            emit(i + 16u, d * f32(i32(q1) - 16));
+        }
+    }
+}
+
+fn group_q5_1(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dm = src[w];
+    let d = bitcast<f32>(f16_to_f32_bits(dm & 0xffffu));
+    let m = bitcast<f32>(f16_to_f32_bits(dm >> 16u));
+    let qh = src[w + 1u];
+    for (var k = 0u; k < 4u; k++) {
+        let q = src[w + 2u + k];
+        for (var t = 0u; t < 4u; t++) {
+            let i = 4u * k + t;
+            let byte = q >> (8u * t);
+            let q0 = (byte & 15u) | (((qh >> i) & 1u) << 4u);
+            let q1 = ((byte >> 4u) & 15u) | (((qh >> (i + 16u)) & 1u) << 4u);
+            emit(i, d * f32(q0) + m);
+            emit(i + 16u, d * f32(q1) + m);
+        }
+    }
+}
+
+fn group_q8_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 8u; k++) {
+        let hi = src[w + k + 1u];
+        let q = even_word(lo, hi, un);
+        lo = hi;
+        for (var t = 0u; t < 4u; t++) {
+            // Byte t, sign-extended.
+            let x = i32(q << (24u - 8u * t)) >> 24u;
+            emit(4u * k + t, f32(x) * d);
+        }
+    }
+}
+
+fn group_iq4_nl(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = even_word(lo, hi, un);
+        lo = hi;
+        for (var t = 0u; t < 4u; t++) {
+            let byte = q >> (8u * t);
+            emit(4u * k + t, d * f32(KVALUES_IQ4NL[byte & 15u]));
+            emit(16u + 4u * k + t, d * f32(KVALUES_IQ4NL[(byte >> 4u) & 15u]));
+        }
+    }
+}
+
+// Group g of a Q2_K block covers sub-blocks 2g and 2g + 1; its quants are bits 2 * (g % 4) of
+// qs[32 * (g / 4) .. + 32].
+fn group_q2_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w + 20u];
+    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
+    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    // scales[2g] and scales[2g + 1].
+    let sc2 = half_of(src[w + g / 2u], 2u * g);
+    let dl0 = d * f32(sc2 & 15u);
+    let ml0 = dmin * f32((sc2 >> 4u) & 15u);
+    let dl1 = d * f32((sc2 >> 8u) & 15u);
+    let ml1 = dmin * f32(sc2 >> 12u);
+    let qw = w + 4u + 8u * (g / 4u);
+    let shift = 2u * (g % 4u);
+    for (var k = 0u; k < 8u; k++) {
+        let q = src[qw + k] >> shift;
+        let dl = select(dl0, dl1, k >= 4u);
+        let ml = select(ml0, ml1, k >= 4u);
+        for (var t = 0u; t < 4u; t++) {
+            emit(4u * k + t, dl * f32((q >> (8u * t)) & 3u) - ml);
+        }
+    }
+}
+
+// Scale s (0..16) of the Q3_K block at byte b: low 4 bits from nibble s / 8 of scales[s % 8],
+// high 2 bits from bits 2 * (s / 4) of scales[8 + s % 4], minus 32.
+fn q3_k_scale(b: u32, s: u32) -> i32 {
+    let sc_lo = (src_byte(b + 96u + s % 8u) >> (4u * (s / 8u))) & 15u;
+    let sc_hi = (src_byte(b + 104u + s % 4u) >> (2u * (s / 4u))) & 3u;
+    return i32(sc_lo | (sc_hi << 4u)) - 32;
+}
+
+// Group g of a Q3_K block: sub-blocks 2g and 2g + 1, high bits g of hmask, low bits as Q2_K.
+fn group_q3_k(b: u32, g: u32) {
+    let d = src_f16(b + 108u);
+    let dl0 = d * f32(q3_k_scale(b, 2u * g));
+    let dl1 = d * f32(q3_k_scale(b, 2u * g + 1u));
+    let odd = (b & 2u) != 0u;
+    let hw = b >> 2u;
+    let qw = (b + 32u + 32u * (g / 4u)) >> 2u;
+    var hlo = src[hw];
+    var qlo = src[qw];
+    let shift = 2u * (g % 4u);
+    for (var k = 0u; k < 8u; k++) {
+        let hhi = src[hw + k + 1u];
+        let qhi = src[qw + k + 1u];
+        let hm = even_word(hlo, hhi, odd) >> g;
+        let qs = even_word(qlo, qhi, odd) >> shift;
+        hlo = hhi;
+        qlo = qhi;
+        let dlk = select(dl0, dl1, k >= 4u);
+        for (var t = 0u; t < 4u; t++) {
+            let lo = (qs >> (8u * t)) & 3u;
+            let hi = (hm >> (8u * t)) & 1u;
+            let q = i32(lo) - select(4, 0, hi == 1u);
+            emit(4u * k + t, dlk * f32(q));
+        }
+    }
+}
+
+// Scale and min of sub-block j (0..8) from the 12 scale bytes as three words (scale_min_k4).
+fn scale_min_k4_words(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
+    if j < 4u {
+        return vec2<u32>(byte_of(s0, j) & 63u, byte_of(s1, j) & 63u);
+    }
+    let lo = byte_of(s2, j);
+    return vec2<u32>((lo & 15u) | ((byte_of(s0, j) >> 6u) << 4u), (lo >> 4u) | ((byte_of(s1, j) >> 6u) << 4u));
+}
+
+// Group g of a Q4_K block is sub-block g: nibble g % 2 of qs[32 * (g / 2) .. + 32].
+fn group_q4_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w];
+    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
+    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    let qw = w + 4u + 8u * (g / 2u);
+    let shift = 4u * (g & 1u);
+    for (var k = 0u; k < 8u; k++) {
+        let q = src[qw + k] >> shift;
+        for (var t = 0u; t < 4u; t++) {
+            emit(4u * k + t, dl * f32((q >> (8u * t)) & 15u) - ml);
+        }
+    }
+}
+
+// Group g of a Q5_K block is sub-block g: low bits as Q4_K, fifth bit g of qh.
+fn group_q5_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w];
+    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
+    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    let qw = w + 12u + 8u * (g / 2u);
+    let shift = 4u * (g & 1u);
+    for (var k = 0u; k < 8u; k++) {
+        let q = src[qw + k] >> shift;
+        let qh = src[w + 4u + k] >> g;
+        for (var t = 0u; t < 4u; t++) {
+            let x = ((q >> (8u * t)) & 15u) | (((qh >> (8u * t)) & 1u) << 4u);
+            emit(4u * k + t, dl * f32(x) - ml);
+        }
+    }
+}
+
+// Group g = 4n + k of a Q6_K block: sub-blocks 2g and 2g + 1, nibble k / 2 of
+// ql[64n + 32(k % 2) .. + 32], bits 2k of qh[32n .. + 32].
+fn group_q6_k(b: u32, g: u32) {
+    let n = g / 4u;
+    let kk = g % 4u;
+    let d = src_f16(b + 208u);
+    // scales[2g] and scales[2g + 1], int8.
+    let sc2 = half_of(src[(b + 192u + 2u * g) >> 2u], b + 192u + 2u * g);
+    let dl0 = d * f32(i32(sc2 << 24u) >> 24u);
+    let dl1 = d * f32(i32(sc2 << 16u) >> 24u);
+    let odd = (b & 2u) != 0u;
+    let lw = (b + 64u * n + 32u * (kk % 2u)) >> 2u;
+    let hw = (b + 128u + 32u * n) >> 2u;
+    var llo = src[lw];
+    var hlo = src[hw];
+    let lshift = 4u * (kk / 2u);
+    let hshift = 2u * kk;
+    for (var k = 0u; k < 8u; k++) {
+        let lhi = src[lw + k + 1u];
+        let hhi = src[hw + k + 1u];
+        let ql = even_word(llo, lhi, odd) >> lshift;
+        let qh = even_word(hlo, hhi, odd) >> hshift;
+        llo = lhi;
+        hlo = hhi;
+        let dl = select(dl0, dl1, k >= 4u);
+        for (var t = 0u; t < 4u; t++) {
+            let x = ((ql >> (8u * t)) & 15u) | (((qh >> (8u * t)) & 3u) << 4u);
+            emit(4u * k + t, dl * f32(i32(x) - 32));
+        }
+    }
+}
+
+// Group g of an IQ4_XS block is sub-block g: qs[16g .. + 16], low nibbles first.
+fn group_iq4_xs(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dh = src[w];
+    let d = bitcast<f32>(f16_to_f32_bits(dh & 0xffffu));
+    let ls_lo = byte_of(src[w + 1u], g / 2u) >> (4u * (g % 2u));
+    let ls_hi = (dh >> (16u + 2u * g)) & 3u;
+    let dl = d * f32(i32((ls_lo & 15u) | (ls_hi << 4u)) - 32);
+    let qw = w + 2u + 4u * g;
+    for (var k = 0u; k < 4u; k++) {
+        let q = src[qw + k];
+        for (var t = 0u; t < 4u; t++) {
+            let byte = q >> (8u * t);
+            emit(4u * k + t, dl * f32(KVALUES_IQ4NL[byte & 15u]));
+            emit(16u + 4u * k + t, dl * f32(KVALUES_IQ4NL[(byte >> 4u) & 15u]));
+        }
+    }
+}

@@ -23,8 +23,9 @@ use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
 
 const WORKGROUP: u32 = 64;
-/// Elements per invocation (`EPT` in the shader; see `ops::convert`).
-pub(crate) const ELEMS_PER_INVOCATION: u32 = 16;
+/// Elements per invocation: one group (`GROUP` in `shaders/quant_decode.wgsl`), a legacy block
+/// or an eighth of a K-quant super-block, whose scales are decoded once.
+pub(crate) const ELEMS_PER_INVOCATION: u32 = 32;
 
 /// Uniform parameters of `dequant.wgsl`, fields in WGSL order.
 #[repr(C)]
@@ -146,8 +147,7 @@ fn gpu_dequant(
     check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::Dequant, entry)
         .variant(variant(out))
-        .with("WG", f64::from(WORKGROUP))
-        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
+        .with("WG", f64::from(WORKGROUP));
     paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
         Params {
             count: p.count,
@@ -548,6 +548,12 @@ mod tests {
             for (k, dtype) in TYPES.into_iter().enumerate() {
                 check_random(&gpu, dtype, vec![301, 32], 77 + k as u64);
             }
+        }
+        // One long row splits output pages at single elements: 4100-byte pages hold 1025 f32,
+        // so dispatches start and end inside a block.
+        let gpu = paged_gpu(4100);
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            check_random(&gpu, dtype, vec![1, 301 * 32], 97 + k as u64);
         }
     }
 

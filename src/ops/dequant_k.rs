@@ -2,9 +2,9 @@
 //! 256 elements with packed sub-block scales. The public op is
 //! [`dequant::to_f32`], which routes these types here.
 //!
-//! GPU: `shaders/dequant_k.wgsl`, one entry point per type, one invocation per element. CPU twin:
-//! `cpu`, ggml's `dequantize_row_*` (ggml-quants.c) per block from the bytes. Both agree bit for
-//! bit with each other and with gguf-py.
+//! GPU: `shaders/dequant_k.wgsl`, one entry point per type, one invocation per 32 elements. CPU
+//! twin: `cpu`, ggml's `dequantize_row_*` (ggml-quants.c) per block from the bytes. Both agree
+//! bit for bit with each other and with gguf-py.
 
 use super::{dequant, paged};
 use crate::device::kernels::{Kernel, PipelineKey};
@@ -50,8 +50,7 @@ pub(crate) fn gpu_dequant(
     dequant::check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::DequantK, entry)
         .variant(dequant::variant(out))
-        .with("WG", f64::from(WORKGROUP))
-        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
+        .with("WG", f64::from(WORKGROUP));
     paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
         Params {
             count: p.count,
@@ -300,6 +299,12 @@ mod tests {
             for (k, dtype) in TYPES.into_iter().enumerate() {
                 check_random(&gpu, dtype, vec![19, 512], 177 + k as u64);
             }
+        }
+        // One long row splits output pages at single elements: 4100-byte pages hold 1025 f32,
+        // so dispatches start and end inside a 32-element group.
+        let gpu = paged_gpu(4100);
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            check_random(&gpu, dtype, vec![1, 19 * 512], 197 + k as u64);
         }
     }
 

@@ -48,7 +48,10 @@ fn spans(elems: u64, in_page_elems: u64, out_page_elems: u64) -> Vec<(u64, u64, 
 /// Run the kernel `key` over every element of `t`, whose bytes are `src`, into new pages of
 /// `out_dtype` elements, and return those pages. The work is submitted, not waited for (readback
 /// waits). `params` builds the family's uniform parameters for each piece. Each invocation of
-/// the kernel handles `elems_per_invocation` elements (its `EPT` override, where it has one).
+/// the kernel handles `elems_per_invocation` elements; a dispatch has one invocation per run of
+/// that many elements of the input page that the piece touches, so a kernel may align its runs
+/// to the input page (the dequant kernels' groups) or count them from the piece's first element
+/// (convert, which then has at most one idle invocation).
 pub(crate) fn map_elements<P: bytemuck::Pod>(
     t: &Tensor,
     src: &GpuStorage,
@@ -110,7 +113,9 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
                 },
             ],
         });
-        let invocations = (end - at).div_ceil(u64::from(elems_per_invocation.max(1)));
+        let per = u64::from(elems_per_invocation.max(1));
+        let first = u64::from(piece.in_offset);
+        let invocations = (first + u64::from(piece.count)).div_ceil(per) - first / per;
         gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, workgroup);
     }
     gpu.wgpu_queue().submit([encoder.finish()]);
