@@ -21,7 +21,11 @@ alias Out = f32;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
+// The output as quads: the launcher (src/ops/paged.rs, `out_unit`) splits output pages at
+// multiples of 16 bytes, and input pages hold whole blocks, so every dispatch starts and ends at
+// a multiple of 4 elements and each quad a decoder emits lies wholly inside or outside it. One
+// vec4 store costs lavapipe about what one scalar store does.
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<Out>>;
 
 // Each invocation decodes one group of GROUP (32) elements, reading its block's scales once
 // (quant_decode.wgsl's group_<type>). Groups are counted from the start of the input page, so
@@ -46,16 +50,16 @@ fn block_byte(g: u32, block_bytes: u32) -> u32 {
 // The group being decoded, counted from the dispatch's first element (wrapping below it).
 var<private> group_first: u32;
 
-// Element i of the group (quant_decode.wgsl's decoders call this), stored if it lies in this
-// dispatch.
-fn emit(i: u32, x: f32) {
+// Elements i .. i + 3 of the group (quant_decode.wgsl's decoders call this), stored if they lie
+// in this dispatch.
+fn emit4(i: u32, x: vec4<f32>) {
     let e = group_first + i;
     if e < params.count {
-        dst[params.out_offset + e] = Out(x);
+        dst[(params.out_offset + e) >> 2u] = vec4<Out>(x);
     }
 }
 
-// Decoders of group g of the input page call `emit`.
+// Decoders of group g of the input page call `emit4`.
 fn start_group(g: u32) {
     group_first = g * GROUP - params.in_offset;
 }

@@ -13,7 +13,7 @@
 // invocation instead sums one whole row alone, with no workgroup memory and no barriers: a CPU
 // driver runs a workgroup's invocations as SIMD lanes and pays for every barrier by switching
 // between them. That path decodes block types 32 weights at a time (quant_decode.wgsl's
-// group_<type>, which hand each weight to `emit` below).
+// group_<type>, which hand the weights to `emit4` below).
 // The CPU twin is `cpu` in src/ops/qmatmul.rs.
 
 struct Params {
@@ -95,7 +95,7 @@ fn decode(t: u32, b: u32, j: u32) -> f32 {
     }
 }
 
-// Group g of the block of type `t` at byte b of `src`, handed to `emit` (block types only).
+// Group g of the block of type `t` at byte b of `src`, handed to `emit4` (block types only).
 fn decode_group(t: u32, b: u32, g: u32) {
     switch t {
         case 3u: { group_q4_0(b, g); }
@@ -120,12 +120,18 @@ var<private> acc: array<f32, ROW_BATCH_LIMIT>;
 var<private> emit_col: u32;
 var<private> emit_batch: u32;
 
-// Weight i of the group being decoded (the group decoders call this): multiplied into every
-// batch column's sum.
-fn emit(i: u32, w: f32) {
+// Weights i .. i + 3 of the group being decoded (the group decoders call this): multiplied
+// into every batch column's sum, in column order.
+fn emit4(i: u32, w: vec4<f32>) {
     let k = emit_col + i;
     for (var b = 0u; b < emit_batch; b++) {
-        acc[b] += w * x[b * params.cols + k];
+        let o = b * params.cols + k;
+        var s = acc[b];
+        s += w.x * x[o];
+        s += w.y * x[o + 1u];
+        s += w.z * x[o + 2u];
+        s += w.w * x[o + 3u];
+        acc[b] = s;
     }
 }
 

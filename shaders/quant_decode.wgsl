@@ -206,15 +206,21 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
 // ---- groups of 32 elements ----------------------------------------------------------------------
 //
 // `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
-// legacy blocks, 0..8 for a K-quant super-block) and hands each to `emit(i, x)`, i in 0..32, in
-// no particular order. Each family that includes this file defines `emit`: the dequant kernels
-// store x, qmatmul multiplies it into its sums. Same values, same arithmetic as decode_<type>,
-// but each scale is decoded once per group and the quants are read as whole words, each word
-// once: on lavapipe every load from a storage buffer is a loop over the SIMD lanes, so the
-// number of loads is most of the cost.
+// legacy blocks, 0..8 for a K-quant super-block) and hands them to `emit4(i, x)`, four
+// consecutive elements i .. i + 3 at a time (i a multiple of 4), in no particular order. Each
+// family that includes this file defines `emit4`: the dequant kernels store x, qmatmul
+// multiplies it into its sums. Same values, same arithmetic as decode_<type>, component by
+// component, but each scale is decoded once per group and each quant word is read once: on
+// lavapipe every load or store of a storage buffer is a loop over the SIMD lanes, so the number
+// of loads and stores is most of the cost.
 
 // Elements per group.
 const GROUP: u32 = 32u;
+
+// The four bytes of a little-endian word, lowest first.
+fn bytes4(w: u32) -> vec4<u32> {
+    return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}
 
 // The u32 at even byte offset i of `src`, from words i / 4 (lo) and i / 4 + 1 (hi); `unaligned`
 // is i % 4 == 2. Blocks of 18, 22, 34, 110 and 210 bytes start at 2 mod 4 every other block, and
@@ -222,6 +228,14 @@ const GROUP: u32 = 32u;
 // next lo, so a run of n words costs n + 1 loads.
 fn even_word(lo: u32, hi: u32, unaligned: bool) -> u32 {
     return select(lo, (lo >> 16u) | (hi << 16u), unaligned);
+}
+
+fn f16_lo(w: u32) -> f32 {
+    return bitcast<f32>(f16_to_f32_bits(w & 0xffffu));
+}
+
+fn f16_hi(w: u32) -> f32 {
+    return bitcast<f32>(f16_to_f32_bits(w >> 16u));
 }
 
 // Legacy blocks: quant word k (bytes 4k .. 4k + 3 of qs) holds the low nibbles of elements
@@ -235,29 +249,28 @@ fn group_q4_0(b: u32, g: u32) {
     var lo = src[w];
     for (var k = 0u; k < 4u; k++) {
         let hi = src[w + k + 1u];
-        let q = even_word(lo, hi, un);
+        let q = bytes4(even_word(lo, hi, un));
         lo = hi;
-        for (var t = 0u; t < 4u; t++) {
-            let byte = q >> (8u * t);
-            emit(4u * k + t, d * f32(i32(byte & 15u) - 8));
-            emit(16u + 4u * k + t, d * f32(i32((byte >> 4u) & 15u) - 8));
-        }
+        emit4(4u * k, d * vec4<f32>(vec4<i32>(q & vec4<u32>(15u)) - 8));
+        emit4(16u + 4u * k, d * vec4<f32>(vec4<i32>(q >> vec4<u32>(4u)) - 8));
     }
 }
 
 fn group_q4_1(b: u32, g: u32) {
     let w = b >> 2u;
     let dm = src[w];
-    let d = bitcast<f32>(f16_to_f32_bits(dm & 0xffffu));
-    let m = bitcast<f32>(f16_to_f32_bits(dm >> 16u));
+    let d = f16_lo(dm);
+    let m = f16_hi(dm);
     for (var k = 0u; k < 4u; k++) {
-        let q = src[w + 1u + k];
-        for (var t = 0u; t < 4u; t++) {
-            let byte = q >> (8u * t);
-            emit(4u * k + t, d * f32(byte & 15u) + m);
-            emit(16u + 4u * k + t, d * f32((byte >> 4u) & 15u) + m);
-        }
+        let q = bytes4(src[w + 1u + k]);
+        emit4(4u * k, d * vec4<f32>(q & vec4<u32>(15u)) + m);
+        emit4(16u + 4u * k, d * vec4<f32>(q >> vec4<u32>(4u)) + m);
     }
+}
+
+// The fifth bits of elements i .. i + 3 from qh, in bit 4.
+fn high4(qh: u32, i: u32) -> vec4<u32> {
+    return ((vec4<u32>(qh >> i) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
 }
 
 fn group_q5_0(b: u32, g: u32) {
@@ -272,34 +285,26 @@ fn group_q5_0(b: u32, g: u32) {
     for (var k = 0u; k < 4u; k++) {
         lo = hi;
         hi = src[w + k + 2u];
-        let q = even_word(lo, hi, un);
-        for (var t = 0u; t < 4u; t++) {
-            let i = 4u * k + t;
-            let byte = q >> (8u * t);
-            let q0 = (byte & 15u) | (((qh >> i) & 1u) << 4u);
-            let q1 = ((byte >> 4u) & 15u) | (((qh >> (i + 16u)) & 1u) << 4u);
-            emit(i, d * f32(i32(q0) - 16));
-            emit(i + 16u, d * f32(i32(q1) - 16));
-        }
+        let q = bytes4(even_word(lo, hi, un));
+        let q0 = (q & vec4<u32>(15u)) | high4(qh, 4u * k);
+        let q1 = (q >> vec4<u32>(4u)) | high4(qh, 16u + 4u * k);
+        emit4(4u * k, d * vec4<f32>(vec4<i32>(q0) - 16));
+        emit4(16u + 4u * k, d * vec4<f32>(vec4<i32>(q1) - 16));
     }
 }
 
 fn group_q5_1(b: u32, g: u32) {
     let w = b >> 2u;
     let dm = src[w];
-    let d = bitcast<f32>(f16_to_f32_bits(dm & 0xffffu));
-    let m = bitcast<f32>(f16_to_f32_bits(dm >> 16u));
+    let d = f16_lo(dm);
+    let m = f16_hi(dm);
     let qh = src[w + 1u];
     for (var k = 0u; k < 4u; k++) {
-        let q = src[w + 2u + k];
-        for (var t = 0u; t < 4u; t++) {
-            let i = 4u * k + t;
-            let byte = q >> (8u * t);
-            let q0 = (byte & 15u) | (((qh >> i) & 1u) << 4u);
-            let q1 = ((byte >> 4u) & 15u) | (((qh >> (i + 16u)) & 1u) << 4u);
-            emit(i, d * f32(q0) + m);
-            emit(i + 16u, d * f32(q1) + m);
-        }
+        let q = bytes4(src[w + 2u + k]);
+        let q0 = (q & vec4<u32>(15u)) | high4(qh, 4u * k);
+        let q1 = (q >> vec4<u32>(4u)) | high4(qh, 16u + 4u * k);
+        emit4(4u * k, d * vec4<f32>(q0) + m);
+        emit4(16u + 4u * k, d * vec4<f32>(q1) + m);
     }
 }
 
@@ -313,12 +318,14 @@ fn group_q8_0(b: u32, g: u32) {
         let hi = src[w + k + 1u];
         let q = even_word(lo, hi, un);
         lo = hi;
-        for (var t = 0u; t < 4u; t++) {
-            // Byte t, sign-extended.
-            let x = i32(q << (24u - 8u * t)) >> 24u;
-            emit(4u * k + t, f32(x) * d);
-        }
+        // The four bytes, sign-extended.
+        let x = vec4<i32>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+        emit4(4u * k, vec4<f32>(x) * d);
     }
+}
+
+fn iq4nl4(q: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(f32(KVALUES_IQ4NL[q.x]), f32(KVALUES_IQ4NL[q.y]), f32(KVALUES_IQ4NL[q.z]), f32(KVALUES_IQ4NL[q.w]));
 }
 
 fn group_iq4_nl(b: u32, g: u32) {
@@ -329,13 +336,10 @@ fn group_iq4_nl(b: u32, g: u32) {
     var lo = src[w];
     for (var k = 0u; k < 4u; k++) {
         let hi = src[w + k + 1u];
-        let q = even_word(lo, hi, un);
+        let q = bytes4(even_word(lo, hi, un));
         lo = hi;
-        for (var t = 0u; t < 4u; t++) {
-            let byte = q >> (8u * t);
-            emit(4u * k + t, d * f32(KVALUES_IQ4NL[byte & 15u]));
-            emit(16u + 4u * k + t, d * f32(KVALUES_IQ4NL[(byte >> 4u) & 15u]));
-        }
+        emit4(4u * k, d * iq4nl4(q & vec4<u32>(15u)));
+        emit4(16u + 4u * k, d * iq4nl4(q >> vec4<u32>(4u)));
     }
 }
 
@@ -344,8 +348,8 @@ fn group_iq4_nl(b: u32, g: u32) {
 fn group_q2_k(b: u32, g: u32) {
     let w = b >> 2u;
     let dd = src[w + 20u];
-    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
-    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
     // scales[2g] and scales[2g + 1].
     let sc2 = half_of(src[w + g / 2u], 2u * g);
     let dl0 = d * f32(sc2 & 15u);
@@ -355,12 +359,10 @@ fn group_q2_k(b: u32, g: u32) {
     let qw = w + 4u + 8u * (g / 4u);
     let shift = 2u * (g % 4u);
     for (var k = 0u; k < 8u; k++) {
-        let q = src[qw + k] >> shift;
+        let q = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(3u);
         let dl = select(dl0, dl1, k >= 4u);
         let ml = select(ml0, ml1, k >= 4u);
-        for (var t = 0u; t < 4u; t++) {
-            emit(4u * k + t, dl * f32((q >> (8u * t)) & 3u) - ml);
-        }
+        emit4(4u * k, dl * vec4<f32>(q) - ml);
     }
 }
 
@@ -386,17 +388,13 @@ fn group_q3_k(b: u32, g: u32) {
     for (var k = 0u; k < 8u; k++) {
         let hhi = src[hw + k + 1u];
         let qhi = src[qw + k + 1u];
-        let hm = even_word(hlo, hhi, odd) >> g;
-        let qs = even_word(qlo, qhi, odd) >> shift;
+        let hm = (bytes4(even_word(hlo, hhi, odd)) >> vec4<u32>(g)) & vec4<u32>(1u);
+        let lo = (bytes4(even_word(qlo, qhi, odd)) >> vec4<u32>(shift)) & vec4<u32>(3u);
         hlo = hhi;
         qlo = qhi;
-        let dlk = select(dl0, dl1, k >= 4u);
-        for (var t = 0u; t < 4u; t++) {
-            let lo = (qs >> (8u * t)) & 3u;
-            let hi = (hm >> (8u * t)) & 1u;
-            let q = i32(lo) - select(4, 0, hi == 1u);
-            emit(4u * k + t, dlk * f32(q));
-        }
+        // A clear high bit subtracts 4.
+        let q = vec4<i32>(lo) - vec4<i32>(4) + vec4<i32>(hm << vec4<u32>(2u));
+        emit4(4u * k, select(dl0, dl1, k >= 4u) * vec4<f32>(q));
     }
 }
 
@@ -413,18 +411,16 @@ fn scale_min_k4_words(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
 fn group_q4_k(b: u32, g: u32) {
     let w = b >> 2u;
     let dd = src[w];
-    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
-    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
     let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
     let dl = d * f32(sm.x);
     let ml = dmin * f32(sm.y);
     let qw = w + 4u + 8u * (g / 2u);
     let shift = 4u * (g & 1u);
     for (var k = 0u; k < 8u; k++) {
-        let q = src[qw + k] >> shift;
-        for (var t = 0u; t < 4u; t++) {
-            emit(4u * k + t, dl * f32((q >> (8u * t)) & 15u) - ml);
-        }
+        let q = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(15u);
+        emit4(4u * k, dl * vec4<f32>(q) - ml);
     }
 }
 
@@ -432,20 +428,17 @@ fn group_q4_k(b: u32, g: u32) {
 fn group_q5_k(b: u32, g: u32) {
     let w = b >> 2u;
     let dd = src[w];
-    let d = bitcast<f32>(f16_to_f32_bits(dd & 0xffffu));
-    let dmin = bitcast<f32>(f16_to_f32_bits(dd >> 16u));
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
     let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
     let dl = d * f32(sm.x);
     let ml = dmin * f32(sm.y);
     let qw = w + 12u + 8u * (g / 2u);
     let shift = 4u * (g & 1u);
     for (var k = 0u; k < 8u; k++) {
-        let q = src[qw + k] >> shift;
-        let qh = src[w + 4u + k] >> g;
-        for (var t = 0u; t < 4u; t++) {
-            let x = ((q >> (8u * t)) & 15u) | (((qh >> (8u * t)) & 1u) << 4u);
-            emit(4u * k + t, dl * f32(x) - ml);
-        }
+        let lo = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(15u);
+        let hi = (bytes4(src[w + 4u + k]) >> vec4<u32>(g)) & vec4<u32>(1u);
+        emit4(4u * k, dl * vec4<f32>(lo | (hi << vec4<u32>(4u))) - ml);
     }
 }
 
@@ -469,15 +462,12 @@ fn group_q6_k(b: u32, g: u32) {
     for (var k = 0u; k < 8u; k++) {
         let lhi = src[lw + k + 1u];
         let hhi = src[hw + k + 1u];
-        let ql = even_word(llo, lhi, odd) >> lshift;
-        let qh = even_word(hlo, hhi, odd) >> hshift;
+        let ql = (bytes4(even_word(llo, lhi, odd)) >> vec4<u32>(lshift)) & vec4<u32>(15u);
+        let qh = (bytes4(even_word(hlo, hhi, odd)) >> vec4<u32>(hshift)) & vec4<u32>(3u);
         llo = lhi;
         hlo = hhi;
-        let dl = select(dl0, dl1, k >= 4u);
-        for (var t = 0u; t < 4u; t++) {
-            let x = ((ql >> (8u * t)) & 15u) | (((qh >> (8u * t)) & 3u) << 4u);
-            emit(4u * k + t, dl * f32(i32(x) - 32));
-        }
+        let q = vec4<i32>(ql | (qh << vec4<u32>(4u))) - 32;
+        emit4(4u * k, select(dl0, dl1, k >= 4u) * vec4<f32>(q));
     }
 }
 
@@ -485,17 +475,14 @@ fn group_q6_k(b: u32, g: u32) {
 fn group_iq4_xs(b: u32, g: u32) {
     let w = b >> 2u;
     let dh = src[w];
-    let d = bitcast<f32>(f16_to_f32_bits(dh & 0xffffu));
+    let d = f16_lo(dh);
     let ls_lo = byte_of(src[w + 1u], g / 2u) >> (4u * (g % 2u));
     let ls_hi = (dh >> (16u + 2u * g)) & 3u;
     let dl = d * f32(i32((ls_lo & 15u) | (ls_hi << 4u)) - 32);
     let qw = w + 2u + 4u * g;
     for (var k = 0u; k < 4u; k++) {
-        let q = src[qw + k];
-        for (var t = 0u; t < 4u; t++) {
-            let byte = q >> (8u * t);
-            emit(4u * k + t, dl * f32(KVALUES_IQ4NL[byte & 15u]));
-            emit(16u + 4u * k + t, dl * f32(KVALUES_IQ4NL[(byte >> 4u) & 15u]));
-        }
+        let q = bytes4(src[qw + k]);
+        emit4(4u * k, dl * iq4nl4(q & vec4<u32>(15u)));
+        emit4(16u + 4u * k, dl * iq4nl4(q >> vec4<u32>(4u)));
     }
 }
