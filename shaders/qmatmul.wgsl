@@ -48,12 +48,19 @@ const ROW_BATCH_LIMIT: u32 = 16u;
 @group(0) @binding(0) var<uniform> params: Params;
 // The bytes of W as stored, read as u32 words (the name the decoders read).
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-// X's batch columns of this dispatch, [batch, cols].
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+// X's batch columns of this dispatch, [batch, cols], as quads (the launcher pads the buffer to
+// 16 bytes): the row path reads four columns with one load, which costs lavapipe about what a
+// scalar load does.
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
 // Y's batch columns of this dispatch, [batch, out_rows].
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
 var<workgroup> partial: array<f32, WG * MAX_BATCH>;
+
+// Element i of X's batch columns.
+fn x(i: u32) -> f32 {
+    return x4[i >> 2u][i & 3u];
+}
 
 // Weight types, as each entry point names its own.
 const T_F32: u32 = 0u;
@@ -126,11 +133,13 @@ fn emit4(i: u32, w: vec4<f32>) {
     let k = emit_col + i;
     for (var b = 0u; b < emit_batch; b++) {
         let o = b * params.cols + k;
+        // o is a multiple of 4: cols of a block type is a multiple of 32.
+        let xs = x4[o >> 2u];
         var s = acc[b];
-        s += w.x * x[o];
-        s += w.y * x[o + 1u];
-        s += w.z * x[o + 2u];
-        s += w.w * x[o + 3u];
+        s += w.x * xs.x;
+        s += w.y * xs.y;
+        s += w.z * xs.z;
+        s += w.w * xs.w;
         acc[b] = s;
     }
 }
@@ -155,7 +164,7 @@ fn matmul_row(t: u32, r: u32) {
         for (var k = 0u; k < cols; k++) {
             let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
             for (var b = 0u; b < batch; b++) {
-                acc[b] += w * x[b * cols + k];
+                acc[b] += w * x(b * cols + k);
             }
         }
     }
@@ -183,7 +192,7 @@ fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
     for (var k = l; k < cols; k += WG) {
         let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
         for (var b = 0u; b < batch; b++) {
-            partial[b * WG + l] += w * x[b * cols + k];
+            partial[b * WG + l] += w * x(b * cols + k);
         }
     }
     for (var s = WG / 2u; s > 0u; s >>= 1u) {

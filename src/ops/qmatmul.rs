@@ -350,7 +350,8 @@ fn gpu_matmul(
     let mut b0 = 0;
     while b0 < batch {
         let nb = chunk.min(batch - b0);
-        let x_buf = scratch(gpu, "qmatmul x", nb * cols * 4);
+        // Padded to 16 bytes: the kernel reads X as vec4s.
+        let x_buf = scratch(gpu, "qmatmul x", (nb * cols * 4).next_multiple_of(16));
         gather(&mut encoder, xs, b0 * cols * 4, nb * cols * 4, &x_buf);
         let y_buf = scratch(gpu, "qmatmul y", nb * rows * 4);
         let mut copy = copies.iter();
