@@ -133,7 +133,8 @@ fn emit4(i: u32, w: vec4<f32>) {
     let k = emit_col + i;
     for (var b = 0u; b < emit_batch; b++) {
         let o = b * params.cols + k;
-        // o is a multiple of 4: cols of a block type is a multiple of 32.
+        // o is a multiple of 4: block types have cols a multiple of 32, and plain types come here
+        // only when cols is a multiple of 4 or o is a column of the first batch column.
         let xs = x4[o >> 2u];
         var s = acc[b];
         s += w.x * xs.x;
@@ -145,7 +146,7 @@ fn emit4(i: u32, w: vec4<f32>) {
 }
 
 // Row r of this dispatch, summed by one invocation: block types a group of 32 weights at a
-// time (each block's scales decoded once per group), plain types one weight at a time.
+// time (each block's scales decoded once per group), plain types four at a time.
 fn matmul_row(t: u32, r: u32) {
     if r >= params.rows {
         return;
@@ -161,8 +162,20 @@ fn matmul_row(t: u32, r: u32) {
             decode_group(t, base + (g / per_block) * params.block_bytes, g % per_block);
         }
     } else {
-        for (var k = 0u; k < cols; k++) {
-            let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
+        // Plain types (a block is one element): quads of columns through emit4 where every batch
+        // column's quad is a vec4 of X, then the rest one column at a time.
+        emit_batch = batch;
+        let bytes = params.block_bytes;
+        var k = 0u;
+        if cols % 4u == 0u || batch == 1u {
+            for (; k + 4u <= cols; k += 4u) {
+                emit_col = k;
+                let at = base + k * bytes;
+                emit4(0u, vec4<f32>(decode(t, at, 0u), decode(t, at + bytes, 0u), decode(t, at + 2u * bytes, 0u), decode(t, at + 3u * bytes, 0u)));
+            }
+        }
+        for (; k < cols; k++) {
+            let w = decode(t, base + k * bytes, 0u);
             for (var b = 0u; b < batch; b++) {
                 acc[b] += w * x(b * cols + k);
             }

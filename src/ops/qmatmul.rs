@@ -659,12 +659,13 @@ mod tests {
         for (k, dtype) in TYPES.into_iter().enumerate() {
             let block = dtype.block_elems() as usize;
             // Rows and row lengths that are not multiples of the workgroup size (64); batches
-            // of 1, 3 and more than MAX_BATCH.
-            let cols = if block == 1 { 100 } else { 3 * block };
+            // of 1, 3 and more than MAX_BATCH. Plain types: 100, 102 and 104 columns, so the
+            // row path sums in quads (with and without a tail) and one column at a time.
             for (n, (rows, batch)) in [(1, 1), (67, 3), (13, MAX_BATCH + 3)]
                 .into_iter()
                 .enumerate()
             {
+                let cols = if block == 1 { 100 + 2 * n } else { 3 * block };
                 let seed = 1 + 10 * k as u64 + n as u64;
                 for reduce in REDUCE {
                     check(&gpu, Some(reduce), dtype, rows, cols, batch, seed);
