@@ -21,25 +21,45 @@ alias Out = f32;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-@group(0) @binding(2) var<storage, read_write> dst: array<Out>;
+// The output as quads: the launcher (src/ops/paged.rs, `out_unit`) splits output pages at
+// multiples of 16 bytes, and input pages hold whole blocks, so every dispatch starts and ends at
+// a multiple of 4 elements and each quad a decoder emits lies wholly inside or outside it. One
+// vec4 store costs lavapipe about what one scalar store does.
+@group(0) @binding(2) var<storage, read_write> dst: array<vec4<Out>>;
 
-// Elements per invocation: each workgroup covers WG * EPT consecutive elements, because
-// lavapipe pays a fixed cost per workgroup; in each step its invocations touch WG consecutive
-// elements.
-override EPT: u32 = 16u;
+// Each invocation decodes one group of GROUP (32) elements, reading its block's scales once
+// (quant_decode.wgsl's group_<type>). Groups are counted from the start of the input page, so
+// the first and last group of a dispatch may be partly outside it.
 
-// The first element of this workgroup's run, and one past its last.
-fn run_start(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wg.y * nwg.x + wg.x) * WG * EPT;
+// The group of this invocation, or one past the dispatch's last (then it has nothing to do).
+fn group_index(wg: vec3<u32>, nwg: vec3<u32>, l: u32) -> u32 {
+    return params.in_offset / GROUP + flat_index(wg, nwg, l, WG);
 }
 
-fn run_end(start: u32) -> u32 {
-    return min(params.count, start + WG * EPT);
+// One past the last group of the dispatch.
+fn groups_end() -> u32 {
+    let end = params.in_offset + params.count;
+    return end / GROUP + select(0u, 1u, end % GROUP != 0u);
 }
 
-// Where element `i` of this dispatch sits: x = first byte of its block in the input page,
-// y = its index in the block, z = its index in the output page.
-fn locate(i: u32, block_bytes: u32) -> vec3<u32> {
-    let e = params.in_offset + i;
-    return vec3<u32>((e / BLOCK_ELEMS) * block_bytes, e % BLOCK_ELEMS, params.out_offset + i);
+// Byte of the block that holds group g of the input page, for blocks of `block_bytes` bytes.
+fn block_byte(g: u32, block_bytes: u32) -> u32 {
+    return (g / (BLOCK_ELEMS / GROUP)) * block_bytes;
+}
+
+// The group being decoded, counted from the dispatch's first element (wrapping below it).
+var<private> group_first: u32;
+
+// Elements i .. i + 3 of the group (quant_decode.wgsl's decoders call this), stored if they lie
+// in this dispatch.
+fn emit4(i: u32, x: vec4<f32>) {
+    let e = group_first + i;
+    if e < params.count {
+        dst[(params.out_offset + e) >> 2u] = vec4<Out>(x);
+    }
+}
+
+// Decoders of group g of the input page call `emit4`.
+fn start_group(g: u32) {
+    group_first = g * GROUP - params.in_offset;
 }

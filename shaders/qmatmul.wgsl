@@ -12,7 +12,8 @@
 // With ROW_PER_INVOCATION (the launcher sets it for CPU-based adapters such as lavapipe), each
 // invocation instead sums one whole row alone, with no workgroup memory and no barriers: a CPU
 // driver runs a workgroup's invocations as SIMD lanes and pays for every barrier by switching
-// between them.
+// between them. That path decodes block types 32 weights at a time (quant_decode.wgsl's
+// group_<type>, which hand the weights to `emit4` below).
 // The CPU twin is `cpu` in src/ops/qmatmul.rs.
 
 struct Params {
@@ -47,12 +48,19 @@ const ROW_BATCH_LIMIT: u32 = 16u;
 @group(0) @binding(0) var<uniform> params: Params;
 // The bytes of W as stored, read as u32 words (the name the decoders read).
 @group(0) @binding(1) var<storage, read> src: array<u32>;
-// X's batch columns of this dispatch, [batch, cols].
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+// X's batch columns of this dispatch, [batch, cols], as quads (the launcher pads the buffer to
+// 16 bytes): the row path reads four columns with one load, which costs lavapipe about what a
+// scalar load does.
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
 // Y's batch columns of this dispatch, [batch, out_rows].
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
 
 var<workgroup> partial: array<f32, WG * MAX_BATCH>;
+
+// Element i of X's batch columns.
+fn x(i: u32) -> f32 {
+    return x4[i >> 2u][i & 3u];
+}
 
 // Weight types, as each entry point names its own.
 const T_F32: u32 = 0u;
@@ -94,7 +102,51 @@ fn decode(t: u32, b: u32, j: u32) -> f32 {
     }
 }
 
-// Row r of this dispatch, summed by one invocation in column order.
+// Group g of the block of type `t` at byte b of `src`, handed to `emit4` (block types only).
+fn decode_group(t: u32, b: u32, g: u32) {
+    switch t {
+        case 3u: { group_q4_0(b, g); }
+        case 4u: { group_q4_1(b, g); }
+        case 5u: { group_q5_0(b, g); }
+        case 6u: { group_q5_1(b, g); }
+        case 7u: { group_q8_0(b, g); }
+        case 8u: { group_iq4_nl(b, g); }
+        case 9u: { group_q2_k(b, g); }
+        case 10u: { group_q3_k(b, g); }
+        case 11u: { group_q4_k(b, g); }
+        case 12u: { group_q5_k(b, g); }
+        case 13u: { group_q6_k(b, g); }
+        case 14u: { group_iq4_xs(b, g); }
+        default: {}
+    }
+}
+
+// The row path's sums, one per batch column, and where the group being decoded sits: its
+// first column, and the batch columns to multiply it into.
+var<private> acc: array<f32, ROW_BATCH_LIMIT>;
+var<private> emit_col: u32;
+var<private> emit_batch: u32;
+
+// Weights i .. i + 3 of the group being decoded (the group decoders call this): multiplied
+// into every batch column's sum, in column order.
+fn emit4(i: u32, w: vec4<f32>) {
+    let k = emit_col + i;
+    for (var b = 0u; b < emit_batch; b++) {
+        let o = b * params.cols + k;
+        // o is a multiple of 4: block types have cols a multiple of 32, and plain types come here
+        // only when cols is a multiple of 4 or o is a column of the first batch column.
+        let xs = x4[o >> 2u];
+        var s = acc[b];
+        s += w.x * xs.x;
+        s += w.y * xs.y;
+        s += w.z * xs.z;
+        s += w.w * xs.w;
+        acc[b] = s;
+    }
+}
+
+// Row r of this dispatch, summed by one invocation: block types a group of 32 weights at a
+// time (each block's scales decoded once per group), plain types four at a time.
 fn matmul_row(t: u32, r: u32) {
     if r >= params.rows {
         return;
@@ -102,11 +154,31 @@ fn matmul_row(t: u32, r: u32) {
     let batch = min(params.batch, ROW_BATCH_LIMIT);
     let cols = params.cols;
     let base = params.w_offset + r * params.row_bytes;
-    var acc: array<f32, ROW_BATCH_LIMIT>;
-    for (var k = 0u; k < cols; k++) {
-        let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
-        for (var b = 0u; b < batch; b++) {
-            acc[b] += w * x[b * cols + k];
+    if t >= T_Q4_0 {
+        emit_batch = batch;
+        let per_block = params.block_elems / GROUP;
+        for (var g = 0u; g < cols / GROUP; g++) {
+            emit_col = g * GROUP;
+            decode_group(t, base + (g / per_block) * params.block_bytes, g % per_block);
+        }
+    } else {
+        // Plain types (a block is one element): quads of columns through emit4 where every batch
+        // column's quad is a vec4 of X, then the rest one column at a time.
+        emit_batch = batch;
+        let bytes = params.block_bytes;
+        var k = 0u;
+        if cols % 4u == 0u || batch == 1u {
+            for (; k + 4u <= cols; k += 4u) {
+                emit_col = k;
+                let at = base + k * bytes;
+                emit4(0u, vec4<f32>(decode(t, at, 0u), decode(t, at + bytes, 0u), decode(t, at + 2u * bytes, 0u), decode(t, at + 3u * bytes, 0u)));
+            }
+        }
+        for (; k < cols; k++) {
+            let w = decode(t, base + k * bytes, 0u);
+            for (var b = 0u; b < batch; b++) {
+                acc[b] += w * x(b * cols + k);
+            }
         }
     }
     for (var b = 0u; b < batch; b++) {
@@ -133,7 +205,7 @@ fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
     for (var k = l; k < cols; k += WG) {
         let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
         for (var b = 0u; b < batch; b++) {
-            partial[b * WG + l] += w * x[b * cols + k];
+            partial[b * WG + l] += w * x(b * cols + k);
         }
     }
     for (var s = WG / 2u; s > 0u; s >>= 1u) {

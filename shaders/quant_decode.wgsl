@@ -202,3 +202,287 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
     let dl = d * f32(ls);
     return dl * f32(KVALUES_IQ4NL[q]);
 }
+
+// ---- groups of 32 elements ----------------------------------------------------------------------
+//
+// `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
+// legacy blocks, 0..8 for a K-quant super-block) and hands them to `emit4(i, x)`, four
+// consecutive elements i .. i + 3 at a time (i a multiple of 4), in no particular order. Each
+// family that includes this file defines `emit4`: the dequant kernels store x, qmatmul
+// multiplies it into its sums. Same values, same arithmetic as decode_<type>, component by
+// component, but each scale is decoded once per group and each quant word is read once: on
+// lavapipe every load or store of a storage buffer is a loop over the SIMD lanes, so the number
+// of loads and stores is most of the cost.
+
+// Elements per group.
+const GROUP: u32 = 32u;
+
+// The four bytes of a little-endian word, lowest first.
+fn bytes4(w: u32) -> vec4<u32> {
+    return (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}
+
+// The u32 at even byte offset i of `src`, from words i / 4 (lo) and i / 4 + 1 (hi); `unaligned`
+// is i % 4 == 2. Blocks of 18, 22, 34, 110 and 210 bytes start at 2 mod 4 every other block, and
+// every multi-byte field starts at an even byte. Loops over a run of words carry hi over as the
+// next lo, so a run of n words costs n + 1 loads.
+fn even_word(lo: u32, hi: u32, unaligned: bool) -> u32 {
+    return select(lo, (lo >> 16u) | (hi << 16u), unaligned);
+}
+
+fn f16_lo(w: u32) -> f32 {
+    return bitcast<f32>(f16_to_f32_bits(w & 0xffffu));
+}
+
+fn f16_hi(w: u32) -> f32 {
+    return bitcast<f32>(f16_to_f32_bits(w >> 16u));
+}
+
+// Legacy blocks: quant word k (bytes 4k .. 4k + 3 of qs) holds the low nibbles of elements
+// 4k .. 4k + 3 and the high nibbles of elements 16 + 4k .. 19 + 4k.
+
+fn group_q4_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = bytes4(even_word(lo, hi, un));
+        lo = hi;
+        emit4(4u * k, d * vec4<f32>(vec4<i32>(q & vec4<u32>(15u)) - 8));
+        emit4(16u + 4u * k, d * vec4<f32>(vec4<i32>(q >> vec4<u32>(4u)) - 8));
+    }
+}
+
+fn group_q4_1(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dm = src[w];
+    let d = f16_lo(dm);
+    let m = f16_hi(dm);
+    for (var k = 0u; k < 4u; k++) {
+        let q = bytes4(src[w + 1u + k]);
+        emit4(4u * k, d * vec4<f32>(q & vec4<u32>(15u)) + m);
+        emit4(16u + 4u * k, d * vec4<f32>(q >> vec4<u32>(4u)) + m);
+    }
+}
+
+// The fifth bits of elements i .. i + 3 from qh, in bit 4.
+fn high4(qh: u32, i: u32) -> vec4<u32> {
+    return ((vec4<u32>(qh >> i) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u)) << vec4<u32>(4u);
+}
+
+fn group_q5_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    // qh at byte 2, then qs: one run of 5 words.
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    var hi = src[w + 1u];
+    let qh = even_word(lo, hi, un);
+    for (var k = 0u; k < 4u; k++) {
+        lo = hi;
+        hi = src[w + k + 2u];
+        let q = bytes4(even_word(lo, hi, un));
+        let q0 = (q & vec4<u32>(15u)) | high4(qh, 4u * k);
+        let q1 = (q >> vec4<u32>(4u)) | high4(qh, 16u + 4u * k);
+        emit4(4u * k, d * vec4<f32>(vec4<i32>(q0) - 16));
+        emit4(16u + 4u * k, d * vec4<f32>(vec4<i32>(q1) - 16));
+    }
+}
+
+fn group_q5_1(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dm = src[w];
+    let d = f16_lo(dm);
+    let m = f16_hi(dm);
+    let qh = src[w + 1u];
+    for (var k = 0u; k < 4u; k++) {
+        let q = bytes4(src[w + 2u + k]);
+        let q0 = (q & vec4<u32>(15u)) | high4(qh, 4u * k);
+        let q1 = (q >> vec4<u32>(4u)) | high4(qh, 16u + 4u * k);
+        emit4(4u * k, d * vec4<f32>(q0) + m);
+        emit4(16u + 4u * k, d * vec4<f32>(q1) + m);
+    }
+}
+
+fn group_q8_0(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 8u; k++) {
+        let hi = src[w + k + 1u];
+        let q = even_word(lo, hi, un);
+        lo = hi;
+        // The four bytes, sign-extended.
+        let x = vec4<i32>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+        emit4(4u * k, vec4<f32>(x) * d);
+    }
+}
+
+fn iq4nl4(q: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(f32(KVALUES_IQ4NL[q.x]), f32(KVALUES_IQ4NL[q.y]), f32(KVALUES_IQ4NL[q.z]), f32(KVALUES_IQ4NL[q.w]));
+}
+
+fn group_iq4_nl(b: u32, g: u32) {
+    let d = src_f16(b);
+    let qi = b + 2u;
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = bytes4(even_word(lo, hi, un));
+        lo = hi;
+        emit4(4u * k, d * iq4nl4(q & vec4<u32>(15u)));
+        emit4(16u + 4u * k, d * iq4nl4(q >> vec4<u32>(4u)));
+    }
+}
+
+// Group g of a Q2_K block covers sub-blocks 2g and 2g + 1; its quants are bits 2 * (g % 4) of
+// qs[32 * (g / 4) .. + 32].
+fn group_q2_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w + 20u];
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
+    // scales[2g] and scales[2g + 1].
+    let sc2 = half_of(src[w + g / 2u], 2u * g);
+    let dl0 = d * f32(sc2 & 15u);
+    let ml0 = dmin * f32((sc2 >> 4u) & 15u);
+    let dl1 = d * f32((sc2 >> 8u) & 15u);
+    let ml1 = dmin * f32(sc2 >> 12u);
+    let qw = w + 4u + 8u * (g / 4u);
+    let shift = 2u * (g % 4u);
+    for (var k = 0u; k < 8u; k++) {
+        let q = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(3u);
+        let dl = select(dl0, dl1, k >= 4u);
+        let ml = select(ml0, ml1, k >= 4u);
+        emit4(4u * k, dl * vec4<f32>(q) - ml);
+    }
+}
+
+// Scale s (0..16) of the Q3_K block at byte b: low 4 bits from nibble s / 8 of scales[s % 8],
+// high 2 bits from bits 2 * (s / 4) of scales[8 + s % 4], minus 32.
+fn q3_k_scale(b: u32, s: u32) -> i32 {
+    let sc_lo = (src_byte(b + 96u + s % 8u) >> (4u * (s / 8u))) & 15u;
+    let sc_hi = (src_byte(b + 104u + s % 4u) >> (2u * (s / 4u))) & 3u;
+    return i32(sc_lo | (sc_hi << 4u)) - 32;
+}
+
+// Group g of a Q3_K block: sub-blocks 2g and 2g + 1, high bits g of hmask, low bits as Q2_K.
+fn group_q3_k(b: u32, g: u32) {
+    let d = src_f16(b + 108u);
+    let dl0 = d * f32(q3_k_scale(b, 2u * g));
+    let dl1 = d * f32(q3_k_scale(b, 2u * g + 1u));
+    let odd = (b & 2u) != 0u;
+    let hw = b >> 2u;
+    let qw = (b + 32u + 32u * (g / 4u)) >> 2u;
+    var hlo = src[hw];
+    var qlo = src[qw];
+    let shift = 2u * (g % 4u);
+    for (var k = 0u; k < 8u; k++) {
+        let hhi = src[hw + k + 1u];
+        let qhi = src[qw + k + 1u];
+        let hm = (bytes4(even_word(hlo, hhi, odd)) >> vec4<u32>(g)) & vec4<u32>(1u);
+        let lo = (bytes4(even_word(qlo, qhi, odd)) >> vec4<u32>(shift)) & vec4<u32>(3u);
+        hlo = hhi;
+        qlo = qhi;
+        // A clear high bit subtracts 4.
+        let q = vec4<i32>(lo) - vec4<i32>(4) + vec4<i32>(hm << vec4<u32>(2u));
+        emit4(4u * k, select(dl0, dl1, k >= 4u) * vec4<f32>(q));
+    }
+}
+
+// Scale and min of sub-block j (0..8) from the 12 scale bytes as three words (scale_min_k4).
+fn scale_min_k4_words(s0: u32, s1: u32, s2: u32, j: u32) -> vec2<u32> {
+    if j < 4u {
+        return vec2<u32>(byte_of(s0, j) & 63u, byte_of(s1, j) & 63u);
+    }
+    let lo = byte_of(s2, j);
+    return vec2<u32>((lo & 15u) | ((byte_of(s0, j) >> 6u) << 4u), (lo >> 4u) | ((byte_of(s1, j) >> 6u) << 4u));
+}
+
+// Group g of a Q4_K block is sub-block g: nibble g % 2 of qs[32 * (g / 2) .. + 32].
+fn group_q4_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w];
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
+    let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    let qw = w + 4u + 8u * (g / 2u);
+    let shift = 4u * (g & 1u);
+    for (var k = 0u; k < 8u; k++) {
+        let q = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(15u);
+        emit4(4u * k, dl * vec4<f32>(q) - ml);
+    }
+}
+
+// Group g of a Q5_K block is sub-block g: low bits as Q4_K, fifth bit g of qh.
+fn group_q5_k(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dd = src[w];
+    let d = f16_lo(dd);
+    let dmin = f16_hi(dd);
+    let sm = scale_min_k4_words(src[w + 1u], src[w + 2u], src[w + 3u], g);
+    let dl = d * f32(sm.x);
+    let ml = dmin * f32(sm.y);
+    let qw = w + 12u + 8u * (g / 2u);
+    let shift = 4u * (g & 1u);
+    for (var k = 0u; k < 8u; k++) {
+        let lo = (bytes4(src[qw + k]) >> vec4<u32>(shift)) & vec4<u32>(15u);
+        let hi = (bytes4(src[w + 4u + k]) >> vec4<u32>(g)) & vec4<u32>(1u);
+        emit4(4u * k, dl * vec4<f32>(lo | (hi << vec4<u32>(4u))) - ml);
+    }
+}
+
+// Group g = 4n + k of a Q6_K block: sub-blocks 2g and 2g + 1, nibble k / 2 of
+// ql[64n + 32(k % 2) .. + 32], bits 2k of qh[32n .. + 32].
+fn group_q6_k(b: u32, g: u32) {
+    let n = g / 4u;
+    let kk = g % 4u;
+    let d = src_f16(b + 208u);
+    // scales[2g] and scales[2g + 1], int8.
+    let sc2 = half_of(src[(b + 192u + 2u * g) >> 2u], b + 192u + 2u * g);
+    let dl0 = d * f32(i32(sc2 << 24u) >> 24u);
+    let dl1 = d * f32(i32(sc2 << 16u) >> 24u);
+    let odd = (b & 2u) != 0u;
+    let lw = (b + 64u * n + 32u * (kk % 2u)) >> 2u;
+    let hw = (b + 128u + 32u * n) >> 2u;
+    var llo = src[lw];
+    var hlo = src[hw];
+    let lshift = 4u * (kk / 2u);
+    let hshift = 2u * kk;
+    for (var k = 0u; k < 8u; k++) {
+        let lhi = src[lw + k + 1u];
+        let hhi = src[hw + k + 1u];
+        let ql = (bytes4(even_word(llo, lhi, odd)) >> vec4<u32>(lshift)) & vec4<u32>(15u);
+        let qh = (bytes4(even_word(hlo, hhi, odd)) >> vec4<u32>(hshift)) & vec4<u32>(3u);
+        llo = lhi;
+        hlo = hhi;
+        let q = vec4<i32>(ql | (qh << vec4<u32>(4u))) - 32;
+        emit4(4u * k, select(dl0, dl1, k >= 4u) * vec4<f32>(q));
+    }
+}
+
+// Group g of an IQ4_XS block is sub-block g: qs[16g .. + 16], low nibbles first.
+fn group_iq4_xs(b: u32, g: u32) {
+    let w = b >> 2u;
+    let dh = src[w];
+    let d = f16_lo(dh);
+    let ls_lo = byte_of(src[w + 1u], g / 2u) >> (4u * (g % 2u));
+    let ls_hi = (dh >> (16u + 2u * g)) & 3u;
+    let dl = d * f32(i32((ls_lo & 15u) | (ls_hi << 4u)) - 32);
+    let qw = w + 2u + 4u * g;
+    for (var k = 0u; k < 4u; k++) {
+        let q = bytes4(src[qw + k]);
+        emit4(4u * k, dl * iq4nl4(q & vec4<u32>(15u)));
+        emit4(16u + 4u * k, dl * iq4nl4(q >> vec4<u32>(4u)));
+    }
+}

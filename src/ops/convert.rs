@@ -87,8 +87,11 @@ fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuSt
         src,
         &key,
         DType::F32,
-        WORKGROUP,
-        ELEMS_PER_INVOCATION,
+        paged::Grid {
+            workgroup: WORKGROUP,
+            elems_per_invocation: ELEMS_PER_INVOCATION,
+            out_align: 4,
+        },
         |p| Params {
             count: p.count,
             in_offset: p.in_offset,

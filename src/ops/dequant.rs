@@ -22,9 +22,14 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
 
-const WORKGROUP: u32 = 64;
-/// Elements per invocation (`EPT` in the shader; see `ops::convert`).
-pub(crate) const ELEMS_PER_INVOCATION: u32 = 16;
+/// How both dequant families cover their elements: one group of 32 per invocation (`GROUP` in
+/// `shaders/quant_decode.wgsl`: a legacy block or an eighth of a K-quant super-block, whose
+/// scales are decoded once), and output pages split at 16 bytes so the kernels store vec4s.
+pub(crate) const GRID: paged::Grid = paged::Grid {
+    workgroup: 64,
+    elems_per_invocation: 32,
+    out_align: 16,
+};
 
 /// Uniform parameters of `dequant.wgsl`, fields in WGSL order.
 #[repr(C)]
@@ -146,15 +151,12 @@ fn gpu_dequant(
     check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::Dequant, entry)
         .variant(variant(out))
-        .with("WG", f64::from(WORKGROUP))
-        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
-    paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
-        Params {
-            count: p.count,
-            in_offset: p.in_offset,
-            out_offset: p.out_offset,
-            _pad: 0,
-        }
+        .with("WG", f64::from(GRID.workgroup));
+    paged::map_elements(t, src, &key, out, GRID, |p| Params {
+        count: p.count,
+        in_offset: p.in_offset,
+        out_offset: p.out_offset,
+        _pad: 0,
     })
 }
 
@@ -549,6 +551,13 @@ mod tests {
                 check_random(&gpu, dtype, vec![301, 32], 77 + k as u64);
             }
         }
+        // One long row lets output pages end inside a row: 4112-byte pages hold 1028 f32 (the
+        // launcher splits them at multiples of 16 bytes), so dispatches start and end inside a
+        // block.
+        let gpu = paged_gpu(4112);
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            check_random(&gpu, dtype, vec![1, 301 * 32], 97 + k as u64);
+        }
     }
 
     #[test]
@@ -587,6 +596,11 @@ mod tests {
         let bytes = moderate_blocks(DType::Q5_1, 301, 9);
         let want = cpu::to_f32(DType::Q5_1, &bytes);
         check_f16(&paged, DType::Q5_1, vec![301, 32], bytes, &want);
+        // 2056 f16 per 4112-byte page: pieces start inside a block.
+        let paged = paged_gpu(4112);
+        let bytes = moderate_blocks(DType::Q4_0, 301, 11);
+        let want = cpu::to_f32(DType::Q4_0, &bytes);
+        check_f16(&paged, DType::Q4_0, vec![1, 301 * 32], bytes, &want);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! 256 elements with packed sub-block scales. The public op is
 //! [`dequant::to_f32`], which routes these types here.
 //!
-//! GPU: `shaders/dequant_k.wgsl`, one entry point per type, one invocation per element. CPU twin:
-//! `cpu`, ggml's `dequantize_row_*` (ggml-quants.c) per block from the bytes. Both agree bit for
-//! bit with each other and with gguf-py.
+//! GPU: `shaders/dequant_k.wgsl`, one entry point per type, one invocation per 32 elements. CPU
+//! twin: `cpu`, ggml's `dequantize_row_*` (ggml-quants.c) per block from the bytes. Both agree
+//! bit for bit with each other and with gguf-py.
 
 use super::{dequant, paged};
 use crate::device::kernels::{Kernel, PipelineKey};
@@ -12,8 +12,7 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::{GpuStorage, Tensor};
 
-const WORKGROUP: u32 = 64;
-use super::dequant::ELEMS_PER_INVOCATION;
+use super::dequant::GRID;
 
 /// Uniform parameters of `dequant_k.wgsl`, fields in WGSL order.
 #[repr(C)]
@@ -50,15 +49,12 @@ pub(crate) fn gpu_dequant(
     dequant::check_page_bytes(t, src)?;
     let key = PipelineKey::new(Kernel::DequantK, entry)
         .variant(dequant::variant(out))
-        .with("WG", f64::from(WORKGROUP))
-        .with("EPT", f64::from(ELEMS_PER_INVOCATION));
-    paged::map_elements(t, src, &key, out, WORKGROUP, ELEMS_PER_INVOCATION, |p| {
-        Params {
-            count: p.count,
-            in_offset: p.in_offset,
-            out_offset: p.out_offset,
-            _pad: 0,
-        }
+        .with("WG", f64::from(GRID.workgroup));
+    paged::map_elements(t, src, &key, out, GRID, |p| Params {
+        count: p.count,
+        in_offset: p.in_offset,
+        out_offset: p.out_offset,
+        _pad: 0,
     })
 }
 
@@ -301,6 +297,13 @@ mod tests {
                 check_random(&gpu, dtype, vec![19, 512], 177 + k as u64);
             }
         }
+        // One long row lets output pages end inside a row: 4112-byte pages hold 1028 f32 (the
+        // launcher splits them at multiples of 16 bytes), so dispatches start and end inside a
+        // 32-element group.
+        let gpu = paged_gpu(4112);
+        for (k, dtype) in TYPES.into_iter().enumerate() {
+            check_random(&gpu, dtype, vec![1, 19 * 512], 197 + k as u64);
+        }
     }
 
     #[test]
@@ -319,6 +322,11 @@ mod tests {
         let bytes = moderate_blocks(DType::Q4_K, 38, 11);
         let want = crate::ops::dequant::cpu::to_f32(DType::Q4_K, &bytes);
         check_f16(&paged, DType::Q4_K, vec![19, 512], bytes, &want);
+        // 2056 f16 per 4112-byte page: pieces start inside a group.
+        let paged = paged_gpu(4112);
+        let bytes = moderate_blocks(DType::Q6_K, 19, 10);
+        let want = crate::ops::dequant::cpu::to_f32(DType::Q6_K, &bytes);
+        check_f16(&paged, DType::Q6_K, vec![1, 19 * 256], bytes, &want);
     }
 
     #[test]

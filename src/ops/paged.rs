@@ -49,17 +49,31 @@ pub(crate) fn spans(
     out
 }
 
+/// How a kernel run by [`map_elements`] covers its elements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    /// Invocations per workgroup (the kernel's `WG`).
+    pub workgroup: u32,
+    /// Elements per invocation. A dispatch has one invocation per run of that many elements of
+    /// the input page that its piece touches, so a kernel may align its runs to the input page
+    /// (the dequant kernels' groups) or count them from the piece's first element (convert,
+    /// which then has at most one idle invocation).
+    pub elems_per_invocation: u32,
+    /// Output pages are split at multiples of this many bytes (a power of two, at least 4): 16
+    /// lets a kernel store vec4s of f32 or f16, since every piece then starts and ends at a
+    /// multiple of 4 elements (input pages hold whole blocks of 32 or 256).
+    pub out_align: u64,
+}
+
 /// Run the kernel `key` over every element of `t`, whose bytes are `src`, into new pages of
 /// `out_dtype` elements, and return those pages. The work is submitted, not waited for (readback
-/// waits). `params` builds the family's uniform parameters for each piece. Each invocation of
-/// the kernel handles `elems_per_invocation` elements (its `EPT` override, where it has one).
+/// waits). `params` builds the family's uniform parameters for each piece.
 pub(crate) fn map_elements<P: bytemuck::Pod>(
     t: &Tensor,
     src: &GpuStorage,
     key: &PipelineKey,
     out_dtype: DType,
-    workgroup: u32,
-    elems_per_invocation: u32,
+    grid: Grid,
     params: impl Fn(&Piece) -> P,
 ) -> Result<GpuStorage> {
     t.check_layout()?;
@@ -77,7 +91,10 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
     let out_bytes = elems
         .checked_mul(out_size)
         .ok_or_else(|| limit("the output size overflows 64 bits"))?;
-    let unit = Tensor::page_unit_on(gpu, out_dtype, t.shape());
+    let unit = lcm_pow2(
+        Tensor::page_unit_on(gpu, out_dtype, t.shape()),
+        grid.out_align,
+    );
     let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit)?;
     let out_page_elems = out.page_bytes() / out_size;
     let to_u32 =
@@ -114,11 +131,19 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
                 },
             ],
         });
-        let invocations = (end - at).div_ceil(u64::from(elems_per_invocation.max(1)));
-        gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, workgroup);
+        let per = u64::from(grid.elems_per_invocation.max(1));
+        let first = u64::from(piece.in_offset);
+        let invocations = (first + u64::from(piece.count)).div_ceil(per) - first / per;
+        gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, grid.workgroup);
     }
     gpu.wgpu_queue().submit([encoder.finish()]);
     Ok(out)
+}
+
+/// The least common multiple of `unit` and the power of two `align`.
+fn lcm_pow2(unit: u64, align: u64) -> u64 {
+    let common = 1u64 << unit.trailing_zeros().min(align.trailing_zeros());
+    unit / common * align
 }
 
 /// Page `i` of `storage`; the shape check above makes every page a piece asks for exist.
@@ -132,6 +157,13 @@ fn page(storage: &GpuStorage, i: usize) -> Result<&wgpu::Buffer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lcm_pow2_is_the_least_common_multiple() {
+        for (unit, align, lcm) in [(4, 16, 16), (36, 16, 144), (128, 16, 128), (6, 4, 12)] {
+            assert_eq!(lcm_pow2(unit, align), lcm);
+        }
+    }
 
     #[test]
     fn spans_cover_every_element_once_and_stay_inside_both_pages() {

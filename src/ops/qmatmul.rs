@@ -350,7 +350,8 @@ fn gpu_matmul(
     let mut b0 = 0;
     while b0 < batch {
         let nb = chunk.min(batch - b0);
-        let x_buf = scratch(gpu, "qmatmul x", nb * cols * 4);
+        // Padded to 16 bytes: the kernel reads X as vec4s.
+        let x_buf = scratch(gpu, "qmatmul x", (nb * cols * 4).next_multiple_of(16));
         gather(&mut encoder, xs, b0 * cols * 4, nb * cols * 4, &x_buf);
         let y_buf = scratch(gpu, "qmatmul y", nb * rows * 4);
         let mut copy = copies.iter();
@@ -658,12 +659,13 @@ mod tests {
         for (k, dtype) in TYPES.into_iter().enumerate() {
             let block = dtype.block_elems() as usize;
             // Rows and row lengths that are not multiples of the workgroup size (64); batches
-            // of 1, 3 and more than MAX_BATCH.
-            let cols = if block == 1 { 100 } else { 3 * block };
+            // of 1, 3 and more than MAX_BATCH. Plain types: 100, 102 and 104 columns, so the
+            // row path sums in quads (with and without a tail) and one column at a time.
             for (n, (rows, batch)) in [(1, 1), (67, 3), (13, MAX_BATCH + 3)]
                 .into_iter()
                 .enumerate()
             {
+                let cols = if block == 1 { 100 + 2 * n } else { 3 * block };
                 let seed = 1 + 10 * k as u64 + n as u64;
                 for reduce in REDUCE {
                     check(&gpu, Some(reduce), dtype, rows, cols, batch, seed);
