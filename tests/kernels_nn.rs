@@ -968,3 +968,81 @@ fn empty_shapes() {
         );
     }
 }
+
+/// Timings on this machine's adapter (not a check): `cargo test --test kernels_nn -- --ignored
+/// --nocapture timings`. Each op is run once to compile its pipeline, then timed over 5 runs
+/// with the device synchronised.
+#[test]
+#[ignore]
+fn timings() {
+    let gpu = Device::gpu().unwrap();
+    let time = |what: &str, f: &dyn Fn() -> Tensor| {
+        f();
+        gpu.sync().unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        gpu.sync().unwrap();
+        println!("{what}: {:.2} ms", t.elapsed().as_secs_f64() * 200.0);
+    };
+    let t = |dims: Vec<usize>, seed| {
+        let n = dims.iter().product();
+        on(&gpu, "t", dims, &random_f32(n, seed))
+    };
+    let dense = Conv2d::default();
+    let (x, w) = (t(vec![1, 3, 224, 224], 1), t(vec![32, 3, 3, 3], 2));
+    time("stem 3x3 s2 [1,3,224,224] -> 32", &|| {
+        conv::conv2d(
+            &x,
+            &w,
+            None,
+            Conv2d {
+                stride: 2,
+                padding: 1,
+                ..dense
+            },
+        )
+        .unwrap()
+    });
+    let (x, w) = (t(vec![1, 32, 112, 112], 3), t(vec![32, 1, 3, 3], 4));
+    time("depthwise 3x3 s1 [1,32,112,112]", &|| {
+        conv::conv2d(
+            &x,
+            &w,
+            None,
+            Conv2d {
+                stride: 1,
+                padding: 1,
+                groups: 32,
+            },
+        )
+        .unwrap()
+    });
+    let w16 = t(vec![16, 32, 1, 1], 5);
+    time("pointwise [1,32,112,112] -> 16 (1x1 path)", &|| {
+        conv::conv2d(&x, &w16, None, dense).unwrap()
+    });
+    let w15 = t(vec![15, 32, 1, 1], 6);
+    time("pointwise [1,32,112,112] -> 15 (general path)", &|| {
+        conv::conv2d(&x, &w15, None, dense).unwrap()
+    });
+    let (x, w) = (t(vec![1, 320, 7, 7], 7), t(vec![1280, 320, 1, 1], 8));
+    time("pointwise [1,320,7,7] -> 1280 (1x1 path)", &|| {
+        conv::conv2d(&x, &w, None, dense).unwrap()
+    });
+    let (x, wn) = (t(vec![128, 384], 9), t(vec![384], 10));
+    let s = t(vec![12 * 128, 128], 11);
+    for reduce in [Reduce::Workgroup, Reduce::PerInvocation] {
+        time(&format!("layer_norm [128,384] {reduce:?}"), &|| {
+            norm::layer_norm_with(&x, &wn, &wn, 1e-12, Some(reduce)).unwrap()
+        });
+        time(&format!("softmax [1536,128] {reduce:?}"), &|| {
+            softmax::softmax_with(&s, Some(reduce)).unwrap()
+        });
+    }
+    let q = t(vec![1, 128, 384], 12);
+    time("attention [1,128,384] 12 heads", &|| {
+        attention::attention(&q, &q, &q, 12, None, None).unwrap()
+    });
+}
