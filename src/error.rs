@@ -267,6 +267,16 @@ pub enum Error {
         len: u64,
     },
 
+    /// A scalar argument an op cannot take (a stride or group count of 0, heads that do not
+    /// divide the width).
+    #[error("{op}: {argument} = {value}; expected {expected}")]
+    OpArgument {
+        op: &'static str,
+        argument: &'static str,
+        value: u64,
+        expected: &'static str,
+    },
+
     /// An op that works on one kind of device only (e.g. writing a GPU tensor in place).
     #[error("{op}: tensor '{tensor}' is on {device}; expected {expected}")]
     OpDevice {

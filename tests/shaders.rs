@@ -38,16 +38,25 @@ fn validate(kernel: Kernel, variant: Variant, constants: &[(&str, f64)]) {
 #[test]
 fn every_kernel_family_validates() {
     // Adding a family means adding it here and to Kernel::ALL.
-    assert_eq!(Kernel::ALL.len(), 5);
+    assert_eq!(Kernel::ALL.len(), 10);
     for kernel in Kernel::ALL {
         let variants: &[Variant] = match kernel {
-            Kernel::Convert | Kernel::QMatmul | Kernel::Lora => &[Variant::F32],
             Kernel::Dequant | Kernel::DequantK => &[Variant::F32, Variant::F16],
+            _ => &[Variant::F32],
         };
         for &variant in variants {
             validate(kernel, variant, &[]);
             for wg in [32.0, 64.0, 256.0] {
                 validate(kernel, variant, &[("WG", wg)]);
+                if matches!(kernel, Kernel::Norm | Kernel::Softmax) {
+                    for per_row in [0.0, 1.0] {
+                        validate(
+                            kernel,
+                            variant,
+                            &[("WG", wg), ("ROW_PER_INVOCATION", per_row)],
+                        );
+                    }
+                }
                 if kernel == Kernel::QMatmul {
                     for batch in [1.0, 8.0, 16.0] {
                         for per_row in [0.0, 1.0] {
@@ -72,7 +81,10 @@ fn shared_decoders_are_in_every_family_that_reads_blocks() {
     let decode = "fn decode_q4_k(b: u32, j: u32) -> f32";
     for kernel in Kernel::ALL {
         let n = kernel.source().matches(decode).count();
-        let want = usize::from(!matches!(kernel, Kernel::Convert | Kernel::Lora));
+        let want = usize::from(matches!(
+            kernel,
+            Kernel::Dequant | Kernel::DequantK | Kernel::QMatmul | Kernel::Embedding
+        ));
         assert_eq!(n, want, "{}", kernel.name());
     }
 }
@@ -251,4 +263,52 @@ fn lora_mirrors_its_launcher() {
             "lora_shrink"
         ]
     );
+}
+
+/// The neural-network families' uniform `Params` have the sizes their launchers assert for the
+/// Rust side (`src/ops/{norm,softmax,embedding,attention,conv}.rs`), 16-byte multiples, and the
+/// entry points the launchers name.
+#[test]
+fn nn_families_mirror_their_launchers() {
+    for (kernel, size, entries) in [
+        (Kernel::Norm, 16, &["layer_norm", "rms_norm"][..]),
+        (Kernel::Softmax, 16, &["softmax"][..]),
+        (Kernel::Embedding, 32, &[][..]),
+        (
+            Kernel::Attention,
+            32,
+            &["attention_scores", "attention_weighted"][..],
+        ),
+        (Kernel::Conv, 64, &["avg_pool", "conv2d", "conv2d_1x1"][..]),
+    ] {
+        let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
+        let span = module
+            .types
+            .iter()
+            .find_map(|(_, t)| match &t.inner {
+                naga::TypeInner::Struct { span, .. } if t.name.as_deref() == Some("Params") => {
+                    Some(*span)
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(span, size, "{}", kernel.name());
+        if !entries.is_empty() {
+            let mut names = entry_points(kernel);
+            names.sort();
+            assert_eq!(names, entries, "{}", kernel.name());
+        }
+    }
+    // Embedding serves exactly the types qmatmul reads, one entry point each.
+    let names = entry_points(Kernel::Embedding);
+    let mut served = 0;
+    for dtype in mlmf::DType::all().filter(|d| mlmf::ops::embedding::supports(*d)) {
+        let entry = mlmf::ops::embedding::entry(dtype).unwrap();
+        assert_eq!(entry, format!("embedding_{}", dtype.name().to_lowercase()));
+        assert!(names.iter().any(|e| e == entry), "{entry} missing");
+        assert!(mlmf::ops::qmatmul::supports(dtype));
+        served += 1;
+    }
+    assert_eq!(served, names.len());
+    assert_eq!(served, 15);
 }

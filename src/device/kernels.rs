@@ -2,8 +2,9 @@
 //!
 //! This is the only place shader source is included. Each family is one file in `shaders/`
 //! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended, and for the
-//! families that read weight blocks (dequant, dequant_k, qmatmul) `shaders/quant_decode.wgsl`,
-//! the per-type element decoders, after it. Pipelines are
+//! families that read weight blocks (dequant, dequant_k, qmatmul, embedding)
+//! `shaders/quant_decode.wgsl`, the per-type element decoders, after it, or for the families
+//! that reduce rows (norm, softmax) `shaders/reduce.wgsl`, the workgroup reductions. Pipelines are
 //! compiled lazily, the first time a workload asks for an entry point, and kept per device.
 
 use std::borrow::Cow;
@@ -29,6 +30,19 @@ pub enum Kernel {
     /// LoRA adapters: merged into a weight, or applied to a batch several at once
     /// (`shaders/lora.wgsl`, `src/ops/lora.rs`).
     Lora,
+    /// Layer and RMS normalisation over the last axis (`shaders/norm.wgsl`, `src/ops/norm.rs`).
+    Norm,
+    /// Softmax over the last axis (`shaders/softmax.wgsl`, `src/ops/softmax.rs`).
+    Softmax,
+    /// Rows of an embedding table in any decodable type gathered by id
+    /// (`shaders/embedding.wgsl`, `src/ops/embedding.rs`).
+    Embedding,
+    /// Scaled dot-product attention with a key padding mask (`shaders/attention.wgsl`,
+    /// `src/ops/attention.rs`; its softmax pass is the Softmax family's).
+    Attention,
+    /// 2-D convolution and global average pooling, NCHW (`shaders/conv.wgsl`,
+    /// `src/ops/conv.rs`).
+    Conv,
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
@@ -57,12 +71,17 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 10] = [
         Kernel::Convert,
         Kernel::Dequant,
         Kernel::DequantK,
         Kernel::QMatmul,
         Kernel::Lora,
+        Kernel::Norm,
+        Kernel::Softmax,
+        Kernel::Embedding,
+        Kernel::Attention,
+        Kernel::Conv,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +91,11 @@ impl Kernel {
             Kernel::DequantK => "dequant_k",
             Kernel::QMatmul => "qmatmul",
             Kernel::Lora => "lora",
+            Kernel::Norm => "norm",
+            Kernel::Softmax => "softmax",
+            Kernel::Embedding => "embedding",
+            Kernel::Attention => "attention",
+            Kernel::Conv => "conv",
         }
     }
 
@@ -104,6 +128,29 @@ impl Kernel {
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/lora.wgsl")
             ),
+            Kernel::Norm => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/reduce.wgsl"),
+                include_str!("../../shaders/norm.wgsl")
+            ),
+            Kernel::Softmax => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/reduce.wgsl"),
+                include_str!("../../shaders/softmax.wgsl")
+            ),
+            Kernel::Embedding => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/embedding.wgsl")
+            ),
+            Kernel::Attention => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/attention.wgsl")
+            ),
+            Kernel::Conv => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/conv.wgsl")
+            ),
         }
     }
 
@@ -125,10 +172,10 @@ impl Kernel {
     /// Bind group 0 of every entry point in the family.
     pub fn bindings(self) -> &'static [Binding] {
         match self {
-            Kernel::Convert | Kernel::Dequant | Kernel::DequantK => {
+            Kernel::Convert | Kernel::Dequant | Kernel::DequantK | Kernel::Softmax => {
                 &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
             }
-            Kernel::QMatmul => &[
+            Kernel::QMatmul | Kernel::Embedding => &[
                 Binding::Uniform,
                 Binding::ReadOnly,
                 Binding::ReadOnly,
@@ -138,6 +185,14 @@ impl Kernel {
             Kernel::Lora => &[
                 Binding::Uniform,
                 Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // x (or q, or probabilities), weights (or k, v), bias (or mask), output.
+            Kernel::Norm | Kernel::Attention | Kernel::Conv => &[
+                Binding::Uniform,
                 Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadOnly,

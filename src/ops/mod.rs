@@ -2,9 +2,17 @@
 //! group, one dispatch per page) and its plain-Rust CPU twin beside it; the public op matches on
 //! the tensor's device.
 
+pub mod attention;
+pub mod conv;
 pub mod convert;
 pub mod dequant;
 pub mod dequant_k;
+pub mod embedding;
+mod launch;
 pub mod lora;
+pub mod norm;
 mod paged;
 pub mod qmatmul;
+pub mod softmax;
+
+pub use launch::Reduce;
