@@ -29,6 +29,12 @@ pub enum Kernel {
     /// LoRA adapters: merged into a weight, or applied to a batch several at once
     /// (`shaders/lora.wgsl`, `src/ops/lora.rs`).
     Lora,
+    /// Tiled f32 matrix products, batched, with transposed operands and a fused bias
+    /// (`shaders/matmul.wgsl`, `src/ops/matmul.rs`).
+    Matmul,
+    /// Element-wise arithmetic and activations on f32 tensors (`shaders/elementwise.wgsl`,
+    /// `src/ops/elementwise.rs`).
+    Elementwise,
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
@@ -57,12 +63,14 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Convert,
         Kernel::Dequant,
         Kernel::DequantK,
         Kernel::QMatmul,
         Kernel::Lora,
+        Kernel::Matmul,
+        Kernel::Elementwise,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +80,8 @@ impl Kernel {
             Kernel::DequantK => "dequant_k",
             Kernel::QMatmul => "qmatmul",
             Kernel::Lora => "lora",
+            Kernel::Matmul => "matmul",
+            Kernel::Elementwise => "elementwise",
         }
     }
 
@@ -104,6 +114,14 @@ impl Kernel {
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/lora.wgsl")
             ),
+            Kernel::Matmul => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/matmul.wgsl")
+            ),
+            Kernel::Elementwise => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/elementwise.wgsl")
+            ),
         }
     }
 
@@ -128,8 +146,17 @@ impl Kernel {
             Kernel::Convert | Kernel::Dequant | Kernel::DequantK => {
                 &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
             }
-            Kernel::QMatmul => &[
+            // Elementwise: unary entry points bind a placeholder as the second operand.
+            Kernel::QMatmul | Kernel::Elementwise => &[
                 Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // A, B, the bias (a placeholder without one), C.
+            Kernel::Matmul => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadWrite,

@@ -5,6 +5,8 @@
 pub mod convert;
 pub mod dequant;
 pub mod dequant_k;
+pub mod elementwise;
 pub mod lora;
+pub mod matmul;
 mod paged;
 pub mod qmatmul;
