@@ -156,3 +156,8 @@ fn embedding_q6_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
 fn embedding_iq4_xs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     gather(T_IQ4_XS, flat_index(wg, nwg, l, WG));
 }
+
+// quant_decode.wgsl's group decoders hand their values to `emit4`, which every family that
+// includes it must define. This family gathers element by element with `decode_<type>` and never
+// calls the group decoders.
+fn emit4(i: u32, x: vec4<f32>) {}

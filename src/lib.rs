@@ -18,6 +18,7 @@ pub mod error;
 pub mod formats;
 pub mod lora;
 pub mod memory;
+pub mod models;
 pub mod multimodal;
 pub mod ops;
 pub mod provenance;

@@ -38,7 +38,7 @@ fn validate(kernel: Kernel, variant: Variant, constants: &[(&str, f64)]) {
 #[test]
 fn every_kernel_family_validates() {
     // Adding a family means adding it here and to Kernel::ALL.
-    assert_eq!(Kernel::ALL.len(), 10);
+    assert_eq!(Kernel::ALL.len(), 12);
     for kernel in Kernel::ALL {
         let variants: &[Variant] = match kernel {
             Kernel::Dequant | Kernel::DequantK => &[Variant::F32, Variant::F16],
@@ -46,6 +46,10 @@ fn every_kernel_family_validates() {
         };
         for &variant in variants {
             validate(kernel, variant, &[]);
+            if kernel == Kernel::Matmul {
+                validate_matmul_specialisations();
+                continue;
+            }
             for wg in [32.0, 64.0, 256.0] {
                 validate(kernel, variant, &[("WG", wg)]);
                 if matches!(kernel, Kernel::Norm | Kernel::Softmax) {
@@ -72,6 +76,59 @@ fn every_kernel_family_validates() {
             }
         }
     }
+}
+
+/// `matmul.wgsl` with every override the launcher sets: the tile sizes it uses and others that
+/// fit the baseline 16 KiB of workgroup memory, each layout, bias and operand type.
+fn validate_matmul_specialisations() {
+    for (wg_x, wg_y, tk) in [(8.0, 8.0, 32.0), (16.0, 8.0, 16.0), (4.0, 4.0, 8.0)] {
+        for trans_a in [0.0, 1.0] {
+            for trans_b in [0.0, 1.0] {
+                for (bias, a_type, b_type) in [(0.0, 0.0, 0.0), (1.0, 1.0, 2.0), (1.0, 2.0, 1.0)] {
+                    let constants = [
+                        ("WG_X", wg_x),
+                        ("WG_Y", wg_y),
+                        ("TK", tk),
+                        ("TRANS_A", trans_a),
+                        ("TRANS_B", trans_b),
+                        ("HAS_BIAS", bias),
+                        ("A_TYPE", a_type),
+                        ("B_TYPE", b_type),
+                        ("BIAS_TYPE", a_type),
+                    ];
+                    validate(Kernel::Matmul, Variant::F32, &constants);
+                }
+            }
+        }
+    }
+}
+
+/// `shaders/matmul.wgsl` and `shaders/elementwise.wgsl` mirror their launchers: the register
+/// block (TM x TN) the launcher's tile arithmetic assumes, the 32-byte parameters, and the
+/// entry points `ops::elementwise` names.
+#[test]
+fn matmul_and_elementwise_mirror_their_launchers() {
+    let constants = u32_constants(Kernel::Matmul);
+    assert!(constants.contains(&("TM".to_string(), mlmf::ops::matmul::TM)));
+    assert!(constants.contains(&("TN".to_string(), mlmf::ops::matmul::TN)));
+    for kernel in [Kernel::Matmul, Kernel::Elementwise] {
+        let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
+        let span = module
+            .types
+            .iter()
+            .find_map(|(_, t)| match &t.inner {
+                naga::TypeInner::Struct { span, .. } if t.name.as_deref() == Some("Params") => {
+                    Some(*span)
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(span, 32, "{}", kernel.name());
+    }
+    assert_eq!(entry_points(Kernel::Matmul), ["matmul"]);
+    let mut names = entry_points(Kernel::Elementwise);
+    names.sort();
+    assert_eq!(names, ["add", "gelu", "gelu_tanh", "mul", "relu6", "scale"]);
 }
 
 /// The shared decoders (`shaders/quant_decode.wgsl`) are part of every family that reads weight

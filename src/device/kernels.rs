@@ -43,6 +43,12 @@ pub enum Kernel {
     /// 2-D convolution and global average pooling, NCHW (`shaders/conv.wgsl`,
     /// `src/ops/conv.rs`).
     Conv,
+    /// Tiled f32 matrix products, batched, with transposed operands and a fused bias
+    /// (`shaders/matmul.wgsl`, `src/ops/matmul.rs`).
+    Matmul,
+    /// Element-wise arithmetic and activations on f32 tensors (`shaders/elementwise.wgsl`,
+    /// `src/ops/elementwise.rs`).
+    Elementwise,
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
@@ -71,7 +77,7 @@ pub enum Binding {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 12] = [
         Kernel::Convert,
         Kernel::Dequant,
         Kernel::DequantK,
@@ -82,6 +88,8 @@ impl Kernel {
         Kernel::Embedding,
         Kernel::Attention,
         Kernel::Conv,
+        Kernel::Matmul,
+        Kernel::Elementwise,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +104,8 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::Attention => "attention",
             Kernel::Conv => "conv",
+            Kernel::Matmul => "matmul",
+            Kernel::Elementwise => "elementwise",
         }
     }
 
@@ -151,6 +161,14 @@ impl Kernel {
                 include_str!("../../shaders/common.wgsl"),
                 include_str!("../../shaders/conv.wgsl")
             ),
+            Kernel::Matmul => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/matmul.wgsl")
+            ),
+            Kernel::Elementwise => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/elementwise.wgsl")
+            ),
         }
     }
 
@@ -175,8 +193,17 @@ impl Kernel {
             Kernel::Convert | Kernel::Dequant | Kernel::DequantK | Kernel::Softmax => {
                 &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
             }
-            Kernel::QMatmul | Kernel::Embedding => &[
+            // Elementwise: unary entry points bind a placeholder as the second operand.
+            Kernel::QMatmul | Kernel::Embedding | Kernel::Elementwise => &[
                 Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // A, B, the bias (a placeholder without one), C.
+            Kernel::Matmul => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadOnly,
                 Binding::ReadWrite,
