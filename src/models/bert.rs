@@ -73,7 +73,11 @@ impl BertConfig {
             max_position_embeddings: num("max_position_embeddings")?,
             type_vocab_size: num("type_vocab_size")?,
         };
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(bad(format!(
                 "hidden_size {} does not split into {} heads",
                 config.hidden_size, config.num_attention_heads
