@@ -209,6 +209,28 @@ impl Tensor {
         dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
     }
 
+    /// The values as f32 in host memory (converted or decoded first where the dtype is not F32,
+    /// on the tensor's device). Meant for outputs and small tensors.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let converted;
+        let t = if self.dtype == DType::F32 {
+            self
+        } else {
+            converted = crate::ops::convert::to_f32(self)?;
+            &converted
+        };
+        let mut out = Vec::with_capacity(t.shape.elem_count() as usize);
+        t.for_each_chunk(|_, chunk| {
+            out.extend(
+                chunk
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// The same bytes viewed with another shape of the same element count (no copy). On a GPU,
     /// pages are split where the shape's rows allow, so a tensor in several pages keeps its
     /// shape unless the new rows are the same length. Errors: another element count

@@ -152,3 +152,58 @@ fn mobilenet_v2_top5_from_the_png_end_to_end() {
         assert_eq!(top5(&logits), expected_top5(&expected), "{name}");
     }
 }
+
+#[test]
+fn cli_embed_and_classify_print_the_documented_json() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = run(&["embed", "--json", "a cat", "a cup of coffee"]);
+    let e = v["embeddings"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(e.iter().all(|row| row.as_array().unwrap().len() == 384));
+
+    let dir = common::fixtures().join("preprocess/image");
+    let (chelsea, coffee) = (dir.join("chelsea.png"), dir.join("coffee.png"));
+    let v = run(&[
+        "classify",
+        "--device",
+        "cpu",
+        "--top",
+        "5",
+        "--json",
+        chelsea.to_str().unwrap(),
+        coffee.to_str().unwrap(),
+    ]);
+    let list = v.as_array().unwrap();
+    for (item, name) in list.iter().zip(["chelsea", "coffee"]) {
+        assert!(item["image"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{name}.png")));
+        let expected = ModelFile::open(
+            common::fixtures().join(format!("models/mobilenetv2/{name}.safetensors")),
+        )
+        .unwrap();
+        let top: Vec<usize> = item["top"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(top, expected_top5(&expected), "{name}");
+        let first = &item["top"][0];
+        assert!(first["label"].is_string() && first["logit"].is_number());
+        assert!(first["prob"].as_f64().unwrap() > 0.5, "{name}");
+    }
+    assert_eq!(list[0]["top"][0]["label"], "Egyptian cat");
+}

@@ -76,6 +76,37 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Sentence embeddings with a BERT sentence-transformers model (all-MiniLM-L6-v2):
+    /// mean pooling over real tokens, L2-normalised.
+    Embed {
+        /// The model directory (config.json, tokenizer.json, model.safetensors); default: the
+        /// cached all-MiniLM-L6-v2.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Print `{"embeddings": [[f32; 384], ...]}`.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// ImageNet classes of photos with torchvision's MobileNetV2 (.pth), preprocessed as
+    /// torchvision does (Pillow-exact resize to 256, centre crop 224).
+    Classify {
+        /// The state dict; default: the cached mobilenet_v2-b0353104.pth.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Print a JSON list, one object per image in argument order.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
     Lora {
         #[command(subcommand)]
@@ -187,6 +218,19 @@ fn main() -> ExitCode {
             max_shard_size,
             force,
         ),
+        Command::Embed {
+            model,
+            device,
+            json,
+            texts,
+        } => embed(model, device, json, &texts),
+        Command::Classify {
+            model,
+            device,
+            top,
+            json,
+            images,
+        } => classify(model, device, top, json, &images),
         Command::Lora {
             command:
                 LoraCommand::Merge {
@@ -428,6 +472,68 @@ fn convert(
         file.format(),
         output.display()
     );
+    Ok(())
+}
+
+fn embed(
+    model: Option<PathBuf>,
+    device_arg: DeviceArg,
+    json: bool,
+    texts: &[String],
+) -> Result<()> {
+    use mlmf::models::{bert::BertEmbedder, cache_dir};
+    let dir = model.unwrap_or_else(|| cache_dir().join("all-MiniLM-L6-v2"));
+    let embedder = BertEmbedder::open(&dir, &device(device_arg)?)?;
+    let out = embedder.embed(texts)?;
+    if json {
+        let v = serde_json::json!({ "embeddings": out.sentence_embeddings });
+        println!("{v}");
+        return Ok(());
+    }
+    for (text, e) in texts.iter().zip(&out.sentence_embeddings) {
+        let head: Vec<String> = e.iter().take(4).map(|v| format!("{v:.4}")).collect();
+        println!("[{}, ...] ({} dims)  {text}", head.join(", "), e.len());
+    }
+    Ok(())
+}
+
+fn classify(
+    model: Option<PathBuf>,
+    device_arg: DeviceArg,
+    top: usize,
+    json: bool,
+    images: &[PathBuf],
+) -> Result<()> {
+    use mlmf::models::{cache_dir, mobilenet_v2::MobileNetV2};
+    use mlmf::multimodal::{imagenet_labels, labels::IMAGENET_LABELS_FILE, top_k, ImagePreprocess};
+    let path = model.unwrap_or_else(|| cache_dir().join("mobilenet_v2-b0353104.pth"));
+    let file = ModelFile::open(&path)?;
+    let net = MobileNetV2::load(&file, &device(device_arg)?)?;
+    let labels = imagenet_labels(cache_dir().join(IMAGENET_LABELS_FILE))?;
+    let pre = ImagePreprocess::imagenet();
+    let mut results = Vec::with_capacity(images.len());
+    for image in images {
+        let x = pre.load(image)?.reshape(vec![1, 3, 224, 224])?;
+        let logits = net.forward(&x)?.to_f32_vec()?;
+        results.push((image, top_k(&logits, &labels, top)));
+    }
+    if json {
+        let v: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(image, top)| serde_json::json!({"image": image.display().to_string(), "top": top}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+        return Ok(());
+    }
+    for (image, top) in &results {
+        println!("{}", image.display());
+        for c in top {
+            println!(
+                "  {:>4} {:<32} logit {:>8.3}  p {:.4}",
+                c.index, c.label, c.logit, c.prob
+            );
+        }
+    }
     Ok(())
 }
 

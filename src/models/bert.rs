@@ -200,7 +200,7 @@ impl BertEmbedder {
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
         let encoded = self.tokenizer.encode_batch(texts)?;
         let hidden = self.forward(&encoded)?;
-        let last_hidden_state = f32_values(&hidden)?;
+        let last_hidden_state = hidden.to_f32_vec()?;
         let sentence_embeddings = mean_pool_normalize(
             &last_hidden_state,
             &encoded.attention_mask,
@@ -268,20 +268,6 @@ fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
 
 fn layer_norm(x: &Tensor, n: &LayerNorm, eps: f32) -> Result<Tensor> {
     norm::layer_norm(x, &n.weight, &n.bias, eps)
-}
-
-/// A tensor's f32 values in host memory.
-pub(crate) fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
-    let mut out = Vec::with_capacity(t.shape().elem_count() as usize);
-    t.for_each_chunk(|_, chunk| {
-        out.extend(
-            chunk
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
-        Ok(())
-    })?;
-    Ok(out)
 }
 
 /// sentence-transformers' `Pooling(mean)` then `Normalize`: the mean of the hidden states of

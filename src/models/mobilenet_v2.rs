@@ -181,9 +181,7 @@ impl MobileNetV2 {
 /// The f32 values of a tensor of `file` (any float dtype the CPU twins convert).
 fn values(file: &ModelFile, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let t = Device::Cpu.load(file, name)?;
-    let dims = t.shape().dims().to_vec();
-    let f = crate::ops::convert::to_f32(&t)?;
-    Ok((dims, super::bert::f32_values(&f)?))
+    Ok((t.shape().dims().to_vec(), t.to_f32_vec()?))
 }
 
 /// Conv `conv_name` (no bias, as torchvision's) with BatchNorm `bn_name` folded in: CPU tensors.

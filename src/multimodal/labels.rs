@@ -76,6 +76,35 @@ pub fn imagenet_labels(path: impl AsRef<Path>) -> Result<Vec<String>> {
     Ok(labels)
 }
 
+/// One class of a classifier's answer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Class {
+    pub index: usize,
+    pub label: String,
+    pub logit: f32,
+    /// Softmax over all logits (computed in f64).
+    pub prob: f32,
+}
+
+/// The `k` most likely classes of `logits`, best first, named by `labels` (the index as text
+/// where `labels` has no entry).
+pub fn top_k(logits: &[f32], labels: &[String], k: usize) -> Vec<Class> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Class {
+            index: i,
+            label: labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            logit: logits[i],
+            prob: ((logits[i] as f64 - max).exp() / sum) as f32,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
