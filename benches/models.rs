@@ -1,4 +1,4 @@
-//! Kernels that real models are built from, and (later) the models themselves, in one run.
+//! Kernels that real models are built from, and the models themselves, in one run.
 //!
 //! - matmul: `ops::matmul` in GFLOP/s (criterion's "elements" are floating-point operations,
 //!   2·m·k·n per product) on square f32 products of 256, 512 and 1024, and a MiniLM-like
@@ -7,7 +7,12 @@
 //!   device and waited for), its CPU twin, and numpy's float32 `@` through
 //!   `scripts/bench_matmul_numpy.py` (its own loop only, without start-up).
 //!
-//! `cargo bench --bench models -- matmul`.
+//! - models: all-MiniLM-L6-v2 sentences per second (the fixture's four sentences per batch,
+//!   tokenization to pooled embeddings) and MobileNetV2 images per second (one preprocessed
+//!   224x224 image, forward to logits), on lavapipe and on the CPU twins. PyTorch is not
+//!   installed in the bench venv, so there is no PyTorch column yet.
+//!
+//! `cargo bench --bench models` (`-- matmul` or `-- models` for one part).
 
 mod common;
 
@@ -91,5 +96,56 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul);
+const SENTENCES: [&str; 4] = [
+    "A man is playing a guitar on the street.",
+    "The quick brown fox jumps over the lazy dog.",
+    "GPU kernels decode quantized weights straight from the file.",
+    "Hello, world! How are you today?",
+];
+
+fn models(c: &mut Criterion) {
+    use mlmf::models::{bert::BertEmbedder, cache_dir, mobilenet_v2::MobileNetV2};
+    let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
+    let mut group = c.benchmark_group("models/minilm_4_sentences");
+    group.throughput(Throughput::Elements(SENTENCES.len() as u64));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
+        let model = BertEmbedder::open(cache_dir().join("all-MiniLM-L6-v2"), &device)
+            .expect("all-MiniLM-L6-v2 (run python3 scripts/fetch_models.py)");
+        group.bench_function(label, |b| {
+            b.iter(|| model.embed(&SENTENCES).expect("embed"))
+        });
+    }
+    group.finish();
+
+    let file = mlmf::ModelFile::open(cache_dir().join("mobilenet_v2-b0353104.pth"))
+        .expect("MobileNetV2 (run python3 scripts/fetch_models.py)");
+    let x = mlmf::multimodal::ImagePreprocess::imagenet()
+        .load(cache_dir().join("skimage-data/chelsea.png"))
+        .expect("chelsea.png")
+        .reshape(vec![1, 3, 224, 224])
+        .expect("reshape");
+    let mut group = c.benchmark_group("models/mobilenet_v2_1_image");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
+        let model = MobileNetV2::load(&file, &device).expect("load");
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                model
+                    .forward(&x)
+                    .expect("forward")
+                    .to_f32_vec()
+                    .expect("logits")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matmul, models);
 criterion_main!(benches);
