@@ -23,7 +23,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::tensor::{GpuStorage, Storage, Tensor};
 
-use super::matmul::{check_binding, place, to_u32, whole, Place};
+use super::launch::{check_binding, place, to_u32, whole, Place};
 
 const WORKGROUP: u32 = 64;
 const ELEMS_PER_INVOCATION: u32 = 16;
@@ -195,9 +195,9 @@ fn launch(
     });
     let (b_whole, b_len) = match b {
         Some((bt, gb)) if !paired => {
-            check_binding(op.name(), gpu, bt, "the repeated operand", gb.byte_len())?;
+            check_binding(gpu, bt, "the repeated operand", gb.byte_len())?;
             (
-                Some(whole(op.name(), &mut encoder, bt, gb)?),
+                Some(whole(&mut encoder, bt, gb, "the repeated operand")?),
                 to_u32(bt, bt.shape().elem_count(), "the element count")?,
             )
         }

@@ -33,8 +33,7 @@
 //! subnormals to zero; the twin keeps them, so values below 1.2e-38 may differ (never for f16
 //! weights, whose subnormals are normal f32).
 
-use std::sync::Arc;
-
+use super::launch::{check_binding, f32s, place, scratch, to_u32, whole, Place};
 use super::{dequant, paged};
 use crate::device::kernels::{Kernel, PipelineKey};
 use crate::device::Gpu;
@@ -120,57 +119,6 @@ fn dims<const N: usize>(
     <[usize; N]>::try_from(t.shape().dims()).map_err(|_| rank_error(op, t, expected))
 }
 
-/// Where every operand of an op lives: all in host memory, or all on one GPU.
-enum Place<'a> {
-    Cpu(Vec<&'a [u8]>),
-    Gpu(Vec<&'a GpuStorage>),
-}
-
-/// The operands' common device, or [`Error::DeviceMismatch`] naming the first operand that is
-/// elsewhere than `ts[0]`.
-fn place<'a>(op: &'static str, ts: &[&'a Tensor]) -> Result<Place<'a>> {
-    let mismatch = |other: &Tensor| Error::DeviceMismatch {
-        op,
-        left: ts[0].name().to_string(),
-        left_device: ts[0].device().describe(),
-        right: other.name().to_string(),
-        right_device: other.device().describe(),
-    };
-    match ts[0].storage() {
-        Storage::Cpu(_) => ts
-            .iter()
-            .map(|t| match t.storage() {
-                Storage::Cpu(b) => Ok(b.as_slice()),
-                Storage::Gpu(_) => Err(mismatch(t)),
-            })
-            .collect::<Result<_>>()
-            .map(Place::Cpu),
-        Storage::Gpu(first) => ts
-            .iter()
-            .map(|t| match t.storage() {
-                Storage::Gpu(g) if Arc::ptr_eq(&g.gpu().inner, &first.gpu().inner) => Ok(g),
-                _ => Err(mismatch(t)),
-            })
-            .collect::<Result<_>>()
-            .map(Place::Gpu),
-    }
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn to_u32(t: &Tensor, v: u64, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::DeviceLimit {
-        tensor: t.name().to_string(),
-        bytes: t.byte_len(),
-        reason: format!("{what} ({v}) does not fit in 32 bits"),
-    })
-}
-
 /// `W'`, a new tensor of W's dtype, shape and name: W with the adapter `(A, B)` merged in at
 /// `scale` (see the module doc for the formula and its order), on the tensors' device. W is
 /// `[out, in]`, or `[in, out]` when `fan_in_fan_out` (the delta is then added transposed), in
@@ -242,61 +190,6 @@ pub fn merge(
         w.shape().clone(),
         storage,
     ))
-}
-
-/// The largest buffer one storage binding may hold on `gpu`.
-fn binding_limit(gpu: &Gpu) -> u64 {
-    gpu.limits()
-        .max_storage_buffer_binding_size
-        .min(gpu.limits().max_buffer_size)
-}
-
-/// A scratch storage buffer of at least 4 bytes (no buffer may be empty).
-fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.next_multiple_of(4).max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
-/// `bytes` for `what` of tensor `t` fit in one storage binding, or [`Error::DeviceLimit`].
-fn check_binding(gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Result<()> {
-    let binding = binding_limit(gpu);
-    if bytes > binding {
-        return Err(Error::DeviceLimit {
-            tensor: t.name().to_string(),
-            bytes: t.byte_len(),
-            reason: format!(
-                "{what} takes {bytes} bytes, more than one storage binding ({binding}); \
-                 LoRA kernels need it in one"
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// All of `t` (stored in `s`) in one buffer: its only page, or its pages gathered into a scratch
-/// buffer by copies recorded in `encoder`.
-fn whole(
-    encoder: &mut wgpu::CommandEncoder,
-    t: &Tensor,
-    s: &GpuStorage,
-    what: &str,
-) -> Result<wgpu::Buffer> {
-    if let [page] = s.pages() {
-        return Ok(page.clone());
-    }
-    let len = s.byte_len().next_multiple_of(4);
-    check_binding(s.gpu(), t, what, len)?;
-    let buf = scratch(s.gpu(), what, len);
-    for (page, in_page, at, count) in s.spans(0, len) {
-        encoder.copy_buffer_to_buffer(page, in_page, &buf, at, count);
-    }
-    Ok(buf)
 }
 
 /// The bind group of one `lora.wgsl` dispatch, buffers in binding order 1..=5.

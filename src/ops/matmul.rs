@@ -24,8 +24,7 @@
 //! compiler that contracts a product and an addition into a fused multiply-add only rounds less;
 //! without contraction (lavapipe) GPU and twin agree bit for bit.
 
-use std::sync::Arc;
-
+use super::launch::{check_binding, place, scratch, to_u32, whole, Place};
 use crate::device::kernels::{Kernel, Pipeline, PipelineKey};
 use crate::device::Gpu;
 use crate::dtype::DType;
@@ -273,110 +272,6 @@ fn product(
     ))
 }
 
-/// Where every operand of an op lives: all in host memory, or all on one GPU.
-pub(super) enum Place<'a> {
-    Cpu(Vec<&'a [u8]>),
-    Gpu(Vec<&'a GpuStorage>),
-}
-
-/// The operands' common device, or [`Error::DeviceMismatch`] naming the first operand that is
-/// elsewhere than `ts[0]`.
-pub(super) fn place<'a>(op: &'static str, ts: &[&'a Tensor]) -> Result<Place<'a>> {
-    let Some(first) = ts.first() else {
-        return Ok(Place::Cpu(Vec::new()));
-    };
-    let mismatch = |other: &Tensor| Error::DeviceMismatch {
-        op,
-        left: first.name().to_string(),
-        left_device: first.device().describe(),
-        right: other.name().to_string(),
-        right_device: other.device().describe(),
-    };
-    match first.storage() {
-        Storage::Cpu(_) => ts
-            .iter()
-            .map(|t| match t.storage() {
-                Storage::Cpu(b) => Ok(b.as_slice()),
-                Storage::Gpu(_) => Err(mismatch(t)),
-            })
-            .collect::<Result<_>>()
-            .map(Place::Cpu),
-        Storage::Gpu(g0) => ts
-            .iter()
-            .map(|t| match t.storage() {
-                Storage::Gpu(g) if Arc::ptr_eq(&g.gpu().inner, &g0.gpu().inner) => Ok(g),
-                _ => Err(mismatch(t)),
-            })
-            .collect::<Result<_>>()
-            .map(Place::Gpu),
-    }
-}
-
-/// The largest buffer one storage binding may hold on `gpu`.
-pub(super) fn binding_limit(gpu: &Gpu) -> u64 {
-    gpu.limits()
-        .max_storage_buffer_binding_size
-        .min(gpu.limits().max_buffer_size)
-}
-
-/// A scratch storage buffer of at least 4 bytes (no binding may be empty).
-pub(super) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.next_multiple_of(4).max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
-/// [`Error::DeviceLimit`] for `what` of tensor `t` when `bytes` exceed one storage binding.
-pub(super) fn check_binding(op: &str, gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Result<()> {
-    let binding = binding_limit(gpu);
-    if bytes > binding {
-        return Err(Error::DeviceLimit {
-            tensor: t.name().to_string(),
-            bytes: t.byte_len(),
-            reason: format!(
-                "{what} takes {bytes} bytes, more than one storage binding ({binding}); \
-                 {op} needs it in one"
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// All of `t` (stored in `s`) in one buffer: its only page, a placeholder when it has no bytes,
-/// or its pages gathered into a scratch buffer by copies recorded in `encoder`.
-pub(super) fn whole(
-    op: &str,
-    encoder: &mut wgpu::CommandEncoder,
-    t: &Tensor,
-    s: &GpuStorage,
-) -> Result<wgpu::Buffer> {
-    match s.pages() {
-        [] => return Ok(scratch(s.gpu(), t.name(), 4)),
-        [page] => return Ok(page.clone()),
-        _ => {}
-    }
-    let len = s.byte_len().next_multiple_of(4);
-    check_binding(op, s.gpu(), t, "the whole tensor", len)?;
-    let buf = scratch(s.gpu(), t.name(), len);
-    for (page, in_page, at, count) in s.spans(0, len) {
-        encoder.copy_buffer_to_buffer(page, in_page, &buf, at, count);
-    }
-    Ok(buf)
-}
-
-pub(super) fn to_u32(t: &Tensor, v: u64, what: &str) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::DeviceLimit {
-        tensor: t.name().to_string(),
-        bytes: t.byte_len(),
-        reason: format!("{what} ({v}) does not fit in 32 bits"),
-    })
-}
-
 /// The shader's number for a dtype (`A_TYPE`, `B_TYPE`, `BIAS_TYPE`).
 fn type_code(dtype: DType) -> f64 {
     match dtype {
@@ -403,7 +298,7 @@ fn gpu_matmul(
     if out_elems == 0 {
         return Ok(out);
     }
-    check_binding(OP, gpu, a, "the product", out_elems * 4)?;
+    check_binding(gpu, a, "the product", out_elems * 4)?;
     // The shader indexes every operand and C with u32 element numbers.
     for t in ts {
         to_u32(t, t.shape().elem_count(), "the element count")?;
@@ -432,10 +327,10 @@ fn gpu_matmul(
     let device = gpu.wgpu_device();
     let mut encoder =
         device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
-    let a_buf = whole(OP, &mut encoder, a, gs[0])?;
-    let b_buf = whole(OP, &mut encoder, b, gs[1])?;
+    let a_buf = whole(&mut encoder, a, gs[0], "the whole tensor")?;
+    let b_buf = whole(&mut encoder, b, gs[1], "the whole tensor")?;
     let bias_buf = match bias {
-        Some(t) => whole(OP, &mut encoder, t, gs[2])?,
+        Some(t) => whole(&mut encoder, t, gs[2], "the whole tensor")?,
         None => scratch(gpu, "matmul no bias", 4),
     };
     let direct = out.pages().len() == 1;
