@@ -9,8 +9,10 @@
 //!
 //! - models: all-MiniLM-L6-v2 sentences per second (the fixture's four sentences per batch,
 //!   tokenization to pooled embeddings) and MobileNetV2 images per second (one preprocessed
-//!   224x224 image, forward to logits), on lavapipe and on the CPU twins. PyTorch is not
-//!   installed in the bench venv, so there is no PyTorch column yet.
+//!   224x224 image, forward to logits), on the GPU adapter and on the CPU twins, and beside
+//!   PyTorch (`scripts/bench_models_torch.py`: transformers' BertModel and torchvision's
+//!   mobilenet_v2 on the same weights and input) on the CPU, and on CUDA where there is one, when
+//!   `$MLMF_PYTHON` can import torch; otherwise those columns are left out, with a line saying why.
 //!
 //! `cargo bench --bench models` (`-- matmul` or `-- models` for one part).
 
@@ -96,6 +98,62 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
+/// PyTorch's time for `iters` iterations of `args` (`scripts/bench_models_torch.py`) and what
+/// ran it, or why it cannot run here.
+fn torch_time(args: &[String], iters: u64) -> Result<(Duration, String), String> {
+    let out = Command::new(common::python())
+        .arg(common::manifest_dir().join("scripts/bench_models_torch.py"))
+        .args(args)
+        .arg(iters.to_string())
+        .args(if args[0] == "minilm" {
+            &SENTENCES[..]
+        } else {
+            &[]
+        })
+        .output()
+        .map_err(|e| format!("running {}: {e}", common::python().display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        format!(
+            "bench_models_torch.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(why) = v["unavailable"].as_str() {
+        return Err(why.to_string());
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(v["iters"], iters);
+    let info = format!(
+        "pytorch {} on {}: torch {}, {} threads",
+        v["model"], v["device"], v["torch"], v["threads"]
+    );
+    let seconds = v["seconds"].as_f64().expect("seconds");
+    Ok((Duration::from_secs_f64(seconds), info))
+}
+
+/// PyTorch columns for one model: `torch_<device>` for each device where the script runs.
+fn torch_columns(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    args: impl Fn(&str) -> Vec<String>,
+) {
+    for device in ["cpu", "cuda"] {
+        let args = args(device);
+        match torch_time(&args, 1) {
+            Ok((_, info)) => {
+                eprintln!("{info}");
+                group.bench_function(format!("torch_{device}"), |b| {
+                    b.iter_custom(|iters| torch_time(&args, iters).expect("pytorch").0)
+                });
+            }
+            Err(why) => eprintln!("pytorch {} on {device} left out: {why}", args[0]),
+        }
+    }
+}
+
 const SENTENCES: [&str; 4] = [
     "A man is playing a guitar on the street.",
     "The quick brown fox jumps over the lazy dog.",
@@ -118,6 +176,10 @@ fn models(c: &mut Criterion) {
             b.iter(|| model.embed(&SENTENCES).expect("embed"))
         });
     }
+    let dir = cache_dir().join("all-MiniLM-L6-v2");
+    torch_columns(&mut group, |device| {
+        vec!["minilm".into(), dir.display().to_string(), device.into()]
+    });
     group.finish();
 
     let file = mlmf::ModelFile::open(cache_dir().join("mobilenet_v2-b0353104.pth"))
@@ -144,6 +206,23 @@ fn models(c: &mut Criterion) {
             })
         });
     }
+    let input = tempfile::NamedTempFile::new().expect("temp file");
+    let bytes: Vec<u8> = x
+        .to_f32_vec()
+        .expect("input")
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    std::fs::write(input.path(), bytes).expect("write input");
+    let pth = cache_dir().join("mobilenet_v2-b0353104.pth");
+    torch_columns(&mut group, |device| {
+        vec![
+            "mobilenet".into(),
+            pth.display().to_string(),
+            input.path().display().to_string(),
+            device.into(),
+        ]
+    });
     group.finish();
 }
 

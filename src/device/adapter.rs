@@ -1,5 +1,6 @@
 //! Choosing a wgpu adapter: `MLMF_BACKEND` and `MLMF_ADAPTER` override, otherwise the best
-//! device type wins (discrete, integrated, virtual, CPU), and Vulkan/Metal/DX12 beat GL.
+//! device type wins (discrete, integrated, virtual, CPU), and Vulkan/Metal/DX12 beat GL, which
+//! is only tried when they offer no adapter.
 
 use serde::Serialize;
 
@@ -46,19 +47,16 @@ impl AdapterReport {
     }
 }
 
-/// The backends `MLMF_BACKEND` allows (all native ones when unset).
-pub(crate) fn backends_from_env() -> Result<wgpu::Backends> {
+/// The backends `MLMF_BACKEND` names, or `None` when it is unset.
+fn backends_from_env() -> Result<Option<wgpu::Backends>> {
     let Ok(value) = std::env::var("MLMF_BACKEND") else {
-        return Ok(wgpu::Backends::VULKAN
-            | wgpu::Backends::METAL
-            | wgpu::Backends::DX12
-            | wgpu::Backends::GL);
+        return Ok(None);
     };
     match value.to_ascii_lowercase().as_str() {
-        "vulkan" => Ok(wgpu::Backends::VULKAN),
-        "metal" => Ok(wgpu::Backends::METAL),
-        "dx12" => Ok(wgpu::Backends::DX12),
-        "gl" => Ok(wgpu::Backends::GL),
+        "vulkan" => Ok(Some(wgpu::Backends::VULKAN)),
+        "metal" => Ok(Some(wgpu::Backends::METAL)),
+        "dx12" => Ok(Some(wgpu::Backends::DX12)),
+        "gl" => Ok(Some(wgpu::Backends::GL)),
         _ => Err(Error::BadDeviceChoice {
             variable: "MLMF_BACKEND",
             value,
@@ -67,21 +65,42 @@ pub(crate) fn backends_from_env() -> Result<wgpu::Backends> {
     }
 }
 
-pub(crate) fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     wgpu::Instance::new(desc)
 }
 
-pub(crate) fn enumerate(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+fn enumerate(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
     pollster::block_on(instance.enumerate_adapters(backends))
+}
+
+/// The adapters to choose from: those of the backend `MLMF_BACKEND` names, else those of
+/// Vulkan, Metal and DX12, else (only when those offer none) GL's. GL is left out otherwise
+/// because its set-up goes through EGL, which on NVIDIA's driver stalled tests that made
+/// devices from several threads at once (seen on an H100), and it is never ranked first anyway.
+pub(crate) fn available() -> Result<(wgpu::Instance, Vec<wgpu::Adapter>, wgpu::Backends)> {
+    let mut tried = match backends_from_env()? {
+        Some(chosen) => vec![chosen],
+        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::GL],
+    };
+    let last = tried.pop().unwrap_or(wgpu::Backends::GL);
+    for backends in tried {
+        let instance = instance(backends);
+        let adapters = enumerate(&instance, backends);
+        if !adapters.is_empty() {
+            return Ok((instance, adapters, backends));
+        }
+    }
+    let instance = instance(last);
+    let adapters = enumerate(&instance, last);
+    Ok((instance, adapters, last))
 }
 
 /// Every adapter the allowed backends offer, in enumeration order.
 pub fn adapters() -> Result<Vec<AdapterReport>> {
-    let backends = backends_from_env()?;
-    let instance = instance(backends);
-    Ok(enumerate(&instance, backends)
+    let (_instance, adapters, _) = available()?;
+    Ok(adapters
         .iter()
         .enumerate()
         .map(|(i, a)| AdapterReport::new(i, a))

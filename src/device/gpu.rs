@@ -50,9 +50,8 @@ pub(crate) struct GpuInner {
 
 impl Gpu {
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
-        let backends = adapter::backends_from_env()?;
-        let instance = adapter::instance(backends);
-        let adapter = adapter::choose(adapter::enumerate(&instance, backends), backends)?;
+        let (_instance, adapters, backends) = adapter::available()?;
+        let adapter = adapter::choose(adapters, backends)?;
         let info = adapter.get_info();
         // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
         // need buffers far above the default 256 MiB.
