@@ -98,41 +98,81 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
-/// PyTorch's time for `iters` iterations of `args` (`scripts/bench_models_torch.py`) and what
-/// ran it, or why it cannot run here.
-fn torch_time(args: &[String], iters: u64) -> Result<(Duration, String), String> {
-    let out = Command::new(common::python())
-        .arg(common::manifest_dir().join("scripts/bench_models_torch.py"))
-        .args(args)
-        .arg(iters.to_string())
-        .args(if args[0] == "minilm" {
-            &SENTENCES[..]
-        } else {
-            &[]
+/// A running `scripts/bench_models_torch.py`: the model loaded once, then timed for each count of
+/// iterations written to its stdin.
+struct Torch {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Torch {
+    /// Start the script on `args` and wait until its model is loaded; `Err` says why PyTorch
+    /// cannot run here.
+    fn start(args: &[String]) -> Result<Torch, String> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = Command::new(common::python())
+            .arg(common::manifest_dir().join("scripts/bench_models_torch.py"))
+            .args(args)
+            .args(if args[0] == "minilm" {
+                &SENTENCES[..]
+            } else {
+                &[]
+            })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("running {}: {e}", common::python().display()))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to the script".into());
+        };
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|_| format!("bench_models_torch.py {args:?} failed (see its stderr)"))?;
+        if let Some(why) = v["unavailable"].as_str() {
+            let _ = child.wait();
+            return Err(why.to_string());
+        }
+        Ok(Torch {
+            child,
+            stdin,
+            stdout,
         })
-        .output()
-        .map_err(|e| format!("running {}: {e}", common::python().display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
-        format!(
-            "bench_models_torch.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
-    if let Some(why) = v["unavailable"].as_str() {
-        return Err(why.to_string());
     }
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(v["iters"], iters);
-    let info = format!(
-        "pytorch {} on {}: torch {}, {} threads",
-        v["model"], v["device"], v["torch"], v["threads"]
-    );
-    let seconds = v["seconds"].as_f64().expect("seconds");
-    Ok((Duration::from_secs_f64(seconds), info))
+
+    /// The script's own time for `iters` iterations, and its line describing what ran them.
+    fn time(&mut self, iters: u64) -> (Duration, String) {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{iters}").expect("write to the script");
+        self.stdin.flush().expect("write to the script");
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read from the script");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json from the script");
+        assert_eq!(v["iters"], iters);
+        let text = |key: &str| v[key].as_str().unwrap_or("?").to_string();
+        let info = format!(
+            "pytorch {} on {}: torch {}, {} threads",
+            text("model"),
+            text("device"),
+            text("torch"),
+            v["threads"]
+        );
+        let seconds = v["seconds"].as_f64().expect("seconds");
+        (Duration::from_secs_f64(seconds), info)
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        // The script may be in the middle of a timing; it holds nothing that needs a clean exit.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// PyTorch columns for one model: `torch_<device>` for each device where the script runs.
@@ -142,11 +182,11 @@ fn torch_columns(
 ) {
     for device in ["cpu", "cuda"] {
         let args = args(device);
-        match torch_time(&args, 1) {
-            Ok((_, info)) => {
-                eprintln!("{info}");
+        match Torch::start(&args) {
+            Ok(mut torch) => {
+                eprintln!("{}", torch.time(1).1);
                 group.bench_function(format!("torch_{device}"), |b| {
-                    b.iter_custom(|iters| torch_time(&args, iters).expect("pytorch").0)
+                    b.iter_custom(|iters| torch.time(iters).0)
                 });
             }
             Err(why) => eprintln!("pytorch {} on {device} left out: {why}", args[0]),

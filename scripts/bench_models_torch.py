@@ -2,18 +2,20 @@
 """PyTorch baseline for benches/models.rs (group `models`), run only where torch is installed.
 
 Usage:
-  bench_models_torch.py minilm MODEL_DIR DEVICE ITERS SENTENCE...
+  bench_models_torch.py minilm MODEL_DIR DEVICE SENTENCE...
       all-MiniLM-L6-v2 through transformers' BertModel (MODEL_DIR holds config.json,
       model.safetensors and tokenizer.json): tokenization with the `tokenizers` package (padded
       to the longest sentence), forward, mean pooling over the attention mask, L2
       normalisation, as sentence-transformers does; one batch of all sentences per iteration.
-  bench_models_torch.py mobilenet PTH INPUT DEVICE ITERS
+  bench_models_torch.py mobilenet PTH INPUT DEVICE
       torchvision's mobilenet_v2 with the state dict in PTH, fed INPUT (raw little-endian f32,
       [1, 3, 224, 224], the tensor mlmf's preprocessing made), forward to logits on the host.
 
-DEVICE is cpu or cuda. Prints one JSON line: {"model", "device", "iters", "seconds" (all ITERS
-iterations after two warm-up ones, without start-up, imports or loading), "threads" (torch's
-intra-op threads), "torch" (its version)}. Exits with status 3 and {"unavailable": why} when
+DEVICE is cpu or cuda. After loading, the script reads iteration counts from stdin, one per
+line, and for each count N prints one JSON line: {"model", "device", "iters", "seconds" (N
+iterations, timed alone, after two warm-up ones at the start), "threads" (torch's intra-op
+threads), "torch" (its version)}, so one process serves every sample of a benchmark. It starts by
+printing {"ready": true}, or exits with status 3 after printing {"unavailable": why} when
 torch (or, for MiniLM, transformers and tokenizers; for MobileNetV2, torchvision) cannot be
 imported, or DEVICE is cuda and no CUDA device is visible; the benchmark then leaves the column out.
 """
@@ -44,19 +46,26 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step, device, iters: int) -> float:
+def serve(step, device, kind: str, device_name: str) -> None:
+    """Warm up, then time each count read from stdin."""
     with torch.inference_mode():
         for _ in range(2):
             step()
         sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        sync(device)
-        return time.perf_counter() - start
+        print(json.dumps({"ready": True}), flush=True)
+        for line in sys.stdin:
+            iters = int(line)
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            sync(device)
+            seconds = time.perf_counter() - start
+            print(json.dumps({"model": kind, "device": device_name, "iters": iters,
+                              "seconds": seconds, "threads": torch.get_num_threads(),
+                              "torch": torch.__version__}), flush=True)
 
 
-def minilm(model_dir: str, device: str, iters: int, sentences) -> float:
+def minilm(model_dir: str, device: str, sentences):
     try:
         from tokenizers import Tokenizer
         from transformers import BertModel
@@ -77,10 +86,10 @@ def minilm(model_dir: str, device: str, iters: int, sentences) -> float:
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
-    return timed(step, dev, iters)
+    return step, dev
 
 
-def mobilenet(pth: str, input_path: str, device: str, iters: int) -> float:
+def mobilenet(pth: str, input_path: str, device: str):
     try:
         import numpy as np
         import torchvision
@@ -95,21 +104,20 @@ def mobilenet(pth: str, input_path: str, device: str, iters: int) -> float:
     def step():
         return model(x).cpu()
 
-    return timed(step, dev, iters)
+    return step, dev
 
 
 def main() -> None:
     kind = sys.argv[1]
     if kind == "minilm":
-        model_dir, device, iters = sys.argv[2], sys.argv[3], int(sys.argv[4])
-        seconds = minilm(model_dir, device, iters, sys.argv[5:])
+        device = sys.argv[3]
+        step, dev = minilm(sys.argv[2], device, sys.argv[4:])
     elif kind == "mobilenet":
-        pth, input_path, device, iters = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-        seconds = mobilenet(pth, input_path, device, iters)
+        device = sys.argv[4]
+        step, dev = mobilenet(sys.argv[2], sys.argv[3], device)
     else:
         sys.exit(f"unknown model {kind!r} (minilm or mobilenet)")
-    print(json.dumps({"model": kind, "device": device, "iters": iters, "seconds": seconds,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__}))
+    serve(step, dev, kind, device)
 
 
 if __name__ == "__main__":
