@@ -76,25 +76,25 @@ fn enumerate(instance: &wgpu::Instance, backends: wgpu::Backends) -> Vec<wgpu::A
 }
 
 /// The adapters to choose from: those of the backend `MLMF_BACKEND` names, else those of
-/// Vulkan, Metal and DX12, else (only when those offer none) GL's. GL is left out otherwise
-/// because its set-up goes through EGL, which on NVIDIA's driver stalled tests that made
-/// devices from several threads at once (seen on an H100), and it is never ranked first anyway.
+/// Vulkan, Metal and DX12, else (only when those offer none) GL's. GL is left out otherwise:
+/// its set-up goes through EGL, which on NVIDIA's driver stalled tests that made devices from
+/// several threads at once (seen on an H100), and a GPU that GL reaches is nearly always offered
+/// through Vulkan, Metal or DX12 too. `MLMF_BACKEND=gl` still picks it.
 pub(crate) fn available() -> Result<(wgpu::Instance, Vec<wgpu::Adapter>, wgpu::Backends)> {
-    let mut tried = match backends_from_env()? {
-        Some(chosen) => vec![chosen],
-        None => vec![wgpu::Backends::PRIMARY, wgpu::Backends::GL],
+    let (first, fallback) = match backends_from_env()? {
+        Some(chosen) => (chosen, None),
+        None => (wgpu::Backends::PRIMARY, Some(wgpu::Backends::GL)),
     };
-    let last = tried.pop().unwrap_or(wgpu::Backends::GL);
-    for backends in tried {
+    let found = |backends| {
         let instance = instance(backends);
         let adapters = enumerate(&instance, backends);
-        if !adapters.is_empty() {
-            return Ok((instance, adapters, backends));
-        }
-    }
-    let instance = instance(last);
-    let adapters = enumerate(&instance, last);
-    Ok((instance, adapters, last))
+        (instance, adapters, backends)
+    };
+    let primary = found(first);
+    Ok(match fallback {
+        Some(gl) if primary.1.is_empty() => found(gl),
+        _ => primary,
+    })
 }
 
 /// Every adapter the allowed backends offer, in enumeration order.
