@@ -16,24 +16,16 @@
 //! spatial sizes, groups 1, 2 and c_in, strides 1 and 2, padding 0 and 1, operands spread over
 //! several pages, padded keys (and a batch item with every key padded), and rows offset by 1e4.
 
+mod common;
+
+use common::random_f32;
+
 use mlmf::ops::attention::{self, Dims};
 use mlmf::ops::conv::{self, Conv2d, ConvDims};
 use mlmf::ops::{embedding, norm, softmax, Reduce};
 use mlmf::{DType, Device, Error, GpuOptions, Shape, Tensor};
 
 const EPS: f64 = f32::EPSILON as f64;
-
-fn random_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn values(t: &Tensor) -> Vec<f32> {
     t.to_bytes()

@@ -6,20 +6,10 @@
 
 mod common;
 
+use common::random_f32;
+
 use mlmf::ops::qmatmul;
 use mlmf::{DType, Device, ModelFile, Tensor};
-
-fn random_f32(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_bytes()

@@ -106,3 +106,16 @@ pub fn fuses_multiply_add(device: &mlmf::Device) -> bool {
         x => panic!("multiply-add probe gave {x:e}, neither 0 nor 2^-24"),
     }
 }
+
+/// `n` deterministic values in [-1, 1) from a xorshift64 stream seeded with `seed`.
+pub fn random_f32(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
