@@ -6,11 +6,8 @@
 //     c_out / groups, w [c_out, cin_g, kh, kw], and zero outside the input (symmetric padding).
 //     Summed over c, then ky, then kx, in index order.
 //   avg_pool: y[n][c] = (sum of x[n][c] over h * w in index order) / (h * w).
-// One invocation per output element. The CPU twin is `cpu` in src/ops/conv.rs.
-//
-// conv2d_1x1 is the same function for 1x1 kernels with stride 1, no padding and one group
-// (pointwise convolutions: a matrix product per image), computing OC_BLOCK output channels of
-// one pixel per invocation so each input value is loaded once for all of them.
+// One invocation per output element. The CPU twin is `cpu` in src/ops/conv.rs. Pointwise (1x1)
+// convolutions do not come here: the launcher runs them as matrix products (matmul.wgsl).
 
 struct Params {
     n: u32,
@@ -33,8 +30,6 @@ struct Params {
 }
 
 override WG: u32 = 64u;
-// Output channels per invocation of conv2d_1x1.
-const OC_BLOCK: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -87,36 +82,77 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     dst[i] = s;
 }
 
+// conv2d_rows: the same sums, ROW_BLOCK horizontally adjacent outputs of one output row per
+// invocation. The kernel width and the stride are pipeline constants (KW, STRIDE), so the input
+// columns that one kernel row of the block reads (SPAN of them) are loaded once into registers
+// and each weight once for the block: for a 3x3 kernel 13 loads per eight outputs and kernel
+// row at stride 1, where conv2d makes 48. Each output sums over (c, ky, kx) in index order and
+// skips the padding, as conv2d does. The launcher takes it when SPAN <= MAX_SPAN.
+override KW: u32 = 3u;
+override STRIDE: u32 = 1u;
+const ROW_BLOCK: u32 = 8u;
+const MAX_SPAN: u32 = 24u;
+override SPAN: u32 = (ROW_BLOCK - 1u) * STRIDE + KW;
+
 @compute @workgroup_size(WG)
-fn conv2d_1x1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    // Invocation i: pixel p of image n, output channels ob * OC_BLOCK .. + OC_BLOCK (the
-    // launcher takes this path only when c_out is a multiple of OC_BLOCK).
+fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = flat_index(wg, nwg, l, WG);
     if i >= params.count {
         return;
     }
-    let plane = params.h * params.w;
-    let p = i % plane;
-    var t = i / plane;
-    let blocks = params.c_out / OC_BLOCK;
-    let ob = t % blocks;
-    let n = t / blocks;
-    let o0 = ob * OC_BLOCK;
-    let cin = params.c_in;
-    var s = vec4<f32>(0.0);
-    let xbase = n * cin * plane + p;
-    for (var c = 0u; c < cin; c++) {
-        let v = x[xbase + c * plane];
-        s += vec4<f32>(weight[o0 * cin + c], weight[(o0 + 1u) * cin + c], weight[(o0 + 2u) * cin + c], weight[(o0 + 3u) * cin + c]) * v;
+    let blocks = (params.ow + ROW_BLOCK - 1u) / ROW_BLOCK;
+    let ox0 = (i % blocks) * ROW_BLOCK;
+    var t = i / blocks;
+    let oy = t % params.oh;
+    t /= params.oh;
+    let o = t % params.c_out;
+    let n = t / params.c_out;
+    let cin_g = params.c_in / params.groups;
+    let g = o / (params.c_out / params.groups);
+    let y0 = i32(oy * STRIDE) - i32(params.pad);
+    let x0 = i32(ox0 * STRIDE) - i32(params.pad);
+    let h = i32(params.h);
+    let w = i32(params.w);
+    var s = array<f32, ROW_BLOCK>();
+    var row: array<f32, MAX_SPAN>;
+    var inside: array<bool, MAX_SPAN>;
+    for (var c = 0u; c < cin_g; c++) {
+        let xplane = (n * params.c_in + g * cin_g + c) * params.h * params.w;
+        let wbase = (o * cin_g + c) * params.kh * KW;
+        for (var ky = 0u; ky < params.kh; ky++) {
+            let iy = y0 + i32(ky);
+            if iy < 0 || iy >= h {
+                continue;
+            }
+            let xrow = xplane + u32(iy) * params.w;
+            for (var j = 0u; j < SPAN; j++) {
+                let ix = x0 + i32(j);
+                inside[j] = ix >= 0 && ix < w;
+                if inside[j] {
+                    row[j] = x[xrow + u32(ix)];
+                }
+            }
+            for (var kx = 0u; kx < KW; kx++) {
+                let wv = weight[wbase + ky * KW + kx];
+                for (var q = 0u; q < ROW_BLOCK; q++) {
+                    let j = q * STRIDE + kx;
+                    if inside[j] {
+                        s[q] += wv * row[j];
+                    }
+                }
+            }
+        }
     }
-    if params.has_bias != 0u {
-        s += vec4<f32>(bias[o0], bias[o0 + 1u], bias[o0 + 2u], bias[o0 + 3u]);
+    let out = ((n * params.c_out + o) * params.oh + oy) * params.ow;
+    for (var q = 0u; q < ROW_BLOCK; q++) {
+        if ox0 + q < params.ow {
+            var v = s[q];
+            if params.has_bias != 0u {
+                v += bias[o];
+            }
+            dst[out + ox0 + q] = v;
+        }
     }
-    let out = (n * params.c_out + o0) * plane + p;
-    dst[out] = s.x;
-    dst[out + plane] = s.y;
-    dst[out + 2u * plane] = s.z;
-    dst[out + 3u * plane] = s.w;
 }
 
 @compute @workgroup_size(WG)

@@ -3,7 +3,8 @@
 //
 // Per batch: op(A) is [m, k] (A stored [m, k], or [k, m] when TRANS_A), op(B) is [k, n] (B stored
 // [k, n], or [n, k] when TRANS_B: nn.Linear's x · Wᵀ), C is f32 [m, n], and with HAS_BIAS
-// C[i][j] += bias[j]. Operands are read as u32 words so F32, F16 and BF16 need no special buffer
+// C[i][j] += bias[j] (bias[i] when BIAS_PER_ROW: a 1x1 convolution's per-channel bias, C being
+// [c_out, h w] per image). Operands are read as u32 words so F32, F16 and BF16 need no special buffer
 // types or shader-f16 (A_TYPE, B_TYPE, BIAS_TYPE: 0 f32, 1 f16, 2 bf16); products and sums are
 // in f32.
 //
@@ -37,6 +38,7 @@ override TK: u32 = 32u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override HAS_BIAS: bool = false;
+override BIAS_PER_ROW: bool = false;
 override A_TYPE: u32 = 0u;
 override B_TYPE: u32 = 0u;
 override BIAS_TYPE: u32 = 0u;
@@ -52,7 +54,7 @@ override TILE_N: u32 = WG_X * TN;
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> a: array<u32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
-// The bias [n] when HAS_BIAS; any buffer otherwise.
+// The bias [n] ([m] when BIAS_PER_ROW) when HAS_BIAS; any buffer otherwise.
 @group(0) @binding(3) var<storage, read> bias: array<u32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
@@ -107,7 +109,7 @@ fn b_at(b_base: u32, kg: u32, col: u32) -> f32 {
     return load_b(b_base + kg * params.n + col);
 }
 
-// C[row][col + q] = v[q] (+ bias[col + q]) for the q inside C.
+// C[row][col + q] = v[q] (+ bias[col + q], or bias[row]) for the q inside C.
 fn store4(c_base: u32, row: u32, col: u32, v: vec4<f32>) {
     if row >= params.m {
         return;
@@ -117,7 +119,8 @@ fn store4(c_base: u32, row: u32, col: u32, v: vec4<f32>) {
         if cq < params.n {
             var x = v[q];
             if HAS_BIAS {
-                x = x + widen(BIAS_TYPE, bias[word_index(BIAS_TYPE, cq)], cq);
+                let e = select(cq, row, BIAS_PER_ROW);
+                x = x + widen(BIAS_TYPE, bias[word_index(BIAS_TYPE, e)], e);
             }
             c[c_base + row * params.n + cq] = x;
         }

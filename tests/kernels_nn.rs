@@ -604,7 +604,17 @@ fn conv_case(
     };
     let (want, bound) = conv_reference(&x, &wt, bias.then_some(&b[..]), d);
     let what = format!("conv {d:?} bias {bias} on {}", device.describe());
-    check(&what, &values(&y), &want, &bound);
+    let got = values(&y);
+    check(&what, &got, &want, &bound);
+    // Every GPU kernel sums like the twin: bit for bit where products and sums are each rounded.
+    if !matches!(device, Device::Cpu) && !common::fuses_multiply_add(device) {
+        let twin = conv::cpu::conv2d(&x, &wt, bias.then_some(&b[..]), d);
+        let differ = got
+            .iter()
+            .zip(&twin)
+            .filter(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(differ.count(), 0, "{what}: GPU and twin differ");
+    }
 }
 
 #[test]
@@ -628,13 +638,19 @@ fn conv2d_within_its_bound() {
             // Groups 2.
             conv_case(&device, 1, 6, (8, 5), 4, 3, c(1, 0, 2), bias, 110 + s);
             conv_case(&device, 1, 4, (5, 5), 6, 3, c(2, 1, 2), bias, 112 + s);
-            // Pointwise 1x1: the four-channel path (c_out 12) and the general one (c_out 6,
-            // stride 2).
+            // Pointwise 1x1, which the GPU runs as matrix products (a batch of 2; more rows,
+            // columns and channels than one tile and one step along k), and a 1x1 with stride
+            // 2, which takes the general kernel.
             conv_case(&device, 2, 8, (5, 7), 12, 1, c(1, 0, 1), bias, 114 + s);
             conv_case(&device, 1, 8, (5, 7), 6, 1, c(1, 0, 1), bias, 116 + s);
+            conv_case(&device, 2, 40, (9, 9), 70, 1, c(1, 0, 1), bias, 122 + s);
             conv_case(&device, 1, 8, (5, 7), 8, 1, c(2, 0, 1), bias, 118 + s);
             // A 1x1 with padding 1 (zeros ring the output).
             conv_case(&device, 1, 3, (4, 4), 4, 1, c(1, 1, 1), bias, 120 + s);
+            // 5x5 with groups 3; stride 4, whose row of eight outputs spans more input columns
+            // than conv2d_rows holds (the one-output kernel).
+            conv_case(&device, 2, 6, (11, 19), 6, 5, c(2, 2, 3), bias, 124 + s);
+            conv_case(&device, 1, 4, (13, 37), 6, 3, c(4, 1, 1), bias, 126 + s);
         }
     }
     // MobileNetV2's stem as it runs: [1, 3, 224, 224], 32 channels, 3x3 stride 2 pad 1.
@@ -1012,15 +1028,15 @@ fn timings() {
         .unwrap()
     });
     let w16 = t(vec![16, 32, 1, 1], 5);
-    time("pointwise [1,32,112,112] -> 16 (1x1 path)", &|| {
+    time("pointwise [1,32,112,112] -> 16", &|| {
         conv::conv2d(&x, &w16, None, dense).unwrap()
     });
     let w15 = t(vec![15, 32, 1, 1], 6);
-    time("pointwise [1,32,112,112] -> 15 (general path)", &|| {
+    time("pointwise [1,32,112,112] -> 15", &|| {
         conv::conv2d(&x, &w15, None, dense).unwrap()
     });
     let (x, w) = (t(vec![1, 320, 7, 7], 7), t(vec![1280, 320, 1, 1], 8));
-    time("pointwise [1,320,7,7] -> 1280 (1x1 path)", &|| {
+    time("pointwise [1,320,7,7] -> 1280", &|| {
         conv::conv2d(&x, &w, None, dense).unwrap()
     });
     let (x, wn) = (t(vec![128, 384], 9), t(vec![384], 10));

@@ -61,6 +61,13 @@ fn every_kernel_family_validates() {
                         );
                     }
                 }
+                if kernel == Kernel::Conv {
+                    // conv2d_rows' kernel widths and strides, up to its widest row (24 columns).
+                    for (kw, stride) in [(1.0, 1.0), (3.0, 2.0), (5.0, 1.0), (3.0, 3.0)] {
+                        let constants = [("WG", wg), ("KW", kw), ("STRIDE", stride)];
+                        validate(kernel, variant, &constants);
+                    }
+                }
                 if kernel == Kernel::QMatmul {
                     for batch in [1.0, 8.0, 16.0] {
                         for per_row in [0.0, 1.0] {
@@ -84,14 +91,16 @@ fn validate_matmul_specialisations() {
     for (wg_x, wg_y, tk) in [(8.0, 8.0, 32.0), (16.0, 8.0, 16.0), (4.0, 4.0, 8.0)] {
         for trans_a in [0.0, 1.0] {
             for trans_b in [0.0, 1.0] {
-                for (bias, a_type, b_type) in [(0.0, 0.0, 0.0), (1.0, 1.0, 2.0), (1.0, 2.0, 1.0)] {
+                for (bias, a_type, b_type) in [(0.0, 0.0, 0.0), (1.0, 1.0, 2.0), (2.0, 2.0, 1.0)] {
                     let constants = [
                         ("WG_X", wg_x),
                         ("WG_Y", wg_y),
                         ("TK", tk),
                         ("TRANS_A", trans_a),
                         ("TRANS_B", trans_b),
-                        ("HAS_BIAS", bias),
+                        // 2: a bias per row.
+                        ("HAS_BIAS", f64::from(bias > 0.0)),
+                        ("BIAS_PER_ROW", f64::from(bias > 1.0)),
                         ("A_TYPE", a_type),
                         ("B_TYPE", b_type),
                         ("BIAS_TYPE", a_type),
@@ -336,7 +345,7 @@ fn nn_families_mirror_their_launchers() {
             32,
             &["attention_scores", "attention_weighted"][..],
         ),
-        (Kernel::Conv, 64, &["avg_pool", "conv2d", "conv2d_1x1"][..]),
+        (Kernel::Conv, 64, &["avg_pool", "conv2d", "conv2d_rows"][..]),
     ] {
         let module = naga::front::wgsl::parse_str(kernel.source()).unwrap();
         let span = module

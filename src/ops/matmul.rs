@@ -11,7 +11,8 @@
 //! time, the bias added last.
 //!
 //! GPU: `shaders/matmul.wgsl`, workgroup tiles of [`TILE_M`] x [`TILE_N`] through workgroup
-//! memory, [`TM`] x [`TN`] outputs per invocation; 16-bit operands are read as u32 words and
+//! memory (8, 16 or 32 rows instead of 64 when m is that small), [`TM`] x [`TN`] outputs per
+//! invocation; 16-bit operands are read as u32 words and
 //! widened in the shader, so they need no shader-f16. Operands of several pages are gathered into
 //! one buffer first; each operand and C must fit in one storage binding ([`Error::DeviceLimit`]
 //! otherwise). When B is a matrix and A is not transposed, A's batch is folded into its rows so
@@ -262,7 +263,7 @@ fn product(
             );
             Storage::Cpu(c.iter().flat_map(|v| v.to_le_bytes()).collect())
         }
-        Place::Gpu(gs) => Storage::Gpu(gpu_matmul(&all, &gs, dims, &out_shape)?),
+        Place::Gpu(gs) => Storage::Gpu(gpu_matmul(&all, &gs, dims, &out_shape, BiasIndex::Column)?),
     };
     Ok(Tensor::new(
         a.name().to_string(),
@@ -281,14 +282,34 @@ fn type_code(dtype: DType) -> f64 {
     }
 }
 
-/// The launcher: operands whole, C in its page (or a scratch buffer copied into its pages), one
-/// dispatch per chunk of the tile grid that fits the per-dimension workgroup limit. Submitted,
-/// not waited for (readback waits).
-fn gpu_matmul(
+/// `WG_Y` for a product of `m` rows: [`WG_Y`], or fewer rows of invocations (a tile of 8, 16 or
+/// 32 rows) when m is that small, so a 1x1 convolution to 16 or 24 channels does not compute a
+/// tile of 64 rows to keep 16.
+fn rows_of_invocations(m: usize) -> u32 {
+    let rows = m.div_ceil(TM as usize).next_power_of_two();
+    (rows as u32).clamp(1, WG_Y)
+}
+
+/// Which element of the bias `ts[2]` the launcher adds to `C[b][i][j]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BiasIndex {
+    /// `bias[j]`, `[n]`: [`matmul`] and [`linear`].
+    Column,
+    /// `bias[i]`, `[m]`: a per-channel bias when C is `[c_out, h * w]`, as in a 1x1
+    /// convolution ([`conv2d`](super::conv::conv2d) takes this launcher for those).
+    Row,
+}
+
+/// The launcher for `ts` = [A, B] or [A, B, bias], whose shapes the caller checked against
+/// `dims` and `bias`: operands whole, C in its page (or a scratch buffer copied into its pages),
+/// one dispatch per chunk of the tile grid that fits the per-dimension workgroup limit. C is
+/// named like A. Submitted, not waited for (readback waits).
+pub(crate) fn gpu_matmul(
     ts: &[&Tensor],
     gs: &[&GpuStorage],
     dims: Dims,
     out_shape: &Shape,
+    bias_index: BiasIndex,
 ) -> Result<GpuStorage> {
     let (a, b) = (ts[0], ts[1]);
     let gpu = gs[0].gpu();
@@ -313,13 +334,18 @@ fn gpu_matmul(
         ..Params::default()
     };
     let bias = ts.get(2);
+    let wg_y = rows_of_invocations(dims.m);
     let key = PipelineKey::new(Kernel::Matmul, "matmul")
         .with("WG_X", f64::from(WG_X))
-        .with("WG_Y", f64::from(WG_Y))
+        .with("WG_Y", f64::from(wg_y))
         .with("TK", f64::from(TK))
         .with("TRANS_A", f64::from(u8::from(dims.trans_a)))
         .with("TRANS_B", f64::from(u8::from(dims.trans_b)))
         .with("HAS_BIAS", f64::from(u8::from(bias.is_some())))
+        .with(
+            "BIAS_PER_ROW",
+            f64::from(u8::from(bias_index == BiasIndex::Row)),
+        )
         .with("A_TYPE", type_code(a.dtype()))
         .with("B_TYPE", type_code(b.dtype()))
         .with("BIAS_TYPE", bias.map_or(0.0, |t| type_code(t.dtype())));
@@ -341,7 +367,7 @@ fn gpu_matmul(
 
     let max = u64::from(gpu.limits().max_compute_workgroups_per_dimension.max(1));
     let tiles_n = (dims.n as u64).div_ceil(u64::from(TILE_N));
-    let tiles_m = (dims.m as u64).div_ceil(u64::from(TILE_M));
+    let tiles_m = (dims.m as u64).div_ceil(u64::from(wg_y * TM));
     for batch0 in (0..dims.batch as u64).step_by(max as usize) {
         for row0 in (0..tiles_m).step_by(max as usize) {
             for col0 in (0..tiles_n).step_by(max as usize) {
