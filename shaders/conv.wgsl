@@ -39,6 +39,22 @@ override WG: u32 = 64u;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst: array<f32>;
 
+// Output row `row` of the output [n, c_out, oh, ow] (rows numbered in storage order): its y,
+// channel, image, and the group of the channel.
+struct OutputRow {
+    oy: u32,
+    o: u32,
+    n: u32,
+    g: u32,
+}
+
+fn output_row(row: u32) -> OutputRow {
+    let oy = row % params.oh;
+    let t = row / params.oh;
+    let o = t % params.c_out;
+    return OutputRow(oy, o, t / params.c_out, o / (params.c_out / params.groups));
+}
+
 @compute @workgroup_size(WG)
 fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     let i = flat_index(wg, nwg, l, WG);
@@ -46,22 +62,17 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         return;
     }
     let ox = i % params.ow;
-    var t = i / params.ow;
-    let oy = t % params.oh;
-    t /= params.oh;
-    let o = t % params.c_out;
-    let n = t / params.c_out;
+    let r = output_row(i / params.ow);
     let cin_g = params.c_in / params.groups;
-    let g = o / (params.c_out / params.groups);
     // Signed: the window's top-left corner lies outside the input where padding applies.
-    let y0 = i32(oy * params.stride) - i32(params.pad);
+    let y0 = i32(r.oy * params.stride) - i32(params.pad);
     let x0 = i32(ox * params.stride) - i32(params.pad);
     let h = i32(params.h);
     let w = i32(params.w);
     var s = 0.0;
     for (var c = 0u; c < cin_g; c++) {
-        let xplane = (n * params.c_in + g * cin_g + c) * params.h * params.w;
-        let wbase = (o * cin_g + c) * params.kh * params.kw;
+        let xplane = (r.n * params.c_in + r.g * cin_g + c) * params.h * params.w;
+        let wbase = (r.o * cin_g + c) * params.kh * params.kw;
         for (var ky = 0u; ky < params.kh; ky++) {
             let iy = y0 + i32(ky);
             if iy < 0 || iy >= h {
@@ -77,7 +88,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
     }
     if params.has_bias != 0u {
-        s += bias[o];
+        s += bias[r.o];
     }
     dst[i] = s;
 }
@@ -102,14 +113,9 @@ fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let blocks = (params.ow + ROW_BLOCK - 1u) / ROW_BLOCK;
     let ox0 = (i % blocks) * ROW_BLOCK;
-    var t = i / blocks;
-    let oy = t % params.oh;
-    t /= params.oh;
-    let o = t % params.c_out;
-    let n = t / params.c_out;
+    let r = output_row(i / blocks);
     let cin_g = params.c_in / params.groups;
-    let g = o / (params.c_out / params.groups);
-    let y0 = i32(oy * STRIDE) - i32(params.pad);
+    let y0 = i32(r.oy * STRIDE) - i32(params.pad);
     let x0 = i32(ox0 * STRIDE) - i32(params.pad);
     let h = i32(params.h);
     let w = i32(params.w);
@@ -117,8 +123,8 @@ fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     var row: array<f32, MAX_SPAN>;
     var inside: array<bool, MAX_SPAN>;
     for (var c = 0u; c < cin_g; c++) {
-        let xplane = (n * params.c_in + g * cin_g + c) * params.h * params.w;
-        let wbase = (o * cin_g + c) * params.kh * KW;
+        let xplane = (r.n * params.c_in + r.g * cin_g + c) * params.h * params.w;
+        let wbase = (r.o * cin_g + c) * params.kh * KW;
         for (var ky = 0u; ky < params.kh; ky++) {
             let iy = y0 + i32(ky);
             if iy < 0 || iy >= h {
@@ -143,12 +149,13 @@ fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    let out = ((n * params.c_out + o) * params.oh + oy) * params.ow;
+    // The first output of the output row.
+    let out = (i / blocks) * params.ow;
     for (var q = 0u; q < ROW_BLOCK; q++) {
         if ox0 + q < params.ow {
             var v = s[q];
             if params.has_bias != 0u {
-                v += bias[o];
+                v += bias[r.o];
             }
             dst[out + ox0 + q] = v;
         }
