@@ -4,9 +4,9 @@
 // Per batch: op(A) is [m, k] (A stored [m, k], or [k, m] when TRANS_A), op(B) is [k, n] (B stored
 // [k, n], or [n, k] when TRANS_B: nn.Linear's x · Wᵀ), C is f32 [m, n], and with HAS_BIAS
 // C[i][j] += bias[j] (bias[i] when BIAS_PER_ROW: a 1x1 convolution's per-channel bias, C being
-// [c_out, h w] per image). Operands are read as u32 words so F32, F16 and BF16 need no special buffer
-// types or shader-f16 (A_TYPE, B_TYPE, BIAS_TYPE: 0 f32, 1 f16, 2 bf16); products and sums are
-// in f32.
+// [c_out, h w] per image). Operands are read as u32 words so F32, F16 and BF16 need no special
+// buffer types or shader-f16 (A_TYPE, B_TYPE, BIAS_TYPE: 0 f32, 1 f16, 2 bf16); products and
+// sums are in f32.
 //
 // One workgroup computes a TILE_M x TILE_N block of C: per step of TK along k it copies the
 // TILE_M x TK block of op(A) and the TK x TILE_N block of op(B) into workgroup memory (zeros past

@@ -10,16 +10,16 @@
 //!   the sum of each plane in index order divided by `h * w`.
 //!
 //! GPU: `shaders/conv.wgsl`: `conv2d_rows`, eight adjacent outputs of a row per invocation with
-//! each kernel row's inputs loaded once for them (1.7x-2.5x faster than one output per
-//! invocation on lavapipe for MobileNetV2's stem and depthwise layers, `timings` in
-//! tests/kernels_nn.rs), or `conv2d`, one output per invocation, when a row of eight outputs
-//! spans more than 24 input columns (strides above 3 for a 3x3 kernel). 1x1 convolutions with
-//! stride 1,
-//! no padding and one group (pointwise: `W [c_out, c_in] · x [c_in, h * w]` per image, most of
-//! MobileNetV2's work) run on the tiled matrix product of [`matmul`](super::matmul) with a
-//! per-row bias: the same products summed in the same order, then the bias, so the result is the
-//! same; on lavapipe that ran the pointwise layers of `timings` 2x-4.5x faster than the
-//! one-pixel kernels it replaced. Every operand and the output must fit in one storage binding.
+//! each kernel row's inputs loaded once for them, or `conv2d`, one output per invocation, when a
+//! row of eight outputs spans more than 24 input columns (strides above 3 for a 3x3 kernel). On
+//! lavapipe `conv2d_rows` ran MobileNetV2's stem 1.7x-1.9x and a depthwise layer 2.3x-2.5x
+//! faster than `conv2d` (the `timings` test in tests/kernels_nn.rs, kernels alternated). 1x1
+//! convolutions with stride 1, no padding and one group (pointwise: `W [c_out, c_in] · x [c_in,
+//! h * w]` per image, most of MobileNetV2's work) run on the tiled matrix product of
+//! [`matmul`](super::matmul) with a per-row bias: the same products summed in the same order,
+//! then the bias, so the result is the same; on lavapipe that ran the pointwise layers of
+//! `timings` 2x-4.5x faster than the one-pixel kernels it replaced. Every operand and the output
+//! must fit in one storage binding.
 //!
 //! CPU twin: [`cpu`], the same sums in the same order. With `eps = f32::EPSILON` and K =
 //! `c_in / groups * kh * kw` terms, both stay within `(K + 2) eps (sum |w x| + |bias|)` of the
@@ -37,7 +37,7 @@ const CONV: &str = "conv2d";
 const POOL: &str = "avg_pool_global";
 const WORKGROUP: u32 = 64;
 /// Outputs along a row per invocation of `conv2d_rows`, and the most input columns one kernel row
-/// of them may span (the shader's `ROW_BLOCK`, `MAX_SPAN`; 8 measured 1.5x faster than 4 on
+/// of them may span (the shader's `ROW_BLOCK`, `MAX_SPAN`; 8 ran 1.4x-2x faster than 4 on
 /// lavapipe).
 const ROW_BLOCK: usize = 8;
 const MAX_SPAN: usize = 24;

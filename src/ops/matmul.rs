@@ -12,8 +12,8 @@
 //!
 //! GPU: `shaders/matmul.wgsl`, workgroup tiles of [`TILE_M`] x [`TILE_N`] through workgroup
 //! memory (8, 16 or 32 rows instead of 64 when m is that small), [`TM`] x [`TN`] outputs per
-//! invocation; 16-bit operands are read as u32 words and
-//! widened in the shader, so they need no shader-f16. Operands of several pages are gathered into
+//! invocation; 16-bit operands are read as u32 words and widened in the shader, so they need no
+//! shader-f16. Operands of several pages are gathered into
 //! one buffer first; each operand and C must fit in one storage binding ([`Error::DeviceLimit`]
 //! otherwise). When B is a matrix and A is not transposed, A's batch is folded into its rows so
 //! the whole product is one grid of tiles.
