@@ -1,9 +1,9 @@
 //! `ops::matmul` and `ops::elementwise`: the GPU kernels (lavapipe here) against their CPU twins
 //! (bit for bit where both round each operation the same way, that is, on devices whose shader
-//! compiler does not fuse multiply-adds: `common::fuses_multiply_add`) and against f64 references within
-//! bounds derived from the formulas (see each check), on random shapes that are not multiples of
-//! the tiles (1, 7, 63, 65, 129), batched, transposed, with a bias, with F16/BF16 operands and
-//! with operands spread over several pages; typed errors for bad inputs.
+//! compiler does not fuse multiply-adds: `common::fuses_multiply_add`) and against f64
+//! references within bounds derived from the formulas (see each check), on random shapes that
+//! are not multiples of the tiles (1, 7, 63, 65, 129), batched, transposed, with a bias, with
+//! F16/BF16 operands and with operands spread over several pages; typed errors for bad inputs.
 
 mod common;
 

@@ -134,7 +134,8 @@ fn half_ulp(dtype: DType, x: f64) -> f64 {
 }
 
 /// One merge of random values on `device` and with the twin: bit-identical where the device does
-/// not fuse multiply-adds, and both within the bound of the f64 reference. Returns the largest error as a fraction of the bound.
+/// not fuse multiply-adds, and both within the bound of the f64 reference. Returns the largest
+/// error as a fraction of the bound.
 #[allow(clippy::too_many_arguments)]
 fn check_merge(
     device: &Device,

@@ -278,8 +278,8 @@ fn gpu_conv(
 
 /// Global average pooling of x `[n, c, h, w]` to `[n, c]` (see the module doc), a new f32
 /// tensor named like x on x's device. Errors: x not of rank 4 ([`Error::OpRank`]) or not F32
-/// ([`Error::OpDType`]), planes of no elements ([`Error::OpArgument`]), x or the output larger than one storage binding
-/// ([`Error::DeviceLimit`]).
+/// ([`Error::OpDType`]), planes of no elements ([`Error::OpArgument`]), x or the output larger
+/// than one storage binding ([`Error::DeviceLimit`]).
 pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
     let [n, c, h, w] = launch::dims(POOL, x, "a tensor [n, c, h, w]")?;
     launch::require_f32(POOL, x)?;
