@@ -24,5 +24,5 @@ fi
 export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --all-targets
-cargo test --doc
+cargo test --workspace --all-targets
+cargo test --workspace --doc

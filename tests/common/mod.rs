@@ -1,14 +1,20 @@
-//! Shared paths for integration tests: the oracle fixtures beside the checkout and the real model
-//! files fetched by `scripts/fetch_models.py`. A missing file fails the test with the command that
+//! Shared paths for the integration tests and benchmarks of every crate (each includes this file
+//! with `#[path]`): the oracle fixtures beside the checkout, the scripts, and the real model files
+//! fetched by `scripts/fetch_models.py`. A missing file fails the test with the command that
 //! fetches it; tests never pass by skipping.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The checkout: the workspace root, two levels above each crate.
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// `../shared/fixtures`, beside the checkout.
 pub fn fixtures() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let dir = workspace_dir().join("../shared/fixtures");
     assert!(dir.is_dir(), "fixtures not found at {}", dir.display());
     dir
 }
@@ -66,7 +72,7 @@ pub fn python() -> PathBuf {
 
 /// gguf-py's view of a file, as `scripts/check_gguf.py` prints it.
 pub fn gguf_py(path: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_gguf.py");
+    let script = workspace_dir().join("scripts/check_gguf.py");
     let out = Command::new(python())
         .arg(&script)
         .arg(path)
@@ -79,32 +85,6 @@ pub fn gguf_py(path: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Whether `device`'s shader compiler contracts a product and a sum into one fused multiply-add
-/// (NVIDIA's Vulkan compiler does; lavapipe's does not). WGSL allows either, and a fused step
-/// rounds once where the CPU twin rounds twice, so where it does, tests compare GPU results with
-/// the twin within the error bound of the f64 reference instead of bit for bit.
-///
-/// Probed with a two-term product `-(1 + 2^-11) * 1 + (1 + 2^-12) * (1 + 2^-12)`: the second
-/// product is `1 + 2^-11 + 2^-24`, which rounds (to even) to `1 + 2^-11`, so the sum is 0 when
-/// each step is rounded and `2^-24` when the last multiply-add is fused.
-pub fn fuses_multiply_add(device: &mlmf::Device) -> bool {
-    use mlmf::ops::matmul::{matmul, MatmulOptions};
-    use mlmf::Tensor;
-    let (u, v) = (1.0 + 2f32.powi(-11), 1.0 + 2f32.powi(-12));
-    let a = Tensor::from_f32("a", vec![1, 2], &[-u, v]).unwrap();
-    let b = Tensor::from_f32("b", vec![2, 1], &[1.0, v]).unwrap();
-    let (a, b) = (a.to_device(device).unwrap(), b.to_device(device).unwrap());
-    let c = matmul(&a, &b, MatmulOptions::default())
-        .unwrap()
-        .to_f32_vec()
-        .unwrap();
-    match c[0] {
-        0.0 => false,
-        x if x == 2f32.powi(-24) => true,
-        x => panic!("multiply-add probe gave {x:e}, neither 0 nor 2^-24"),
-    }
 }
 
 /// `n` deterministic values in [-1, 1) from a xorshift64 stream seeded with `seed`.

@@ -1,0 +1,432 @@
+//! One error type for the whole crate. File problems name the file, the tensor where there is
+//! one, and the byte offset, so a user can find the bad bytes with a hex editor.
+
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+
+/// Everything that can go wrong in mlmf.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    // ---- reading files -------------------------------------------------------------------
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
+    UnknownFormat { path: PathBuf, magic: Vec<u8> },
+
+    #[error("{path}: truncated: {what} at offset {offset} needs {needed} bytes, the file has {available} from there")]
+    Truncated {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
+
+    /// A length or count read from the file is larger than the bytes that remain, or overflows.
+    #[error(
+        "{path}: {what} at offset {offset} claims {value}, more than the {limit} that can fit"
+    )]
+    LengthOutOfRange {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+        value: u64,
+        limit: u64,
+    },
+
+    #[error("{path}: header at offset {offset} is not valid: {reason}")]
+    BadHeader {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("{path}: {what} at offset {offset} is not valid UTF-8")]
+    BadUtf8 {
+        path: PathBuf,
+        what: String,
+        offset: u64,
+    },
+
+    #[error("{path}: unsupported {format} version {version}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        format: &'static str,
+        version: u64,
+    },
+
+    #[error("{path}: tensor '{tensor}': unknown dtype {dtype}")]
+    UnknownDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+
+    #[error("{path}: tensor '{tensor}': shape {shape:?} has more elements than fit in 64 bits")]
+    ShapeOverflow {
+        path: PathBuf,
+        tensor: String,
+        shape: Vec<u64>,
+    },
+
+    #[error("{path}: tensor '{tensor}': {reason}")]
+    BadShape {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    #[error(
+        "{path}: tensor '{tensor}': data {start}..{end} lies outside the data section (0..{len})"
+    )]
+    TensorOutOfBounds {
+        path: PathBuf,
+        tensor: String,
+        start: u64,
+        end: u64,
+        len: u64,
+    },
+
+    #[error(
+        "{path}: tensor '{tensor}': {expected} bytes expected from dtype and shape, found {found}"
+    )]
+    ByteLengthMismatch {
+        path: PathBuf,
+        tensor: String,
+        expected: u64,
+        found: u64,
+    },
+
+    #[error("{path}: tensors '{first}' and '{second}' overlap at offset {offset}")]
+    OverlappingTensors {
+        path: PathBuf,
+        first: String,
+        second: String,
+        offset: u64,
+    },
+
+    #[error("{path}: tensor '{tensor}' appears twice")]
+    DuplicateTensor { path: PathBuf, tensor: String },
+
+    #[error("{path}: tensor data has a gap or trailing bytes at offset {offset}")]
+    DataNotCovered { path: PathBuf, offset: u64 },
+
+    #[error(
+        "{path}: tensor '{tensor}': offset {offset} is not a multiple of the alignment {alignment}"
+    )]
+    Misaligned {
+        path: PathBuf,
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
+
+    #[error(
+        "{path}: unknown GGUF metadata value type {type_id} for key '{key}' at offset {offset}"
+    )]
+    UnknownValueType {
+        path: PathBuf,
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
+
+    #[error("{path}: metadata '{key}': {reason}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
+    // ---- PyTorch checkpoints ---------------------------------------------------------------
+    #[error("{path}: pickle refers to '{module}.{name}' at offset {offset}, which is not on the allow-list; nothing was executed")]
+    ForbiddenGlobal {
+        path: PathBuf,
+        module: String,
+        name: String,
+        offset: u64,
+    },
+
+    #[error("{path}: pickle at offset {offset}: {reason}")]
+    BadPickle {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("{path}: zip archive: {reason} (offset {offset})")]
+    BadZip {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    // ---- sharded checkpoints -----------------------------------------------------------------
+    #[error("{path}: shard index: {reason}")]
+    BadIndex { path: PathBuf, reason: String },
+
+    // ---- writing files ---------------------------------------------------------------------------
+    #[error("{path}: tensor '{tensor}': {dtype} cannot be stored in {format}")]
+    UnsupportedDType {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+        format: &'static str,
+    },
+
+    #[error("{path}: tensor name '{tensor}': {reason}")]
+    BadTensorName {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    // ---- lookups -------------------------------------------------------------------------------
+    #[error("{path}: no tensor named '{tensor}'")]
+    TensorNotFound { path: PathBuf, tensor: String },
+
+    // ---- devices -------------------------------------------------------------------------------
+    #[error("no GPU adapter found{detail}. Install a Vulkan driver (on Debian/Ubuntu: apt-get install mesa-vulkan-drivers for the CPU-based lavapipe device), or use Device::Cpu")]
+    NoAdapter { detail: String },
+
+    #[error("{variable}={value}: {reason}")]
+    BadDeviceChoice {
+        variable: &'static str,
+        value: String,
+        reason: String,
+    },
+
+    #[error("GPU device request failed: {0}")]
+    RequestDevice(String),
+
+    #[error("GPU error during {during}: {reason}")]
+    Gpu { during: String, reason: String },
+
+    #[error("tensor '{tensor}' ({bytes} bytes): the device cannot hold it: {reason}")]
+    DeviceLimit {
+        tensor: String,
+        bytes: u64,
+        reason: String,
+    },
+
+    // ---- tensors and ops -------------------------------------------------------------------------
+    #[error("tensor '{tensor}': {dtype} cannot be converted to f32 yet")]
+    UnsupportedConversion { tensor: String, dtype: String },
+
+    /// An op got a tensor whose rank it does not take.
+    #[error("{op}: tensor '{tensor}' has shape {shape:?}; expected {expected}")]
+    OpRank {
+        op: &'static str,
+        tensor: String,
+        shape: Vec<usize>,
+        expected: &'static str,
+    },
+
+    /// An op got a tensor whose dtype it does not take.
+    #[error("{op}: tensor '{tensor}' is {dtype}; expected {expected}")]
+    OpDType {
+        op: &'static str,
+        tensor: String,
+        dtype: DType,
+        expected: &'static str,
+    },
+
+    /// Two operands whose shapes do not fit together (for a matrix product: rows of different
+    /// lengths).
+    #[error("{op}: '{left}' {left_shape:?} and '{right}' {right_shape:?} do not fit together")]
+    ShapeMismatch {
+        op: &'static str,
+        left: String,
+        left_shape: Vec<usize>,
+        right: String,
+        right_shape: Vec<usize>,
+    },
+
+    /// Two operands on different devices (an op never moves tensors implicitly).
+    #[error("{op}: '{left}' is on {left_device}, '{right}' on {right_device}; move one with Tensor::to_device")]
+    DeviceMismatch {
+        op: &'static str,
+        left: String,
+        left_device: String,
+        right: String,
+        right_device: String,
+    },
+
+    /// An index given to an op (an adapter slot, a batch row's slot) that is out of range.
+    #[error("{op}: {what} {index} is out of range 0..{len}")]
+    OpIndex {
+        op: &'static str,
+        what: &'static str,
+        index: u64,
+        len: u64,
+    },
+
+    /// A scalar argument an op cannot take (a stride or group count of 0, heads that do not
+    /// divide the width).
+    #[error("{op}: {argument} = {value}; expected {expected}")]
+    OpArgument {
+        op: &'static str,
+        argument: &'static str,
+        value: u64,
+        expected: &'static str,
+    },
+
+    /// An op that works on one kind of device only (e.g. writing a GPU tensor in place).
+    #[error("{op}: tensor '{tensor}' is on {device}; expected {expected}")]
+    OpDevice {
+        op: &'static str,
+        tensor: String,
+        device: String,
+        expected: &'static str,
+    },
+
+    // ---- quantization ----------------------------------------------------------------------------
+    #[error("quantizing to {dtype} is not supported")]
+    UnsupportedQuant { dtype: DType },
+
+    #[error(
+        "{dtype}: row length {row_len} is not a positive multiple of the block size {block_elems}"
+    )]
+    QuantRowLength {
+        dtype: DType,
+        row_len: usize,
+        block_elems: usize,
+    },
+
+    #[error("{dtype}: {len} values are not a whole number of rows of {row_len}")]
+    QuantDataLength {
+        dtype: DType,
+        len: usize,
+        row_len: usize,
+    },
+
+    /// ggml asserts or writes garbage on NaN and infinity; block types cannot hold them.
+    #[error("{dtype}: value {value} at row {row}, column {column} (block {block} of the row) is not finite")]
+    NonFiniteInput {
+        dtype: DType,
+        row: usize,
+        column: usize,
+        block: usize,
+        value: f32,
+    },
+
+    /// A row (the last dimension) is not a whole number of the dtype's blocks, so blocks would
+    /// straddle rows (GGML requires `ne[0] % block_elems == 0`).
+    #[error("tensor '{tensor}': rows of {row_len} {dtype} elements are not whole blocks of {block_elems}")]
+    PartialBlock {
+        tensor: String,
+        dtype: String,
+        row_len: u64,
+        block_elems: u64,
+    },
+
+    /// The tensor's bytes are not what its dtype's block geometry and its shape give
+    /// (`expected` is `u64::MAX` when that size overflows).
+    #[error(
+        "tensor '{tensor}': {dtype} {shape:?} takes {expected} bytes, the tensor holds {found}"
+    )]
+    TensorBytes {
+        tensor: String,
+        dtype: String,
+        shape: Vec<usize>,
+        expected: u64,
+        found: u64,
+    },
+
+    // ---- LoRA adapters -----------------------------------------------------------------------
+    #[error("{path}: LoRA adapter: {reason}")]
+    BadAdapter { path: PathBuf, reason: String },
+
+    #[error("adapter {adapter} does not fit base {base}:\n  {}", problems.join("\n  "))]
+    AdapterMismatch {
+        adapter: PathBuf,
+        base: PathBuf,
+        problems: Vec<String>,
+    },
+
+    // ---- models and their inputs ----------------------------------------------------------------
+    #[error("{path}: tokenizer: {reason}")]
+    Tokenizer { path: PathBuf, reason: String },
+
+    #[error("{path}: {reason}")]
+    BadModel { path: PathBuf, reason: String },
+
+    // ---- the command-line tool and user arguments ------------------------------------------------
+    #[error("{0}")]
+    Usage(String),
+
+    // ---- provenance (records in file metadata, content hashes) -----------------------------------
+    /// The `mlmf.provenance` metadata is there but cannot be read as a record.
+    #[error("{path}: provenance record (mlmf.provenance): {reason}")]
+    BadProvenance { path: PathBuf, reason: String },
+
+    #[error("{path}: no provenance record (no mlmf.provenance metadata); its content hash is {computed}")]
+    NoProvenance { path: PathBuf, computed: String },
+
+    #[error("{path}: content hash {computed} differs from the recorded {recorded}: tensor names, dtypes, shapes or bytes changed after it was written")]
+    ContentHashMismatch {
+        path: PathBuf,
+        recorded: String,
+        computed: String,
+    },
+
+    // ---- checkpoint directories (checkpoint::manager) ----------------------------------------------
+    /// Another `CheckpointManager` (this process or another) holds the directory's `.lock`.
+    #[error("{dir}: another CheckpointManager holds this checkpoint directory (lock on {dir}/.lock); only one writer at a time")]
+    CheckpointLocked { dir: PathBuf },
+
+    /// Steps must increase: saving at or below the newest existing step is refused.
+    #[error("{dir}: cannot save step {step}: the newest checkpoint is step {newest}; steps must increase (remove newer checkpoints first)")]
+    CheckpointStep {
+        dir: PathBuf,
+        step: u64,
+        newest: u64,
+    },
+
+    /// No checkpoint directory for `step`, or (`step` = None) no checkpoint that verifies.
+    #[error("{dir}: {}", match step { Some(s) => format!("no checkpoint at step {s}"), None => "no checkpoint that verifies".to_string() })]
+    CheckpointNotFound { dir: PathBuf, step: Option<u64> },
+
+    /// A checkpoint (or the `latest` pointer) that does not match its manifest or cannot be read.
+    #[error("{path}: corrupt checkpoint: {reason}")]
+    CorruptCheckpoint { path: PathBuf, reason: String },
+
+    /// Prune deleted nothing because it could not tell which checkpoint is the newest valid one.
+    #[error("{dir}: prune refused, nothing was deleted: {reason}")]
+    PruneRefused { dir: PathBuf, reason: String },
+
+    /// A write (save, prune, remove) through a manager opened with `open_read_only`.
+    #[error("{dir}: {op} needs a manager opened with CheckpointManager::open, not open_read_only")]
+    CheckpointReadOnly { dir: PathBuf, op: &'static str },
+
+    // ---- multimodal inputs (multimodal::preprocess, multimodal::labels) ------------------------
+    /// A file that is not a PNG or JPEG, or one that does not decode.
+    #[error("{path}: cannot decode image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+
+    /// An image pipeline that cannot run (a crop larger than the resize, an empty image).
+    #[error("image preprocessing: {reason}")]
+    BadPreprocess { reason: String },
+
+    /// A class-name file that is not what the loader expects.
+    #[error("{path}: class labels: {reason}")]
+    BadLabels { path: PathBuf, reason: String },
+}
+
+/// Shorthand used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The lower layer of mlmf, built without wgpu: element types, shapes, the one error type, the
+//! model-file parsers with [`ModelFile`] (memory-mapped, zero-copy tensor views), the tensor name
+//! maps, and the CPU quantizers. Every parser is a pure function over the file's bytes, so this
+//! crate is what the fuzzer drives. Users add the `mlmf` crate, which re-exports these types.
+//!
+//! ```no_run
+//! use mlmf_core::ModelFile;
+//! let file = ModelFile::open("model.safetensors")?;
+//! for t in file.tensors() {
+//!     println!("{} {} {}", t.name, t.dtype, t.shape);
+//! }
+//! # Ok::<(), mlmf_core::Error>(())
+//! ```
+
+pub mod dtype;
+pub mod error;
+pub mod formats;
+pub mod quant;
+mod shape;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use formats::names::{Arch, NameMap, Rule};
+pub use formats::{Format, Metadata, ModelFile, Source, TensorInfo, Value};
+pub use shape::Shape;

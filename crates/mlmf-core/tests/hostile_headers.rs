@@ -1,0 +1,88 @@
+//! Real headers with random bytes changed: every parse either succeeds or returns an error,
+//! never panics or allocates by an unchecked number. The parsers are pure over `&[u8]`, so each
+//! case mutates a copy of the file's first bytes in memory.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use proptest::prelude::*;
+
+/// The first `len` bytes of a real file (the header and some data).
+fn head(name: &str, len: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(common::model(name)).unwrap();
+    bytes.truncate(len);
+    bytes
+}
+
+fn check(original: &[u8], edits: &[(usize, u8)], cut: Option<usize>) {
+    let mut bytes = original.to_vec();
+    for &(at, value) in edits {
+        let at = at % bytes.len();
+        bytes[at] = value;
+    }
+    if let Some(cut) = cut {
+        bytes.truncate(cut % (bytes.len() + 1));
+    }
+    // Ok or Err are both fine; a panic fails the test.
+    let _ = mlmf_core::formats::parse(&bytes, Path::new("mutated"));
+}
+
+fn edits() -> impl Strategy<Value = Vec<(usize, u8)>> {
+    prop::collection::vec((0usize..1 << 20, any::<u8>()), 1..8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn safetensors_header(edits in edits(), cut in prop::option::of(0usize..1 << 20)) {
+        // MiniLM's header is about 12 KiB; mutate inside it.
+        static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let bytes = BYTES.get_or_init(|| head(common::MINILM, 16 << 10));
+        let edits: Vec<_> = edits.into_iter().map(|(a, v)| (a % (14 << 10), v)).collect();
+        check(bytes, &edits, cut);
+    }
+
+    #[test]
+    fn gguf_header(edits in edits(), cut in prop::option::of(0usize..1 << 22)) {
+        static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let bytes = BYTES.get_or_init(|| head(common::SMOLLM2, 4 << 20));
+        // Bias edits towards the fixed header and the first KV pairs, where counts live.
+        let edits: Vec<_> = edits.into_iter().map(|(a, v)| (if a % 2 == 0 { a % 512 } else { a }, v)).collect();
+        check(bytes, &edits, cut);
+    }
+
+    #[test]
+    fn pytorch_legacy_header(edits in edits(), cut in prop::option::of(0usize..1 << 20)) {
+        static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let bytes = BYTES.get_or_init(|| std::fs::read(common::model(common::MOBILENET)).unwrap());
+        let edits: Vec<_> = edits.into_iter().map(|(a, v)| (a % (64 << 10), v)).collect();
+        check(bytes, &edits, cut);
+    }
+}
+
+#[test]
+fn empty_and_tiny_files_are_errors() {
+    for bytes in [
+        &b""[..],
+        b"G",
+        b"GGUF",
+        b"PK\x03\x04",
+        b"\x80\x02",
+        &[0u8; 9],
+    ] {
+        assert!(
+            mlmf_core::formats::parse(bytes, Path::new("tiny")).is_err(),
+            "{bytes:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(
+        mlmf_core::ModelFile::open(&empty),
+        Err(mlmf_core::Error::UnknownFormat { .. })
+    ));
+}

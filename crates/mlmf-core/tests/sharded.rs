@@ -1,0 +1,68 @@
+//! Sharded safetensors checkpoints (Hugging Face `model.safetensors.index.json` layout), made by
+//! splitting the real MiniLM file with the `safetensors` crate.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+#[path = "../../../tests/common/shards.rs"]
+mod shards;
+
+use mlmf_core::{Error, Format, ModelFile};
+use shards::write_shards;
+
+#[test]
+fn opens_index_and_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = write_shards(dir.path());
+    for path in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.safetensors.index.json"),
+    ] {
+        let sharded = ModelFile::open(&path).unwrap();
+        assert_eq!(sharded.format(), Format::ShardedSafetensors);
+        assert_eq!(sharded.tensors().len(), src.tensors().len());
+        assert_eq!(sharded.data_bytes(), src.data_bytes());
+        for t in src.tensors() {
+            let s = sharded.tensor(&t.name).unwrap();
+            assert_eq!((s.dtype, &s.shape), (t.dtype, &t.shape));
+            assert!(sharded.bytes(s) == src.bytes(t), "{}", t.name);
+        }
+    }
+}
+
+#[test]
+fn missing_shard_is_an_io_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(dir.path());
+    std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
+    match ModelFile::open(dir.path()) {
+        Err(Error::Io { path, .. }) => assert!(path.ends_with("model-00002-of-00003.safetensors")),
+        other => panic!("expected Io error, got {other:?}"),
+    }
+}
+
+#[test]
+fn index_that_disagrees_with_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shards(dir.path());
+    let path = dir.path().join("model.safetensors.index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    index["weight_map"]["no.such.tensor"] = "model-00001-of-00003.safetensors".into();
+    std::fs::write(&path, index.to_string()).unwrap();
+    assert!(matches!(
+        ModelFile::open(dir.path()),
+        Err(Error::BadIndex { .. })
+    ));
+
+    index["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("no.such.tensor");
+    index["weight_map"]["pooler.dense.bias"] = "model-00003-of-00003.safetensors".into();
+    std::fs::write(&path, index.to_string()).unwrap();
+    assert!(matches!(
+        ModelFile::open(dir.path()),
+        Err(Error::BadIndex { .. })
+    ));
+}

@@ -1,0 +1,200 @@
+//! The GPU device: a wgpu device and queue opened with the adapter's own limits.
+
+use std::sync::{Arc, Mutex};
+
+use super::adapter;
+use mlmf_core::{Error, Result};
+
+/// Tuning knobs for a GPU device. The defaults suit real use; tests shrink them to exercise
+/// paging and the staging ring on small tensors.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Upper bound on one page (one wgpu buffer) of a tensor. The device's storage binding
+    /// limit is used when it is smaller.
+    pub max_page_bytes: Option<u64>,
+    /// Host memory for upload and readback staging, split into two halves so the CPU fills
+    /// one while the device copies the other.
+    pub staging_bytes: u64,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            max_page_bytes: None,
+            staging_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A GPU device. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Gpu {
+    pub(crate) inner: Arc<GpuInner>,
+}
+
+pub(crate) struct GpuInner {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Bytes per page: at most the storage binding limit, a multiple of 256.
+    pub page_bytes: u64,
+    /// Bytes in each of the two staging halves, a multiple of 256.
+    pub staging_half: u64,
+    pub pipelines: super::kernels::PipelineCache,
+    /// The first error wgpu reported outside an error scope. wgpu's default is to panic; we
+    /// keep it and return it as `Error::Gpu` at the next wait instead.
+    pub uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl Gpu {
+    pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        let (_instance, adapters, backends) = adapter::available()?;
+        let adapter = adapter::choose(adapters, backends)?;
+        let info = adapter.get_info();
+        // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
+        // need buffers far above the default 256 MiB.
+        let limits = adapter.limits();
+        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let features = adapter.features() & wanted;
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("mlmf"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
+            Error::RequestDevice(format!("{} ({:?}): {e}", info.name, info.backend))
+        })?;
+
+        let uncaptured = Arc::new(Mutex::new(None));
+        {
+            let slot = uncaptured.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                if let Ok(mut first) = slot.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }));
+        }
+        let binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let mut page_bytes = options.max_page_bytes.map_or(binding, |m| m.min(binding));
+        page_bytes -= page_bytes % 256;
+        let staging_half = (options.staging_bytes / 2).max(256);
+        let staging_half = staging_half - staging_half % 256;
+        if page_bytes == 0 {
+            return Err(Error::RequestDevice(format!(
+                "{}: storage binding limit {binding} is too small",
+                info.name
+            )));
+        }
+        Ok(Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                limits,
+                features,
+                page_bytes,
+                staging_half,
+                pipelines: Default::default(),
+                uncaptured,
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.info.name
+    }
+
+    pub fn backend(&self) -> wgpu::Backend {
+        self.inner.info.backend
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn has_shader_f16(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// Largest page (one buffer) a tensor is split into.
+    pub fn page_bytes(&self) -> u64 {
+        self.inner.page_bytes
+    }
+
+    pub fn wgpu_device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn wgpu_queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// A small uniform buffer holding `bytes` (kernel parameters).
+    pub(crate) fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Block until all submitted work is done; report any error wgpu raised meanwhile.
+    pub(crate) fn wait(&self, during: &str) -> Result<()> {
+        let gpu_err = |reason: String| Error::Gpu {
+            during: during.to_string(),
+            reason,
+        };
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| gpu_err(e.to_string()))?;
+        match self.inner.uncaptured.lock().ok().and_then(|mut e| e.take()) {
+            Some(reason) => Err(gpu_err(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Gpu({} on {:?})",
+            self.inner.info.name, self.inner.info.backend
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncaptured_wgpu_errors_are_returned_not_panicked() {
+        let gpu = Gpu::new(&GpuOptions::default()).unwrap();
+        // MAP_READ together with MAP_WRITE is invalid: wgpu reports it outside any scope.
+        let _bad = gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid on purpose"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: false,
+        });
+        let err = gpu.wait("test").unwrap_err();
+        assert!(
+            matches!(err, Error::Gpu { ref reason, .. } if reason.contains("invalid on purpose")),
+            "{err}"
+        );
+        // Reported once; the device goes on working.
+        gpu.wait("test").unwrap();
+    }
+}

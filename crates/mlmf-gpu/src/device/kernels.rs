@@ -1,0 +1,418 @@
+//! Kernel families, their WGSL source, and the per-device pipeline cache.
+//!
+//! This is the only place shader source is included. Each family is one file in `shaders/`
+//! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended, and for the
+//! families that read weight blocks (dequant, dequant_k, qmatmul, embedding)
+//! `shaders/quant_decode.wgsl`, the per-type element decoders, after it, or for the families
+//! that reduce rows (norm, softmax) `shaders/reduce.wgsl`, the workgroup reductions. Pipelines are
+//! compiled lazily, the first time a workload asks for an entry point, and kept per device.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::gpu::Gpu;
+use mlmf_core::{Error, Result};
+
+/// One kernel family: one WGSL file in `shaders/` and one launcher in `src/ops/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Plain numbers to f32 (`shaders/convert.wgsl`, `src/ops/convert.rs`).
+    Convert,
+    /// GGML's legacy 32-element blocks to f32 (`shaders/dequant.wgsl`, `src/ops/dequant.rs`).
+    Dequant,
+    /// GGML's 256-element K-quant super-blocks to f32 (`shaders/dequant_k.wgsl`,
+    /// `src/ops/dequant_k.rs`).
+    DequantK,
+    /// Fused matrix products `Y = W·X` with W in any decodable type (`shaders/qmatmul.wgsl`,
+    /// `src/ops/qmatmul.rs`).
+    QMatmul,
+    /// LoRA adapters: merged into a weight, or applied to a batch several at once
+    /// (`shaders/lora.wgsl`, `src/ops/lora.rs`).
+    Lora,
+    /// Layer and RMS normalisation over the last axis (`shaders/norm.wgsl`, `src/ops/norm.rs`).
+    Norm,
+    /// Softmax over the last axis (`shaders/softmax.wgsl`, `src/ops/softmax.rs`).
+    Softmax,
+    /// Rows of an embedding table in any decodable type gathered by id
+    /// (`shaders/embedding.wgsl`, `src/ops/embedding.rs`).
+    Embedding,
+    /// Scaled dot-product attention with a key padding mask (`shaders/attention.wgsl`,
+    /// `src/ops/attention.rs`; its softmax pass is the Softmax family's).
+    Attention,
+    /// 2-D convolution and global average pooling, NCHW (`shaders/conv.wgsl`,
+    /// `src/ops/conv.rs`).
+    Conv,
+    /// Tiled f32 matrix products, batched, with transposed operands and a fused bias
+    /// (`shaders/matmul.wgsl`, `src/ops/matmul.rs`).
+    Matmul,
+    /// Element-wise arithmetic and activations on f32 tensors (`shaders/elementwise.wgsl`,
+    /// `src/ops/elementwise.rs`).
+    Elementwise,
+}
+
+/// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
+/// organisation" 3). It is part of the pipeline key; [`Kernel::source_of`] is the one place the
+/// text is substituted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The source as written (f32 output).
+    #[default]
+    F32,
+    /// `enable f16;` first and `alias Out = f16;` for the family's `alias Out = f32;` line: the
+    /// family writes f16. Needs the shader-f16 feature; only families that write through
+    /// `Out` have it.
+    F16,
+}
+
+/// The line a family writes its output type with, when it has an f16 variant.
+const OUT_F32: &str = "alias Out = f32;";
+
+/// How a family's entry points bind their resources, in binding order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binding {
+    Uniform,
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 12] = [
+        Kernel::Convert,
+        Kernel::Dequant,
+        Kernel::DequantK,
+        Kernel::QMatmul,
+        Kernel::Lora,
+        Kernel::Norm,
+        Kernel::Softmax,
+        Kernel::Embedding,
+        Kernel::Attention,
+        Kernel::Conv,
+        Kernel::Matmul,
+        Kernel::Elementwise,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Convert => "convert",
+            Kernel::Dequant => "dequant",
+            Kernel::DequantK => "dequant_k",
+            Kernel::QMatmul => "qmatmul",
+            Kernel::Lora => "lora",
+            Kernel::Norm => "norm",
+            Kernel::Softmax => "softmax",
+            Kernel::Embedding => "embedding",
+            Kernel::Attention => "attention",
+            Kernel::Conv => "conv",
+            Kernel::Matmul => "matmul",
+            Kernel::Elementwise => "elementwise",
+        }
+    }
+
+    /// The full WGSL source: the shared helpers (and the decoders, for families that read
+    /// weight blocks), then the family's file.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Convert => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/convert.wgsl")
+            ),
+            Kernel::Dequant => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/dequant_common.wgsl"),
+                include_str!("../../shaders/dequant.wgsl")
+            ),
+            Kernel::DequantK => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/dequant_common.wgsl"),
+                include_str!("../../shaders/dequant_k.wgsl")
+            ),
+            Kernel::QMatmul => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/qmatmul.wgsl")
+            ),
+            Kernel::Lora => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/lora.wgsl")
+            ),
+            Kernel::Norm => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/reduce.wgsl"),
+                include_str!("../../shaders/norm.wgsl")
+            ),
+            Kernel::Softmax => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/reduce.wgsl"),
+                include_str!("../../shaders/softmax.wgsl")
+            ),
+            Kernel::Embedding => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/quant_decode.wgsl"),
+                include_str!("../../shaders/embedding.wgsl")
+            ),
+            Kernel::Attention => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/attention.wgsl")
+            ),
+            Kernel::Conv => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/conv.wgsl")
+            ),
+            Kernel::Matmul => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/matmul.wgsl")
+            ),
+            Kernel::Elementwise => concat!(
+                include_str!("../../shaders/common.wgsl"),
+                include_str!("../../shaders/elementwise.wgsl")
+            ),
+        }
+    }
+
+    /// The source of `variant`, or `None` when the family has no such variant. This is the only
+    /// place shader text is substituted.
+    pub fn source_of(self, variant: Variant) -> Option<Cow<'static, str>> {
+        let source = self.source();
+        match variant {
+            Variant::F32 => Some(Cow::Borrowed(source)),
+            Variant::F16 => source.contains(OUT_F32).then(|| {
+                Cow::Owned(format!(
+                    "enable f16;\n{}",
+                    source.replacen(OUT_F32, "alias Out = f16;", 1)
+                ))
+            }),
+        }
+    }
+
+    /// Bind group 0 of every entry point in the family.
+    pub fn bindings(self) -> &'static [Binding] {
+        match self {
+            Kernel::Convert | Kernel::Dequant | Kernel::DequantK | Kernel::Softmax => {
+                &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
+            }
+            // Elementwise: unary entry points bind a placeholder as the second operand.
+            Kernel::QMatmul | Kernel::Embedding | Kernel::Elementwise => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // A, B, the bias (a placeholder without one), C.
+            Kernel::Matmul => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // Every entry point binds all six; see shaders/lora.wgsl for what each holds.
+            Kernel::Lora => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+            // x (or q, or probabilities), weights (or k, v), bias (or mask), output.
+            Kernel::Norm | Kernel::Attention | Kernel::Conv => &[
+                Binding::Uniform,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadOnly,
+                Binding::ReadWrite,
+            ],
+        }
+    }
+}
+
+/// What identifies a compiled pipeline: the family, its source variant, the entry point and its
+/// `override` values.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PipelineKey {
+    pub kernel: Kernel,
+    pub variant: Variant,
+    pub entry: &'static str,
+    /// `override` constants by name; values as f64 bits so the key can hash.
+    pub constants: Vec<(&'static str, u64)>,
+}
+
+impl PipelineKey {
+    pub fn new(kernel: Kernel, entry: &'static str) -> PipelineKey {
+        PipelineKey {
+            kernel,
+            variant: Variant::F32,
+            entry,
+            constants: Vec::new(),
+        }
+    }
+
+    pub fn variant(mut self, variant: Variant) -> PipelineKey {
+        self.variant = variant;
+        self
+    }
+
+    pub fn with(mut self, name: &'static str, value: f64) -> PipelineKey {
+        self.constants.push((name, value.to_bits()));
+        self
+    }
+}
+
+/// A compiled pipeline with the layout its bind groups use.
+pub struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: Mutex<HashMap<(Kernel, Variant), wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+}
+
+impl Gpu {
+    /// The pipeline for `key`, compiled on first use.
+    pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<Pipeline>> {
+        let cache = &self.inner.pipelines;
+        if let Some(p) = lock(&cache.pipelines)?.get(key) {
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let during = || {
+            format!(
+                "compiling shaders/{}.wgsl ({:?} variant)",
+                key.kernel.name(),
+                key.variant
+            )
+        };
+        let module = {
+            let mut modules = lock(&cache.modules)?;
+            match modules.get(&(key.kernel, key.variant)) {
+                Some(m) => m.clone(),
+                None => {
+                    let Some(source) = key.kernel.source_of(key.variant) else {
+                        return Err(Error::Gpu {
+                            during: during(),
+                            reason: "the family has no such variant".into(),
+                        });
+                    };
+                    if key.variant == Variant::F16 && !self.has_shader_f16() {
+                        return Err(Error::Gpu {
+                            during: during(),
+                            reason: "the device has no shader-f16 feature".into(),
+                        });
+                    }
+                    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(key.kernel.name()),
+                        source: wgpu::ShaderSource::Wgsl(source),
+                    });
+                    if let Some(e) = pollster::block_on(scope.pop()) {
+                        return Err(Error::Gpu {
+                            during: during(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    modules.insert((key.kernel, key.variant), m.clone());
+                    m
+                }
+            }
+        };
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = key
+            .kernel
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Binding::Uniform => wgpu::BufferBindingType::Uniform,
+                        Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
+                        Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(key.kernel.name()),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(key.kernel.name()),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let constants: Vec<(&str, f64)> = key
+            .constants
+            .iter()
+            .map(|&(n, bits)| (n, f64::from_bits(bits)))
+            .collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(key.entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(key.entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                during: format!("building pipeline {}::{}", key.kernel.name(), key.entry),
+                reason: e.to_string(),
+            });
+        }
+        let p = Arc::new(Pipeline { pipeline, layout });
+        lock(&cache.pipelines)?.insert(key.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Dispatch `invocations` threads of `workgroup_size` as a 2-D grid that respects the
+    /// per-dimension workgroup limit (kernels use `flat_index` from common.wgsl).
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &Pipeline,
+        bind_group: &wgpu::BindGroup,
+        invocations: u64,
+        workgroup_size: u32,
+    ) {
+        let groups = invocations.div_ceil(u64::from(workgroup_size)).max(1);
+        let max_x = u64::from(
+            self.inner
+                .limits
+                .max_compute_workgroups_per_dimension
+                .max(1),
+        );
+        let x = groups.min(max_x) as u32;
+        let y = groups.div_ceil(max_x) as u32;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("mlmf"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(x, y, 1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::Gpu {
+        during: "pipeline cache".into(),
+        reason: "a thread panicked while holding the cache lock".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

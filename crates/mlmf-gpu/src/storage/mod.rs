@@ -1,0 +1,144 @@
+//! A tensor's bytes on a GPU: pages of wgpu buffers, each at most one storage binding, split
+//! at whole blocks (or whole rows) so kernels can work page by page; and the two ways bytes move
+//! between them and the host (`upload`, `readback`).
+
+pub(crate) mod readback;
+mod upload;
+
+pub(crate) use upload::Uploader;
+
+use mlmf_core::{DType, Error, Result, Shape};
+
+use crate::device::Gpu;
+
+/// A tensor's bytes in GPU buffers. Page `i` holds bytes `i * page_bytes ..` of the tensor;
+/// every page but the last is exactly `page_bytes` long, which is a multiple of the dtype's
+/// block size and of 4, so no block straddles two pages.
+pub struct GpuStorage {
+    gpu: Gpu,
+    pages: Vec<wgpu::Buffer>,
+    page_bytes: u64,
+    byte_len: u64,
+}
+
+impl GpuStorage {
+    /// Where GPU pages of this tensor are split: at whole rows when rows are small enough
+    /// (at most 1/16 of a page), else at whole blocks.
+    pub(crate) fn page_unit(gpu: &Gpu, dtype: DType, shape: &Shape) -> u64 {
+        dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
+    }
+
+    /// Empty pages for `len` bytes, split at multiples of `unit` bytes.
+    pub(crate) fn allocate(gpu: &Gpu, name: &str, len: u64, unit: u64) -> Result<GpuStorage> {
+        let limit = gpu.page_bytes();
+        let page_bytes = limit - limit % unit;
+        if page_bytes == 0 {
+            return Err(Error::DeviceLimit {
+                tensor: name.to_string(),
+                bytes: len,
+                reason: format!("one block of {unit} bytes exceeds the page size {limit}"),
+            });
+        }
+        let count = len.div_ceil(page_bytes);
+        // Running out of device memory is an error to return, not a panic.
+        let scope = gpu
+            .inner
+            .device
+            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let pages = (0..count)
+            .map(|i| {
+                let n = page_bytes.min(len - i * page_bytes);
+                gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(&format!("{name} page {i}")),
+                    size: n.next_multiple_of(4),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::DeviceLimit {
+                tensor: name.to_string(),
+                bytes: len,
+                reason: format!("out of device memory: {e}"),
+            });
+        }
+        Ok(GpuStorage {
+            gpu: gpu.clone(),
+            pages,
+            page_bytes,
+            byte_len: len,
+        })
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    pub fn pages(&self) -> &[wgpu::Buffer] {
+        &self.pages
+    }
+
+    pub fn page_bytes(&self) -> u64 {
+        self.page_bytes
+    }
+
+    pub fn byte_len(&self) -> u64 {
+        self.byte_len
+    }
+
+    /// Split the byte range `pos..pos + len` (a multiple of 4, padded past the end at most to
+    /// the next multiple of 4) into `(page, offset in page, tensor offset, count)` pieces.
+    pub(crate) fn spans(&self, pos: u64, len: u64) -> Vec<(&wgpu::Buffer, u64, u64, u64)> {
+        let mut out = Vec::new();
+        let end = pos + len;
+        let mut at = pos;
+        while at < end {
+            let page = (at / self.page_bytes) as usize;
+            let in_page = at - page as u64 * self.page_bytes;
+            let page_size = self.pages[page].size();
+            let count = (page_size - in_page).min(end - at);
+            out.push((&self.pages[page], in_page, at, count));
+            at += count;
+        }
+        out
+    }
+
+    /// A copy on `gpu`: a device-side copy on the same device, chunk by chunk through host
+    /// memory between different devices.
+    pub(crate) fn copy_to(&self, gpu: &Gpu, name: &str, unit: u64) -> Result<GpuStorage> {
+        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit)?;
+        if std::sync::Arc::ptr_eq(&self.gpu.inner, &gpu.inner) && out.page_bytes == self.page_bytes
+        {
+            let mut encoder =
+                gpu.inner
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("mlmf copy"),
+                    });
+            for (src, dst) in self.pages.iter().zip(&out.pages) {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
+            }
+            gpu.inner.queue.submit([encoder.finish()]);
+        } else {
+            readback::for_each_chunk(self, |pos, chunk| {
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(4), 0);
+                for (page, page_off, at, count) in out.spans(pos, padded.len() as u64) {
+                    let from = (at - pos) as usize;
+                    gpu.inner.queue.write_buffer(
+                        page,
+                        page_off,
+                        &padded[from..from + count as usize],
+                    );
+                }
+                gpu.inner.queue.submit([]);
+                gpu.wait("copy between devices")
+            })?;
+        }
+        gpu.wait("copy")?;
+        Ok(out)
+    }
+}
