@@ -15,7 +15,8 @@ import shutil
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The torch.save writer lives with the PyTorch reader's test data in mlmf-core.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../../mlmf-core/tests/data"))
 import make_pytorch_fixtures as pt  # noqa: E402
 
 
