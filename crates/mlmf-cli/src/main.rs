@@ -508,11 +508,11 @@ fn classify(
     images: &[PathBuf],
 ) -> Result<()> {
     use mlmf::models::{cache_dir, mobilenet_v2::MobileNetV2};
-    use mlmf::multimodal::{imagenet_labels, labels::IMAGENET_LABELS_FILE, top_k, ImagePreprocess};
+    use mlmf::multimodal::{imagenet_labels, top_k, ImagePreprocess};
     let path = model.unwrap_or_else(|| cache_dir().join("mobilenet_v2-b0353104.pth"));
     let file = ModelFile::open(&path)?;
     let net = MobileNetV2::load(&file, &device(device_arg)?)?;
-    let labels = imagenet_labels(cache_dir().join(IMAGENET_LABELS_FILE))?;
+    let labels = imagenet_labels();
     let pre = ImagePreprocess::imagenet();
     let mut results = Vec::with_capacity(images.len());
     for image in images {

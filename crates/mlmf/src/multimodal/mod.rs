@@ -4,6 +4,6 @@
 pub mod labels;
 pub mod preprocess;
 
-pub use labels::{imagenet_labels, top_k, Class};
+pub use labels::{imagenet_labels, imagenet_labels_from_file, top_k, Class};
 pub use preprocess::image::{Filter, ImagePreprocess};
 pub use preprocess::text::TextTokenizer;
