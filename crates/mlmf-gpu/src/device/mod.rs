@@ -3,6 +3,7 @@
 mod adapter;
 mod gpu;
 pub(crate) mod kernels;
+mod pipeline_cache;
 
 pub use adapter::{adapters, AdapterReport};
 pub use gpu::{Gpu, GpuOptions};
