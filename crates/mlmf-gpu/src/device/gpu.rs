@@ -67,11 +67,8 @@ impl Gpu {
         // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
         // need buffers far above the default 256 MiB.
         let limits = adapter.limits();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
-        let wanted = match cache_dir {
-            Some(_) => wanted | wgpu::Features::PIPELINE_CACHE,
-            None => wanted,
-        };
+        let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        wanted.set(wgpu::Features::PIPELINE_CACHE, cache_dir.is_some());
         let features = adapter.features() & wanted;
         let desc = wgpu::DeviceDescriptor {
             label: Some("mlmf"),
