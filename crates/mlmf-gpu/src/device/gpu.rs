@@ -1,8 +1,10 @@
 //! The GPU device: a wgpu device and queue opened with the adapter's own limits.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::adapter;
+use super::pipeline_cache::{self, DiskCache};
 use mlmf_core::{Error, Result};
 
 /// Tuning knobs for a GPU device. The defaults suit real use; tests shrink them to exercise
@@ -43,20 +45,30 @@ pub(crate) struct GpuInner {
     /// Bytes in each of the two staging halves, a multiple of 256.
     pub staging_half: u64,
     pub pipelines: super::kernels::PipelineCache,
+    /// wgpu's on-disk pipeline cache, where the adapter offers one and it is not turned off.
+    pub disk_cache: Option<DiskCache>,
     /// The first error wgpu reported outside an error scope. wgpu's default is to panic; we
     /// keep it and return it as `Error::Gpu` at the next wait instead.
     pub uncaptured: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
+    /// The chosen adapter's device, with its pipeline cache where `MLMF_PIPELINE_CACHE`
+    /// allows (see `pipeline_cache.rs`).
     pub fn new(options: &GpuOptions) -> Result<Gpu> {
+        Gpu::open(options, pipeline_cache::dir_from_env().as_deref())
+    }
+
+    /// Like [`Gpu::new`] with the pipeline cache kept in `cache_dir` (`None`: no cache).
+    pub(crate) fn open(options: &GpuOptions, cache_dir: Option<&Path>) -> Result<Gpu> {
         let (_instance, adapters, backends) = adapter::available()?;
         let adapter = adapter::choose(adapters, backends)?;
         let info = adapter.get_info();
         // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
         // need buffers far above the default 256 MiB.
         let limits = adapter.limits();
-        let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        let mut wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP;
+        wanted.set(wgpu::Features::PIPELINE_CACHE, cache_dir.is_some());
         let features = adapter.features() & wanted;
         let desc = wgpu::DeviceDescriptor {
             label: Some("mlmf"),
@@ -92,6 +104,7 @@ impl Gpu {
                 info.name
             )));
         }
+        let disk_cache = cache_dir.and_then(|dir| DiskCache::open(&device, &info, dir));
         Ok(Gpu {
             inner: Arc::new(GpuInner {
                 device,
@@ -102,6 +115,7 @@ impl Gpu {
                 page_bytes,
                 staging_half,
                 pipelines: Default::default(),
+                disk_cache,
                 uncaptured,
             }),
         })

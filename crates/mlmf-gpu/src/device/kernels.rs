@@ -365,7 +365,7 @@ impl Gpu {
                 constants: &constants,
                 zero_initialize_workgroup_memory: true,
             },
-            cache: None,
+            cache: self.inner.disk_cache.as_ref().map(|c| c.for_compiling()),
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu {

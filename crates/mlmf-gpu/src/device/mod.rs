@@ -3,6 +3,7 @@
 mod adapter;
 mod gpu;
 pub(crate) mod kernels;
+mod pipeline_cache;
 
 pub use adapter::{adapters, AdapterReport};
 pub use gpu::{Gpu, GpuOptions};
@@ -19,6 +20,8 @@ pub enum Device {
 
 impl Device {
     /// The best GPU adapter (see [`adapters`]); `MLMF_BACKEND` and `MLMF_ADAPTER` override.
+    /// Compiled pipelines are kept on disk where the driver offers it: `MLMF_PIPELINE_CACHE`
+    /// names the directory, or `off`.
     pub fn gpu() -> Result<Device> {
         Ok(Device::Gpu(Gpu::new(&GpuOptions::default())?))
     }
