@@ -12,12 +12,14 @@
 //! # Ok::<(), mlmf_core::Error>(())
 //! ```
 
+mod cache_dir;
 pub mod dtype;
 pub mod error;
 pub mod formats;
 pub mod quant;
 mod shape;
 
+pub use cache_dir::cache_dir;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use formats::names::{Arch, NameMap, Rule};

@@ -25,17 +25,7 @@ pub(crate) fn dir_from_env() -> Option<PathBuf> {
     match std::env::var_os("MLMF_PIPELINE_CACHE") {
         Some(v) if v == "off" => None,
         Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ => {
-            let base = match (
-                std::env::var_os("MLMF_MODELS"),
-                std::env::var_os("XDG_CACHE_HOME"),
-            ) {
-                (Some(models), _) => PathBuf::from(models),
-                (None, Some(xdg)) => PathBuf::from(xdg).join("mlmf"),
-                (None, None) => PathBuf::from(std::env::var_os("HOME")?).join(".cache/mlmf"),
-            };
-            Some(base.join("pipelines"))
-        }
+        _ => Some(mlmf_core::cache_dir().join("pipelines")),
     }
 }
 
