@@ -16,6 +16,7 @@ pub mod models;
 pub mod multimodal;
 pub mod provenance;
 mod quantize;
+mod timestamp;
 
 pub use mlmf_core::{dtype, error, formats};
 pub use mlmf_gpu::ops;
