@@ -126,6 +126,7 @@ pub mod models;
 pub mod multimodal;
 pub mod provenance;
 mod quantize;
+mod timestamp;
 
 pub use mlmf_core::{dtype, formats};
 // Inside the crate, `crate::error::{Error, Result}` reads like the rest of the code base.

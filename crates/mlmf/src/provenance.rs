@@ -436,7 +436,7 @@ impl Provenance {
             parents: self.parents.clone(),
             transforms: self.transforms.clone(),
             tool: TOOL.to_string(),
-            time: now_rfc3339(),
+            time: crate::timestamp::rfc3339(crate::timestamp::source_date()),
         }
     }
 
@@ -670,51 +670,9 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The current time (or `SOURCE_DATE_EPOCH`) as RFC 3339 UTC, e.g. `2025-01-31T12:00:00Z`.
-fn now_rfc3339() -> String {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-        });
-    rfc3339(secs)
-}
-
-/// Seconds since 1970 as RFC 3339 UTC (proleptic Gregorian; Howard Hinnant's `civil_from_days`).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_738_324_799), "2025-01-31T11:59:59Z");
-        assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
-    }
 
     #[test]
     fn hash_text_round_trips_and_rejects_bad_text() {

@@ -19,7 +19,7 @@
 //!   what the target path holds.
 //! - in the manager's directory sequence (model written, manifest written, rename, parent
 //!   fsync, `latest` replaced, and prune's rename-then-delete) exactly, through a debug-build hook
-//!   in `src/checkpoint/manager.rs`: when `MLMF_CHECKPOINT_PAUSE_AT` names a point the child
+//!   in `src/checkpoint/manager/disk.rs`: when `MLMF_CHECKPOINT_PAUSE_AT` names a point the child
 //!   announces it and waits, and the parent kills it there. Release builds compile the hook out,
 //!   so that test is ignored there.
 //!

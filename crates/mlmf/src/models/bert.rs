@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::multimodal::preprocess::text::{Encoded, TextTokenizer};
@@ -17,62 +19,59 @@ use crate::ops::{attention, elementwise, embedding, matmul, norm};
 use crate::Device;
 use crate::Tensor;
 
-/// The `config.json` fields the encoder needs.
-#[derive(Clone, Debug, PartialEq)]
+/// The `config.json` fields the encoder needs; other keys are ignored.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct BertConfig {
     pub hidden_size: usize,
     pub num_attention_heads: usize,
     pub num_hidden_layers: usize,
     pub intermediate_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f32,
     pub max_position_embeddings: usize,
     pub type_vocab_size: usize,
+}
+
+/// transformers' `BertConfig` default.
+fn default_layer_norm_eps() -> f32 {
+    1e-12
+}
+
+/// The keys of `config.json` that select variants; only one of each is implemented.
+#[derive(Deserialize)]
+struct ConfigFile {
+    #[serde(flatten)]
+    config: BertConfig,
+    hidden_act: Option<String>,
+    position_embedding_type: Option<String>,
 }
 
 impl BertConfig {
     /// Read `config.json`; `hidden_act` must be `gelu` (the erf form) and the position
     /// embeddings `absolute`, the only ones implemented.
     pub fn open(path: &Path) -> Result<BertConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadModel {
             path: path.to_path_buf(),
             reason,
         };
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
-        let num = |key: &str| {
-            json.get(key)
-                .and_then(serde_json::Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| bad(format!("{key} is missing or not a number")))
-        };
-        let act = json.get("hidden_act").and_then(|v| v.as_str());
+        let file: ConfigFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        let act = file.hidden_act.as_deref();
         if act != Some("gelu") {
             return Err(bad(format!(
                 "hidden_act {act:?}: only \"gelu\" is implemented"
             )));
         }
-        let pos = json
-            .get("position_embedding_type")
-            .and_then(|v| v.as_str())
+        let pos = file
+            .position_embedding_type
+            .as_deref()
             .unwrap_or("absolute");
         if pos != "absolute" {
             return Err(bad(format!(
                 "position_embedding_type {pos}: only absolute is implemented"
             )));
         }
-        let config = BertConfig {
-            hidden_size: num("hidden_size")?,
-            num_attention_heads: num("num_attention_heads")?,
-            num_hidden_layers: num("num_hidden_layers")?,
-            intermediate_size: num("intermediate_size")?,
-            layer_norm_eps: json
-                .get("layer_norm_eps")
-                .and_then(serde_json::Value::as_f64)
-                .unwrap_or(1e-12) as f32,
-            max_position_embeddings: num("max_position_embeddings")?,
-            type_vocab_size: num("type_vocab_size")?,
-        };
+        let config = file.config;
         if config.num_attention_heads == 0
             || !config
                 .hidden_size
@@ -220,10 +219,13 @@ impl BertEmbedder {
         let c = &self.config;
         let (batch, len, hidden) = (encoded.batch, encoded.len, c.hidden_size);
         if len > c.max_position_embeddings {
-            return Err(Error::Usage(format!(
-                "{len} tokens; the model takes at most {}",
-                c.max_position_embeddings
-            )));
+            // Position ids run to len - 1; the model has embeddings for fewer.
+            return Err(Error::OpIndex {
+                op: "BertEmbedder::forward",
+                what: "token position",
+                index: len as u64 - 1,
+                len: c.max_position_embeddings as u64,
+            });
         }
         let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
         let words = embedding::embedding(&self.word, &encoded.ids)?;
@@ -305,4 +307,39 @@ pub fn mean_pool_normalize(
 /// model cache.
 pub fn minilm_dir(models: &Path) -> PathBuf {
     models.join("all-MiniLM-L6-v2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_ignores_other_keys_and_names_the_file_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let open = |json: &str| {
+            std::fs::write(&path, json).unwrap();
+            BertConfig::open(&path)
+        };
+        let good = r#"{"architectures": ["BertModel"], "hidden_act": "gelu", "hidden_size": 384,
+            "intermediate_size": 1536, "max_position_embeddings": 512, "num_attention_heads": 12,
+            "num_hidden_layers": 6, "type_vocab_size": 2, "vocab_size": 30522}"#;
+        let config = open(good).unwrap();
+        assert_eq!((config.hidden_size, config.layer_norm_eps), (384, 1e-12));
+        for (bad, expected) in [
+            (good.replace("\"hidden_size\"", "\"hidden\""), "hidden_size"),
+            (good.replace("384", "-384"), "-384"),
+            (good.replace("\"gelu\"", "\"relu\""), "hidden_act"),
+            (good.replace("12,", "7,"), "heads"),
+            ("{not json".to_string(), "line 1"),
+        ] {
+            let err = open(&bad).unwrap_err();
+            assert!(matches!(err, Error::BadModel { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("config.json") && text.contains(expected),
+                "{text}"
+            );
+        }
+    }
 }
