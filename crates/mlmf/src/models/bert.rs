@@ -220,10 +220,12 @@ impl BertEmbedder {
         let c = &self.config;
         let (batch, len, hidden) = (encoded.batch, encoded.len, c.hidden_size);
         if len > c.max_position_embeddings {
-            return Err(Error::Usage(format!(
-                "{len} tokens; the model takes at most {}",
-                c.max_position_embeddings
-            )));
+            return Err(Error::OpIndex {
+                op: "bert embeddings",
+                what: "token position",
+                index: len as u64 - 1,
+                len: c.max_position_embeddings as u64,
+            });
         }
         let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
         let words = embedding::embedding(&self.word, &encoded.ids)?;
