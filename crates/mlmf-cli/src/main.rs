@@ -488,11 +488,7 @@ fn convert(
                 "{} exists; pass --force to replace it",
                 path.display()
             )),
-            Error::UnknownArchitecture { path } => CliError::Usage(format!(
-                "{}: --map needs the architecture: no general.architecture, no config.json \
-                 beside the input; pass --arch",
-                path.display()
-            )),
+            e @ Error::UnknownArchitecture { .. } => CliError::Usage(format!("{e}; pass --arch")),
             e => e.into(),
         })?;
     bar.finish();
