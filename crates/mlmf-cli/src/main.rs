@@ -7,9 +7,22 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use mlmf::checkpoint::AtomicFile;
+use mlmf::checkpoint::Progress;
 use mlmf::formats::Value;
-use mlmf::{Device, Error, ModelFile, Result};
+use mlmf::{Device, Error, ModelFile};
+
+/// Why a command failed: its arguments, or what the library reported.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Mlmf(#[from] Error),
+}
+
+type Result<T, E = CliError> = std::result::Result<T, E>;
 
 #[derive(Parser)]
 #[command(
@@ -257,7 +270,7 @@ fn main() -> ExitCode {
 
 fn device(arg: DeviceArg) -> Result<Device> {
     match arg {
-        DeviceArg::Gpu => Device::gpu(),
+        DeviceArg::Gpu => Ok(Device::gpu()?),
         DeviceArg::Cpu => Ok(Device::Cpu),
     }
 }
@@ -370,15 +383,18 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
 fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result<()> {
     let dtype = mlmf::DType::from_name(dtype)
         .filter(|d| mlmf::quant::supports(*d))
-        .ok_or_else(|| Error::Usage(format!("--type {dtype}: not a type mlmf can quantize to")))?;
+        .ok_or_else(|| {
+            CliError::Usage(format!("--type {dtype}: not a type mlmf can quantize to"))
+        })?;
     let keep = keep
         .iter()
-        .map(|k| regex::Regex::new(k).map_err(|e| Error::Usage(format!("--keep {k}: {e}"))))
+        .map(|k| regex::Regex::new(k).map_err(|e| CliError::Usage(format!("--keep {k}: {e}"))))
         .collect::<Result<Vec<_>>>()?;
     let file = ModelFile::open(input)?;
     let options = mlmf::quant::QuantizeOptions { dtype, keep };
-    let mut bar = progress_bar(file.tensors().len());
-    let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |i, t| bar(i, &t.name))?;
+    let bar = progress_bar();
+    let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |p| show(&bar, p))?;
+    bar.finish();
     println!(
         "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
         "tensor", "from", "to", "shape", "bytes in", "bytes out"
@@ -407,28 +423,28 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
     Ok(())
 }
 
-/// A progress bar on stderr when it is a terminal.
-fn progress_bar(total: usize) -> impl FnMut(usize, &str) {
-    use std::io::{IsTerminal, Write};
-    let bar = std::io::stderr().is_terminal();
-    move |i, name| {
-        if bar {
-            let width = 30;
-            let done = (i * width) / total.max(1);
-            eprint!(
-                "\r[{}{}] {}/{} {:<40.40}",
-                "#".repeat(done),
-                " ".repeat(width - done),
-                i + 1,
-                total,
-                name
-            );
-            if i + 1 == total {
-                eprintln!();
-            }
-            let _ = std::io::stderr().flush();
-        }
+/// A bar of bytes written, with throughput and time left, on stderr when it is a terminal
+/// (indicatif draws nothing otherwise). Left as it is when dropped on an error.
+fn progress_bar() -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "[{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",
+    )
+    .map(|s| s.progress_chars("#>-"))
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::new(0)
+        .with_style(style)
+        .with_finish(ProgressFinish::Abandon);
+    if !bar.is_hidden() {
+        // Redraw while a large tensor is written, so the rate and ETA keep moving.
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
     }
+    bar
+}
+
+fn show(bar: &ProgressBar, p: Progress<'_>) {
+    bar.set_length(p.total);
+    bar.set_position(p.done);
+    bar.set_message(p.name.to_string());
 }
 
 fn convert(
@@ -445,7 +461,9 @@ fn convert(
         .map(|a| {
             mlmf::Arch::from_gguf(a)
                 .or_else(|| mlmf::Arch::from_hf(a))
-                .ok_or_else(|| Error::Usage(format!("--arch {a}: not an architecture mlmf maps")))
+                .ok_or_else(|| {
+                    CliError::Usage(format!("--arch {a}: not an architecture mlmf maps"))
+                })
         })
         .transpose()?;
     let options = ConvertOptions {
@@ -463,8 +481,17 @@ fn convert(
         force,
     };
     let file = ModelFile::open(input)?;
-    let mut progress = progress_bar(file.tensors().len());
-    let report = mlmf::checkpoint::convert_file(&file, output, &options, &mut progress)?;
+    let bar = progress_bar();
+    let report = mlmf::checkpoint::convert_file(&file, output, &options, &mut |p| show(&bar, p))
+        .map_err(|e| match e {
+            Error::OutputExists { path } => CliError::Usage(format!(
+                "{} exists; pass --force to replace it",
+                path.display()
+            )),
+            e @ Error::UnknownArchitecture { .. } => CliError::Usage(format!("{e}; pass --arch")),
+            e => e.into(),
+        })?;
+    bar.finish();
     let changed = report
         .iter()
         .filter(|t| t.name != t.from_name || t.to != t.from || t.note.is_some())
@@ -561,8 +588,11 @@ fn lora_merge(
         },
     };
     let device = device(device_arg)?;
-    let mut progress = progress_bar(file.tensors().len());
-    let report = mlmf::lora::merge_file(&device, &file, &bound, &options, output, &mut progress)?;
+    let bar = progress_bar();
+    let report = mlmf::lora::merge_file(&device, &file, &bound, &options, output, &mut |p| {
+        show(&bar, p)
+    })?;
+    bar.finish();
     println!(
         "{:<48} {:<8} {:<8} {:<20} action",
         "tensor", "from", "to", "shape"
@@ -670,7 +700,8 @@ fn devices(json: bool) -> Result<()> {
     if adapters.is_empty() {
         return Err(Error::NoAdapter {
             detail: String::new(),
-        });
+        }
+        .into());
     }
     for a in &adapters {
         println!(

@@ -315,7 +315,7 @@ fn quantize(input: &Path, output: &Path, dtype: DType) {
         dtype,
         keep: Vec::new(),
     };
-    quantize_file(&file, output, &options, &mut |_, _| {}).unwrap();
+    quantize_file(&file, output, &options, &mut |_| {}).unwrap();
 }
 
 fn canonical(path: &Path) -> String {

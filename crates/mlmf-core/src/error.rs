@@ -187,6 +187,34 @@ pub enum Error {
         reason: String,
     },
 
+    /// The output is there already and the caller did not ask to replace it.
+    #[error("{path} exists; not replacing it")]
+    OutputExists { path: PathBuf },
+
+    /// An output path whose name does not say which format to write.
+    #[error("{path}: the output's name must end in {expected}")]
+    OutputName {
+        path: PathBuf,
+        expected: &'static str,
+    },
+
+    /// A conversion to a dtype that tensors cannot be cast to (only F32, F16 and BF16 can).
+    #[error("casting tensors to {dtype} is not supported; F32, F16 or BF16")]
+    UnsupportedCast { dtype: DType },
+
+    // ---- tensor names ----------------------------------------------------------------------------
+    /// A user rule between Hugging Face and GGUF names that cannot be applied both ways.
+    #[error("name rule '{hf}' <-> '{gguf}': {reason}")]
+    BadNameRule {
+        hf: String,
+        gguf: String,
+        reason: String,
+    },
+
+    /// Names are to be mapped but neither the file nor the caller says which architecture's.
+    #[error("{path}: mapping tensor names needs the architecture: the file has no general.architecture and no config.json beside it names one")]
+    UnknownArchitecture { path: PathBuf },
+
     // ---- lookups -------------------------------------------------------------------------------
     #[error("{path}: no tensor named '{tensor}'")]
     TensorNotFound { path: PathBuf, tensor: String },
@@ -350,16 +378,20 @@ pub enum Error {
         problems: Vec<String>,
     },
 
+    /// Every slot of an `AdapterSet` holds an adapter.
+    #[error("all {capacity} adapter slots are in use; unload one first")]
+    AdapterSlotsFull { capacity: usize },
+
+    /// A handle to an adapter that was unloaded (its slot may hold another one now).
+    #[error("adapter in slot {slot} was unloaded; its handle is no longer valid")]
+    StaleAdapter { slot: usize },
+
     // ---- models and their inputs ----------------------------------------------------------------
     #[error("{path}: tokenizer: {reason}")]
     Tokenizer { path: PathBuf, reason: String },
 
     #[error("{path}: {reason}")]
     BadModel { path: PathBuf, reason: String },
-
-    // ---- the command-line tool and user arguments ------------------------------------------------
-    #[error("{0}")]
-    Usage(String),
 
     // ---- provenance (records in file metadata, content hashes) -----------------------------------
     /// The `mlmf.provenance` metadata is there but cannot be read as a record.

@@ -17,7 +17,7 @@ use mlmf::models::bert::BertEmbedder;
 use mlmf::models::cache_dir;
 use mlmf::models::mobilenet_v2::MobileNetV2;
 use mlmf::multimodal::{imagenet_labels, top_k, Class, ImagePreprocess};
-use mlmf::{Device, Error, ModelFile, Result};
+use mlmf::{Device, ModelFile, Result};
 
 /// Classes per photo that go into its embedding.
 const TOP: usize = 5;
@@ -44,7 +44,7 @@ struct Args {
     queries: Vec<String>,
 }
 
-fn args() -> Result<Args> {
+fn args() -> Result<Args, String> {
     let mut a = Args {
         json: false,
         html: PathBuf::from("image_text_search.html"),
@@ -53,19 +53,16 @@ fn args() -> Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = |flag: &str| {
-            it.next()
-                .ok_or_else(|| Error::Usage(format!("{flag} needs a value")))
-        };
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
         match arg.as_str() {
             "--json" => a.json = true,
             "--html" => a.html = value("--html")?.into(),
             "--image" => a.images.push(value("--image")?.into()),
             "--query" => a.queries.push(value("--query")?),
             other => {
-                return Err(Error::Usage(format!(
+                return Err(format!(
                 "unknown argument {other}; expected --json, --html OUT, --image PATH, --query TEXT"
-            )))
+            ))
             }
         }
     }
@@ -92,7 +89,7 @@ struct Photo {
     embedding: Vec<f32>,
 }
 
-fn main() -> Result<()> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
     let device = Device::gpu()?;
     eprintln!("device: {}", device.describe());

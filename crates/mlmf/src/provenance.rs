@@ -19,7 +19,8 @@
 //! - `parents[].path` is the parent's absolute path when it was written; `content_hash` is the
 //!   hash the parent's own record states when it has one, else the parent's content hash.
 //! - `transforms[].kind` is one of `convert` (`from`, `to`: format names), `quantize`
-//!   (`dtype`), `lora_merge` (`adapter`: path, `adapter_hash`, `scale`: the user's multiplier),
+//!   (`dtype`), `lora_merge` (`adapter`: path, `adapter_hash`: [`crate::lora::adapter_hash`],
+//!   `scale`: the user's multiplier),
 //!   `name_map` (`map`, e.g. `hf-to-gguf`) or `load_transform` (`description`); see
 //!   [`Transform`]. Kinds this version does not know are kept as [`Transform::Other`].
 //! - `tool` is `mlmf <version>`; `time` is RFC 3339 UTC to the second (`SOURCE_DATE_EPOCH`,
@@ -41,14 +42,6 @@
 //! and `content_hash = "sha256:" + hex(sha256(stream))`. Metadata is not hashed (the record
 //! lives there). Per-tensor digests let a writer hash each tensor as it streams, in any order:
 //! see [`ContentHasher`].
-//!
-//! # The adapter hash of a LoRA merge
-//!
-//! [`adapter_hash`]: for a PEFT adapter, `sha256(C || S)` where `C` is the 32-byte content hash
-//! of its tensor file (`adapter_model.safetensors` or `.bin`) and `S` the sha256 of the bytes of
-//! `adapter_config.json` (which holds `lora_alpha`, `r` and the other settings that change the
-//! result); for a GGUF adapter, the sha256 of the whole file (its settings are metadata, which
-//! the content hash leaves out).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -62,7 +55,6 @@ use sha2::{Digest, Sha256};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::formats::{ModelFile, TensorInfo, Value};
-use crate::lora::{LoraAdapter, Naming};
 use crate::Source;
 
 /// The metadata key that holds the record.
@@ -302,7 +294,8 @@ pub enum Transform {
     Quantize { dtype: String },
     /// Every floating-point tensor converted to `dtype` (`F32`, `F16`, `BF16`).
     Cast { dtype: String },
-    /// A LoRA adapter merged in: its path, [`adapter_hash`] and the user's multiplier.
+    /// A LoRA adapter merged in: its path, [`crate::lora::adapter_hash`] and the user's
+    /// multiplier.
     LoraMerge {
         adapter: String,
         adapter_hash: Sha256Hash,
@@ -636,29 +629,6 @@ fn open_node(path: &Path, expected: Sha256Hash) -> Node {
         Err(e) => node.found = Found::Unreadable(e.to_string()),
     }
     node
-}
-
-// ---- LoRA adapters ---------------------------------------------------------------------------
-
-/// The hash a `lora_merge` transform records for `adapter` (see the module docs).
-pub fn adapter_hash(adapter: &LoraAdapter) -> Result<Sha256Hash> {
-    match adapter.naming() {
-        Naming::HuggingFace => {
-            let (config, weights) = crate::lora::peft_files(adapter.path())?;
-            let tensors = content_hash(&ModelFile::open(&weights)?)?;
-            let config_bytes = std::fs::read(&config).map_err(|e| Error::io(&config, e))?;
-            let mut h = Sha256::new();
-            h.update(tensors.0);
-            h.update(Sha256::digest(&config_bytes));
-            Ok(Sha256Hash(h.finalize().into()))
-        }
-        Naming::Gguf => {
-            // Adapters are small (rank x (in + out) per module): read whole.
-            let path = adapter.path();
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            Ok(Sha256Hash::of(&bytes))
-        }
-    }
 }
 
 // ---- small helpers ---------------------------------------------------------------------------

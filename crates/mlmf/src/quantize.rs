@@ -9,11 +9,12 @@ use std::path::Path;
 
 use regex::Regex;
 
-use crate::checkpoint::{ChunkSource, GgufWriter, TensorSource};
-use crate::dtype::{DType, Kind};
+use crate::checkpoint::rewrite::{self, Output, Rewrite};
+use crate::checkpoint::{ChunkSource, Progress};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::formats::{Format, Metadata, ModelFile, TensorInfo, Value};
-use crate::provenance::{Parent, Provenance, Transform};
+use crate::formats::{Format, ModelFile, TensorInfo, Value};
+use crate::provenance::Transform;
 use crate::Source;
 
 /// Input rows converted per step, in f32 bytes.
@@ -77,7 +78,7 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
                 Some("--keep")
             } else if t.shape.rank() < 2 {
                 Some("1-D")
-            } else if !can_read(t.dtype) {
+            } else if !rewrite::decodable(t.dtype) {
                 Some("not a float tensor")
             } else if !(t.shape.row_len() as u64).is_multiple_of(options.dtype.block_elems()) {
                 Some("row length is not a whole number of blocks")
@@ -89,33 +90,17 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
             } else {
                 options.dtype
             };
-            let bytes_out =
-                to.byte_len(t.shape.elem_count())
-                    .ok_or_else(|| Error::ShapeOverflow {
-                        path: file.path().to_path_buf(),
-                        tensor: t.name.clone(),
-                        shape: t.shape.dims().iter().map(|&d| d as u64).collect(),
-                    })?;
             Ok(Planned {
                 name: t.name.clone(),
                 from: t.dtype,
                 to,
                 shape: t.shape.dims().to_vec(),
                 bytes_in: t.byte_len(),
-                bytes_out,
+                bytes_out: rewrite::out_len(file, t, to)?,
                 kept,
             })
         })
         .collect()
-}
-
-/// Whether a tensor of `dtype` holds real numbers this crate can read as f32 on the CPU.
-fn can_read(dtype: DType) -> bool {
-    match dtype.kind() {
-        Kind::Float => crate::ops::convert::supports(dtype),
-        Kind::Block => crate::ops::dequant::supports(dtype),
-        Kind::Int | Kind::Bool => false,
-    }
 }
 
 /// Quantize `file` into a GGUF file at `out` (written atomically). `progress` is called before
@@ -125,89 +110,63 @@ pub fn quantize_file(
     file: &ModelFile,
     out: &Path,
     options: &QuantizeOptions,
-    progress: &mut dyn FnMut(usize, &Planned),
+    progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Vec<Planned>> {
     let plan = plan(file, options)?;
-    let provenance = Provenance {
-        parents: vec![Parent::of(file)?],
-        transforms: vec![Transform::Quantize {
-            dtype: options.dtype.name().to_string(),
-        }],
-    };
-    let mut metadata = carried_metadata(file);
-    if let Some(ft) = file_type(options.dtype) {
-        set(&mut metadata, "general.file_type", Value::U32(ft));
-    }
-    set(&mut metadata, "general.quantization_version", Value::U32(2));
-    let progress = std::cell::RefCell::new(progress);
-    let sources: Vec<QuantSource> = file
+    let outputs = file
         .tensors()
         .iter()
         .zip(&plan)
-        .enumerate()
-        .map(|(index, (info, planned))| QuantSource {
-            file,
-            info,
-            planned,
-            index,
-            progress: &progress,
+        .map(|(info, p)| {
+            if p.to == p.from {
+                return Output::stored(p.name.clone(), file, info);
+            }
+            Ok(Output {
+                name: p.name.clone(),
+                dtype: p.to,
+                shape: p.shape.clone(),
+                source: Box::new(Quantized {
+                    file,
+                    info,
+                    to: p.to,
+                    len: p.bytes_out,
+                }),
+            })
         })
-        .collect();
-    let mut writer = GgufWriter::new(metadata);
-    writer.provenance(provenance);
-    for (p, s) in plan.iter().zip(&sources) {
-        writer.add_tensor(p.name.clone(), p.to, &p.shape, TensorSource::Chunks(s));
+        .collect::<Result<Vec<_>>>()?;
+    let mut gguf_keys = Vec::new();
+    if let Some(ft) = file_type(options.dtype) {
+        gguf_keys.push(("general.file_type", Value::U32(ft)));
     }
-    writer.write(out)?;
+    gguf_keys.push(("general.quantization_version", Value::U32(2)));
+    Rewrite {
+        input: file,
+        format: Format::Gguf,
+        transforms: vec![Transform::Quantize {
+            dtype: options.dtype.name().to_string(),
+        }],
+        gguf_keys,
+        max_shard_bytes: None,
+    }
+    .write(&outputs, out, progress)?;
     Ok(plan)
 }
 
-/// Metadata worth keeping: GGUF key/values as they are; for other formats their string
-/// metadata under `mlmf.source.` (GGUF readers expect `general.*` keys to mean what llama.cpp
-/// says, which a safetensors `__metadata__` does not promise).
-pub(crate) fn carried_metadata(file: &ModelFile) -> Metadata {
-    let mut out = Metadata::default();
-    for (k, v) in file.metadata().iter() {
-        if file.format() == Format::Gguf {
-            out.entries.push((k.to_string(), v.clone()));
-        } else if let Value::String(s) = v {
-            out.entries
-                .push((format!("mlmf.source.{k}"), Value::String(s.clone())));
-        }
-    }
-    out
-}
-
-fn set(meta: &mut Metadata, key: &str, value: Value) {
-    match meta.entries.iter_mut().find(|(k, _)| k == key) {
-        Some(entry) => entry.1 = value,
-        None => meta.entries.push((key.to_string(), value)),
-    }
-}
-
-/// The caller's progress callback, shared by every tensor's source.
-type ProgressCell<'p> = std::cell::RefCell<&'p mut dyn FnMut(usize, &Planned)>;
-
-/// One tensor's output bytes, produced a chunk of rows at a time when the writer asks.
-struct QuantSource<'a, 'p> {
+/// One tensor quantized a chunk of rows at a time when the writer asks for its bytes.
+struct Quantized<'a> {
     file: &'a ModelFile,
     info: &'a TensorInfo,
-    planned: &'a Planned,
-    index: usize,
-    progress: &'a ProgressCell<'p>,
+    to: DType,
+    len: u64,
 }
 
-impl ChunkSource for QuantSource<'_, '_> {
+impl ChunkSource for Quantized<'_> {
     fn byte_len(&self) -> u64 {
-        self.planned.bytes_out
+        self.len
     }
 
     fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        (self.progress.borrow_mut())(self.index, self.planned);
-        let (info, to) = (self.info, self.planned.to);
-        if to == info.dtype && info.is_contiguous() {
-            return f(self.file.bytes(info));
-        }
+        let (info, to) = (self.info, self.to);
         let src = Source::of(self.file, info);
         let row_len = info.shape.row_len().max(1);
         let rows = (info.shape.elem_count() / row_len as u64) as usize;
@@ -219,30 +178,16 @@ impl ChunkSource for QuantSource<'_, '_> {
         while row < rows {
             let n = rows_per_chunk.min(rows - row);
             let bytes = src.chunk(row * row_bytes, n * row_bytes, &mut scratch);
-            if to == info.dtype {
-                f(bytes)?;
-            } else {
-                let values = to_f32(info.dtype, bytes);
-                let out = mlmf_core::quant::quantize(to, &values, row_len).map_err(|e| {
-                    Error::BadShape {
-                        path: self.file.path().to_path_buf(),
-                        tensor: info.name.clone(),
-                        reason: format!("cannot quantize to {to}: {e}"),
-                    }
+            let values = rewrite::decode(info.dtype, bytes);
+            let out =
+                mlmf_core::quant::quantize(to, &values, row_len).map_err(|e| Error::BadShape {
+                    path: self.file.path().to_path_buf(),
+                    tensor: info.name.clone(),
+                    reason: format!("cannot quantize to {to}: {e}"),
                 })?;
-                f(&out)?;
-            }
+            f(&out)?;
             row += n;
         }
         Ok(())
-    }
-}
-
-/// CPU decoding of stored bytes to f32.
-fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    if dtype.is_quantized() {
-        crate::ops::dequant::cpu::to_f32(dtype, bytes)
-    } else {
-        crate::ops::convert::cpu::to_f32(dtype, bytes)
     }
 }

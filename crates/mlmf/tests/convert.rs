@@ -14,7 +14,7 @@ use mlmf::{DType, Device, Format, ModelFile};
 
 fn convert(input: &Path, out: &Path, options: &ConvertOptions) -> Vec<mlmf::checkpoint::Converted> {
     let file = ModelFile::open(input).unwrap();
-    convert_file(&file, out, options, &mut |_, _| {}).unwrap()
+    convert_file(&file, out, options, &mut |_| {}).unwrap()
 }
 
 /// Per tensor name: dtype, shape, sha256 of the bytes.
@@ -182,13 +182,13 @@ fn sharded_output_opens_in_both_readers_and_force_replaces_it() {
 
     // Without --force an existing output is refused; with it, replaced.
     let file = ModelFile::open(&src).unwrap();
-    assert!(convert_file(&file, &out, &options, &mut |_, _| {}).is_err());
+    assert!(convert_file(&file, &out, &options, &mut |_| {}).is_err());
     let f16 = ConvertOptions {
         dtype: Some(DType::F16),
         force: true,
         ..options
     };
-    convert_file(&file, &out, &f16, &mut |_, _| {}).unwrap();
+    convert_file(&file, &out, &f16, &mut |_| {}).unwrap();
     let replaced = ModelFile::open(&out).unwrap();
     let w = replaced
         .tensor("embeddings.word_embeddings.weight")

@@ -112,7 +112,7 @@ fn merged_file_keeps_untouched_tensors_bit_identical() {
             &bound,
             &MergeOptions::default(),
             &out,
-            &mut |i, name| seen.push((i, name.to_string())),
+            &mut |p| seen.push((p.index, p.name.to_string())),
         )
         .unwrap();
         assert_eq!(seen.len(), base.tensors().len());
@@ -337,7 +337,7 @@ fn gguf_adapter_merges_into_a_safetensors_base() {
     use sha2::{Digest, Sha256};
     let whole = std::fs::read(dir.join("adapter-qwen2.gguf")).unwrap();
     assert_eq!(
-        mlmf::provenance::adapter_hash(&adapter).unwrap().0,
+        mlmf::lora::adapter_hash(&adapter).unwrap().0,
         <[u8; 32]>::from(Sha256::digest(&whole))
     );
 }
@@ -623,7 +623,7 @@ fn modules_to_save_replace_whole_tensors_in_a_merge_and_are_refused_at_run_time(
         &bound,
         &MergeOptions::default(),
         &out,
-        &mut |_, _| {},
+        &mut |_| {},
     )
     .unwrap();
     let replaced: Vec<&str> = report

@@ -18,7 +18,7 @@ fn quantized_file_verifies_and_names_its_parent() {
         dtype: DType::Q8_0,
         keep: Vec::new(),
     };
-    quant::quantize_file(&input, &out, &options, &mut |_, _| {}).unwrap();
+    quant::quantize_file(&input, &out, &options, &mut |_| {}).unwrap();
     let written = ModelFile::open(&out).unwrap();
     let check = provenance::verify(&written).unwrap();
     check.check().unwrap();

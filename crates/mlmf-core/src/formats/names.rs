@@ -450,7 +450,11 @@ impl Rule {
 }
 
 fn rule_error(hf: &str, gguf: &str, reason: &str) -> Error {
-    Error::Usage(format!("name rule '{hf}' <-> '{gguf}': {reason}"))
+    Error::BadNameRule {
+        hf: hf.to_string(),
+        gguf: gguf.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 // ---- the map -------------------------------------------------------------------------------
@@ -1068,9 +1072,15 @@ mod tests {
         ];
         for (hf, gguf) in bad {
             let err = Rule::new(hf, gguf).unwrap_err();
-            assert!(matches!(err, Error::Usage(_)), "{hf} <-> {gguf}: {err}");
+            assert!(
+                matches!(err, Error::BadNameRule { .. }),
+                "{hf} <-> {gguf}: {err}"
+            );
         }
-        assert!(matches!(Rule::prefix("", ""), Err(Error::Usage(_))));
+        assert!(matches!(
+            Rule::prefix("", ""),
+            Err(Error::BadNameRule { .. })
+        ));
         assert!(Rule::prefix("", "v.").is_ok());
     }
 

@@ -4,6 +4,7 @@ mod atomic;
 pub mod convert;
 pub mod gguf;
 pub mod manager;
+pub(crate) mod rewrite;
 pub mod safetensors;
 mod source;
 
@@ -14,5 +15,6 @@ pub use manager::{
     CheckpointEntry, CheckpointInfo, CheckpointManager, CheckpointStatus, Manifest, PruneReport,
     Resume, Retention, TensorEntry, Verify,
 };
+pub use rewrite::Progress;
 pub use safetensors::SafetensorsWriter;
 pub use source::{ChunkSource, TensorSource};

@@ -167,10 +167,7 @@ impl<'a> SafetensorsWriter<'a> {
         let dir = dir.as_ref();
         let index_path = dir.join(INDEX_NAME);
         if index_path.exists() {
-            return Err(Error::Usage(format!(
-                "{} exists; write the sharded checkpoint to a new directory",
-                index_path.display()
-            )));
+            return Err(Error::OutputExists { path: index_path });
         }
         // Check everything once, before any file is created.
         let (_, lengths) = self.header(&index_path, &self.metadata)?;

@@ -36,14 +36,6 @@ impl TensorSource<'_> {
         }
     }
 
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        match self {
-            TensorSource::Bytes(b) => f(b),
-            TensorSource::Tensor(t) => t.for_each_chunk(|_, chunk| f(chunk)),
-            TensorSource::Chunks(c) => c.for_each_chunk(f),
-        }
-    }
-
     /// Hand the bytes to `sink` in order, failing (as soon as it shows) when the source produces
     /// a different number of bytes than `expected`; `path` and `tensor` name the error.
     pub(crate) fn stream_exact(
@@ -73,6 +65,20 @@ impl TensorSource<'_> {
             return Err(mismatch(written));
         }
         Ok(())
+    }
+}
+
+impl ChunkSource for TensorSource<'_> {
+    fn byte_len(&self) -> u64 {
+        TensorSource::byte_len(self)
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        match self {
+            TensorSource::Bytes(b) => f(b),
+            TensorSource::Tensor(t) => t.for_each_chunk(|_, chunk| f(chunk)),
+            TensorSource::Chunks(c) => c.for_each_chunk(f),
+        }
     }
 }
 

@@ -34,13 +34,12 @@ pub use file::{merge_file, Action, MergedTensor};
 pub use merge::{merge_target, MergeOptions, MergedWeights, QuantizedMerge};
 pub use runtime::{AdapterId, AdapterSet};
 
-pub(crate) use peft::files as peft_files;
-
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::formats::names::Arch;
 use crate::formats::ModelFile;
+use crate::provenance::{self, Sha256Hash};
 use crate::Device;
 use crate::Tensor;
 
@@ -145,6 +144,26 @@ impl LoraAdapter {
     /// Match the adapter to `base`: see [`Bound`].
     pub fn bind(&self, base: &ModelFile) -> Result<Bound<'_>> {
         bind::bind(self, base)
+    }
+}
+
+/// The hash a merge's provenance record names `adapter` by (`adapter_hash` of a `lora_merge`
+/// transform). For a PEFT adapter, `sha256(C || S)` where `C` is the 32-byte content hash
+/// ([`provenance::content_hash`]) of its tensor file (`adapter_model.safetensors` or `.bin`) and
+/// `S` the sha256 of the bytes of `adapter_config.json` (which holds `lora_alpha`, `r` and the
+/// other settings that change the result); for a GGUF adapter, the sha256 of the whole file (its
+/// settings are metadata, which the content hash leaves out).
+pub fn adapter_hash(adapter: &LoraAdapter) -> Result<Sha256Hash> {
+    let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path, e));
+    match adapter.naming {
+        Naming::HuggingFace => {
+            let (config, weights) = peft::files(&adapter.path)?;
+            let tensors = provenance::content_hash(&ModelFile::open(&weights)?)?;
+            let config = Sha256Hash::of(&read(&config)?);
+            Ok(Sha256Hash::of(&[tensors.0, config.0].concat()))
+        }
+        // Adapters are small (rank x (in + out) per module): read whole.
+        Naming::Gguf => Ok(Sha256Hash::of(&read(&adapter.path)?)),
     }
 }
 

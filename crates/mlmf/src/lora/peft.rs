@@ -235,7 +235,7 @@ pub(super) fn is_peft(path: &Path) -> bool {
 }
 
 /// The config and tensor file of the PEFT adapter at `path` (its directory or its config).
-pub(crate) fn files(path: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(super) fn files(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {

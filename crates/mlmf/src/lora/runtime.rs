@@ -69,10 +69,15 @@ impl<'f> AdapterSet<'f> {
         capacity: usize,
         max_rank: usize,
     ) -> Result<AdapterSet<'f>> {
-        if capacity == 0 || max_rank == 0 {
-            return Err(Error::Usage(
-                "an adapter set needs a capacity and a maximum rank of at least 1".into(),
-            ));
+        for (argument, value) in [("capacity", capacity), ("max_rank", max_rank)] {
+            if value == 0 {
+                return Err(Error::OpArgument {
+                    op: "AdapterSet::new",
+                    argument,
+                    value: 0,
+                    expected: "at least 1",
+                });
+            }
         }
         let mut layers = BTreeMap::new();
         for name in weights {
@@ -158,12 +163,13 @@ impl<'f> AdapterSet<'f> {
         if !problems.is_empty() {
             return Err(mismatch(problems));
         }
-        let slot = self.slots.iter().position(Option::is_none).ok_or_else(|| {
-            Error::Usage(format!(
-                "all {} adapter slots are in use; unload one first",
-                self.capacity
-            ))
-        })?;
+        let slot = self
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::AdapterSlotsFull {
+                capacity: self.capacity,
+            })?;
         let r_max = self.max_rank;
         for t in bound.targets() {
             let Some(layer) = self.layers.get_mut(&t.tensor) else {
@@ -241,10 +247,7 @@ impl<'f> AdapterSet<'f> {
         if self.slots.get(id.slot).copied().flatten() == Some(id.generation) {
             Ok(())
         } else {
-            Err(Error::Usage(format!(
-                "adapter in slot {} was unloaded; its handle is no longer valid",
-                id.slot
-            )))
+            Err(Error::StaleAdapter { slot: id.slot })
         }
     }
 }
