@@ -86,3 +86,21 @@ fn empty_and_tiny_files_are_errors() {
         Err(mlmf_core::Error::UnknownFormat { .. })
     ));
 }
+
+/// A file in `tests/data` (written by `make_pytorch_fixtures.py`).
+fn data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// Nine levels of dicts, each referring twice to the next (pickle's memo): 9 KB that flattened
+/// to 512 tensor names of 36 KB each (18 MB) before the flattened names were capped.
+#[test]
+fn shared_dicts_do_not_multiply_names() {
+    let err = mlmf_core::ModelFile::open(data("pytorch_bad_shared_names.pt")).unwrap_err();
+    assert!(
+        matches!(&err, mlmf_core::Error::BadPickle { reason, .. } if reason.contains("shared references")),
+        "{err}"
+    );
+}

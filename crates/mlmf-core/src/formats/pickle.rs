@@ -83,6 +83,11 @@ impl Pickle {
         self.offsets[id]
     }
 
+    /// Bytes from the pickle's first opcode to one past its STOP.
+    pub fn byte_len(&self) -> usize {
+        self.end.saturating_sub(self.offsets[ID_NONE] as usize)
+    }
+
     pub fn objects(&self) -> impl Iterator<Item = (Id, &Obj)> {
         self.objects.iter().enumerate()
     }

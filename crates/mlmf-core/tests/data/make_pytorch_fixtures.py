@@ -298,6 +298,16 @@ def forbidden_global_checkpoint():
         os.system = real
 
 
+def shared_names_checkpoint():
+    """Nine levels of dicts, each holding the next under two 4 KB keys: pickle memoizes the shared
+    dict, so a 9 KB file names 512 tensors by 36 KB paths (18 MB of names)."""
+    a, b = "a" * 4096, "b" * 4096
+    node = tensor(small_storage(), (4,))
+    for _ in range(9):
+        node = {a: node, b: node}
+    return zip_checkpoint(node)
+
+
 def patch_member_size(data, member, size):
     """Set a member's sizes in the central directory, leaving everything else as it was."""
     data = bytearray(data)
@@ -333,6 +343,7 @@ def main():
         "pytorch_bad_stride.pt": zip_checkpoint(one("s", tensor(small_storage(), (2, 2), stride=(1 << 63, 1)))),
         "pytorch_bad_quantized.pt": zip_checkpoint(one("q", QTensor(Storage(QInt8Storage, "0", bytes([1, 2]))))),
         "pytorch_bad_big_endian.pt": zip_checkpoint(one("w", tensor(small_storage(), (4,))), byteorder=b"big"),
+        "pytorch_bad_shared_names.pt": shared_names_checkpoint(),
     }
     for name, data in files.items():
         assert len(data) < 20_000, name
