@@ -104,3 +104,25 @@ fn shared_dicts_do_not_multiply_names() {
         "{err}"
     );
 }
+
+/// `OrderedDict(pairs)` called 400 times on one memoized list of 4000 pairs: 11 KB that built
+/// 26 MB of copied pairs (quadratic in the file) before the copies were capped.
+#[test]
+fn ordered_dict_calls_do_not_copy_without_bound() {
+    let err = mlmf_core::ModelFile::open(data("pytorch_bad_ordered_dict_copies.pt")).unwrap_err();
+    assert!(
+        matches!(&err, mlmf_core::Error::BadPickle { reason, .. } if reason.contains("OrderedDict")),
+        "{err}"
+    );
+}
+
+/// One tensor with a 3 KB storage key under 500 names: 18 KB whose 500 leaves each carried a
+/// copy of the key (1.5 MB) before the key was counted with the flattened names.
+#[test]
+fn shared_tensors_do_not_multiply_storage_keys() {
+    let err = mlmf_core::ModelFile::open(data("pytorch_bad_shared_storage_key.pt")).unwrap_err();
+    assert!(
+        matches!(&err, mlmf_core::Error::BadPickle { reason, .. } if reason.contains("shared references")),
+        "{err}"
+    );
+}

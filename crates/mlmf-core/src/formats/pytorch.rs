@@ -42,10 +42,10 @@ const MAX_DEPTH: usize = 64;
 /// Scalar leaves kept as metadata, and the longest string kept.
 const MAX_METADATA: usize = 64;
 const MAX_METADATA_STR: usize = 256;
-/// What flattening may build (joined names, tensor sizes and strides) is capped at this many
-/// bytes per pickle byte, plus [`FLAT_BYTES_FLOOR`]. A memoized dict referenced twice is walked
-/// twice, so without a cap a 60 KB pickle of shared dicts under long keys spells gigabytes of
-/// names; a real state dict builds less than its own pickle's length.
+/// What flattening may build (joined names; each tensor's sizes, strides and storage key) is
+/// capped at this many bytes per pickle byte, plus [`FLAT_BYTES_FLOOR`]. A memoized object
+/// referenced twice is walked twice, so without a cap 9 KB of shared dicts under long keys
+/// spell 18 MB of names; a real state dict builds less than its own pickle's length.
 const FLAT_BYTES_PER_PICKLE_BYTE: usize = 16;
 const FLAT_BYTES_FLOOR: usize = 1 << 20;
 
@@ -783,7 +783,7 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                     self.path,
                     at,
                     format!(
-                        "shared references make the flattened names and shapes larger than {} bytes",
+                        "shared references make the flattened names, shapes and storage keys larger than {} bytes",
                         self.max_built
                     ),
                 ));
@@ -832,7 +832,8 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                 Obj::Call { .. } => {
                     if let Some(leaf) = leaf(p, id, self.path)? {
                         if let Leaf::Tensor(t) = &leaf {
-                            self.charge(8 * (t.size.len() + t.stride.len()), p.offset(id))?;
+                            let dims = t.size.len() + t.stride.len();
+                            self.charge(8 * dims + t.storage.key.len(), p.offset(id))?;
                         }
                         self.flat.leaves.push((name.to_string(), leaf));
                     }
