@@ -1345,24 +1345,48 @@ fn run_target(target: Target, bytes: &[u8], shard_dir: &Path) -> mlmf_core::Resu
     }
 }
 
+type CaseResult = std::result::Result<mlmf_core::Result<Option<Parsed>>, String>;
+
+/// What is wrong with a case of `len` bytes (`n` with the files it maps beside), if anything.
+fn problem(result: &CaseResult, usage: Usage, len: usize, n: usize) -> Option<String> {
+    let (largest, peak) = (largest_bound(n), peak_bound(n));
+    match result {
+        Err(panic) => Some(format!("panicked: {panic}")),
+        Ok(Ok(Some(p))) => check_parsed(p, len).err(),
+        Ok(_) => None,
+    }
+    .or_else(|| {
+        (usage.largest > largest).then(|| {
+            format!(
+                "one allocation of {} bytes for a {n}-byte input (bound {largest})",
+                usage.largest
+            )
+        })
+    })
+    .or_else(|| {
+        (usage.peak > peak).then(|| {
+            format!(
+                "peak of {} live bytes for a {n}-byte input (bound {peak})",
+                usage.peak
+            )
+        })
+    })
+}
+
 #[derive(Default)]
 struct Stats {
     cases: u64,
     ok: u64,
-    largest_ratio: f64,
-    peak_ratio: f64,
+    /// The most of its bound a case's largest allocation, and its peak, took.
+    largest_share: f64,
+    peak_share: f64,
     failures: Vec<String>,
     /// Inputs our safetensors parser and the `safetensors` crate disagree on: examples by kind.
     disagreements: BTreeMap<String, (u64, String)>,
 }
 
 /// Compare our safetensors verdict with `SafeTensors::read_metadata`'s (reported, not asserted).
-fn differ(
-    stats: &mut Stats,
-    ours: &std::result::Result<mlmf_core::Result<Option<Parsed>>, String>,
-    bytes: &[u8],
-    replay: &str,
-) {
+fn differ(stats: &mut Stats, ours: &CaseResult, bytes: &[u8], replay: &str) {
     let Ok(ours) = ours else { return };
     let theirs = safetensors::SafeTensors::read_metadata(bytes);
     let kind = match (ours, &theirs) {
@@ -1462,33 +1486,13 @@ fn fuzz(target: Target) {
         let replay = format!("MLMF_FUZZ_REPLAY={}:{seed_value}:{case}", target.name());
         let (usage, result) = measured(&replay, || run_target(target, bytes, shard_dir.path()));
         stats.cases += 1;
-        stats.largest_ratio = stats
-            .largest_ratio
-            .max(usage.largest as f64 / n.max(1) as f64);
-        stats.peak_ratio = stats.peak_ratio.max(usage.peak as f64 / n.max(1) as f64);
-        let problem = match &result {
-            Err(panic) => Some(format!("panicked: {panic}")),
-            Ok(Ok(Some(p))) => check_parsed(p, bytes.len()).err(),
-            Ok(_) => None,
-        }
-        .or_else(|| {
-            (usage.largest > largest_bound(n)).then(|| {
-                format!(
-                    "one allocation of {} bytes for a {n}-byte input (bound {})",
-                    usage.largest,
-                    largest_bound(n)
-                )
-            })
-        })
-        .or_else(|| {
-            (usage.peak > peak_bound(n)).then(|| {
-                format!(
-                    "peak of {} live bytes for a {n}-byte input (bound {})",
-                    usage.peak,
-                    peak_bound(n)
-                )
-            })
-        });
+        stats.largest_share = stats
+            .largest_share
+            .max(usage.largest as f64 / largest_bound(n) as f64);
+        stats.peak_share = stats
+            .peak_share
+            .max(usage.peak as f64 / peak_bound(n) as f64);
+        let problem = problem(&result, usage, bytes.len(), n);
         if matches!(result, Ok(Ok(_))) {
             stats.ok += 1;
         }
@@ -1522,14 +1526,14 @@ fn fuzz(target: Target) {
     }
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "fuzz {}: {} cases in {secs:.1} s ({:.0}/s), {} parsed Ok, seed {seed_value}, {} seed files; largest allocation up to {:.1}x the input, peak up to {:.1}x",
+        "fuzz {}: {} cases in {secs:.1} s ({:.0}/s), {} parsed Ok, seed {seed_value}, {} seed files; largest allocation up to {:.1}% of its bound, peak up to {:.1}%",
         target.name(),
         stats.cases,
         stats.cases as f64 / secs,
         stats.ok,
         seeds.len(),
-        stats.largest_ratio,
-        stats.peak_ratio
+        100.0 * stats.largest_share,
+        100.0 * stats.peak_share
     );
     for (kind, (count, example)) in &stats.disagreements {
         eprintln!("fuzz safetensors: {count} case(s): {kind} (e.g. {example})");
