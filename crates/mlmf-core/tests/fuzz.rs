@@ -24,9 +24,10 @@
 //! parsers' legitimate multiples of the input length `n`, from their index types:
 //!
 //! * largest single allocation <= `128 n + 1 MiB`: the pickle machine's object arena holds at
-//!   most one 56-byte `Obj` per opcode byte and grows by doubling (112 n); a GGUF metadata array
+//!   most one 48-byte `Obj` per opcode byte and grows by doubling (96 n); a GGUF metadata array
 //!   or a JSON array holds one 32-byte value per encoded byte at most (32 n).
-//! * peak live bytes <= `256 n + 8 MiB`: the arena plus its offsets, stack and memo.
+//! * peak live bytes <= `256 n + 8 MiB`: the arena plus its offsets, stack and memo, and the
+//!   names and shapes a state dict flattens to (capped at `16 n + 1 MiB` in `pytorch.rs`).
 //!
 //! A parser that sized an allocation by a count it had not checked against the bytes left
 //! asks for far more (a u32 count of 8-byte items is 32 GiB); any single request over 1 GiB
