@@ -8,9 +8,9 @@
 //! do not say which check failed where: one `InvalidOffset(name)` for a gap, an overlap or
 //! reversed offsets, and no tensor, offset or sizes for out-of-bounds data, a byte length that
 //! disagrees with the shape or an overflowing shape. Our errors need those, and we need our
-//! `DType`. The fuzzer (`tests/fuzz.rs`) compares the two verdicts on every case; the one
-//! difference it has met since we read repeated keys as the crate does is a header that starts
-//! with whitespace, which the crate accepts and we do not.
+//! `DType`. The fuzzer (`tests/fuzz.rs`) compares the two verdicts on every case and reports
+//! any difference. One is known: a header that starts with whitespace, which the crate accepts
+//! and we do not (detection by content wants `{` at byte 8).
 
 use std::collections::BTreeMap;
 use std::path::Path;
