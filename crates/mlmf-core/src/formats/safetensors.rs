@@ -125,14 +125,18 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     // entry's dtype must be known; a name given twice keeps its later entry.
     let mut by_name = BTreeMap::new();
     for (name, t) in raw.tensors {
-        if DType::from_safetensors(&t.dtype).is_none() {
-            return Err(unknown_dtype(path, name, t.dtype));
-        }
-        by_name.insert(name, t);
+        let Some(dtype) = DType::from_safetensors(&t.dtype) else {
+            return Err(Error::UnknownDType {
+                path: path.to_path_buf(),
+                tensor: name,
+                dtype: t.dtype,
+            });
+        };
+        by_name.insert(name, (dtype, t));
     }
     let mut tensors = Vec::with_capacity(by_name.len());
-    for (name, t) in by_name {
-        tensors.push(tensor_info(path, name, t, data_start)?);
+    for (name, (dtype, t)) in by_name {
+        tensors.push(tensor_info(path, name, dtype, t, data_start)?);
     }
     check_coverage(path, &mut tensors, data_start, file_len)?;
     Ok(Parsed {
@@ -151,18 +155,13 @@ fn bad_header(path: &Path, reason: String) -> Error {
     }
 }
 
-fn unknown_dtype(path: &Path, tensor: String, dtype: String) -> Error {
-    Error::UnknownDType {
-        path: path.to_path_buf(),
-        tensor,
-        dtype,
-    }
-}
-
-fn tensor_info(path: &Path, name: String, t: RawTensor, data_start: u64) -> Result<TensorInfo> {
-    let Some(dtype) = DType::from_safetensors(&t.dtype) else {
-        return Err(unknown_dtype(path, name, t.dtype));
-    };
+fn tensor_info(
+    path: &Path,
+    name: String,
+    dtype: DType,
+    t: RawTensor,
+    data_start: u64,
+) -> Result<TensorInfo> {
     let shape = Shape::from_u64(&t.shape).ok_or_else(|| Error::ShapeOverflow {
         path: path.to_path_buf(),
         tensor: name.clone(),

@@ -11,7 +11,7 @@
 //!
 //! Why not the `zip` crate (9.9, tried with `default-features = false`): it does give a STORED
 //! member's data offset, but its errors carry no offset (so `BadZip` could not say where), it
-//! cannot report an entry count the directory cannot hold (the `LengthOutOfRange` test), it
+//! cannot report an entry count the directory cannot hold (`entry_count_beyond_directory`), it
 //! keeps the last of two members with one name, it accepts bytes prepended to the archive
 //! (shifting every offset), and it brings 16 crates, a proc-macro among them.
 
