@@ -83,6 +83,11 @@ impl Pickle {
         self.offsets[id]
     }
 
+    /// Bytes from the pickle's first opcode to one past its STOP.
+    pub fn byte_len(&self) -> usize {
+        self.end.saturating_sub(self.offsets[ID_NONE] as usize)
+    }
+
     pub fn objects(&self) -> impl Iterator<Item = (Id, &Obj)> {
         self.objects.iter().enumerate()
     }
@@ -212,6 +217,10 @@ struct Machine<'a, 'p> {
     /// Stack lengths at each MARK.
     marks: Vec<usize>,
     memo: HashMap<u32, Id>,
+    /// Pairs `OrderedDict(list)` may still copy. Each call copies its list, and a memoized list
+    /// can be passed again for a few bytes a call, so the copies are capped at one pair per byte
+    /// of the pickle; otherwise a 54 KB file could ask for 600 MB.
+    copy_budget: usize,
     /// Offset of the opcode being run.
     op_at: u64,
 }
@@ -237,6 +246,7 @@ pub(crate) fn load(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        copy_budget: buf.len().saturating_sub(start),
         op_at: start as u64,
     };
     let root = m.run()?;
@@ -405,15 +415,18 @@ impl Machine<'_, '_> {
             let pairs = match &self.objects[args] {
                 Obj::Tuple(a) if a.is_empty() => Vec::new(),
                 Obj::Tuple(a) if a.len() == 1 => {
-                    let items = match &self.objects[a[0]] {
-                        Obj::List(v) | Obj::Tuple(v) => v.clone(),
-                        _ => {
-                            return Err(self
-                                .err("OrderedDict(...) of something other than a list of pairs"))
-                        }
+                    let (Obj::List(items) | Obj::Tuple(items)) = &self.objects[a[0]] else {
+                        return Err(
+                            self.err("OrderedDict(...) of something other than a list of pairs")
+                        );
                     };
+                    if items.len() > self.copy_budget {
+                        return Err(self.err(
+                            "OrderedDict(...) calls copy more pairs than the pickle has bytes",
+                        ));
+                    }
                     let mut pairs = Vec::with_capacity(items.len());
-                    for item in items {
+                    for &item in items {
                         match &self.objects[item] {
                             Obj::Tuple(kv) | Obj::List(kv) if kv.len() == 2 => {
                                 pairs.push((kv[0], kv[1]))
@@ -425,6 +438,7 @@ impl Machine<'_, '_> {
                 }
                 _ => return Err(self.err("OrderedDict(...) with unexpected arguments")),
             };
+            self.copy_budget -= pairs.len();
             return self.push_new(Obj::Dict(pairs));
         }
         self.push_new(Obj::Call { func, args })

@@ -42,6 +42,12 @@ const MAX_DEPTH: usize = 64;
 /// Scalar leaves kept as metadata, and the longest string kept.
 const MAX_METADATA: usize = 64;
 const MAX_METADATA_STR: usize = 256;
+/// What flattening may build (joined names; each tensor's sizes, strides and storage key) is
+/// capped at this many bytes per pickle byte, plus [`FLAT_BYTES_FLOOR`]. A memoized object
+/// referenced twice is walked twice, so without a cap 9 KB of shared dicts under long keys
+/// spell 18 MB of names; a real state dict builds less than its own pickle's length.
+const FLAT_BYTES_PER_PICKLE_BYTE: usize = 16;
+const FLAT_BYTES_FLOOR: usize = 1 << 20;
 
 /// What a storage class holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -765,8 +771,26 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
         flat: Flat,
         visits: usize,
         max_visits: usize,
+        /// Bytes of names, sizes and strides built so far, and their cap.
+        built: usize,
+        max_built: usize,
     }
     impl Walk<'_> {
+        fn charge(&mut self, bytes: usize, at: u64) -> Result<()> {
+            self.built = self.built.saturating_add(bytes);
+            if self.built > self.max_built {
+                return Err(bad_pickle(
+                    self.path,
+                    at,
+                    format!(
+                        "shared references make the flattened names, shapes and storage keys larger than {} bytes",
+                        self.max_built
+                    ),
+                ));
+            }
+            Ok(())
+        }
+
         fn walk(&mut self, id: Id, name: &str, depth: usize, in_list: bool) -> Result<()> {
             let p = self.p;
             self.visits += 1;
@@ -784,6 +808,7 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                     format!("containers nest deeper than {MAX_DEPTH} (or refer to themselves)"),
                 ));
             }
+            self.charge(name.len(), p.offset(id))?;
             let join = |key: &str| {
                 if name.is_empty() {
                     key.to_string()
@@ -806,6 +831,10 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                 }
                 Obj::Call { .. } => {
                     if let Some(leaf) = leaf(p, id, self.path)? {
+                        if let Leaf::Tensor(t) = &leaf {
+                            let dims = t.size.len() + t.stride.len();
+                            self.charge(8 * dims + t.storage.key.len(), p.offset(id))?;
+                        }
                         self.flat.leaves.push((name.to_string(), leaf));
                     }
                 }
@@ -840,6 +869,11 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
         },
         visits: 0,
         max_visits: objects.saturating_mul(4).saturating_add(1024),
+        built: 0,
+        max_built: p
+            .byte_len()
+            .saturating_mul(FLAT_BYTES_PER_PICKLE_BYTE)
+            .saturating_add(FLAT_BYTES_FLOOR),
     };
     w.walk(p.root, "", 0, false)?;
     Ok(w.flat)

@@ -3,6 +3,14 @@
 //! Validation follows the `safetensors` crate: the header must fit in the file, every tensor's
 //! byte length must equal what its dtype and shape need, and the tensors must cover the data
 //! section exactly, without gaps or overlaps.
+//!
+//! We keep this parser rather than the crate's `SafeTensors::read_metadata` because its errors
+//! do not say which check failed where: one `InvalidOffset(name)` for a gap, an overlap or
+//! reversed offsets, and no tensor, offset or sizes for out-of-bounds data, a byte length that
+//! disagrees with the shape or an overflowing shape. Our errors need those, and we need our
+//! `DType`. The fuzzer (`tests/fuzz.rs`) compares the two verdicts on every case and reports
+//! any difference. One is known: a header that starts with whitespace, which the crate accepts
+//! and we do not (detection by content wants `{` at byte 8).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +30,55 @@ struct RawTensor {
     dtype: String,
     shape: Vec<u64>,
     data_offsets: (u64, u64),
+}
+
+/// The header's entries in file order, read in one pass as the `safetensors` crate reads them:
+/// every entry must be well formed where it stands (a field given twice is an error, so is a
+/// second `__metadata__`), and `__metadata__` may be null. Reading into a map of JSON values
+/// first would let a later key hide an earlier, broken one.
+#[derive(Default)]
+struct RawHeader {
+    metadata: Option<BTreeMap<String, String>>,
+    tensors: Vec<(String, RawTensor)>,
+}
+
+impl<'de> Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = RawHeader;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
+                use serde::de::Error as _;
+                let mut header = RawHeader::default();
+                let mut seen_metadata = false;
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "__metadata__" {
+                        if std::mem::replace(&mut seen_metadata, true) {
+                            return Err(A::Error::duplicate_field("__metadata__"));
+                        }
+                        header.metadata = map
+                            .next_value()
+                            .map_err(|e| A::Error::custom(format!("__metadata__: {e}")))?;
+                    } else {
+                        let t = map
+                            .next_value()
+                            .map_err(|e| A::Error::custom(format!("tensor '{name}': {e}")))?;
+                        header.tensors.push((name, t));
+                    }
+                }
+                Ok(header)
+            }
+        }
+        d.deserialize_map(Entries)
+    }
 }
 
 /// Read the header of a safetensors file held in `bytes`.
@@ -58,24 +115,28 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     if !text.starts_with('{') {
         return Err(bad_header(path, "the header is not a JSON object".into()));
     }
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_str(text).map_err(|e| bad_header(path, e.to_string()))?;
-
-    let mut metadata = Metadata::default();
-    let mut tensors = Vec::with_capacity(raw.len());
-    for (name, value) in raw {
-        if name == "__metadata__" {
-            let map: BTreeMap<String, String> = serde_json::from_value(value)
-                .map_err(|e| bad_header(path, format!("__metadata__: {e}")))?;
-            metadata.entries = map
-                .into_iter()
-                .map(|(k, v)| (k, Value::String(v)))
-                .collect();
-            continue;
-        }
-        let t: RawTensor = serde_json::from_value(value)
-            .map_err(|e| bad_header(path, format!("tensor '{name}': {e}")))?;
-        tensors.push(tensor_info(path, name, t, data_start)?);
+    let raw: RawHeader = serde_json::from_str(text).map_err(|e| bad_header(path, e.to_string()))?;
+    let metadata = Metadata {
+        entries: (raw.metadata.into_iter().flatten())
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect(),
+    };
+    // As in the crate, whose dtype enum refuses an unknown name wherever it stands, every
+    // entry's dtype must be known; a name given twice keeps its later entry.
+    let mut by_name = BTreeMap::new();
+    for (name, t) in raw.tensors {
+        let Some(dtype) = DType::from_safetensors(&t.dtype) else {
+            return Err(Error::UnknownDType {
+                path: path.to_path_buf(),
+                tensor: name,
+                dtype: t.dtype,
+            });
+        };
+        by_name.insert(name, (dtype, t));
+    }
+    let mut tensors = Vec::with_capacity(by_name.len());
+    for (name, (dtype, t)) in by_name {
+        tensors.push(tensor_info(path, name, dtype, t, data_start)?);
     }
     check_coverage(path, &mut tensors, data_start, file_len)?;
     Ok(Parsed {
@@ -94,12 +155,13 @@ fn bad_header(path: &Path, reason: String) -> Error {
     }
 }
 
-fn tensor_info(path: &Path, name: String, t: RawTensor, data_start: u64) -> Result<TensorInfo> {
-    let dtype = DType::from_safetensors(&t.dtype).ok_or_else(|| Error::UnknownDType {
-        path: path.to_path_buf(),
-        tensor: name.clone(),
-        dtype: t.dtype.clone(),
-    })?;
+fn tensor_info(
+    path: &Path,
+    name: String,
+    dtype: DType,
+    t: RawTensor,
+    data_start: u64,
+) -> Result<TensorInfo> {
     let shape = Shape::from_u64(&t.shape).ok_or_else(|| Error::ShapeOverflow {
         path: path.to_path_buf(),
         tensor: name.clone(),

@@ -189,7 +189,7 @@ def zip_checkpoint(obj, byteorder=b"little", compress=None, storage_bytes=None):
     pickler.dump(obj)
     records = [("data.pkl", buf.getvalue())]
     records.append(("byteorder", byteorder))
-    for key in sorted(pickler.storages, key=int):
+    for key in sorted(pickler.storages, key=lambda k: (len(k), k)):  # numeric order for "0", "1", ...
         data = (storage_bytes or {}).get(key, pickler.storages[key].data)
         records.append(("data/" + key, data))
     records.append(("version", b"3\n"))
@@ -298,6 +298,38 @@ def forbidden_global_checkpoint():
         os.system = real
 
 
+def shared_names_checkpoint():
+    """Nine levels of dicts, each holding the next under two 4 KB keys: pickle memoizes the shared
+    dict, so a 9 KB file names 512 tensors by 36 KB paths (18 MB of names)."""
+    a, b = "a" * 4096, "b" * 4096
+    node = tensor(small_storage(), (4,))
+    for _ in range(9):
+        node = {a: node, b: node}
+    return zip_checkpoint(node)
+
+
+def shared_storage_key_checkpoint():
+    """One tensor whose storage key is 3 KB, under 500 names: an 18 KB file whose leaves each
+    carried a copy of the key (1.5 MB)."""
+    shared = tensor(Storage(FloatStorage, "k" * 3000, f32(1, 2, 3, 4)), (4,))
+    return zip_checkpoint(collections.OrderedDict(("t%d" % i, shared) for i in range(500)))
+
+
+def ordered_dict_copies_checkpoint():
+    """`OrderedDict(pairs)` called 400 times on one memoized list of 4000 pairs: 11 KB asking for
+    1.6 million copied pairs (26 MB). Hand-written opcodes; pickle.dumps never writes this."""
+    pickled = (b"\x80\x02ccollections\nOrderedDict\nq\x00"  # memo 0: OrderedDict
+               b"K\x01K\x02\x86q\x01"  # memo 1: the pair (1, 2)
+               b"(" + b"h\x01" * 4000 + b"lq\x02"  # memo 2: a list of 4000 of it
+               + b"h\x00h\x02\x85R0" * 400  # OrderedDict(list), dropped, 400 times
+               + b"}.")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(fixed("archive/data.pkl"), pickled)
+        z.writestr(fixed("archive/version"), b"3\n")
+    return out.getvalue()
+
+
 def patch_member_size(data, member, size):
     """Set a member's sizes in the central directory, leaving everything else as it was."""
     data = bytearray(data)
@@ -333,6 +365,9 @@ def main():
         "pytorch_bad_stride.pt": zip_checkpoint(one("s", tensor(small_storage(), (2, 2), stride=(1 << 63, 1)))),
         "pytorch_bad_quantized.pt": zip_checkpoint(one("q", QTensor(Storage(QInt8Storage, "0", bytes([1, 2]))))),
         "pytorch_bad_big_endian.pt": zip_checkpoint(one("w", tensor(small_storage(), (4,))), byteorder=b"big"),
+        "pytorch_bad_shared_names.pt": shared_names_checkpoint(),
+        "pytorch_bad_ordered_dict_copies.pt": ordered_dict_copies_checkpoint(),
+        "pytorch_bad_shared_storage_key.pt": shared_storage_key_checkpoint(),
     }
     for name, data in files.items():
         assert len(data) < 20_000, name
