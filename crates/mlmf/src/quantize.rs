@@ -240,9 +240,5 @@ impl ChunkSource for QuantSource<'_, '_> {
 
 /// CPU decoding of stored bytes to f32.
 fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    if dtype.is_quantized() {
-        crate::ops::dequant::cpu::to_f32(dtype, bytes)
-    } else {
-        crate::ops::convert::cpu::to_f32(dtype, bytes)
-    }
+    crate::ops::convert::bytes_to_f32(dtype, bytes)
 }

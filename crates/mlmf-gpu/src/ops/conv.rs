@@ -21,7 +21,7 @@
 //! `timings` 2x-4.5x faster than the one-pixel kernels it replaced. Every operand and the output
 //! must fit in one storage binding.
 //!
-//! CPU twin: [`cpu`], the same sums in the same order. With `eps = f32::EPSILON` and K =
+//! CPU twin: `cpu`, the same sums in the same order. With `eps = f32::EPSILON` and K =
 //! `c_in / groups * kh * kw` terms, both stay within `(K + 2) eps (sum |w x| + |bias|)` of the
 //! exact convolution and `(h w + 2) eps mean|x|` of the exact average (worst-case rounding of a
 //! K-term sum in order, one more for the bias or the division); the tests check it in f64.
@@ -64,7 +64,7 @@ struct Params {
     count: u32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Conv.params_bytes());
 
 /// Stride, padding and groups of a [`conv2d`]; the default is torch's (1, 0, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,7 +351,7 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The CPU twin: plain loops in the kernels' order.
-pub mod cpu {
+pub(crate) mod cpu {
     use super::ConvDims;
 
     /// The convolution of x `[n, c_in, h, w]` with weight `[c_out, c_in / groups, kh, kw]` and

@@ -1,10 +1,11 @@
-//! What the launchers of the neural-network families (norm, softmax, embedding, attention, conv)
-//! share: operand checks with typed errors, the operands' common device, each GPU operand in one
-//! storage binding (its only page, or its pages gathered into a scratch buffer), and an f32
-//! output written through one binding and copied into its pages when it has several.
+//! What the launchers share: operand checks with typed errors, the operands' common device, each
+//! GPU operand in one storage binding (its only page, or its pages gathered into a scratch
+//! buffer), an f32 output written through one binding and copied into its pages when it has
+//! several, bind groups, and how a row reduction is spread over invocations ([`Reduce`]).
 //!
-//! These kernels index whole tensors, not pages: an operand or output larger than one storage
-//! binding is a [`Error::DeviceLimit`], as it is for the LoRA kernels.
+//! Kernels that index whole tensors, not pages (norm, softmax, embedding's output, attention,
+//! conv, matmul, LoRA's BGMV) take an operand or output larger than one storage binding as
+//! [`Error::DeviceLimit`].
 
 use std::sync::Arc;
 
@@ -123,6 +124,22 @@ pub(crate) fn to_u32(t: &Tensor, v: u64, what: &str) -> Result<u32> {
         bytes: t.byte_len(),
         reason: format!("{what} ({v}) does not fit in 32 bits"),
     })
+}
+
+/// Kernels that address bytes of a page of `t` (stored in `src`) with u32: its pages must be
+/// smaller than 4 GiB, or [`Error::DeviceLimit`].
+pub(crate) fn check_page_bytes(t: &Tensor, src: &GpuStorage) -> Result<()> {
+    if src.page_bytes() > u64::from(u32::MAX) {
+        return Err(Error::DeviceLimit {
+            tensor: t.name().to_string(),
+            bytes: t.byte_len(),
+            reason: format!(
+                "pages of {} bytes are too large for 32-bit byte offsets",
+                src.page_bytes()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The largest buffer one storage binding may hold on `gpu`.

@@ -1,4 +1,4 @@
-//! The dispatch loop shared by element-wise launchers (convert, dequant, dequant_k): a kernel that
+//! The dispatch loop shared by element-wise launchers (convert, dequant): a kernel that
 //! maps each element of one paged tensor to one element of a new paged tensor runs once per
 //! overlap of an input page with an output page.
 //!
@@ -102,9 +102,9 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
         |v: u64| u32::try_from(v).map_err(|_| limit("a page holds more than 2^32 elements"));
 
     let pipeline = gpu.pipeline(key)?;
-    let device = gpu.wgpu_device();
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
     for (ip, op, at, end) in spans(elems, in_page_elems, out_page_elems) {
         let piece = Piece {
             in_page: ip as usize,
@@ -113,25 +113,13 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
             in_offset: to_u32(at - ip * in_page_elems)?,
             out_offset: to_u32(at - op * out_page_elems)?,
         };
-        let uniform = gpu.uniform(name, bytemuck::bytes_of(&params(&piece)));
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(name),
-            layout: &pipeline.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: page(src, piece.in_page)?.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: page(&out, piece.out_page)?.as_entire_binding(),
-                },
-            ],
-        });
+        let bind = super::launch::bind(
+            gpu,
+            &pipeline,
+            name,
+            bytemuck::bytes_of(&params(&piece)),
+            &[src.page(piece.in_page)?, out.page(piece.out_page)?],
+        );
         let per = u64::from(grid.elems_per_invocation.max(1));
         let first = u64::from(piece.in_offset);
         let invocations = (first + u64::from(piece.count)).div_ceil(per) - first / per;
@@ -145,14 +133,6 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
 fn lcm_pow2(unit: u64, align: u64) -> u64 {
     let common = 1u64 << unit.trailing_zeros().min(align.trailing_zeros());
     unit / common * align
-}
-
-/// Page `i` of `storage`; the shape check above makes every page a piece asks for exist.
-fn page(storage: &GpuStorage, i: usize) -> Result<&wgpu::Buffer> {
-    storage.pages().get(i).ok_or_else(|| Error::Gpu {
-        during: "binding a page".into(),
-        reason: format!("page {i} of {} does not exist", storage.pages().len()),
-    })
 }
 
 #[cfg(test)]

@@ -410,11 +410,7 @@ impl ChunkSource for ConvertSource<'_, '_> {
                 _ => f(stored),
             };
         }
-        let mut values = if info.dtype.is_quantized() {
-            crate::ops::dequant::cpu::to_f32(info.dtype, stored)
-        } else {
-            crate::ops::convert::cpu::to_f32(info.dtype, stored)
-        };
+        let mut values = crate::ops::convert::bytes_to_f32(info.dtype, stored);
         match self.fix {
             Fix::Permute(n, to_gguf) => {
                 let rows = info.shape.dims().first().copied().unwrap_or(1);
