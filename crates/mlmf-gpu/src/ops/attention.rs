@@ -13,7 +13,7 @@
 //!
 //! GPU: `shaders/attention.wgsl` in three passes recorded in one command encoder: scores (one
 //! invocation each) into a scratch `[batch, heads, seq_q, seq_k]`, softmax over its rows (the
-//! Softmax family's pass, [`super::softmax::record`]) into a second scratch, then the weighted
+//! Softmax family's pass, `softmax::record`) into a second scratch, then the weighted
 //! sums (one invocation per output element). Each operand and the scores must fit in one
 //! storage binding.
 //!

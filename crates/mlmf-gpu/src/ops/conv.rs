@@ -16,7 +16,7 @@
 //! faster than `conv2d` (the `timings` test in tests/kernels_nn.rs, kernels alternated). 1x1
 //! convolutions with stride 1, no padding and one group (pointwise: `W [c_out, c_in] · x [c_in,
 //! h * w]` per image, most of MobileNetV2's work) run on the tiled matrix product of
-//! [`matmul`](super::matmul) with a per-row bias: the same products summed in the same order,
+//! [`matmul`] with a per-row bias: the same products summed in the same order,
 //! then the bias, so the result is the same; on lavapipe that ran the pointwise layers of
 //! `timings` 2x-4.5x faster than the one-pixel kernels it replaced. Every operand and the output
 //! must fit in one storage binding.
@@ -257,11 +257,7 @@ fn gpu_conv(
         let key = key.with("WG", f64::from(WORKGROUP));
         let p = params(x, &d, ts.len() > 2, count)?;
         let pipeline = gpu.pipeline(&key)?;
-        let bufs = ts
-            .iter()
-            .zip(gs)
-            .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let bufs = launch::wholes(&mut encoder, ts, gs)?;
         // No bias: its binding holds the weights again, unread.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(

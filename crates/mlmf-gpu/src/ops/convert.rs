@@ -16,17 +16,6 @@ const WORKGROUP: u32 = 64;
 /// `cargo bench --bench quant` on lavapipe, F16 went from 282 to 522 MiB/s (1 vs 16).
 const ELEMS_PER_INVOCATION: u32 = 16;
 
-/// Uniform parameters of `convert.wgsl`, fields in WGSL order.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    count: u32,
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Convert.params_bytes());
-
 /// Whether this family has a kernel for `dtype` (plain numbers; [`to_f32`] also takes the
 /// quantized types [`dequant`](crate::ops::dequant) supports).
 pub fn supports(dtype: DType) -> bool {
@@ -127,12 +116,6 @@ fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuSt
             workgroup: WORKGROUP,
             elems_per_invocation: ELEMS_PER_INVOCATION,
             out_align: 4,
-        },
-        |p| Params {
-            count: p.count,
-            in_offset: p.in_offset,
-            out_offset: p.out_offset,
-            _pad: 0,
         },
     )
 }

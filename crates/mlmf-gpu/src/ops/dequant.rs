@@ -1,13 +1,13 @@
 //! Dequantization of GGML block types to f32, straight from the block bytes as GGUF stores them.
 //!
 //! One public op, [`to_f32`], for every block type with a group decoder (the `group` rows of
-//! [`quant_decode::DECODERS`]: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL in blocks of 32 elements,
+//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL in blocks of 32 elements,
 //! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS in super-blocks of 256), and [`to_f16_or_f32`], which
 //! writes f16 where the device can (the family's `Variant::F16`, on GPUs with shader-f16) and
 //! falls back to f32 where it cannot. F16 and BF16 are [`convert`](super::convert)'s.
 //!
 //! GPU: `shaders/dequant.wgsl`, one entry point specialised per type, one invocation per 32
-//! elements. CPU twin: the type's twin in [`quant_decode`]. GPU, twin and gguf-py agree bit for
+//! elements. CPU twin: the type's twin in `quant_decode`. GPU, twin and gguf-py agree bit for
 //! bit (see there).
 
 use super::launch::check_page_bytes;
@@ -27,17 +27,6 @@ const GRID: paged::Grid = paged::Grid {
     elems_per_invocation: 32,
     out_align: 16,
 };
-
-/// Uniform parameters of `dequant.wgsl`, fields in WGSL order.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    count: u32,
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Dequant.params_bytes());
 
 /// Whether [`to_f32`] decodes `dtype`.
 pub fn supports(dtype: DType) -> bool {
@@ -126,12 +115,7 @@ fn gpu_dequant(t: &Tensor, src: &GpuStorage, decoder: &Decoder, out: DType) -> R
         .with("WG", f64::from(GRID.workgroup))
         .with("BLOCK_BYTES", dtype.block_bytes() as f64)
         .with("BLOCK_ELEMS", dtype.block_elems() as f64);
-    paged::map_elements(t, src, &key, out, GRID, |p| Params {
-        count: p.count,
-        in_offset: p.in_offset,
-        out_offset: p.out_offset,
-        _pad: 0,
-    })
+    paged::map_elements(t, src, &key, out, GRID)
 }
 
 /// Helpers shared by the tests of the families that decode weight blocks.
@@ -335,38 +319,37 @@ mod tests {
     use crate::device::Device;
     use quant_decode::to_f32 as twin;
 
-    /// Blocks of 32 elements, and K-quant super-blocks of 256.
-    const LEGACY: [DType; 6] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::IQ4_NL,
-    ];
-    const K_QUANTS: [DType; 6] = [
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-        DType::IQ4_XS,
-    ];
+    /// The types this family takes in blocks of `elems` (32, or 256 for K-quant super-blocks),
+    /// in the decoder table's order.
+    fn types(elems: u64) -> Vec<DType> {
+        let rows = quant_decode::DECODERS.iter().filter(|d| d.group);
+        rows.map(|d| d.dtype)
+            .filter(|d| d.block_elems() == elems)
+            .collect()
+    }
+
+    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL or IQ4_XS
+    /// tensor: tests/dequant_files.rs checks those against gguf-py with
+    /// tests/data/iq4_gguf_py.gguf, and the tests here check their twins against the GPU.
+    fn oracle_types() -> impl Iterator<Item = DType> {
+        let mut all = types(32);
+        all.extend(types(256));
+        all.into_iter()
+            .filter(|d| !matches!(d, DType::IQ4_NL | DType::IQ4_XS))
+    }
 
     #[test]
     fn fixtures_decode_exactly_as_gguf_py() {
         let gpu = Device::gpu().unwrap();
-        // The shared oracle has no IQ4_NL or IQ4_XS tensor: tests/dequant_files.rs checks them
-        // against gguf-py with tests/data/iq4_gguf_py.gguf, and the twin below against the GPU.
-        for dtype in LEGACY[..5].iter().chain(&K_QUANTS[..5]) {
-            check_fixture(&gpu, *dtype);
+        for dtype in oracle_types() {
+            check_fixture(&gpu, dtype);
         }
     }
 
     #[test]
     fn gpu_matches_cpu_twin_on_random_blocks() {
         let gpu = Device::gpu().unwrap();
-        for (k, dtype) in LEGACY.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             // Element counts that are not multiples of the workgroup size (64).
             for (n, dims) in [vec![32], vec![7, 160], vec![3, 5, 96]]
                 .into_iter()
@@ -375,7 +358,7 @@ mod tests {
                 check_random(&gpu, dtype, dims, 1 + 10 * k as u64 + n as u64);
             }
         }
-        for (k, dtype) in K_QUANTS.into_iter().enumerate() {
+        for (k, dtype) in types(256).into_iter().enumerate() {
             for (n, dims) in [vec![256], vec![3, 768], vec![5, 1, 512]]
                 .into_iter()
                 .enumerate()
@@ -392,10 +375,10 @@ mod tests {
         // super-blocks straddle output pages).
         for page in [4096, 4352] {
             let gpu = paged_gpu(page);
-            for (k, dtype) in LEGACY.into_iter().enumerate() {
+            for (k, dtype) in types(32).into_iter().enumerate() {
                 check_random(&gpu, dtype, vec![301, 32], 77 + k as u64);
             }
-            for (k, dtype) in K_QUANTS.into_iter().enumerate() {
+            for (k, dtype) in types(256).into_iter().enumerate() {
                 check_random(&gpu, dtype, vec![19, 512], 177 + k as u64);
             }
         }
@@ -403,10 +386,10 @@ mod tests {
         // launcher splits them at multiples of 16 bytes), so dispatches start and end inside a
         // block or a 32-element group.
         let gpu = paged_gpu(4112);
-        for (k, dtype) in LEGACY.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             check_random(&gpu, dtype, vec![1, 301 * 32], 97 + k as u64);
         }
-        for (k, dtype) in K_QUANTS.into_iter().enumerate() {
+        for (k, dtype) in types(256).into_iter().enumerate() {
             check_random(&gpu, dtype, vec![1, 19 * 512], 197 + k as u64);
         }
     }
@@ -434,19 +417,19 @@ mod tests {
     fn f16_output_is_the_f32_decoding_rounded() {
         let gpu = Device::gpu().unwrap();
         // lavapipe has shader-f16, so this suite runs the f16 kernels; elsewhere the fallback.
-        for (k, dtype) in LEGACY.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             let bytes = moderate_blocks(dtype, 35, 300 + k as u64);
             let want = twin(dtype, &bytes);
             check_f16(&gpu, dtype, vec![7, 160], bytes, &want);
         }
-        for (k, dtype) in K_QUANTS.into_iter().enumerate() {
+        for (k, dtype) in types(256).into_iter().enumerate() {
             let bytes = moderate_blocks(dtype, 9, 400 + k as u64);
             let want = twin(dtype, &bytes);
             check_f16(&gpu, dtype, vec![3, 768], bytes, &want);
         }
-        for dtype in LEGACY[..5].iter().chain(&K_QUANTS[..5]) {
-            let (bytes, want) = fixture(*dtype);
-            check_f16(&gpu, *dtype, vec![8, 1024], bytes, &want);
+        for dtype in oracle_types() {
+            let (bytes, want) = fixture(dtype);
+            check_f16(&gpu, dtype, vec![8, 1024], bytes, &want);
         }
         let paged = paged_gpu(4352);
         let bytes = moderate_blocks(DType::Q5_1, 301, 9);

@@ -22,6 +22,8 @@ use crate::device::kernels::{Kernel, PipelineKey};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
+#[cfg(doc)]
+use mlmf_core::Error;
 use mlmf_core::Result;
 
 use super::launch::{

@@ -127,7 +127,7 @@ fn gpu_embedding(
         let (block_bytes, block_elems) = (dtype.block_bytes(), dtype.block_elems());
         // Block numbers and in-page byte offsets are u32 in the kernel.
         u32_of(table.byte_len() / block_bytes, "the table's block count")?;
-        u32_of(ts.page_bytes(), "the page size")?;
+        launch::check_page_bytes(table, ts)?;
         let page_blocks = ts.page_bytes() / block_bytes;
         let key = decoder
             .specialise(PipelineKey::new(Kernel::Embedding, "embedding"))

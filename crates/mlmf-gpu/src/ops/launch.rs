@@ -209,6 +209,18 @@ pub(crate) fn whole(
     Ok(buf)
 }
 
+/// Each of `ts` (stored in `gs`) whole, in order (see [`whole`]).
+pub(crate) fn wholes(
+    encoder: &mut wgpu::CommandEncoder,
+    ts: &[&Tensor],
+    gs: &[&GpuStorage],
+) -> Result<Vec<wgpu::Buffer>> {
+    ts.iter()
+        .zip(gs)
+        .map(|(t, s)| whole(encoder, t, s, t.name()))
+        .collect()
+}
+
 /// A new f32 tensor's pages and the one buffer kernels write it through: its only page, or a
 /// scratch buffer that [`Output::finish`] copies into the pages.
 pub(crate) struct Output {

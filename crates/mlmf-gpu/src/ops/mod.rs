@@ -14,6 +14,7 @@ pub mod matmul;
 pub mod norm;
 mod paged;
 pub mod qmatmul;
+// The weight types dequant, qmatmul and embedding decode, and their CPU twins.
 pub(crate) mod quant_decode;
 pub mod softmax;
 

@@ -153,11 +153,7 @@ fn gpu_norm(
             .with("WG", f64::from(WORKGROUP))
             .with("ROW_PER_INVOCATION", reduce.flag());
         let pipeline = gpu.pipeline(&key)?;
-        let bufs = ts
-            .iter()
-            .zip(gs)
-            .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let bufs = launch::wholes(&mut encoder, ts, gs)?;
         // rms_norm has no bias: its binding holds the weight again.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(

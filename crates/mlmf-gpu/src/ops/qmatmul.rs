@@ -432,23 +432,10 @@ mod tests {
     use crate::device::Device;
     use crate::ops::dequant::testing::{paged_gpu, tensor};
 
-    const TYPES: [DType; 15] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::IQ4_NL,
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-        DType::IQ4_XS,
-    ];
+    /// Every type the decoder table has, in its order.
+    fn types() -> impl Iterator<Item = DType> {
+        quant_decode::DECODERS.iter().map(|d| d.dtype)
+    }
 
     /// Both ways a GPU dispatch can sum a row, whatever the adapter would choose.
     const REDUCE: [Reduce; 2] = [Reduce::Workgroup, Reduce::PerInvocation];
@@ -497,7 +484,7 @@ mod tests {
     #[test]
     fn every_type_within_the_bound_on_random_shapes() {
         let gpu = Device::gpu().unwrap();
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types().enumerate() {
             let block = dtype.block_elems() as usize;
             // Rows and row lengths that are not multiples of the workgroup size (64); batches
             // of 1, 3 and more than MAX_BATCH. Plain types: 100, 102 and 104 columns, so the
@@ -559,7 +546,7 @@ mod tests {
     #[test]
     fn tensors_spanning_pages() {
         let gpu = paged_gpu(4096);
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types().enumerate() {
             let block = dtype.block_elems() as usize;
             // Short rows: pages split at whole rows.
             let cols = if block == 1 { 36 } else { block };

@@ -9,7 +9,7 @@
 //! follows IEEE: `-inf` entries get 0, and a row with no finite maximum gives NaN, as torch.
 //!
 //! GPU: one workgroup per row (workgroup max and sum), or one invocation per row on CPU-based
-//! adapters ([`Reduce`]); [`record`] is the pass [`super::attention`] reuses.
+//! adapters ([`Reduce`]); `record` is the pass [`super::attention`] reuses.
 //!
 //! CPU twin: `cpu`, in index order. With `eps = f32::EPSILON`, `t_k = x[k] - m`, `p` the exact
 //! result and n = cols, both stay within
