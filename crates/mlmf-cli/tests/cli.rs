@@ -270,7 +270,13 @@ fn quantize_safetensors_to_q8_0() {
         if quantized {
             assert_eq!(o.dtype, mlmf::DType::Q8_0, "{}", t.name);
             let x = f32s(src.bytes(t));
-            let y = mlmf::ops::dequant::cpu::to_f32(o.dtype, q.bytes(o));
+            let y = mlmf::ops::dequant::to_f32(
+                &mlmf::Tensor::from_bytes("t", o.dtype, o.shape.clone(), q.bytes(o).to_vec())
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_f32_vec()
+            .unwrap();
             q8_0_error_bound_holds(&x, &y);
         } else {
             assert_eq!(o.dtype, t.dtype, "{}", t.name);
@@ -313,8 +319,18 @@ fn quantize_gguf_q4_1_to_q8_0() {
     let t = src.tensor("blk.0.attn_q.weight").unwrap();
     let o = q.tensor("blk.0.attn_q.weight").unwrap();
     assert_eq!((t.dtype, o.dtype), (mlmf::DType::Q4_1, mlmf::DType::Q8_0));
-    let x = mlmf::ops::dequant::cpu::to_f32(t.dtype, src.bytes(t));
-    let y = mlmf::ops::dequant::cpu::to_f32(o.dtype, q.bytes(o));
+    let x = mlmf::ops::dequant::to_f32(
+        &mlmf::Tensor::from_bytes("t", t.dtype, t.shape.clone(), src.bytes(t).to_vec()).unwrap(),
+    )
+    .unwrap()
+    .to_f32_vec()
+    .unwrap();
+    let y = mlmf::ops::dequant::to_f32(
+        &mlmf::Tensor::from_bytes("t", o.dtype, o.shape.clone(), q.bytes(o).to_vec()).unwrap(),
+    )
+    .unwrap()
+    .to_f32_vec()
+    .unwrap();
     q8_0_error_bound_holds(&x, &y);
     let kept = src.tensor("blk.1.attn_q.weight").unwrap();
     assert!(q.bytes(q.tensor(&kept.name).unwrap()) == src.bytes(kept));

@@ -7,7 +7,8 @@
 // keeping one partial sum per (batch column, thread) in workgroup memory; a tree reduction then
 // adds the WG partial sums of each batch column and thread 0 writes them. A dispatch covers up
 // to MAX_BATCH batch columns and a run of rows that lie whole in the bound buffer of W; the
-// launcher (src/ops/qmatmul.rs) loops over batch chunks and pages. One entry point per type.
+// launcher (src/ops/qmatmul.rs) loops over batch chunks and pages, and sets the weight type
+// (quant_decode.wgsl's TYPE).
 //
 // With ROW_PER_INVOCATION (the launcher sets it for CPU-based adapters such as lavapipe), each
 // invocation instead sums one whole row alone, with no workgroup memory and no barriers: a CPU
@@ -62,65 +63,6 @@ fn x(i: u32) -> f32 {
     return x4[i >> 2u][i & 3u];
 }
 
-// Weight types, as each entry point names its own.
-const T_F32: u32 = 0u;
-const T_F16: u32 = 1u;
-const T_BF16: u32 = 2u;
-const T_Q4_0: u32 = 3u;
-const T_Q4_1: u32 = 4u;
-const T_Q5_0: u32 = 5u;
-const T_Q5_1: u32 = 6u;
-const T_Q8_0: u32 = 7u;
-const T_IQ4_NL: u32 = 8u;
-const T_Q2_K: u32 = 9u;
-const T_Q3_K: u32 = 10u;
-const T_Q4_K: u32 = 11u;
-const T_Q5_K: u32 = 12u;
-const T_Q6_K: u32 = 13u;
-const T_IQ4_XS: u32 = 14u;
-
-// Element j of the block of type `t` at byte b of `src`. Each entry point passes a constant t,
-// so the switch folds away.
-fn decode(t: u32, b: u32, j: u32) -> f32 {
-    switch t {
-        case 0u: { return decode_f32(b, j); }
-        case 1u: { return decode_f16(b, j); }
-        case 2u: { return decode_bf16(b, j); }
-        case 3u: { return decode_q4_0(b, j); }
-        case 4u: { return decode_q4_1(b, j); }
-        case 5u: { return decode_q5_0(b, j); }
-        case 6u: { return decode_q5_1(b, j); }
-        case 7u: { return decode_q8_0(b, j); }
-        case 8u: { return decode_iq4_nl(b, j); }
-        case 9u: { return decode_q2_k(b, j); }
-        case 10u: { return decode_q3_k(b, j); }
-        case 11u: { return decode_q4_k(b, j); }
-        case 12u: { return decode_q5_k(b, j); }
-        case 13u: { return decode_q6_k(b, j); }
-        case 14u: { return decode_iq4_xs(b, j); }
-        default: { return 0.0; }
-    }
-}
-
-// Group g of the block of type `t` at byte b of `src`, handed to `emit4` (block types only).
-fn decode_group(t: u32, b: u32, g: u32) {
-    switch t {
-        case 3u: { group_q4_0(b, g); }
-        case 4u: { group_q4_1(b, g); }
-        case 5u: { group_q5_0(b, g); }
-        case 6u: { group_q5_1(b, g); }
-        case 7u: { group_q8_0(b, g); }
-        case 8u: { group_iq4_nl(b, g); }
-        case 9u: { group_q2_k(b, g); }
-        case 10u: { group_q3_k(b, g); }
-        case 11u: { group_q4_k(b, g); }
-        case 12u: { group_q5_k(b, g); }
-        case 13u: { group_q6_k(b, g); }
-        case 14u: { group_iq4_xs(b, g); }
-        default: {}
-    }
-}
-
 // The row path's sums, one per batch column, and where the group being decoded sits: its
 // first column, and the batch columns to multiply it into.
 var<private> acc: array<f32, ROW_BATCH_LIMIT>;
@@ -147,19 +89,19 @@ fn emit4(i: u32, w: vec4<f32>) {
 
 // Row r of this dispatch, summed by one invocation: block types a group of 32 weights at a
 // time (each block's scales decoded once per group), plain types four at a time.
-fn matmul_row(t: u32, r: u32) {
+fn matmul_row(r: u32) {
     if r >= params.rows {
         return;
     }
     let batch = min(params.batch, ROW_BATCH_LIMIT);
     let cols = params.cols;
     let base = params.w_offset + r * params.row_bytes;
-    if t >= T_Q4_0 {
+    if GROUPED {
         emit_batch = batch;
         let per_block = params.block_elems / GROUP;
         for (var g = 0u; g < cols / GROUP; g++) {
             emit_col = g * GROUP;
-            decode_group(t, base + (g / per_block) * params.block_bytes, g % per_block);
+            decode_group(base + (g / per_block) * params.block_bytes, g % per_block);
         }
     } else {
         // Plain types (a block is one element): quads of columns through emit4 where every batch
@@ -171,11 +113,11 @@ fn matmul_row(t: u32, r: u32) {
             for (; k + 4u <= cols; k += 4u) {
                 emit_col = k;
                 let at = base + k * bytes;
-                emit4(0u, vec4<f32>(decode(t, at, 0u), decode(t, at + bytes, 0u), decode(t, at + 2u * bytes, 0u), decode(t, at + 3u * bytes, 0u)));
+                emit4(0u, vec4<f32>(decode(at, 0u), decode(at + bytes, 0u), decode(at + 2u * bytes, 0u), decode(at + 3u * bytes, 0u)));
             }
         }
         for (; k < cols; k++) {
-            let w = decode(t, base + k * bytes, 0u);
+            let w = decode(base + k * bytes, 0u);
             for (var b = 0u; b < batch; b++) {
                 acc[b] += w * x(b * cols + k);
             }
@@ -186,9 +128,10 @@ fn matmul_row(t: u32, r: u32) {
     }
 }
 
-fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
+@compute @workgroup_size(WG)
+fn qmatmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
     if ROW_PER_INVOCATION {
-        matmul_row(t, flat_index(wg, nwg, l, WG));
+        matmul_row(flat_index(wg, nwg, l, WG));
         return;
     }
     // The workgroup's row: the same for every thread of the workgroup.
@@ -203,7 +146,7 @@ fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
         partial[b * WG + l] = 0.0;
     }
     for (var k = l; k < cols; k += WG) {
-        let w = decode(t, base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
+        let w = decode(base + (k / params.block_elems) * params.block_bytes, k % params.block_elems);
         for (var b = 0u; b < batch; b++) {
             partial[b * WG + l] += w * x(b * cols + k);
         }
@@ -221,79 +164,4 @@ fn matmul(t: u32, wg: vec3<u32>, nwg: vec3<u32>, l: u32) {
             dst[b * params.out_rows + params.row0 + r] = partial[b * WG];
         }
     }
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_F32, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_F16, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_bf16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_BF16, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q4_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q4_0, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q4_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q4_1, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q5_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q5_0, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q5_1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q5_1, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q8_0(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q8_0, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_iq4_nl(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_IQ4_NL, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q2_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q2_K, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q3_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q3_K, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q4_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q4_K, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q5_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q5_K, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_q6_k(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_Q6_K, wg, nwg, l);
-}
-
-@compute @workgroup_size(WG)
-fn qmatmul_iq4_xs(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
-    matmul(T_IQ4_XS, wg, nwg, l);
 }

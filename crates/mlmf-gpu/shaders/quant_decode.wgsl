@@ -1,7 +1,8 @@
-// Element decoders for every weight type the dequant and qmatmul families read, shared by them
-// (kernels.rs prepends this file after common.wgsl). Each family declares the binding these
-// functions read, `src: array<u32>`, holding the tensor's bytes exactly as the file stores them;
-// WGSL module-scope declarations are order-independent, so the functions here may name it.
+// Element decoders for every weight type the block-reading families (dequant, qmatmul,
+// embedding) read, shared by them (kernels.rs prepends this file after common.wgsl). Each family
+// declares the binding these functions read, `src: array<u32>`, holding the tensor's bytes
+// exactly as the file stores them; WGSL module-scope declarations are order-independent, so the
+// functions here may name it.
 //
 // `decode_<type>(b, j)` is element j of the block whose first byte is at byte b of `src`. Block
 // layouts are ggml-common.h's; element order and arithmetic are ggml's dequantize_row_*
@@ -9,8 +10,73 @@
 // grouped as written there. Every product is exact in f32 (an f16 significand has 11 bits, a
 // quant at most 7, a K-quant sub-block scale at most 6 more), so the only rounding is the one
 // add or subtract of a min in Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, and a compiler that contracts it
-// with the product into a fused multiply-add gets the same bits. The CPU twins are `cpu` in
-// src/ops/dequant.rs and src/ops/dequant_k.rs (and convert.rs's for F32, F16 and BF16).
+// with the product into a fused multiply-add gets the same bits. The CPU twins, and the table of
+// types these mirror, are in src/ops/quant_decode.rs.
+
+// The weight type a pipeline decodes, and whether that type has a group decoder (the block
+// types): the launchers set both from the table in src/ops/quant_decode.rs. A switch on an
+// override folds away when the pipeline is built, so each pipeline holds one type's decoder.
+override TYPE: u32;
+override GROUPED: bool;
+
+// Type codes, one per row of that table (the naga test checks they agree).
+const T_F32: u32 = 0u;
+const T_F16: u32 = 1u;
+const T_BF16: u32 = 2u;
+const T_Q4_0: u32 = 3u;
+const T_Q4_1: u32 = 4u;
+const T_Q5_0: u32 = 5u;
+const T_Q5_1: u32 = 6u;
+const T_Q8_0: u32 = 7u;
+const T_IQ4_NL: u32 = 8u;
+const T_Q2_K: u32 = 9u;
+const T_Q3_K: u32 = 10u;
+const T_Q4_K: u32 = 11u;
+const T_Q5_K: u32 = 12u;
+const T_Q6_K: u32 = 13u;
+const T_IQ4_XS: u32 = 14u;
+
+// Element j of the block of type TYPE at byte b of `src`.
+fn decode(b: u32, j: u32) -> f32 {
+    switch TYPE {
+        case T_F32: { return decode_f32(b, j); }
+        case T_F16: { return decode_f16(b, j); }
+        case T_BF16: { return decode_bf16(b, j); }
+        case T_Q4_0: { return decode_q4_0(b, j); }
+        case T_Q4_1: { return decode_q4_1(b, j); }
+        case T_Q5_0: { return decode_q5_0(b, j); }
+        case T_Q5_1: { return decode_q5_1(b, j); }
+        case T_Q8_0: { return decode_q8_0(b, j); }
+        case T_IQ4_NL: { return decode_iq4_nl(b, j); }
+        case T_Q2_K: { return decode_q2_k(b, j); }
+        case T_Q3_K: { return decode_q3_k(b, j); }
+        case T_Q4_K: { return decode_q4_k(b, j); }
+        case T_Q5_K: { return decode_q5_k(b, j); }
+        case T_Q6_K: { return decode_q6_k(b, j); }
+        case T_IQ4_XS: { return decode_iq4_xs(b, j); }
+        default: { return 0.0; }
+    }
+}
+
+// Group g of the block of type TYPE at byte b of `src`, handed to `emit4` (GROUPED types only;
+// see group_<type> below).
+fn decode_group(b: u32, g: u32) {
+    switch TYPE {
+        case T_Q4_0: { group_q4_0(b, g); }
+        case T_Q4_1: { group_q4_1(b, g); }
+        case T_Q5_0: { group_q5_0(b, g); }
+        case T_Q5_1: { group_q5_1(b, g); }
+        case T_Q8_0: { group_q8_0(b, g); }
+        case T_IQ4_NL: { group_iq4_nl(b, g); }
+        case T_Q2_K: { group_q2_k(b, g); }
+        case T_Q3_K: { group_q3_k(b, g); }
+        case T_Q4_K: { group_q4_k(b, g); }
+        case T_Q5_K: { group_q5_k(b, g); }
+        case T_Q6_K: { group_q6_k(b, g); }
+        case T_IQ4_XS: { group_iq4_xs(b, g); }
+        default: {}
+    }
+}
 
 // The non-linear 4-bit grid of IQ4_NL and IQ4_XS (kvalues_iq4nl in ggml-common.h).
 const KVALUES_IQ4NL = array<i32, 16>(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113);
@@ -208,8 +274,8 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
 // `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
 // legacy blocks, 0..8 for a K-quant super-block) and hands them to `emit4(i, x)`, four
 // consecutive elements i .. i + 3 at a time (i a multiple of 4), in no particular order. Each
-// family that includes this file defines `emit4`: the dequant kernels store x, qmatmul
-// multiplies it into its sums. Same values, same arithmetic as decode_<type>, component by
+// family that includes this file defines `emit4`: dequant stores x, qmatmul multiplies it into
+// its sums, embedding never calls these. Same values, same arithmetic as decode_<type>, component by
 // component, but each scale is decoded once per group and each quant word is read once: on
 // lavapipe every load or store of a storage buffer is a loop over the SIMD lanes, so the number
 // of loads and stores is most of the cost.

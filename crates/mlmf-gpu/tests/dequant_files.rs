@@ -37,16 +37,8 @@ fn first_difference(got: &[u8], want: &[u8]) -> String {
     }
 }
 
-/// The CPU twin of whatever `to_f32` runs for `dtype`, on whole elements or blocks.
-fn twin(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    if dequant::supports(dtype) {
-        dequant::cpu::to_f32(dtype, bytes)
-    } else {
-        convert::cpu::to_f32(dtype, bytes)
-    }
-}
-
-/// The CPU twin's decoding of a tensor, handed out in pieces of any length: decodes a bounded
+/// The CPU twin's decoding of a tensor (the twin of whatever `to_f32` runs for its dtype, through
+/// `convert::bytes_to_f32`), handed out in pieces of any length: decodes a bounded
 /// run of blocks at a time, so no whole-tensor f32 copy is held.
 struct Twin<'a> {
     dtype: DType,
@@ -74,7 +66,7 @@ impl<'a> Twin<'a> {
             assert!(self.at < self.bytes.len(), "twin ran out of blocks");
             let end = self.bytes.len().min(self.at + step);
             self.decoded
-                .extend(twin(self.dtype, &self.bytes[self.at..end]));
+                .extend(convert::bytes_to_f32(self.dtype, &self.bytes[self.at..end]));
             self.at = end;
         }
         let rest = self.decoded.split_off(n);

@@ -7,12 +7,14 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "../../../tests/common/erf.rs"]
+mod erf;
 #[path = "../../../tests/common/fma.rs"]
 mod fma;
 
 use mlmf_core::{DType, Error, Shape};
-use mlmf_gpu::ops::elementwise::{self, cpu as ew};
-use mlmf_gpu::ops::matmul::{self, linear, matmul, Dims, MatmulOptions};
+use mlmf_gpu::ops::elementwise;
+use mlmf_gpu::ops::matmul::{linear, matmul, Dims, MatmulOptions};
 use mlmf_gpu::{Device, GpuOptions, Tensor};
 
 fn random_f32(n: usize, seed: u64) -> Vec<f32> {
@@ -184,7 +186,13 @@ fn check_matmul(
         if trans_b { "ᵀ" } else { "" },
         device.describe()
     );
-    let twin = matmul::cpu::matmul(&av, &bv, biasv, dims);
+    // The twin: the same product on the CPU device.
+    let cpu_options = MatmulOptions {
+        trans_a,
+        trans_b,
+        bias: with_bias.then_some(&bias),
+    };
+    let twin = f32s(&matmul(&a, &b, cpu_options).unwrap());
     check_bound(&format!("{what} (twin)"), &twin, &want, &abs, k);
     let on = |t: &Tensor| t.to_device(device).unwrap();
     let bias_t = on(&bias);
@@ -334,7 +342,7 @@ fn linear_is_x_times_w_transposed_plus_bias() {
                     .unwrap()
             };
             let (xt, wt, bt) = (
-                on("x", x_dims, &x),
+                on("x", x_dims.clone(), &x),
                 on("w", vec![out, inp], &w),
                 on("bias", vec![out], &bias),
             );
@@ -355,7 +363,14 @@ fn linear_is_x_times_w_transposed_plus_bias() {
             let (want, abs) = reference(&x, &w, Some(&bias), dims);
             let got = f32s(&y);
             check_bound(&format!("linear {lead:?}"), &got, &want, &abs, inp);
-            let twin = matmul::cpu::matmul(&x, &w, Some(&bias), dims);
+            // The twin: linear on the CPU device.
+            let cpu = |name: &str, dims: Vec<usize>, v: &[f32]| Tensor::from_f32(name, dims, v);
+            let (xc, wc, bc) = (
+                cpu("x", x_dims, &x),
+                cpu("w", vec![out, inp], &w),
+                cpu("bias", vec![out], &bias),
+            );
+            let twin = f32s(&linear(&xc.unwrap(), &wc.unwrap(), Some(&bc.unwrap())).unwrap());
             check_bound("linear twin", &twin, &want, &abs, inp);
             if !fma::fuses_multiply_add(&device) {
                 same_bits("linear against twin", &got, &twin);
@@ -498,42 +513,6 @@ fn matmul_larger_than_a_binding_is_device_limit() {
 
 // ---- elementwise ----------------------------------------------------------------------------
 
-/// erf in f64 from its everywhere-convergent series of positive terms,
-/// `erf(x) = 2/sqrt(pi) exp(-x²) sum_n 2^n x^(2n+1) / (1·3·...·(2n+1))`, good to ~1e-15 for
-/// |x| < 6 (no cancellation); ±1 beyond.
-fn erf64(x: f64) -> f64 {
-    if x.abs() >= 6.0 {
-        return x.signum();
-    }
-    let mut term = x;
-    let mut sum = x;
-    let mut n = 0.0;
-    while term.abs() > 1e-17 * sum.abs() {
-        n += 1.0;
-        term *= 2.0 * x * x / (2.0 * n + 1.0);
-        sum += term;
-    }
-    2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum
-}
-
-#[test]
-fn erf_twin_within_its_bound() {
-    let mut worst = 0.0f64;
-    for i in -120_000..=120_000 {
-        let x = i as f32 * 5e-5;
-        let e = erf64(f64::from(x));
-        let got = f64::from(ew::erf(x));
-        if e != 0.0 {
-            worst = worst.max((got - e).abs() / e.abs());
-        }
-    }
-    // Juffa's bound (1 ulp with a correctly rounded exp): 2^-23 relative.
-    assert!(worst <= 1.2e-7, "worst relative error {worst:e}");
-    assert_eq!(ew::erf(10.0), 1.0);
-    assert_eq!(ew::erf(-10.0), -1.0);
-    assert_eq!(ew::erf(0.0), 0.0);
-}
-
 /// Inputs that cover the activations' shapes: a ramp over [-10, 10], the branch point of erf,
 /// zeros and random values.
 fn activation_inputs() -> Vec<f32> {
@@ -551,7 +530,7 @@ fn check_gelu(what: &str, x: &[f32], got: &[f32], erf_error: f64) {
     let u = f64::from(f32::EPSILON) / 2.0;
     for (&x, &g) in x.iter().zip(got) {
         let x64 = f64::from(x);
-        let want = 0.5 * x64 * (1.0 + erf64(x64 / std::f64::consts::SQRT_2));
+        let want = 0.5 * x64 * (1.0 + erf::erf64(x64 / std::f64::consts::SQRT_2));
         let bound = 0.5 * x64.abs() * (erf_error + 0.8 * x64.abs() * u + 2.0 * u) + u * want.abs();
         let err = (f64::from(g) - want).abs();
         assert!(
@@ -667,18 +646,16 @@ fn add_and_mul_same_shape_and_broadcast() {
             } else {
                 (&bv, &av, bd)
             };
-            for (name, f, exact) in [
+            type Op = fn(&Tensor, &Tensor) -> mlmf_core::Result<Tensor>;
+            for (name, op, exact) in [
                 (
                     "add",
-                    ew::Binary::Add,
+                    elementwise::add as Op,
                     (|x: f64, y: f64| x + y) as fn(f64, f64) -> f64,
                 ),
-                ("mul", ew::Binary::Mul, |x, y| x * y),
+                ("mul", elementwise::mul, |x, y| x * y),
             ] {
-                let got = match f {
-                    ew::Binary::Add => elementwise::add(&a, &b).unwrap(),
-                    ew::Binary::Mul => elementwise::mul(&a, &b).unwrap(),
-                };
+                let got = op(&a, &b).unwrap();
                 assert_eq!(got.shape().dims(), out_dims.as_slice());
                 let want: Vec<f32> = big
                     .iter()
@@ -687,7 +664,11 @@ fn add_and_mul_same_shape_and_broadcast() {
                     .collect();
                 let what = format!("{name} {ad:?} {bd:?} on {}", device.describe());
                 same_bits(&what, &f32s(&got), &want);
-                same_bits(&format!("{what} (twin)"), &ew::binary(f, big, small), &want);
+                // The twin: the op on the CPU device.
+                let cpu =
+                    |n: &str, dims: &[usize], v: &[f32]| Tensor::from_f32(n, dims.to_vec(), v);
+                let twin = op(&cpu("a", ad, &av).unwrap(), &cpu("b", bd, &bv).unwrap()).unwrap();
+                same_bits(&format!("{what} (twin)"), &f32s(&twin), &want);
             }
         }
     }

@@ -285,19 +285,15 @@ fn softmax_within_its_bound_and_stable() {
 /// gives NaN.
 #[test]
 fn softmax_twin_infinities() {
-    let y = softmax::cpu::softmax(
-        &[
-            0.0,
-            f32::NEG_INFINITY,
-            0.0,
-            f32::NEG_INFINITY,
-            f32::NEG_INFINITY,
-        ],
-        5,
+    // The twin: softmax on the CPU device.
+    let twin =
+        |x: &[f32]| values(&softmax::softmax(&on(&Device::Cpu, "x", vec![x.len()], x)).unwrap());
+    let inf = f32::NEG_INFINITY;
+    assert_eq!(
+        twin(&[0.0, inf, 0.0, inf, inf]),
+        vec![0.5, 0.0, 0.5, 0.0, 0.0]
     );
-    assert_eq!(y, vec![0.5, 0.0, 0.5, 0.0, 0.0]);
-    let y = softmax::cpu::softmax(&[f32::NEG_INFINITY; 3], 3);
-    assert!(y.iter().all(|v| v.is_nan()));
+    assert!(twin(&[inf; 3]).iter().all(|v| v.is_nan()));
 }
 
 // ---- embedding --------------------------------------------------------------------------------
@@ -612,7 +608,18 @@ fn conv_case(
     check(&what, &got, &want, &bound);
     // Every GPU kernel sums like the twin: bit for bit where products and sums are each rounded.
     if !matches!(device, Device::Cpu) && !fma::fuses_multiply_add(device) {
-        let twin = conv::cpu::conv2d(&x, &wt, bias.then_some(&b[..]), d);
+        // The twin: the same convolution on the CPU device.
+        let cpu = |name: &str, dims: Vec<usize>, v: &[f32]| on(&Device::Cpu, name, dims, v);
+        let bias_t = cpu("b", vec![c_out], &b);
+        let twin = values(
+            &conv::conv2d(
+                &cpu("x", vec![n, c_in, h, w], &x),
+                &cpu("w", vec![c_out, cin_g, k, k], &wt),
+                bias.then_some(&bias_t),
+                conv,
+            )
+            .unwrap(),
+        );
         let differ = got
             .iter()
             .zip(&twin)

@@ -13,7 +13,7 @@ mod fma;
 use common::random_f32;
 
 use mlmf_core::{DType, Error, ModelFile, Shape};
-use mlmf_gpu::ops::lora::{self, cpu, NO_ADAPTER};
+use mlmf_gpu::ops::lora::{self, NO_ADAPTER};
 use mlmf_gpu::ops::qmatmul;
 use mlmf_gpu::{Device, GpuOptions, Storage, Tensor};
 
@@ -155,13 +155,22 @@ fn check_merge(
     let wb = encode(dtype, &w_vals);
     let av = random_f32(rank * inp, seed + 1);
     let bv = random_f32(out * rank, seed + 2);
-    let dims = cpu::MergeDims { out, inp, rank };
-    let twin = cpu::merge(dtype, &wb, &av, &bv, dims, scale, fan_in_fan_out);
     let w_dims = if fan_in_fan_out {
         vec![inp, out]
     } else {
         vec![out, inp]
     };
+    // The twin: the same merge on the CPU device.
+    let twin = lora::merge(
+        &tensor("w", dtype, w_dims.clone(), wb.clone(), &Device::Cpu),
+        &f32_tensor("a", vec![rank, inp], &av, &Device::Cpu),
+        &f32_tensor("b", vec![out, rank], &bv, &Device::Cpu),
+        scale,
+        fan_in_fan_out,
+    )
+    .unwrap()
+    .to_bytes()
+    .unwrap();
     let w = tensor("w", dtype, w_dims.clone(), wb.clone(), device);
     let a = f32_tensor("a", vec![rank, inp], &av, device);
     let b = f32_tensor("b", vec![out, rank], &bv, device);
@@ -326,12 +335,16 @@ fn rounding_to_16_bits_matches_half() {
             .unwrap()
             .to_bytes()
             .unwrap();
-        let dims = cpu::MergeDims {
-            out: n,
-            inp: 1,
-            rank: 1,
-        };
-        let twin = cpu::merge(dtype, &vec![0; 2 * n], &[1.0], &targets, dims, 1.0, false);
+        let twin = lora::merge(
+            &tensor("w", dtype, vec![n, 1], vec![0; 2 * n], &Device::Cpu),
+            &f32_tensor("a", vec![1, 1], &[1.0], &Device::Cpu),
+            &f32_tensor("b", vec![n, 1], &targets, &Device::Cpu),
+            1.0,
+            false,
+        )
+        .unwrap()
+        .to_bytes()
+        .unwrap();
         for (i, t) in targets.iter().enumerate() {
             let g = u16::from_le_bytes([got[2 * i], got[2 * i + 1]]);
             let c = u16::from_le_bytes([twin[2 * i], twin[2 * i + 1]]);
@@ -403,27 +416,11 @@ impl Case {
         self.a.len() / (self.rank * self.inp).max(1)
     }
 
-    fn dims(&self) -> cpu::BgmvDims {
-        cpu::BgmvDims {
-            batch: self.batch,
-            inp: self.inp,
-            out: self.out,
-            rank: self.rank,
-        }
-    }
-
+    /// The twin: [`lora::bgmv`] on the CPU device.
     fn twin(&self, rows: &[u32], scales: &[f32], bias: bool) -> Vec<f32> {
-        let bias = bias.then_some(&self.bias[..]);
-        let got = cpu::bgmv(
-            &self.y,
-            &self.x,
-            rows,
-            &self.a,
-            &self.b,
-            scales,
-            bias,
-            self.dims(),
-        );
+        let [y, x, a, b, bi] = self.tensors(&Device::Cpu);
+        let got = lora::bgmv(&y, &x, rows, &a, &b, scales, bias.then_some(&bi)).unwrap();
+        let got = values(&got);
         assert_eq!(got.len(), self.batch * self.out);
         got
     }

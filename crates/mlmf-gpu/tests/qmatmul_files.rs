@@ -48,20 +48,14 @@ fn check_tensor(file: &str, name: &str, dtype: DType, batch: usize) {
     let &[rows, cols] = w_gpu.shape().dims() else {
         panic!("{name}: shape {:?}", w_gpu.shape());
     };
-    let bytes = w_cpu.to_bytes().unwrap();
     let xv = random_f32(batch * cols, 42);
 
     // The exact product of the twin's decoding, and the sums of |W X|.
-    let row_bytes = dtype.byte_len(cols as u64).unwrap() as usize;
+    let decoded = w_cpu.to_f32_vec().unwrap();
+    assert_eq!(decoded.len(), rows * cols);
     let mut want = vec![0.0f64; batch * rows];
     let mut abs = vec![0.0f64; batch * rows];
-    let mut wrow = vec![0.0f32; cols];
-    for r in 0..rows {
-        assert!(qmatmul::cpu::decode_row(
-            dtype,
-            &bytes[r * row_bytes..(r + 1) * row_bytes],
-            &mut wrow
-        ));
+    for (r, wrow) in decoded.chunks_exact(cols).enumerate() {
         for b in 0..batch {
             for k in 0..cols {
                 let p = f64::from(wrow[k]) * f64::from(xv[b * cols + k]);

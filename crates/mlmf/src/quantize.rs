@@ -178,7 +178,7 @@ impl ChunkSource for Quantized<'_> {
         while row < rows {
             let n = rows_per_chunk.min(rows - row);
             let bytes = src.chunk(row * row_bytes, n * row_bytes, &mut scratch);
-            let values = rewrite::decode(info.dtype, bytes);
+            let values = crate::ops::convert::bytes_to_f32(info.dtype, bytes);
             let out =
                 mlmf_core::quant::quantize(to, &values, row_len).map_err(|e| Error::BadShape {
                     path: self.file.path().to_path_buf(),

@@ -2,10 +2,10 @@
 //!
 //! This is the only place shader source is included. Each family is one file in `shaders/`
 //! (named like its launcher in `src/ops/`), with `shaders/common.wgsl` prepended, and for the
-//! families that read weight blocks (dequant, dequant_k, qmatmul, embedding)
-//! `shaders/quant_decode.wgsl`, the per-type element decoders, after it, or for the families
-//! that reduce rows (norm, softmax) `shaders/reduce.wgsl`, the workgroup reductions. Pipelines are
-//! compiled lazily, the first time a workload asks for an entry point, and kept per device.
+//! families that read weight blocks (dequant, qmatmul, embedding) `shaders/quant_decode.wgsl`,
+//! the per-type element decoders, after it, or for the families that reduce rows (norm, softmax)
+//! `shaders/reduce.wgsl`, the workgroup reductions. Pipelines are compiled lazily, the first time
+//! a workload asks for an entry point, and kept per device.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,48 +14,93 @@ use std::sync::{Arc, Mutex};
 use super::gpu::Gpu;
 use mlmf_core::{Error, Result};
 
-/// One kernel family: one WGSL file in `shaders/` and one launcher in `src/ops/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kernel {
-    /// Plain numbers to f32 (`shaders/convert.wgsl`, `src/ops/convert.rs`).
-    Convert,
-    /// GGML's legacy 32-element blocks to f32 (`shaders/dequant.wgsl`, `src/ops/dequant.rs`).
-    Dequant,
-    /// GGML's 256-element K-quant super-blocks to f32 (`shaders/dequant_k.wgsl`,
-    /// `src/ops/dequant_k.rs`).
-    DequantK,
-    /// Fused matrix products `Y = W·X` with W in any decodable type (`shaders/qmatmul.wgsl`,
-    /// `src/ops/qmatmul.rs`).
-    QMatmul,
-    /// LoRA adapters: merged into a weight, or applied to a batch several at once
-    /// (`shaders/lora.wgsl`, `src/ops/lora.rs`).
-    Lora,
-    /// Layer and RMS normalisation over the last axis (`shaders/norm.wgsl`, `src/ops/norm.rs`).
-    Norm,
-    /// Softmax over the last axis (`shaders/softmax.wgsl`, `src/ops/softmax.rs`).
-    Softmax,
-    /// Rows of an embedding table in any decodable type gathered by id
-    /// (`shaders/embedding.wgsl`, `src/ops/embedding.rs`).
-    Embedding,
-    /// Scaled dot-product attention with a key padding mask (`shaders/attention.wgsl`,
-    /// `src/ops/attention.rs`; its softmax pass is the Softmax family's).
-    Attention,
-    /// 2-D convolution and global average pooling, NCHW (`shaders/conv.wgsl`,
-    /// `src/ops/conv.rs`).
-    Conv,
-    /// Tiled f32 matrix products, batched, with transposed operands and a fused bias
-    /// (`shaders/matmul.wgsl`, `src/ops/matmul.rs`).
-    Matmul,
-    /// Element-wise arithmetic and activations on f32 tensors (`shaders/elementwise.wgsl`,
-    /// `src/ops/elementwise.rs`).
-    Elementwise,
+/// The kernel families, one row each: the variant, its name (its WGSL file in `shaders/` and its
+/// launcher in `src/ops/`), the shared files prepended to that file, the bytes of its uniform
+/// `Params` (the launcher asserts its Rust struct against this, the naga test the WGSL one), and
+/// bind group 0 of its entry points in binding order. A new family is its two files and a row.
+macro_rules! families {
+    ($($(#[$doc:meta])* $kernel:ident = $name:literal after [$($prelude:literal),*],
+        params $params:literal, binds [$($binding:ident),+];)+) => {
+        /// One kernel family: one WGSL file in `shaders/` and one launcher in `src/ops/`.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub(crate) enum Kernel {
+            $($(#[$doc])* $kernel,)+
+        }
+
+        impl Kernel {
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [Kernel] = &[$(Kernel::$kernel),+];
+
+            pub(crate) fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$kernel => $name,)+
+                }
+            }
+
+            /// The full WGSL source: the shared files, then the family's own.
+            pub(crate) fn source(self) -> &'static str {
+                match self {
+                    $(Kernel::$kernel => concat!(
+                        $(include_str!(concat!("../../shaders/", $prelude, ".wgsl")),)*
+                        include_str!(concat!("../../shaders/", $name, ".wgsl"))
+                    ),)+
+                }
+            }
+
+            /// Bytes of the family's uniform `Params`.
+            pub(crate) const fn params_bytes(self) -> usize {
+                match self {
+                    $(Kernel::$kernel => $params,)+
+                }
+            }
+
+            /// Bind group 0 of every entry point in the family.
+            pub(crate) fn bindings(self) -> &'static [Binding] {
+                use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
+                match self {
+                    $(Kernel::$kernel => &[$($binding),+],)+
+                }
+            }
+        }
+    };
+}
+
+// Bindings: U uniform, R read-only storage, W read-write storage. Families that read weight
+// blocks prepend `quant_decode` (the per-type decoders), families that reduce rows `reduce`.
+families! {
+    /// Plain numbers to f32.
+    Convert = "convert" after ["common"], params 16, binds [U, R, W];
+    /// GGML block types to f32 (or f16).
+    Dequant = "dequant" after ["common", "quant_decode"], params 16, binds [U, R, W];
+    /// Fused matrix products `Y = W·X` with W in any decodable type.
+    QMatmul = "qmatmul" after ["common", "quant_decode"], params 48, binds [U, R, R, W];
+    /// LoRA adapters merged into a weight, or applied to a batch several at once (every entry
+    /// point binds all six; see lora.wgsl for what each holds).
+    Lora = "lora" after ["common"], params 48, binds [U, R, R, R, R, W];
+    /// Layer and RMS normalisation over the last axis: x, weights, bias, output.
+    Norm = "norm" after ["common", "reduce"], params 16, binds [U, R, R, R, W];
+    /// Softmax over the last axis.
+    Softmax = "softmax" after ["common", "reduce"], params 16, binds [U, R, W];
+    /// Rows of an embedding table in any decodable type gathered by id.
+    Embedding = "embedding" after ["common", "quant_decode"], params 32, binds [U, R, R, W];
+    /// Scaled dot-product attention with a key padding mask (its softmax pass is Softmax's):
+    /// q (or probabilities), k (or v), mask, output.
+    Attention = "attention" after ["common"], params 32, binds [U, R, R, R, W];
+    /// 2-D convolution and global average pooling, NCHW: x, weights, bias, output.
+    Conv = "conv" after ["common"], params 64, binds [U, R, R, R, W];
+    /// Tiled f32 matrix products, batched, with transposed operands and a fused bias: A, B, the
+    /// bias (a placeholder without one), C.
+    Matmul = "matmul" after ["common"], params 32, binds [U, R, R, R, W];
+    /// Element-wise arithmetic and activations on f32 tensors (unary entry points bind a
+    /// placeholder as the second operand).
+    Elementwise = "elementwise" after ["common"], params 32, binds [U, R, R, W];
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL
 /// organisation" 3). It is part of the pipeline key; [`Kernel::source_of`] is the one place the
 /// text is substituted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Variant {
+pub(crate) enum Variant {
     /// The source as written (f32 output).
     #[default]
     F32,
@@ -65,116 +110,26 @@ pub enum Variant {
     F16,
 }
 
+impl Variant {
+    #[cfg(test)]
+    pub(crate) const ALL: [Variant; 2] = [Variant::F32, Variant::F16];
+}
+
 /// The line a family writes its output type with, when it has an f16 variant.
 const OUT_F32: &str = "alias Out = f32;";
 
 /// How a family's entry points bind their resources, in binding order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Binding {
+pub(crate) enum Binding {
     Uniform,
     ReadOnly,
     ReadWrite,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 12] = [
-        Kernel::Convert,
-        Kernel::Dequant,
-        Kernel::DequantK,
-        Kernel::QMatmul,
-        Kernel::Lora,
-        Kernel::Norm,
-        Kernel::Softmax,
-        Kernel::Embedding,
-        Kernel::Attention,
-        Kernel::Conv,
-        Kernel::Matmul,
-        Kernel::Elementwise,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Convert => "convert",
-            Kernel::Dequant => "dequant",
-            Kernel::DequantK => "dequant_k",
-            Kernel::QMatmul => "qmatmul",
-            Kernel::Lora => "lora",
-            Kernel::Norm => "norm",
-            Kernel::Softmax => "softmax",
-            Kernel::Embedding => "embedding",
-            Kernel::Attention => "attention",
-            Kernel::Conv => "conv",
-            Kernel::Matmul => "matmul",
-            Kernel::Elementwise => "elementwise",
-        }
-    }
-
-    /// The full WGSL source: the shared helpers (and the decoders, for families that read
-    /// weight blocks), then the family's file.
-    pub fn source(self) -> &'static str {
-        match self {
-            Kernel::Convert => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/convert.wgsl")
-            ),
-            Kernel::Dequant => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/quant_decode.wgsl"),
-                include_str!("../../shaders/dequant_common.wgsl"),
-                include_str!("../../shaders/dequant.wgsl")
-            ),
-            Kernel::DequantK => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/quant_decode.wgsl"),
-                include_str!("../../shaders/dequant_common.wgsl"),
-                include_str!("../../shaders/dequant_k.wgsl")
-            ),
-            Kernel::QMatmul => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/quant_decode.wgsl"),
-                include_str!("../../shaders/qmatmul.wgsl")
-            ),
-            Kernel::Lora => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/lora.wgsl")
-            ),
-            Kernel::Norm => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/reduce.wgsl"),
-                include_str!("../../shaders/norm.wgsl")
-            ),
-            Kernel::Softmax => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/reduce.wgsl"),
-                include_str!("../../shaders/softmax.wgsl")
-            ),
-            Kernel::Embedding => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/quant_decode.wgsl"),
-                include_str!("../../shaders/embedding.wgsl")
-            ),
-            Kernel::Attention => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/attention.wgsl")
-            ),
-            Kernel::Conv => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/conv.wgsl")
-            ),
-            Kernel::Matmul => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/matmul.wgsl")
-            ),
-            Kernel::Elementwise => concat!(
-                include_str!("../../shaders/common.wgsl"),
-                include_str!("../../shaders/elementwise.wgsl")
-            ),
-        }
-    }
-
     /// The source of `variant`, or `None` when the family has no such variant. This is the only
     /// place shader text is substituted.
-    pub fn source_of(self, variant: Variant) -> Option<Cow<'static, str>> {
+    pub(crate) fn source_of(self, variant: Variant) -> Option<Cow<'static, str>> {
         let source = self.source();
         match variant {
             Variant::F32 => Some(Cow::Borrowed(source)),
@@ -186,62 +141,21 @@ impl Kernel {
             }),
         }
     }
-
-    /// Bind group 0 of every entry point in the family.
-    pub fn bindings(self) -> &'static [Binding] {
-        match self {
-            Kernel::Convert | Kernel::Dequant | Kernel::DequantK | Kernel::Softmax => {
-                &[Binding::Uniform, Binding::ReadOnly, Binding::ReadWrite]
-            }
-            // Elementwise: unary entry points bind a placeholder as the second operand.
-            Kernel::QMatmul | Kernel::Embedding | Kernel::Elementwise => &[
-                Binding::Uniform,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadWrite,
-            ],
-            // A, B, the bias (a placeholder without one), C.
-            Kernel::Matmul => &[
-                Binding::Uniform,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadWrite,
-            ],
-            // Every entry point binds all six; see shaders/lora.wgsl for what each holds.
-            Kernel::Lora => &[
-                Binding::Uniform,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadWrite,
-            ],
-            // x (or q, or probabilities), weights (or k, v), bias (or mask), output.
-            Kernel::Norm | Kernel::Attention | Kernel::Conv => &[
-                Binding::Uniform,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadOnly,
-                Binding::ReadWrite,
-            ],
-        }
-    }
 }
 
 /// What identifies a compiled pipeline: the family, its source variant, the entry point and its
 /// `override` values.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PipelineKey {
-    pub kernel: Kernel,
-    pub variant: Variant,
-    pub entry: &'static str,
+pub(crate) struct PipelineKey {
+    pub(crate) kernel: Kernel,
+    pub(crate) variant: Variant,
+    pub(crate) entry: &'static str,
     /// `override` constants by name; values as f64 bits so the key can hash.
-    pub constants: Vec<(&'static str, u64)>,
+    pub(crate) constants: Vec<(&'static str, u64)>,
 }
 
 impl PipelineKey {
-    pub fn new(kernel: Kernel, entry: &'static str) -> PipelineKey {
+    pub(crate) fn new(kernel: Kernel, entry: &'static str) -> PipelineKey {
         PipelineKey {
             kernel,
             variant: Variant::F32,
@@ -250,12 +164,12 @@ impl PipelineKey {
         }
     }
 
-    pub fn variant(mut self, variant: Variant) -> PipelineKey {
+    pub(crate) fn variant(mut self, variant: Variant) -> PipelineKey {
         self.variant = variant;
         self
     }
 
-    pub fn with(mut self, name: &'static str, value: f64) -> PipelineKey {
+    pub(crate) fn with(mut self, name: &'static str, value: f64) -> PipelineKey {
         self.constants.push((name, value.to_bits()));
         self
     }
@@ -275,7 +189,7 @@ pub(crate) struct PipelineCache {
 
 impl Gpu {
     /// The pipeline for `key`, compiled on first use.
-    pub fn pipeline(&self, key: &PipelineKey) -> Result<Arc<Pipeline>> {
+    pub(crate) fn pipeline(&self, key: &PipelineKey) -> Result<Arc<Pipeline>> {
         let cache = &self.inner.pipelines;
         if let Some(p) = lock(&cache.pipelines)?.get(key) {
             return Ok(p.clone());

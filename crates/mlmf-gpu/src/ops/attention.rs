@@ -13,11 +13,11 @@
 //!
 //! GPU: `shaders/attention.wgsl` in three passes recorded in one command encoder: scores (one
 //! invocation each) into a scratch `[batch, heads, seq_q, seq_k]`, softmax over its rows (the
-//! Softmax family's pass, [`super::softmax::record`]) into a second scratch, then the weighted
+//! Softmax family's pass, `softmax::record`) into a second scratch, then the weighted
 //! sums (one invocation per output element). Each operand and the scores must fit in one
 //! storage binding.
 //!
-//! CPU twin: [`cpu`], the same three steps in index order. With `eps = f32::EPSILON`,
+//! CPU twin: `cpu`, the same three steps in index order. With `eps = f32::EPSILON`,
 //! `ds_j = (head_dim + 2) eps |scale| sum_d |q_d k_jd|` (the rounding bound of each score), the
 //! softmax bound `dp_j` of [`super::softmax`] and n = seq_k, both stay within
 //! `|out - exact| <= 2 sum_j |v_j| (p_j (ds_j + sum_k p_k ds_k) + dp_j) + (n + 1) eps sum_j p_j |v_j|`
@@ -48,7 +48,7 @@ struct Params {
     scale: f32,
     count: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Attention.params_bytes());
 
 /// The sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,7 +220,7 @@ fn gpu_attention(
 }
 
 /// The CPU twin: scores, softmax ([`super::softmax::cpu`]), weighted sums, each in index order.
-pub mod cpu {
+pub(crate) mod cpu {
     use super::Dims;
 
     /// Attention over q `[batch, seq_q, heads * head_dim]`, k and v `[batch, seq_k, heads *

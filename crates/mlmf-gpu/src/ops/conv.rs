@@ -16,12 +16,12 @@
 //! faster than `conv2d` (the `timings` test in tests/kernels_nn.rs, kernels alternated). 1x1
 //! convolutions with stride 1, no padding and one group (pointwise: `W [c_out, c_in] · x [c_in,
 //! h * w]` per image, most of MobileNetV2's work) run on the tiled matrix product of
-//! [`matmul`](super::matmul) with a per-row bias: the same products summed in the same order,
+//! [`matmul`] with a per-row bias: the same products summed in the same order,
 //! then the bias, so the result is the same; on lavapipe that ran the pointwise layers of
 //! `timings` 2x-4.5x faster than the one-pixel kernels it replaced. Every operand and the output
 //! must fit in one storage binding.
 //!
-//! CPU twin: [`cpu`], the same sums in the same order. With `eps = f32::EPSILON` and K =
+//! CPU twin: `cpu`, the same sums in the same order. With `eps = f32::EPSILON` and K =
 //! `c_in / groups * kh * kw` terms, both stay within `(K + 2) eps (sum |w x| + |bias|)` of the
 //! exact convolution and `(h w + 2) eps mean|x|` of the exact average (worst-case rounding of a
 //! K-term sum in order, one more for the bias or the division); the tests check it in f64.
@@ -64,7 +64,7 @@ struct Params {
     count: u32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 64);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Conv.params_bytes());
 
 /// Stride, padding and groups of a [`conv2d`]; the default is torch's (1, 0, 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,11 +257,7 @@ fn gpu_conv(
         let key = key.with("WG", f64::from(WORKGROUP));
         let p = params(x, &d, ts.len() > 2, count)?;
         let pipeline = gpu.pipeline(&key)?;
-        let bufs = ts
-            .iter()
-            .zip(gs)
-            .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let bufs = launch::wholes(&mut encoder, ts, gs)?;
         // No bias: its binding holds the weights again, unread.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(
@@ -351,7 +347,7 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The CPU twin: plain loops in the kernels' order.
-pub mod cpu {
+pub(crate) mod cpu {
     use super::ConvDims;
 
     /// The convolution of x `[n, c_in, h, w]` with weight `[c_out, c_in / groups, kh, kw]` and

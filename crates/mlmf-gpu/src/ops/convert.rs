@@ -16,17 +16,6 @@ const WORKGROUP: u32 = 64;
 /// `cargo bench --bench quant` on lavapipe, F16 went from 282 to 522 MiB/s (1 vs 16).
 const ELEMS_PER_INVOCATION: u32 = 16;
 
-/// Uniform parameters of `convert.wgsl`, fields in WGSL order.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    count: u32,
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
-
 /// Whether this family has a kernel for `dtype` (plain numbers; [`to_f32`] also takes the
 /// quantized types [`dequant`](crate::ops::dequant) supports).
 pub fn supports(dtype: DType) -> bool {
@@ -78,6 +67,17 @@ pub fn to_f32(t: &Tensor) -> Result<Tensor> {
     ))
 }
 
+/// The values of `bytes` (whole elements of `dtype`, or whole blocks of a quantized type, as a
+/// file stores them) as f32, decoded in host memory exactly as [`to_f32`] decodes them on any
+/// device. Empty when `dtype` has neither a conversion nor a decoder.
+pub fn bytes_to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    if crate::ops::dequant::supports(dtype) {
+        super::quant_decode::to_f32(dtype, bytes)
+    } else {
+        cpu::to_f32(dtype, bytes)
+    }
+}
+
 impl Tensor {
     /// The values as f32 in host memory (converted or decoded first where the dtype is not F32,
     /// on the tensor's device). Meant for outputs and small tensors.
@@ -117,21 +117,15 @@ fn gpu_to_f32(t: &Tensor, src: &GpuStorage, entry: &'static str) -> Result<GpuSt
             elems_per_invocation: ELEMS_PER_INVOCATION,
             out_align: 4,
         },
-        |p| Params {
-            count: p.count,
-            in_offset: p.in_offset,
-            out_offset: p.out_offset,
-            _pad: 0,
-        },
     )
 }
 
 /// The CPU twin, written for clarity.
-pub mod cpu {
+mod cpu {
     use mlmf_core::DType;
 
     /// Convert little-endian `bytes` of `dtype` to f32. `bytes` holds whole elements.
-    pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    pub(super) fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
         fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
             bytes
                 .chunks_exact(N)

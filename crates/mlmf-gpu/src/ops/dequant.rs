@@ -1,70 +1,41 @@
 //! Dequantization of GGML block types to f32, straight from the block bytes as GGUF stores them.
 //!
-//! One public op, [`to_f32`], for every quantized type with a decoder, and [`to_f16_or_f32`],
-//! which writes f16 where the device can (the families' `Variant::F16`, on GPUs with shader-f16)
-//! and falls back to f32 where it cannot. Two kernel families do the work: this file with
-//! `shaders/dequant.wgsl` for the legacy 32-element blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! IQ4_NL), and [`dequant_k`] with `shaders/dequant_k.wgsl` for the
-//! 256-element K-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS). F16 and BF16 are
-//! [`convert`](super::convert)'s.
+//! One public op, [`to_f32`], for every block type with a group decoder (the `group` rows of
+//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL in blocks of 32 elements,
+//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS in super-blocks of 256), and [`to_f16_or_f32`], which
+//! writes f16 where the device can (the family's `Variant::F16`, on GPUs with shader-f16) and
+//! falls back to f32 where it cannot. F16 and BF16 are [`convert`](super::convert)'s.
 //!
-//! CPU twins (`cpu` here and in `dequant_k`) are written like ggml's `dequantize_row_*`
-//! (ggml-quants.c): per block, from bytes, plain loops, float32 arithmetic grouped as written
-//! there. GPU and twin agree bit for bit, and both agree bit for bit with gguf-py's decoding of
-//! the fixtures in `shared/fixtures/quant` and of real model files. That holds on any compiler:
-//! every product in these decoders is exact in f32 (an f16 scale's 11-bit significand times small
-//! integers stays within 24 bits), so the only rounding is a single add or subtract per element,
-//! and contracting it with a product into a fused multiply-add cannot change the result.
+//! GPU: `shaders/dequant.wgsl`, one entry point specialised per type, one invocation per 32
+//! elements. CPU twin: the type's twin in `quant_decode`. GPU, twin and gguf-py agree bit for
+//! bit (see there).
 
-use super::{dequant_k, paged};
+use super::launch::check_page_bytes;
+use super::paged;
+use super::quant_decode::{self, Decoder};
 use crate::device::kernels::{Kernel, PipelineKey, Variant};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
 use mlmf_core::{Error, Result};
 
-/// How both dequant families cover their elements: one group of 32 per invocation (`GROUP` in
+/// How the kernel covers its elements: one group of 32 per invocation (`GROUP` in
 /// `shaders/quant_decode.wgsl`: a legacy block or an eighth of a K-quant super-block, whose
-/// scales are decoded once), and output pages split at 16 bytes so the kernels store vec4s.
-pub(crate) const GRID: paged::Grid = paged::Grid {
+/// scales are decoded once), and output pages split at 16 bytes so the kernel stores vec4s.
+const GRID: paged::Grid = paged::Grid {
     workgroup: 64,
     elems_per_invocation: 32,
     out_align: 16,
 };
 
-/// Uniform parameters of `dequant.wgsl`, fields in WGSL order.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    count: u32,
-    in_offset: u32,
-    out_offset: u32,
-    _pad: u32,
-}
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
-
 /// Whether [`to_f32`] decodes `dtype`.
 pub fn supports(dtype: DType) -> bool {
-    kernel(dtype).is_some()
+    decoder(dtype).is_some()
 }
 
-/// The kernel family and entry point that decode `dtype`.
-pub fn kernel(dtype: DType) -> Option<(Kernel, &'static str)> {
-    entry(dtype)
-        .map(|e| (Kernel::Dequant, e))
-        .or_else(|| dequant_k::entry(dtype).map(|e| (Kernel::DequantK, e)))
-}
-
-fn entry(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
-        DType::Q4_0 => "dequant_q4_0",
-        DType::Q4_1 => "dequant_q4_1",
-        DType::Q5_0 => "dequant_q5_0",
-        DType::Q5_1 => "dequant_q5_1",
-        DType::Q8_0 => "dequant_q8_0",
-        DType::IQ4_NL => "dequant_iq4_nl",
-        _ => return None,
-    })
+/// The decoder of a block type this family takes.
+fn decoder(dtype: DType) -> Option<&'static Decoder> {
+    quant_decode::decoder(dtype).filter(|d| d.group)
 }
 
 /// The quantized tensor decoded to f32, on the same device. Errors: a dtype without a decoder
@@ -89,7 +60,7 @@ pub fn to_f16_or_f32(t: &Tensor) -> Result<Tensor> {
 
 /// Decode `t` to `out` (F32 or F16) on its device.
 fn dequantize(t: &Tensor, out: DType) -> Result<Tensor> {
-    let Some((kernel, entry)) = kernel(t.dtype()) else {
+    let Some(decoder) = decoder(t.dtype()) else {
         return Err(Error::UnsupportedConversion {
             tensor: t.name().to_string(),
             dtype: t.dtype().to_string(),
@@ -98,10 +69,7 @@ fn dequantize(t: &Tensor, out: DType) -> Result<Tensor> {
     t.check_layout()?;
     let storage = match t.storage() {
         Storage::Cpu(bytes) => Storage::Cpu(cpu_bytes(t.dtype(), bytes, out)),
-        Storage::Gpu(g) => Storage::Gpu(match kernel {
-            Kernel::DequantK => dequant_k::gpu_dequant(t, g, entry, out)?,
-            _ => gpu_dequant(t, g, entry, out)?,
-        }),
+        Storage::Gpu(g) => Storage::Gpu(gpu_dequant(t, g, decoder, out)?),
     };
     Ok(Tensor::new(
         t.name().to_string(),
@@ -118,7 +86,7 @@ fn cpu_bytes(dtype: DType, bytes: &[u8], out: DType) -> Vec<u8> {
     let elems = bytes.len() / block_bytes * dtype.block_elems() as usize;
     let mut y = Vec::with_capacity(elems * out.block_bytes() as usize);
     for chunk in bytes.chunks(64 * block_bytes) {
-        let values = cpu::to_f32(dtype, chunk);
+        let values = quant_decode::to_f32(dtype, chunk);
         if out == DType::F16 {
             y.extend(
                 values
@@ -132,186 +100,25 @@ fn cpu_bytes(dtype: DType, bytes: &[u8], out: DType) -> Vec<u8> {
     y
 }
 
-/// The pipeline variant that writes `out` (F32 or F16).
-pub(crate) fn variant(out: DType) -> Variant {
-    if out == DType::F16 {
-        Variant::F16
-    } else {
-        Variant::F32
-    }
-}
-
 /// The launcher of `dequant.wgsl`: one dispatch per overlap of an input and an output page,
 /// writing `out` (F32, or F16 on a device with shader-f16).
-fn gpu_dequant(
-    t: &Tensor,
-    src: &GpuStorage,
-    entry: &'static str,
-    out: DType,
-) -> Result<GpuStorage> {
+fn gpu_dequant(t: &Tensor, src: &GpuStorage, decoder: &Decoder, out: DType) -> Result<GpuStorage> {
     check_page_bytes(t, src)?;
-    let key = PipelineKey::new(Kernel::Dequant, entry)
-        .variant(variant(out))
-        .with("WG", f64::from(GRID.workgroup));
-    paged::map_elements(t, src, &key, out, GRID, |p| Params {
-        count: p.count,
-        in_offset: p.in_offset,
-        out_offset: p.out_offset,
-        _pad: 0,
-    })
+    let dtype = t.dtype();
+    let key = decoder
+        .specialise(PipelineKey::new(Kernel::Dequant, "dequant"))
+        .variant(if out == DType::F16 {
+            Variant::F16
+        } else {
+            Variant::F32
+        })
+        .with("WG", f64::from(GRID.workgroup))
+        .with("BLOCK_BYTES", dtype.block_bytes() as f64)
+        .with("BLOCK_ELEMS", dtype.block_elems() as f64);
+    paged::map_elements(t, src, &key, out, GRID)
 }
 
-/// The dequant kernels address bytes of an input page with u32.
-pub(crate) fn check_page_bytes(t: &Tensor, src: &GpuStorage) -> Result<()> {
-    if src.page_bytes() > u64::from(u32::MAX) {
-        return Err(Error::DeviceLimit {
-            tensor: t.name().to_string(),
-            bytes: t.byte_len(),
-            reason: format!(
-                "pages of {} bytes are too large for 32-bit byte offsets",
-                src.page_bytes()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The CPU twin: ggml's `dequantize_row_*`, one short function per type, per block from the
-/// little-endian bytes.
-pub mod cpu {
-    use mlmf_core::DType;
-
-    /// Decode the whole blocks of `x` (bytes of any type [`super::supports`]) to f32. A trailing
-    /// partial block is ignored; an unsupported dtype decodes to nothing.
-    pub fn to_f32(dtype: DType, x: &[u8]) -> Vec<f32> {
-        let blocks = x.len() / dtype.block_bytes() as usize;
-        let mut y = vec![0.0; blocks * dtype.block_elems() as usize];
-        if !dequantize_row(dtype, x, &mut y) {
-            y.clear();
-        }
-        y
-    }
-
-    /// Decode the blocks of `x` into `y`, one block of `y` per block of `x`, stopping at the
-    /// shorter. `false` when `dtype` has no decoder.
-    pub fn dequantize_row(dtype: DType, x: &[u8], y: &mut [f32]) -> bool {
-        match dtype {
-            DType::Q4_0 => q4_0(x, y),
-            DType::Q4_1 => q4_1(x, y),
-            DType::Q5_0 => q5_0(x, y),
-            DType::Q5_1 => q5_1(x, y),
-            DType::Q8_0 => q8_0(x, y),
-            DType::IQ4_NL => iq4_nl(x, y),
-            _ => return crate::ops::dequant_k::cpu::dequantize_row(dtype, x, y),
-        }
-        true
-    }
-
-    const QK: usize = 32;
-
-    /// The f16 at byte `i` of a block, widened exactly.
-    pub(crate) fn f16(b: &[u8], i: usize) -> f32 {
-        half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-    }
-
-    /// The blocks of `dtype` in `x` paired with their elements in `y`.
-    pub(crate) fn blocks<'a>(
-        dtype: DType,
-        x: &'a [u8],
-        y: &'a mut [f32],
-    ) -> impl Iterator<Item = (&'a [u8], &'a mut [f32])> {
-        x.chunks_exact(dtype.block_bytes() as usize)
-            .zip(y.chunks_exact_mut(dtype.block_elems() as usize))
-    }
-
-    /// `kvalues_iq4nl` (ggml-common.h): the non-linear grid of IQ4_NL and IQ4_XS.
-    pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
-        -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-    ];
-
-    /// Q4_0: d (f16), qs[16]. y = d * (q - 8).
-    fn q4_0(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::Q4_0, x, y) {
-            let d = f16(b, 0);
-            for j in 0..QK / 2 {
-                let x0 = i32::from(b[2 + j] & 0x0f) - 8;
-                let x1 = i32::from(b[2 + j] >> 4) - 8;
-                y[j] = d * x0 as f32;
-                y[j + QK / 2] = d * x1 as f32;
-            }
-        }
-    }
-
-    /// Q4_1: d, m (f16), qs[16]. y = d * q + m.
-    fn q4_1(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::Q4_1, x, y) {
-            let d = f16(b, 0);
-            let m = f16(b, 2);
-            for j in 0..QK / 2 {
-                let x0 = b[4 + j] & 0x0f;
-                let x1 = b[4 + j] >> 4;
-                y[j] = d * f32::from(x0) + m;
-                y[j + QK / 2] = d * f32::from(x1) + m;
-            }
-        }
-    }
-
-    /// Q5_0: d (f16), qh (u32, bit j = fifth bit of element j), qs[16]. y = d * (q - 16).
-    fn q5_0(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::Q5_0, x, y) {
-            let d = f16(b, 0);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            for j in 0..QK / 2 {
-                let xh_0 = ((qh >> j) << 4) & 0x10;
-                let xh_1 = (qh >> (j + 12)) & 0x10;
-                let x0 = (u32::from(b[6 + j] & 0x0f) | xh_0) as i32 - 16;
-                let x1 = (u32::from(b[6 + j] >> 4) | xh_1) as i32 - 16;
-                y[j] = d * x0 as f32;
-                y[j + QK / 2] = d * x1 as f32;
-            }
-        }
-    }
-
-    /// Q5_1: d, m (f16), qh (u32), qs[16]. y = d * q + m.
-    fn q5_1(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::Q5_1, x, y) {
-            let d = f16(b, 0);
-            let m = f16(b, 2);
-            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-            for j in 0..QK / 2 {
-                let xh_0 = ((qh >> j) << 4) & 0x10;
-                let xh_1 = (qh >> (j + 12)) & 0x10;
-                let x0 = u32::from(b[8 + j] & 0x0f) | xh_0;
-                let x1 = u32::from(b[8 + j] >> 4) | xh_1;
-                y[j] = d * x0 as f32 + m;
-                y[j + QK / 2] = d * x1 as f32 + m;
-            }
-        }
-    }
-
-    /// Q8_0: d (f16), qs[32] (int8). y = q * d.
-    fn q8_0(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::Q8_0, x, y) {
-            let d = f16(b, 0);
-            for j in 0..QK {
-                y[j] = f32::from(b[2 + j] as i8) * d;
-            }
-        }
-    }
-
-    /// IQ4_NL: d (f16), qs[16] indexing the non-linear grid. y = d * kvalues[q].
-    fn iq4_nl(x: &[u8], y: &mut [f32]) {
-        for (b, y) in blocks(DType::IQ4_NL, x, y) {
-            let d = f16(b, 0);
-            for j in 0..QK / 2 {
-                y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] & 0x0f)]);
-                y[j + QK / 2] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] >> 4)]);
-            }
-        }
-    }
-}
-
-/// Helpers shared by the tests of both dequant families.
+/// Helpers shared by the tests of the families that decode weight blocks.
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::device::Device;
@@ -438,7 +245,7 @@ pub(crate) mod testing {
         let elems: usize = dims.iter().product();
         let blocks = elems / dtype.block_elems() as usize;
         let bytes = random_blocks(dtype, blocks, seed);
-        let want = super::cpu::to_f32(dtype, &bytes);
+        let want = super::quant_decode::to_f32(dtype, &bytes);
         assert_eq!(want.len(), elems);
         let cpu = decode(&Device::Cpu, dtype, dims.clone(), bytes.clone());
         assert_same(&format!("{dtype} {dims:?} cpu op vs twin"), &cpu, &want);
@@ -510,30 +317,39 @@ mod tests {
     use super::testing::*;
     use super::*;
     use crate::device::Device;
+    use quant_decode::to_f32 as twin;
 
-    const TYPES: [DType; 6] = [
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::IQ4_NL,
-    ];
+    /// The types this family takes in blocks of `elems` (32, or 256 for K-quant super-blocks),
+    /// in the decoder table's order.
+    fn types(elems: u64) -> Vec<DType> {
+        let rows = quant_decode::DECODERS.iter().filter(|d| d.group);
+        rows.map(|d| d.dtype)
+            .filter(|d| d.block_elems() == elems)
+            .collect()
+    }
+
+    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL or IQ4_XS
+    /// tensor: tests/dequant_files.rs checks those against gguf-py with
+    /// tests/data/iq4_gguf_py.gguf, and the tests here check their twins against the GPU.
+    fn oracle_types() -> impl Iterator<Item = DType> {
+        let mut all = types(32);
+        all.extend(types(256));
+        all.into_iter()
+            .filter(|d| !matches!(d, DType::IQ4_NL | DType::IQ4_XS))
+    }
 
     #[test]
     fn fixtures_decode_exactly_as_gguf_py() {
         let gpu = Device::gpu().unwrap();
-        // The shared oracle has no IQ4_NL tensor: tests/dequant_files.rs checks it against
-        // gguf-py with tests/data/iq4_gguf_py.gguf, and the twin below against the GPU.
-        for dtype in &TYPES[..5] {
-            check_fixture(&gpu, *dtype);
+        for dtype in oracle_types() {
+            check_fixture(&gpu, dtype);
         }
     }
 
     #[test]
     fn gpu_matches_cpu_twin_on_random_blocks() {
         let gpu = Device::gpu().unwrap();
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             // Element counts that are not multiples of the workgroup size (64).
             for (n, dims) in [vec![32], vec![7, 160], vec![3, 5, 96]]
                 .into_iter()
@@ -542,23 +358,39 @@ mod tests {
                 check_random(&gpu, dtype, dims, 1 + 10 * k as u64 + n as u64);
             }
         }
+        for (k, dtype) in types(256).into_iter().enumerate() {
+            for (n, dims) in [vec![256], vec![3, 768], vec![5, 1, 512]]
+                .into_iter()
+                .enumerate()
+            {
+                check_random(&gpu, dtype, dims, 101 + 10 * k as u64 + n as u64);
+            }
+        }
     }
 
     #[test]
     fn tensors_spanning_pages() {
-        // 4096- and 4352-byte pages: input pages end at whole blocks, output pages elsewhere.
+        // 4096- and 4352-byte pages: input pages end at whole blocks, output pages elsewhere
+        // (with 4352-byte pages an output page holds 1088 elements, 4.25 super-blocks, so
+        // super-blocks straddle output pages).
         for page in [4096, 4352] {
             let gpu = paged_gpu(page);
-            for (k, dtype) in TYPES.into_iter().enumerate() {
+            for (k, dtype) in types(32).into_iter().enumerate() {
                 check_random(&gpu, dtype, vec![301, 32], 77 + k as u64);
+            }
+            for (k, dtype) in types(256).into_iter().enumerate() {
+                check_random(&gpu, dtype, vec![19, 512], 177 + k as u64);
             }
         }
         // One long row lets output pages end inside a row: 4112-byte pages hold 1028 f32 (the
         // launcher splits them at multiples of 16 bytes), so dispatches start and end inside a
-        // block.
+        // block or a 32-element group.
         let gpu = paged_gpu(4112);
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             check_random(&gpu, dtype, vec![1, 301 * 32], 97 + k as u64);
+        }
+        for (k, dtype) in types(256).into_iter().enumerate() {
+            check_random(&gpu, dtype, vec![1, 19 * 512], 197 + k as u64);
         }
     }
 
@@ -576,7 +408,7 @@ mod tests {
                 bytes.extend((0..32).map(|j| (q * 32 + j) as u8));
             }
         }
-        let want = cpu::to_f32(DType::Q8_0, &bytes);
+        let want = twin(DType::Q8_0, &bytes);
         let got = decode(&gpu, DType::Q8_0, vec![64, 32], bytes);
         assert_same("Q8_0 patterns", &got, &want);
     }
@@ -585,24 +417,35 @@ mod tests {
     fn f16_output_is_the_f32_decoding_rounded() {
         let gpu = Device::gpu().unwrap();
         // lavapipe has shader-f16, so this suite runs the f16 kernels; elsewhere the fallback.
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types(32).into_iter().enumerate() {
             let bytes = moderate_blocks(dtype, 35, 300 + k as u64);
-            let want = cpu::to_f32(dtype, &bytes);
+            let want = twin(dtype, &bytes);
             check_f16(&gpu, dtype, vec![7, 160], bytes, &want);
         }
-        for dtype in &TYPES[..5] {
-            let (bytes, want) = fixture(*dtype);
-            check_f16(&gpu, *dtype, vec![8, 1024], bytes, &want);
+        for (k, dtype) in types(256).into_iter().enumerate() {
+            let bytes = moderate_blocks(dtype, 9, 400 + k as u64);
+            let want = twin(dtype, &bytes);
+            check_f16(&gpu, dtype, vec![3, 768], bytes, &want);
+        }
+        for dtype in oracle_types() {
+            let (bytes, want) = fixture(dtype);
+            check_f16(&gpu, dtype, vec![8, 1024], bytes, &want);
         }
         let paged = paged_gpu(4352);
         let bytes = moderate_blocks(DType::Q5_1, 301, 9);
-        let want = cpu::to_f32(DType::Q5_1, &bytes);
+        let want = twin(DType::Q5_1, &bytes);
         check_f16(&paged, DType::Q5_1, vec![301, 32], bytes, &want);
-        // 2056 f16 per 4112-byte page: pieces start inside a block.
+        let bytes = moderate_blocks(DType::Q4_K, 38, 11);
+        let want = twin(DType::Q4_K, &bytes);
+        check_f16(&paged, DType::Q4_K, vec![19, 512], bytes, &want);
+        // 2056 f16 per 4112-byte page: pieces start inside a block or a group.
         let paged = paged_gpu(4112);
         let bytes = moderate_blocks(DType::Q4_0, 301, 11);
-        let want = cpu::to_f32(DType::Q4_0, &bytes);
+        let want = twin(DType::Q4_0, &bytes);
         check_f16(&paged, DType::Q4_0, vec![1, 301 * 32], bytes, &want);
+        let bytes = moderate_blocks(DType::Q6_K, 19, 10);
+        let want = twin(DType::Q6_K, &bytes);
+        check_f16(&paged, DType::Q6_K, vec![1, 19 * 256], bytes, &want);
     }
 
     #[test]
@@ -647,6 +490,19 @@ mod tests {
             to_f32(&t),
             Err(Error::UnsupportedConversion { .. })
         ));
-        assert!(cpu::to_f32(DType::Q8_1, &[0; 36]).is_empty());
+        assert!(twin(DType::Q8_1, &[0; 36]).is_empty());
+    }
+
+    #[test]
+    fn rows_of_partial_super_blocks_are_refused() {
+        let t = tensor(DType::Q4_K, vec![4, 128], vec![0; 2 * 144]);
+        assert!(matches!(
+            to_f32(&t),
+            Err(Error::PartialBlock {
+                row_len: 128,
+                block_elems: 256,
+                ..
+            })
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! broadcast is gathered into one buffer when it spans pages, so it must fit in one storage
 //! binding ([`Error::DeviceLimit`] otherwise); everything else may span any number of pages.
 //!
-//! CPU twin: [`cpu`], the same formulas in the same order. add, mul, scale and relu6 are one
+//! CPU twin: `cpu`, the same formulas in the same order. add, mul, scale and relu6 are one
 //! correctly rounded operation, so GPU and twin agree bit for bit (WGSL lets a GPU flush
 //! subnormals to zero, and leaves `min`/`max` of NaN and of zeros of both signs open: relu6 of
 //! NaN is NaN in the twin, as in torch, and unspecified on a GPU; relu6(-0) may be +0 there). erf is Norbert Juffa's f32 `erff` (minimax polynomials, with
@@ -22,9 +22,13 @@ use crate::device::kernels::{Kernel, PipelineKey};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
-use mlmf_core::{Error, Result};
+#[cfg(doc)]
+use mlmf_core::Error;
+use mlmf_core::Result;
 
-use super::launch::{check_binding, place, to_u32, whole, Place};
+use super::launch::{
+    bind, check_binding, f32_bytes, f32s, place, require_f32, shape_error, to_u32, whole, Place,
+};
 
 const WORKGROUP: u32 = 64;
 const ELEMS_PER_INVOCATION: u32 = 16;
@@ -44,7 +48,7 @@ struct Params {
     factor: f32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Elementwise.params_bytes());
 
 /// An element-wise operation, its entry point and its name in errors.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,26 +109,11 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     unary(cpu::Unary::Relu6, x)
 }
 
-fn require_f32(op: Op, t: &Tensor) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        return Err(Error::OpDType {
-            op: op.name(),
-            tensor: t.name().to_string(),
-            dtype: t.dtype(),
-            expected: "F32",
-        });
-    }
-    t.check_layout()
-}
-
 fn unary(f: cpu::Unary, x: &Tensor) -> Result<Tensor> {
     let op = Op::Unary(f);
-    require_f32(op, x)?;
+    require_f32(op.name(), x)?;
     let storage = match x.storage() {
-        Storage::Cpu(bytes) => {
-            let xs = cpu::f32s(bytes);
-            Storage::Cpu(cpu::to_bytes(&cpu::unary(f, &xs)))
-        }
+        Storage::Cpu(bytes) => Storage::Cpu(f32_bytes(&cpu::unary(f, &f32s(bytes)))),
         Storage::Gpu(g) => Storage::Gpu(launch(op, x, g, None)?),
     };
     Ok(Tensor::new(
@@ -137,24 +126,18 @@ fn unary(f: cpu::Unary, x: &Tensor) -> Result<Tensor> {
 
 fn binary(f: cpu::Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let op = Op::Binary(f);
-    require_f32(op, a)?;
-    require_f32(op, b)?;
+    require_f32(op.name(), a)?;
+    require_f32(op.name(), b)?;
     let (ad, bd) = (a.shape().dims(), b.shape().dims());
     // The larger operand first; both ops commute, so the result is the same either way.
     let (big, small) = if bd.len() > ad.len() { (b, a) } else { (a, b) };
     if !big.shape().dims().ends_with(small.shape().dims()) {
-        return Err(Error::ShapeMismatch {
-            op: op.name(),
-            left: a.name().to_string(),
-            left_shape: ad.to_vec(),
-            right: b.name().to_string(),
-            right_shape: bd.to_vec(),
-        });
+        return Err(shape_error(op.name(), a, b));
     }
     let storage = match place(op.name(), &[big, small])? {
         Place::Cpu(bytes) => {
-            let (x, y) = (cpu::f32s(bytes[0]), cpu::f32s(bytes[1]));
-            Storage::Cpu(cpu::to_bytes(&cpu::binary(f, &x, &y)))
+            let (x, y) = (f32s(bytes[0]), f32s(bytes[1]));
+            Storage::Cpu(f32_bytes(&cpu::binary(f, &x, &y)))
         }
         Place::Gpu(gs) => Storage::Gpu(launch(op, big, gs[0], Some((small, gs[1])))?),
     };
@@ -186,10 +169,11 @@ fn launch(
         .with("WG", f64::from(WORKGROUP))
         .with("EPT", f64::from(ELEMS_PER_INVOCATION));
     let pipeline = gpu.pipeline(&key)?;
-    let device = gpu.wgpu_device();
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-        label: Some(op.name()),
-    });
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some(op.name()),
+        });
     // b beside a page by page, or whole (a repeated operand, or one paged differently).
     let paired = b.is_some_and(|(bt, gb)| {
         bt.shape() == a.shape() && gb.page_bytes() == ga.page_bytes() && gb.pages().len() > 1
@@ -211,10 +195,10 @@ fn launch(
     }
     let (in_page, out_page) = (ga.page_bytes() / 4, out.page_bytes() / 4);
     for (ip, op_page, at, end) in super::paged::spans(elems, in_page, out_page) {
-        let a_page = page(ga, ip)?;
+        let a_page = ga.page(ip as usize)?;
         let b_buf = match (&b_whole, b) {
             (Some(buf), _) => buf,
-            (None, Some((_, gb))) => page(gb, ip)?,
+            (None, Some((_, gb))) => gb.page(ip as usize)?,
             (None, None) => a_page,
         };
         let a_offset = at - ip * in_page;
@@ -235,21 +219,13 @@ fn launch(
             },
             _pad: 0,
         };
-        let uniform = gpu.uniform(op.name(), bytemuck::bytes_of(&params));
-        let buffers = [&uniform, a_page, b_buf, page(&out, op_page)?];
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, buf)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: buf.as_entire_binding(),
-            })
-            .collect();
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(op.name()),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let group = bind(
+            gpu,
+            &pipeline,
+            op.name(),
+            bytemuck::bytes_of(&params),
+            &[a_page, b_buf, out.page(op_page as usize)?],
+        );
         let invocations = (end - at).div_ceil(u64::from(ELEMS_PER_INVOCATION));
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
@@ -257,18 +233,11 @@ fn launch(
     Ok(out)
 }
 
-fn page(s: &GpuStorage, i: u64) -> Result<&wgpu::Buffer> {
-    s.pages().get(i as usize).ok_or_else(|| Error::Gpu {
-        during: "binding a page".into(),
-        reason: format!("page {i} of {} does not exist", s.pages().len()),
-    })
-}
-
 /// The CPU twins: the shader's formulas, in its order, with `mul_add` where it uses `fma`.
-pub mod cpu {
+pub(crate) mod cpu {
     /// A function of one element.
     #[derive(Clone, Copy, Debug, PartialEq)]
-    pub enum Unary {
+    pub(crate) enum Unary {
         Scale(f32),
         Gelu,
         GeluTanh,
@@ -277,25 +246,14 @@ pub mod cpu {
 
     /// A function of two elements.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Binary {
+    pub(crate) enum Binary {
         Add,
         Mul,
     }
 
-    pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
-    }
-
-    pub(crate) fn to_bytes(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
-    }
-
     /// erf in f32, Norbert Juffa's `erff` (the shader's `erf_f32`): within 1.2e-7 relative of
     /// the exact erf (the tests check it against an f64 series).
-    pub fn erf(x: f32) -> f32 {
+    pub(crate) fn erf(x: f32) -> f32 {
         let t = x.abs();
         let s = x * x;
         if t > 0.927_734_4 {
@@ -319,11 +277,11 @@ pub mod cpu {
     }
 
     /// `1 - 2 / (exp(2u) + 1)`, the shader's `tanh_f32`.
-    pub fn tanh(u: f32) -> f32 {
+    fn tanh(u: f32) -> f32 {
         1.0 - 2.0 / ((2.0 * u).exp() + 1.0)
     }
 
-    pub fn apply(f: Unary, x: f32) -> f32 {
+    fn apply(f: Unary, x: f32) -> f32 {
         match f {
             Unary::Scale(factor) => x * factor,
             Unary::Gelu => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
@@ -336,12 +294,12 @@ pub mod cpu {
         }
     }
 
-    pub fn unary(f: Unary, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn unary(f: Unary, x: &[f32]) -> Vec<f32> {
         x.iter().map(|&v| apply(f, v)).collect()
     }
 
     /// `f(a[i], b[i % b.len()])`: b repeats over a (b empty gives an empty result).
-    pub fn binary(f: Binary, a: &[f32], b: &[f32]) -> Vec<f32> {
+    pub(crate) fn binary(f: Binary, a: &[f32], b: &[f32]) -> Vec<f32> {
         if b.is_empty() {
             return Vec::new();
         }
@@ -355,5 +313,32 @@ pub mod cpu {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[path = "../../../../tests/common/erf.rs"]
+mod erf;
+
+#[cfg(test)]
+mod tests {
+    use super::erf;
+
+    #[test]
+    fn erf_twin_within_its_bound() {
+        let mut worst = 0.0f64;
+        for i in -120_000..=120_000 {
+            let x = i as f32 * 5e-5;
+            let e = erf::erf64(f64::from(x));
+            let got = f64::from(super::cpu::erf(x));
+            if e != 0.0 {
+                worst = worst.max((got - e).abs() / e.abs());
+            }
+        }
+        // Juffa's bound (1 ulp with a correctly rounded exp): 2^-23 relative.
+        assert!(worst <= 1.2e-7, "worst relative error {worst:e}");
+        assert_eq!(super::cpu::erf(10.0), 1.0);
+        assert_eq!(super::cpu::erf(-10.0), -1.0);
+        assert_eq!(super::cpu::erf(0.0), 0.0);
     }
 }

@@ -10,10 +10,10 @@
 //!
 //! GPU: `shaders/embedding.wgsl`, one invocation per output element, reading the table's blocks
 //! in place; one dispatch per page of the table, each writing the elements whose block lies in
-//! that page. The output must fit in one storage binding. CPU twin: [`cpu`].
+//! that page. The output must fit in one storage binding. CPU twin: `cpu`.
 
 use super::launch::{self, Place};
-use super::qmatmul;
+use super::quant_decode::{self, Decoder};
 use crate::device::kernels::{Kernel, PipelineKey};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
@@ -36,35 +36,12 @@ struct Params {
     page_blocks: u32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Embedding.params_bytes());
 
-/// Whether [`embedding`] takes tables of `dtype`.
+/// Whether [`embedding`] takes tables of `dtype`: every type `quant_decode` decodes, as
+/// [`qmatmul`](super::qmatmul) does.
 pub fn supports(dtype: DType) -> bool {
-    entry(dtype).is_some()
-}
-
-/// The entry point of `embedding.wgsl` for tables of `dtype`: `embedding_<type>` for every type
-/// `ops::qmatmul` reads.
-pub fn entry(dtype: DType) -> Option<&'static str> {
-    // The same types, by construction: both families read through quant_decode.wgsl.
-    Some(match qmatmul::entry(dtype)? {
-        "qmatmul_f32" => "embedding_f32",
-        "qmatmul_f16" => "embedding_f16",
-        "qmatmul_bf16" => "embedding_bf16",
-        "qmatmul_q4_0" => "embedding_q4_0",
-        "qmatmul_q4_1" => "embedding_q4_1",
-        "qmatmul_q5_0" => "embedding_q5_0",
-        "qmatmul_q5_1" => "embedding_q5_1",
-        "qmatmul_q8_0" => "embedding_q8_0",
-        "qmatmul_iq4_nl" => "embedding_iq4_nl",
-        "qmatmul_q2_k" => "embedding_q2_k",
-        "qmatmul_q3_k" => "embedding_q3_k",
-        "qmatmul_q4_k" => "embedding_q4_k",
-        "qmatmul_q5_k" => "embedding_q5_k",
-        "qmatmul_q6_k" => "embedding_q6_k",
-        "qmatmul_iq4_xs" => "embedding_iq4_xs",
-        _ => return None,
-    })
+    quant_decode::decoder(dtype).is_some()
 }
 
 /// Rows `ids` of `table` (`[vocab, dim]`), as f32 `[ids.len(), dim]`. Errors: table not a
@@ -74,7 +51,7 @@ pub fn entry(dtype: DType) -> Option<&'static str> {
 /// or a table of 2^32 blocks or more ([`Error::DeviceLimit`]).
 pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     let [vocab, dim] = launch::dims(OP, table, "a matrix [vocab, dim]")?;
-    let Some(entry) = entry(table.dtype()) else {
+    let Some(decoder) = quant_decode::decoder(table.dtype()) else {
         return Err(Error::OpDType {
             op: OP,
             tensor: table.name().to_string(),
@@ -99,7 +76,7 @@ pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
             dim,
             ids,
         ))),
-        Place::Gpu(gs) => Storage::Gpu(gpu_embedding(table, gs[0], entry, dim, ids, &out_shape)?),
+        Place::Gpu(gs) => Storage::Gpu(gpu_embedding(table, gs[0], decoder, dim, ids, &out_shape)?),
     };
     Ok(Tensor::new(
         table.name().to_string(),
@@ -133,7 +110,7 @@ pub fn embedding_i64(table: &Tensor, ids: &[i64]) -> Result<Tensor> {
 fn gpu_embedding(
     table: &Tensor,
     ts: &GpuStorage,
-    entry: &'static str,
+    decoder: &Decoder,
     dim: usize,
     ids: &[u32],
     out_shape: &mlmf_core::Shape,
@@ -150,9 +127,11 @@ fn gpu_embedding(
         let (block_bytes, block_elems) = (dtype.block_bytes(), dtype.block_elems());
         // Block numbers and in-page byte offsets are u32 in the kernel.
         u32_of(table.byte_len() / block_bytes, "the table's block count")?;
-        u32_of(ts.page_bytes(), "the page size")?;
+        launch::check_page_bytes(table, ts)?;
         let page_blocks = ts.page_bytes() / block_bytes;
-        let key = PipelineKey::new(Kernel::Embedding, entry).with("WG", f64::from(WORKGROUP));
+        let key = decoder
+            .specialise(PipelineKey::new(Kernel::Embedding, "embedding"))
+            .with("WG", f64::from(WORKGROUP));
         let pipeline = gpu.pipeline(&key)?;
         let ids_buf = launch::words_buffer(gpu, "embedding ids", ids);
         for (p, page) in ts.pages().iter().enumerate() {
@@ -181,14 +160,14 @@ fn gpu_embedding(
     Ok(storage)
 }
 
-/// The CPU twin: each requested row decoded with the dequant and convert twins.
-pub mod cpu {
-    use crate::ops::qmatmul;
+/// The CPU twin: each requested row decoded with the type's twin in `quant_decode`.
+pub(crate) mod cpu {
+    use crate::ops::quant_decode::decode_row;
     use mlmf_core::DType;
 
     /// Rows `ids` of the table `bytes` (rows of `dim` elements of `dtype`). Empty when `dtype`
     /// has no decoder or a row lies past the bytes.
-    pub fn embedding(dtype: DType, bytes: &[u8], dim: usize, ids: &[u32]) -> Vec<f32> {
+    pub(crate) fn embedding(dtype: DType, bytes: &[u8], dim: usize, ids: &[u32]) -> Vec<f32> {
         let Some(row_bytes) = dtype.byte_len(dim as u64).map(|b| b as usize) else {
             return Vec::new();
         };
@@ -198,7 +177,7 @@ pub mod cpu {
             let Some(src) = bytes.get(start..start + row_bytes) else {
                 return Vec::new();
             };
-            if !qmatmul::cpu::decode_row(dtype, src, row) {
+            if !decode_row(dtype, src, row) {
                 return Vec::new();
             }
         }

@@ -1,10 +1,11 @@
-//! What the launchers of the neural-network families (norm, softmax, embedding, attention, conv)
-//! share: operand checks with typed errors, the operands' common device, each GPU operand in one
-//! storage binding (its only page, or its pages gathered into a scratch buffer), and an f32
-//! output written through one binding and copied into its pages when it has several.
+//! What the launchers share: operand checks with typed errors, the operands' common device, each
+//! GPU operand in one storage binding (its only page, or its pages gathered into a scratch
+//! buffer), an f32 output written through one binding and copied into its pages when it has
+//! several, bind groups, and how a row reduction is spread over invocations ([`Reduce`]).
 //!
-//! These kernels index whole tensors, not pages: an operand or output larger than one storage
-//! binding is a [`Error::DeviceLimit`], as it is for the LoRA kernels.
+//! Kernels that index whole tensors, not pages (norm, softmax, embedding's output, attention,
+//! conv, matmul, LoRA's BGMV) take an operand or output larger than one storage binding as
+//! [`Error::DeviceLimit`].
 
 use std::sync::Arc;
 
@@ -125,6 +126,22 @@ pub(crate) fn to_u32(t: &Tensor, v: u64, what: &str) -> Result<u32> {
     })
 }
 
+/// Kernels that address bytes of a page of `t` (stored in `src`) with u32: its pages must be
+/// smaller than 4 GiB, or [`Error::DeviceLimit`].
+pub(crate) fn check_page_bytes(t: &Tensor, src: &GpuStorage) -> Result<()> {
+    if src.page_bytes() > u64::from(u32::MAX) {
+        return Err(Error::DeviceLimit {
+            tensor: t.name().to_string(),
+            bytes: t.byte_len(),
+            reason: format!(
+                "pages of {} bytes are too large for 32-bit byte offsets",
+                src.page_bytes()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The largest buffer one storage binding may hold on `gpu`.
 fn binding_limit(gpu: &Gpu) -> u64 {
     gpu.limits()
@@ -190,6 +207,18 @@ pub(crate) fn whole(
         encoder.copy_buffer_to_buffer(page, in_page, &buf, at, count);
     }
     Ok(buf)
+}
+
+/// Each of `ts` (stored in `gs`) whole, in order (see [`whole`]).
+pub(crate) fn wholes(
+    encoder: &mut wgpu::CommandEncoder,
+    ts: &[&Tensor],
+    gs: &[&GpuStorage],
+) -> Result<Vec<wgpu::Buffer>> {
+    ts.iter()
+        .zip(gs)
+        .map(|(t, s)| whole(encoder, t, s, t.name()))
+        .collect()
 }
 
 /// A new f32 tensor's pages and the one buffer kernels write it through: its only page, or a

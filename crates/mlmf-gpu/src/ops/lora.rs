@@ -22,7 +22,7 @@
 //! A, B, the stacks, x, y and the bias must each fit in one storage binding (pages of one are
 //! gathered into a scratch buffer first); W may span any number of pages.
 //!
-//! CPU twin: [`cpu`], plain loops in the same order. GPU and twin agree bit for bit where the
+//! CPU twin: `cpu`, plain loops in the same order. GPU and twin agree bit for bit where the
 //! shader compiler does not contract a product and an add into a fused multiply-add (lavapipe
 //! does not; the tests check bit equality there). A contracting compiler rounds once where the
 //! twin rounds twice; either way, with `eps = f32::EPSILON`, both stay within these bounds of
@@ -33,10 +33,12 @@
 //! subnormals to zero; the twin keeps them, so values below 1.2e-38 may differ (never for f16
 //! weights, whose subnormals are normal f32).
 
-use super::launch::{check_binding, f32s, place, scratch, to_u32, whole, Place};
-use super::{dequant, paged};
+use super::launch::{
+    bind, check_binding, check_page_bytes, dims, f32_bytes, f32s, place, rank_error, require_f32,
+    scratch, shape_error, to_u32, whole, Output, Place,
+};
+use super::paged;
 use crate::device::kernels::{Kernel, PipelineKey};
-use crate::device::Gpu;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -68,7 +70,7 @@ struct Params {
     slots: u32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Lora.params_bytes());
 
 /// The merge entry point of `lora.wgsl` for weights of `dtype`.
 fn merge_entry(dtype: DType) -> Option<&'static str> {
@@ -78,46 +80,6 @@ fn merge_entry(dtype: DType) -> Option<&'static str> {
         DType::BF16 => "lora_merge_bf16",
         _ => return None,
     })
-}
-
-fn rank_error(op: &'static str, t: &Tensor, expected: &'static str) -> Error {
-    Error::OpRank {
-        op,
-        tensor: t.name().to_string(),
-        shape: t.shape().dims().to_vec(),
-        expected,
-    }
-}
-
-fn shape_error(op: &'static str, left: &Tensor, right: &Tensor) -> Error {
-    Error::ShapeMismatch {
-        op,
-        left: left.name().to_string(),
-        left_shape: left.shape().dims().to_vec(),
-        right: right.name().to_string(),
-        right_shape: right.shape().dims().to_vec(),
-    }
-}
-
-fn require_f32(op: &'static str, t: &Tensor) -> Result<()> {
-    if t.dtype() != DType::F32 {
-        return Err(Error::OpDType {
-            op,
-            tensor: t.name().to_string(),
-            dtype: t.dtype(),
-            expected: "F32",
-        });
-    }
-    Ok(())
-}
-
-/// The dimensions of a tensor of rank `N`, or [`Error::OpRank`].
-fn dims<const N: usize>(
-    op: &'static str,
-    t: &Tensor,
-    expected: &'static str,
-) -> Result<[usize; N]> {
-    <[usize; N]>::try_from(t.shape().dims()).map_err(|_| rank_error(op, t, expected))
 }
 
 /// `W'`, a new tensor of W's dtype, shape and name: W with the adapter `(A, B)` merged in at
@@ -193,41 +155,6 @@ pub fn merge(
     ))
 }
 
-/// The bind group of one `lora.wgsl` dispatch, buffers in binding order 1..=5.
-fn bind(
-    gpu: &Gpu,
-    pipeline: &crate::device::kernels::Pipeline,
-    label: &str,
-    params: &Params,
-    buffers: [&wgpu::Buffer; 5],
-) -> wgpu::BindGroup {
-    let uniform = gpu.uniform(label, bytemuck::bytes_of(params));
-    let mut entries = vec![wgpu::BindGroupEntry {
-        binding: 0,
-        resource: uniform.as_entire_binding(),
-    }];
-    for (i, buf) in buffers.into_iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: buf.as_entire_binding(),
-        });
-    }
-    gpu.wgpu_device()
-        .create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.layout,
-            entries: &entries,
-        })
-}
-
-/// Page `i` of `s`; the page arithmetic of the callers makes every page they ask for exist.
-fn page(s: &GpuStorage, i: u64) -> Result<&wgpu::Buffer> {
-    s.pages().get(i as usize).ok_or_else(|| Error::Gpu {
-        during: "binding a page".into(),
-        reason: format!("page {i} of {} does not exist", s.pages().len()),
-    })
-}
-
 /// The launcher of the merge entry points: A and B whole, then one dispatch per overlap of a
 /// page of W with a page of W'. Submitted, not waited for (readback waits).
 fn gpu_merge(
@@ -238,7 +165,7 @@ fn gpu_merge(
     scale: f32,
     fan_in_fan_out: bool,
 ) -> Result<GpuStorage> {
-    dequant::check_page_bytes(w, ws)?;
+    check_page_bytes(w, ws)?;
     let gpu = ws.gpu();
     let dtype = w.dtype();
     let elems = w.shape().elem_count();
@@ -284,8 +211,14 @@ fn gpu_merge(
             gpu,
             &pipeline,
             MERGE,
-            &params,
-            [page(ws, ip)?, &a_buf, &b_buf, &unused, page(&out, op)?],
+            bytemuck::bytes_of(&params),
+            &[
+                ws.page(ip as usize)?,
+                &a_buf,
+                &b_buf,
+                &unused,
+                out.page(op as usize)?,
+            ],
         );
         let invocations = (end - at).div_ceil(per_invocation);
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
@@ -386,7 +319,7 @@ pub fn bgmv(
                 bias.as_deref(),
                 dims,
             );
-            Storage::Cpu(got.iter().flat_map(|v| v.to_le_bytes()).collect())
+            Storage::Cpu(f32_bytes(&got))
         }
         Place::Gpu(gs) => Storage::Gpu(gpu_bgmv(&all, &gs, rows, scales, dims)?),
     };
@@ -411,14 +344,15 @@ fn gpu_bgmv(
     let (y, x, a_stack, b_stack) = (ts[0], ts[1], ts[2], ts[3]);
     let gpu = gs[0].gpu();
     let out_elems = y.shape().elem_count();
-    let unit = GpuStorage::page_unit(gpu, DType::F32, y.shape());
-    let out = GpuStorage::allocate(gpu, y.name(), out_elems * 4, unit)?;
+    let out = Output::new(gpu, y, y.shape())?;
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(BGMV) });
     if out_elems == 0 {
-        return Ok(out);
+        return Ok(out.finish(&mut encoder));
     }
     let v_elems = (dims.batch as u64) * (dims.rank as u64);
     check_binding(gpu, y, "the shrunk batch v", v_elems * 4)?;
-    check_binding(gpu, y, "Y'", out_elems * 4)?;
     let has_bias = ts.len() > 4;
     let aux_words = (dims.batch + scales.len()) as u64 + if has_bias { dims.out as u64 } else { 0 };
     check_binding(gpu, y, "rows, scales and bias", aux_words * 4)?;
@@ -432,9 +366,6 @@ fn gpu_bgmv(
         slots: to_u32(a_stack, scales.len() as u64, "the slot count")?,
         ..Params::default()
     };
-    let device = gpu.wgpu_device();
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(BGMV) });
     let y_buf = whole(&mut encoder, y, gs[0], "y")?;
     let x_buf = whole(&mut encoder, x, gs[1], "x")?;
     let a_buf = whole(&mut encoder, a_stack, gs[2], "the A stack")?;
@@ -449,11 +380,12 @@ fn gpu_bgmv(
     aux.resize((aux_words * 4).max(4) as usize, 0);
     let aux_buf = {
         use wgpu::util::DeviceExt;
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("lora rows, scales and bias"),
-            contents: &aux,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        })
+        gpu.wgpu_device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("lora rows, scales and bias"),
+                contents: &aux,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            })
     };
     if has_bias {
         let at = ((dims.batch + scales.len()) * 4) as u64;
@@ -462,12 +394,6 @@ fn gpu_bgmv(
         }
     }
     let v_buf = scratch(gpu, "lora v", v_elems * 4);
-    let direct = out.pages().len() == 1;
-    let out_buf = if direct {
-        page(&out, 0)?.clone()
-    } else {
-        scratch(gpu, "lora y'", out_elems * 4)
-    };
 
     if v_elems > 0 {
         let key = PipelineKey::new(Kernel::Lora, "lora_shrink").with("WG", f64::from(WORKGROUP));
@@ -481,8 +407,8 @@ fn gpu_bgmv(
             gpu,
             &pipeline,
             "lora shrink",
-            &params,
-            [&x_buf, &a_buf, &b_buf, &aux_buf, &v_buf],
+            bytemuck::bytes_of(&params),
+            &[&x_buf, &a_buf, &b_buf, &aux_buf, &v_buf],
         );
         gpu.dispatch(&mut encoder, &pipeline, &group, v_elems, WORKGROUP);
     }
@@ -496,17 +422,13 @@ fn gpu_bgmv(
         gpu,
         &pipeline,
         "lora expand",
-        &params,
-        [&y_buf, &v_buf, &b_buf, &aux_buf, &out_buf],
+        bytemuck::bytes_of(&params),
+        &[&y_buf, &v_buf, &b_buf, &aux_buf, out.buffer()],
     );
     gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
-    if !direct {
-        for (page, in_page, at, count) in out.spans(0, out_elems * 4) {
-            encoder.copy_buffer_to_buffer(&out_buf, at, page, in_page, count);
-        }
-    }
+    let storage = out.finish(&mut encoder);
     gpu.wgpu_queue().submit([encoder.finish()]);
-    Ok(out)
+    Ok(storage)
 }
 
 /// Overwrite slot `slot` of the GPU stack `stack` (F32 `[slots, ...]`, e.g. the A or B stack of
@@ -564,26 +486,26 @@ pub fn write_slot(stack: &Tensor, slot: usize, values: &[f32]) -> Result<()> {
 }
 
 /// The CPU twins: plain loops, summing in the order the module doc gives (the GPU's order).
-pub mod cpu {
+pub(crate) mod cpu {
     use mlmf_core::DType;
 
     /// The dimensions of a merge: W is `[out, inp]` (or `[inp, out]`), A `[rank, inp]`, B
     /// `[out, rank]`.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct MergeDims {
-        pub out: usize,
-        pub inp: usize,
-        pub rank: usize,
+    pub(crate) struct MergeDims {
+        pub(crate) out: usize,
+        pub(crate) inp: usize,
+        pub(crate) rank: usize,
     }
 
     /// The dimensions of a BGMV: x is `[batch, inp]`, y `[batch, out]`, the A stack
     /// `[slots, rank, inp]`, the B stack `[slots, out, rank]` (slots is `scales.len()`).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct BgmvDims {
-        pub batch: usize,
-        pub inp: usize,
-        pub out: usize,
-        pub rank: usize,
+    pub(crate) struct BgmvDims {
+        pub(crate) batch: usize,
+        pub(crate) inp: usize,
+        pub(crate) out: usize,
+        pub(crate) rank: usize,
     }
 
     fn widen(dtype: DType, w: &[u8], e: usize) -> f32 {
@@ -598,7 +520,7 @@ pub mod cpu {
     /// B: `W + (sum_k B[o][k] * A[k][i]) * scale`, k in order, rounded to `dtype` (round to
     /// nearest even, half's `from_f32`). With `fan_in_fan_out` W is `[inp, out]`. Empty when
     /// `dtype` is another type or a slice is shorter than the dimensions say.
-    pub fn merge(
+    pub(crate) fn merge(
         dtype: DType,
         w: &[u8],
         a: &[f32],
@@ -643,7 +565,7 @@ pub mod cpu {
     /// whose slot is [`NO_ADAPTER`](super::NO_ADAPTER) gets `y + bias` only. Empty when a
     /// slice is shorter than the dimensions say or a slot index is past `scales`.
     #[allow(clippy::too_many_arguments)]
-    pub fn bgmv(
+    pub(crate) fn bgmv(
         y: &[f32],
         x: &[f32],
         rows: &[u32],

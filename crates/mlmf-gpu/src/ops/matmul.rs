@@ -18,16 +18,18 @@
 //! otherwise). When B is a matrix and A is not transposed, A's batch is folded into its rows so
 //! the whole product is one grid of tiles.
 //!
-//! CPU twin: [`cpu`], plain loops in the same order. Both round each product and each addition to
+//! CPU twin: `cpu`, plain loops in the same order. Both round each product and each addition to
 //! f32, so with `u = 2^-24` each element is within `γ(k+1) * (sum_k |A B| + |bias|)` of the exact
 //! result, `γ(n) = n u / (1 - n u)` (Higham, *Accuracy and Stability*, 3.1); the tests check
 //! `(k + 1) * f32::EPSILON * (sum_k |A B| + |bias|)`, which is at least that for `k < 2^22`. A
 //! compiler that contracts a product and an addition into a fused multiply-add only rounds less;
 //! without contraction (lavapipe) GPU and twin agree bit for bit.
 
-use super::launch::{check_binding, place, scratch, to_u32, whole, Place};
-use crate::device::kernels::{Kernel, Pipeline, PipelineKey};
-use crate::device::Gpu;
+use super::launch::{
+    bind, f32_bytes, f32_shape, place, rank_error, scratch, shape_error, to_u32, whole, Output,
+    Place,
+};
+use crate::device::kernels::{Kernel, PipelineKey};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -65,7 +67,7 @@ struct Params {
     tile_row0: u32,
     tile_col0: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 32);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Matmul.params_bytes());
 
 /// How [`matmul`] reads its operands.
 #[derive(Clone, Copy, Debug, Default)]
@@ -105,16 +107,6 @@ fn float_dtype(t: &Tensor) -> Result<()> {
     }
 }
 
-fn shape_error(left: &Tensor, right: &Tensor) -> Error {
-    Error::ShapeMismatch {
-        op: OP,
-        left: left.name().to_string(),
-        left_shape: left.shape().dims().to_vec(),
-        right: right.name().to_string(),
-        right_shape: right.shape().dims().to_vec(),
-    }
-}
-
 /// `C = op(A) · op(B) (+ bias)` on the tensors' device, a new F32 tensor named like A (see the
 /// module doc for shapes and the order of the sums). Errors: A or B of rank below 2, or a bias
 /// that is not a vector ([`Error::OpRank`]); a dtype other than F32, F16, BF16
@@ -125,12 +117,8 @@ fn shape_error(left: &Tensor, right: &Tensor) -> Error {
 pub fn matmul(a: &Tensor, b: &Tensor, options: MatmulOptions) -> Result<Tensor> {
     let rank = |t: &Tensor| {
         if t.shape().rank() < 2 {
-            return Err(Error::OpRank {
-                op: OP,
-                tensor: t.name().to_string(),
-                shape: t.shape().dims().to_vec(),
-                expected: "a matrix or a batch of matrices [..., rows, cols]",
-            });
+            let expected = "a matrix or a batch of matrices [..., rows, cols]";
+            return Err(rank_error(OP, t, expected));
         }
         Ok(t.shape().rank() - 2)
     };
@@ -148,13 +136,13 @@ pub fn matmul(a: &Tensor, b: &Tensor, options: MatmulOptions) -> Result<Tensor> 
         (b_mat[0], b_mat[1])
     };
     if ka != kb {
-        return Err(shape_error(a, b));
+        return Err(shape_error(OP, a, b));
     }
     let batch_dims = match (a_batch.is_empty(), b_batch.is_empty()) {
         (_, true) => a_batch,
         (true, false) => b_batch,
         (false, false) if a_batch == b_batch => a_batch,
-        _ => return Err(shape_error(a, b)),
+        _ => return Err(shape_error(OP, a, b)),
     };
     // Shapes were checked when made, so these products cannot overflow.
     let batch: usize = batch_dims.iter().product();
@@ -192,15 +180,10 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         });
     };
     let &[out, w_in] = w.shape().dims() else {
-        return Err(Error::OpRank {
-            op: OP,
-            tensor: w.name().to_string(),
-            shape: w.shape().dims().to_vec(),
-            expected: "a weight matrix [out, in]",
-        });
+        return Err(rank_error(OP, w, "a weight matrix [out, in]"));
     };
     if w_in != inp {
-        return Err(shape_error(x, w));
+        return Err(shape_error(OP, x, w));
     }
     let rows: usize = lead.iter().product();
     let dims = Dims {
@@ -231,29 +214,18 @@ fn product(
     let mut all = vec![a, b];
     if let Some(bias) = bias {
         if bias.shape().rank() != 1 {
-            return Err(Error::OpRank {
-                op: OP,
-                tensor: bias.name().to_string(),
-                shape: bias.shape().dims().to_vec(),
-                expected: "a vector [n]",
-            });
+            return Err(rank_error(OP, bias, "a vector [n]"));
         }
         float_dtype(bias)?;
         if bias.shape().dims()[0] != dims.n {
-            return Err(shape_error(b, bias));
+            return Err(shape_error(OP, b, bias));
         }
         all.push(bias);
     }
     for t in &all {
         t.check_layout()?;
     }
-    let out_shape = Shape::new(out_dims)
-        .filter(|s| DType::F32.byte_len(s.elem_count()).is_some())
-        .ok_or_else(|| Error::DeviceLimit {
-            tensor: a.name().to_string(),
-            bytes: a.byte_len(),
-            reason: "the product's size overflows 64 bits".into(),
-        })?;
+    let out_shape = f32_shape(a, out_dims)?;
     let storage = match place(OP, &all)? {
         Place::Cpu(bytes) => {
             let bias = bias.map(|t| cpu::widen(t.dtype(), bytes[2]));
@@ -263,7 +235,7 @@ fn product(
                 bias.as_deref(),
                 dims,
             );
-            Storage::Cpu(c.iter().flat_map(|v| v.to_le_bytes()).collect())
+            Storage::Cpu(f32_bytes(&c))
         }
         Place::Gpu(gs) => Storage::Gpu(gpu_matmul(&all, &gs, dims, &out_shape, BiasIndex::Column)?),
     };
@@ -316,12 +288,13 @@ pub(crate) fn gpu_matmul(
     let (a, b) = (ts[0], ts[1]);
     let gpu = gs[0].gpu();
     let out_elems = out_shape.elem_count();
-    let unit = GpuStorage::page_unit(gpu, DType::F32, out_shape);
-    let out = GpuStorage::allocate(gpu, a.name(), out_elems * 4, unit)?;
+    let out = Output::new(gpu, a, out_shape)?;
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
     if out_elems == 0 {
-        return Ok(out);
+        return Ok(out.finish(&mut encoder));
     }
-    check_binding(gpu, a, "the product", out_elems * 4)?;
     // The shader indexes every operand and C with u32 element numbers.
     for t in ts {
         to_u32(t, t.shape().elem_count(), "the element count")?;
@@ -352,19 +325,11 @@ pub(crate) fn gpu_matmul(
         .with("B_TYPE", type_code(b.dtype()))
         .with("BIAS_TYPE", bias.map_or(0.0, |t| type_code(t.dtype())));
     let pipeline = gpu.pipeline(&key)?;
-    let device = gpu.wgpu_device();
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
     let a_buf = whole(&mut encoder, a, gs[0], "the whole tensor")?;
     let b_buf = whole(&mut encoder, b, gs[1], "the whole tensor")?;
     let bias_buf = match bias {
         Some(t) => whole(&mut encoder, t, gs[2], "the whole tensor")?,
         None => scratch(gpu, "matmul no bias", 4),
-    };
-    let direct = out.pages().len() == 1;
-    let c_buf = match out.pages() {
-        [page] => page.clone(),
-        _ => scratch(gpu, "matmul c", out_elems * 4),
     };
 
     let max = u64::from(gpu.limits().max_compute_workgroups_per_dimension.max(1));
@@ -384,69 +349,36 @@ pub(crate) fn gpu_matmul(
                     (tiles_m - row0).min(max) as u32,
                     (dims.batch as u64 - batch0).min(max) as u32,
                 ];
-                dispatch(
+                let group = bind(
                     gpu,
-                    &mut encoder,
                     &pipeline,
-                    &params,
-                    [&a_buf, &b_buf, &bias_buf, &c_buf],
-                    groups,
+                    OP,
+                    bytemuck::bytes_of(&params),
+                    &[&a_buf, &b_buf, &bias_buf, out.buffer()],
                 );
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(OP),
+                    timestamp_writes: None,
+                });
+                pass.set_pipeline(&pipeline.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
             }
         }
     }
-    if !direct {
-        for (page, in_page, at, count) in out.spans(0, out_elems * 4) {
-            encoder.copy_buffer_to_buffer(&c_buf, at, page, in_page, count);
-        }
-    }
+    let storage = out.finish(&mut encoder);
     gpu.wgpu_queue().submit([encoder.finish()]);
-    Ok(out)
-}
-
-fn dispatch(
-    gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
-    pipeline: &Pipeline,
-    params: &Params,
-    buffers: [&wgpu::Buffer; 4],
-    [x, y, z]: [u32; 3],
-) {
-    let uniform = gpu.uniform(OP, bytemuck::bytes_of(params));
-    let mut entries = vec![wgpu::BindGroupEntry {
-        binding: 0,
-        resource: uniform.as_entire_binding(),
-    }];
-    for (i, buf) in buffers.into_iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: buf.as_entire_binding(),
-        });
-    }
-    let group = gpu
-        .wgpu_device()
-        .create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(OP),
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
-    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some(OP),
-        timestamp_writes: None,
-    });
-    pass.set_pipeline(&pipeline.pipeline);
-    pass.set_bind_group(0, &group, &[]);
-    pass.dispatch_workgroups(x, y, z);
+    Ok(storage)
 }
 
 /// The CPU twin: plain loops, summing in the order the module doc gives (the GPU's order).
-pub mod cpu {
+pub(crate) mod cpu {
     use super::Dims;
     use mlmf_core::DType;
 
     /// The numbers in `bytes` (little-endian F32, F16 or BF16; anything else is read as F32)
     /// widened exactly to f32.
-    pub fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    pub(crate) fn widen(dtype: DType, bytes: &[u8]) -> Vec<f32> {
         match dtype {
             DType::F16 => bytes
                 .chunks_exact(2)
@@ -465,7 +397,7 @@ pub mod cpu {
 
     /// C `[batch, m, n]`: `(sum_k op(A)[i][k] * op(B)[k][j]) + bias[j]`, k in order from 0.
     /// Empty when a slice is shorter than `dims` says.
-    pub fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, dims: Dims) -> Vec<f32> {
+    pub(crate) fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, dims: Dims) -> Vec<f32> {
         let Dims {
             batch,
             m,

@@ -6,7 +6,6 @@ pub mod attention;
 pub mod conv;
 pub mod convert;
 pub mod dequant;
-pub mod dequant_k;
 pub mod elementwise;
 pub mod embedding;
 mod launch;
@@ -15,6 +14,8 @@ pub mod matmul;
 pub mod norm;
 mod paged;
 pub mod qmatmul;
+// The weight types dequant, qmatmul and embedding decode, and their CPU twins.
+pub(crate) mod quant_decode;
 pub mod softmax;
 
 pub use launch::Reduce;

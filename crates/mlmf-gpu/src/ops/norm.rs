@@ -12,7 +12,7 @@
 //! per row on CPU-based adapters ([`Reduce`]). The mean is taken first and the variance from the
 //! deviations (two passes), so rows with a large common offset keep their precision.
 //!
-//! CPU twin: [`cpu`], the same two passes in index order. With `eps = f32::EPSILON`,
+//! CPU twin: `cpu`, the same two passes in index order. With `eps = f32::EPSILON`,
 //! `r = 1 / sqrt(var + eps_norm)` and n = cols, both stay within these bounds of the exact
 //! result (the tests check them in f64; `n eps` covers the worst-case rounding of an n-term sum
 //! in any order, the constant the few roundings and WGSL's 2-ulp `inverseSqrt` after it):
@@ -39,7 +39,7 @@ struct Params {
     eps: f32,
     _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Norm.params_bytes());
 
 /// Layer normalisation of `x` over its last axis (see the module doc). Errors: x a scalar, or
 /// weight or bias not a vector ([`mlmf_core::Error::OpRank`]), a tensor not F32
@@ -153,11 +153,7 @@ fn gpu_norm(
             .with("WG", f64::from(WORKGROUP))
             .with("ROW_PER_INVOCATION", reduce.flag());
         let pipeline = gpu.pipeline(&key)?;
-        let bufs = ts
-            .iter()
-            .zip(gs)
-            .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()))
-            .collect::<Result<Vec<_>>>()?;
+        let bufs = launch::wholes(&mut encoder, ts, gs)?;
         // rms_norm has no bias: its binding holds the weight again.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(
@@ -176,7 +172,7 @@ fn gpu_norm(
 }
 
 /// The CPU twin: per row, plain loops in index order.
-pub mod cpu {
+pub(crate) mod cpu {
     /// Layer norm of the rows of `x` (`cols` long each; a partial last row is dropped).
     pub fn layer_norm(x: &[f32], weight: &[f32], bias: &[f32], cols: usize, eps: f32) -> Vec<f32> {
         let mut y = Vec::with_capacity(x.len());

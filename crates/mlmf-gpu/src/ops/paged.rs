@@ -1,4 +1,4 @@
-//! The dispatch loop shared by element-wise launchers (convert, dequant, dequant_k): a kernel that
+//! The dispatch loop shared by element-wise launchers (convert, dequant): a kernel that
 //! maps each element of one paged tensor to one element of a new paged tensor runs once per
 //! overlap of an input page with an output page.
 //!
@@ -9,25 +9,27 @@
 //! `(in_offset + i) / block_elems` of the input page and writes element `out_offset + i` of the
 //! output page.
 
-use crate::device::kernels::PipelineKey;
+use crate::device::kernels::{Kernel, PipelineKey};
 use crate::storage::GpuStorage;
 use crate::tensor::Tensor;
 use mlmf_core::DType;
 use mlmf_core::{Error, Result};
 
-/// One dispatch, as the kernel sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Piece {
-    /// The input and output pages this dispatch binds.
-    pub in_page: usize,
-    pub out_page: usize,
+/// The uniform parameters of convert.wgsl and dequant.wgsl for one dispatch, fields in WGSL
+/// order.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
     /// Elements in the piece.
-    pub count: u32,
+    count: u32,
     /// First element of the piece, counted from the start of the input page and of the output
     /// page.
-    pub in_offset: u32,
-    pub out_offset: u32,
+    in_offset: u32,
+    out_offset: u32,
+    _pad: u32,
 }
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Convert.params_bytes());
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Dequant.params_bytes());
 
 /// The overlaps of input pages of `in_page_elems` elements with output pages of
 /// `out_page_elems` elements over `elems` elements, in order, as
@@ -66,16 +68,15 @@ pub(crate) struct Grid {
     pub out_align: u64,
 }
 
-/// Run the kernel `key` over every element of `t`, whose bytes are `src`, into new pages of
-/// `out_dtype` elements, and return those pages. The work is submitted, not waited for (readback
-/// waits). `params` builds the family's uniform parameters for each piece.
-pub(crate) fn map_elements<P: bytemuck::Pod>(
+/// Run the kernel `key` (of convert.wgsl or dequant.wgsl) over every element of `t`, whose bytes
+/// are `src`, into new pages of `out_dtype` elements, and return those pages. The work is
+/// submitted, not waited for (readback waits).
+pub(crate) fn map_elements(
     t: &Tensor,
     src: &GpuStorage,
     key: &PipelineKey,
     out_dtype: DType,
     grid: Grid,
-    params: impl Fn(&Piece) -> P,
 ) -> Result<GpuStorage> {
     t.check_layout()?;
     let gpu = src.gpu();
@@ -102,39 +103,26 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
         |v: u64| u32::try_from(v).map_err(|_| limit("a page holds more than 2^32 elements"));
 
     let pipeline = gpu.pipeline(key)?;
-    let device = gpu.wgpu_device();
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
     for (ip, op, at, end) in spans(elems, in_page_elems, out_page_elems) {
-        let piece = Piece {
-            in_page: ip as usize,
-            out_page: op as usize,
+        let params = Params {
             count: to_u32(end - at)?,
             in_offset: to_u32(at - ip * in_page_elems)?,
             out_offset: to_u32(at - op * out_page_elems)?,
+            _pad: 0,
         };
-        let uniform = gpu.uniform(name, bytemuck::bytes_of(&params(&piece)));
-        let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(name),
-            layout: &pipeline.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: page(src, piece.in_page)?.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: page(&out, piece.out_page)?.as_entire_binding(),
-                },
-            ],
-        });
+        let bind = super::launch::bind(
+            gpu,
+            &pipeline,
+            name,
+            bytemuck::bytes_of(&params),
+            &[src.page(ip as usize)?, out.page(op as usize)?],
+        );
         let per = u64::from(grid.elems_per_invocation.max(1));
-        let first = u64::from(piece.in_offset);
-        let invocations = (first + u64::from(piece.count)).div_ceil(per) - first / per;
+        let first = u64::from(params.in_offset);
+        let invocations = (first + u64::from(params.count)).div_ceil(per) - first / per;
         gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, grid.workgroup);
     }
     gpu.wgpu_queue().submit([encoder.finish()]);
@@ -145,14 +133,6 @@ pub(crate) fn map_elements<P: bytemuck::Pod>(
 fn lcm_pow2(unit: u64, align: u64) -> u64 {
     let common = 1u64 << unit.trailing_zeros().min(align.trailing_zeros());
     unit / common * align
-}
-
-/// Page `i` of `storage`; the shape check above makes every page a piece asks for exist.
-fn page(storage: &GpuStorage, i: usize) -> Result<&wgpu::Buffer> {
-    storage.pages().get(i).ok_or_else(|| Error::Gpu {
-        during: "binding a page".into(),
-        reason: format!("page {i} of {} does not exist", storage.pages().len()),
-    })
 }
 
 #[cfg(test)]

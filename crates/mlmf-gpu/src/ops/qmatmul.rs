@@ -1,25 +1,24 @@
 //! Fused matrix products with a weight matrix in any decodable type: `Y = W·X`, ggml's `mul_mat`
 //! and PyTorch's `Linear` convention. W is `[rows, cols]` (numpy order; GGUF `ne = [cols,
-//! rows]`) in F32, F16, BF16 or any GGML block type [`dequant`] decodes; X is f32 `[batch, cols]`
-//! (or a vector `[cols]`); Y is f32 `[batch, rows]` (or `[rows]`), with
+//! rows]`) in F32, F16, BF16 or any GGML block type [`dequant`](super::dequant) decodes; X is
+//! f32 `[batch, cols]` (or a vector `[cols]`); Y is f32 `[batch, rows]` (or `[rows]`), with
 //! `Y[b][r] = sum_k W[r][k] * X[b][k]`.
 //!
 //! GPU: `shaders/qmatmul.wgsl` reads W's blocks as stored (no dequantized copy of W), through the
-//! same element decoders as the dequant families (`shaders/quant_decode.wgsl`). One workgroup per
-//! row of W; up to [`MAX_BATCH`] batch columns per dispatch, larger batches loop. Rows that lie
-//! whole in one page of W (always, when W was loaded with the row-aligned page unit, see
+//! same element decoders as dequant (`shaders/quant_decode.wgsl`). One workgroup per row of W;
+//! up to [`MAX_BATCH`] batch columns per dispatch, larger batches loop. Rows that lie whole in
+//! one page of W (always, when W was loaded with the row-aligned page unit, see
 //! [`DType::row_page_unit`]) are read in place, a run of them per dispatch; a row that straddles
 //! two pages (rows longer than 1/16 of a page) is copied alone into a small buffer first.
 //!
-//! CPU twin: [`cpu`], each row decoded with the dequant/convert twins, then accumulated in f32 in
-//! a plain loop. GPU and twin sum in different orders, so they agree to a rounding bound, not
-//! bit for bit: both satisfy `|y - y_exact| <= 2 * cols * f32::EPSILON * sum_k |W[r][k] X[b][k]|`
-//! against the exact product of the decoded weights (the tests check it in f64).
+//! CPU twin: `cpu`, each row decoded with the type's twin in `quant_decode`, then accumulated in
+//! f32 in a plain loop. GPU and twin sum in different orders, so they agree to a rounding bound,
+//! not bit for bit: both satisfy `|y - y_exact| <= 2 * cols * f32::EPSILON * sum_k |W[r][k]
+//! X[b][k]|` against the exact product of the decoded weights (the tests check it in f64).
 
-use super::dequant;
+use super::launch::{self, check_binding, check_page_bytes, scratch, to_u32, Place, Reduce};
+use super::quant_decode::{self, Decoder};
 use crate::device::kernels::{Kernel, PipelineKey};
-use std::sync::Arc;
-
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -48,33 +47,11 @@ struct Params {
     batch: u32,
     _pad: [u32; 3],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 48);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::QMatmul.params_bytes());
 
 /// Whether [`matmul`] takes weights of `dtype`.
 pub fn supports(dtype: DType) -> bool {
-    entry(dtype).is_some()
-}
-
-/// The entry point of `qmatmul.wgsl` for weights of `dtype`.
-pub fn entry(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
-        DType::F32 => "qmatmul_f32",
-        DType::F16 => "qmatmul_f16",
-        DType::BF16 => "qmatmul_bf16",
-        DType::Q4_0 => "qmatmul_q4_0",
-        DType::Q4_1 => "qmatmul_q4_1",
-        DType::Q5_0 => "qmatmul_q5_0",
-        DType::Q5_1 => "qmatmul_q5_1",
-        DType::Q8_0 => "qmatmul_q8_0",
-        DType::IQ4_NL => "qmatmul_iq4_nl",
-        DType::Q2_K => "qmatmul_q2_k",
-        DType::Q3_K => "qmatmul_q3_k",
-        DType::Q4_K => "qmatmul_q4_k",
-        DType::Q5_K => "qmatmul_q5_k",
-        DType::Q6_K => "qmatmul_q6_k",
-        DType::IQ4_XS => "qmatmul_iq4_xs",
-        _ => return None,
-    })
+    quant_decode::decoder(dtype).is_some()
 }
 
 /// `Y = W·X` on the tensors' device: W `[rows, cols]` of any type [`supports`] takes, X f32
@@ -87,38 +64,11 @@ pub fn matmul(w: &Tensor, x: &Tensor) -> Result<Tensor> {
     matmul_with(w, x, None)
 }
 
-/// How a GPU dispatch sums a row of W.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reduce {
-    /// A workgroup per row, partial sums reduced in workgroup memory (real GPUs).
-    Workgroup,
-    /// An invocation per row, no barriers (CPU-based adapters, where barriers are expensive:
-    /// benches/quant.rs on lavapipe).
-    PerInvocation,
-}
-
-impl Reduce {
-    fn for_gpu(gpu: &crate::device::Gpu) -> Reduce {
-        if gpu.inner.info.device_type == wgpu::DeviceType::Cpu {
-            Reduce::PerInvocation
-        } else {
-            Reduce::Workgroup
-        }
-    }
-}
-
-/// [`matmul`] with the GPU's way of summing chosen by the caller (tests run both); `None`
+/// [`matmul`] with the GPU's way of summing a row chosen by the caller (tests run both); `None`
 /// chooses by the adapter.
 pub(crate) fn matmul_with(w: &Tensor, x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
-    let &[rows, cols] = w.shape().dims() else {
-        return Err(Error::OpRank {
-            op: OP,
-            tensor: w.name().to_string(),
-            shape: w.shape().dims().to_vec(),
-            expected: "a matrix [rows, cols]",
-        });
-    };
-    let Some(entry) = entry(w.dtype()) else {
+    let [rows, cols] = launch::dims(OP, w, "a matrix [rows, cols]")?;
+    let Some(decoder) = quant_decode::decoder(w.dtype()) else {
         return Err(Error::OpDType {
             op: OP,
             tensor: w.name().to_string(),
@@ -126,76 +76,43 @@ pub(crate) fn matmul_with(w: &Tensor, x: &Tensor, reduce: Option<Reduce>) -> Res
             expected: "F32, F16, BF16 or a GGML block type with a decoder",
         });
     };
-    if x.dtype() != DType::F32 {
-        return Err(Error::OpDType {
-            op: OP,
-            tensor: x.name().to_string(),
-            dtype: x.dtype(),
-            expected: "F32",
-        });
-    }
+    launch::require_f32(OP, x)?;
     let (batch, x_cols, out_dims) = match *x.shape().dims() {
         [c] => (1, c, vec![rows]),
         [b, c] => (b, c, vec![b, rows]),
         _ => {
-            return Err(Error::OpRank {
-                op: OP,
-                tensor: x.name().to_string(),
-                shape: x.shape().dims().to_vec(),
-                expected: "a vector [cols] or a matrix [batch, cols]",
-            })
+            return Err(launch::rank_error(
+                OP,
+                x,
+                "a vector [cols] or a matrix [batch, cols]",
+            ))
         }
     };
     if x_cols != cols {
-        return Err(Error::ShapeMismatch {
-            op: OP,
-            left: w.name().to_string(),
-            left_shape: w.shape().dims().to_vec(),
-            right: x.name().to_string(),
-            right_shape: x.shape().dims().to_vec(),
-        });
+        return Err(launch::shape_error(OP, w, x));
     }
-    let mismatch = || Error::DeviceMismatch {
-        op: OP,
-        left: w.name().to_string(),
-        left_device: w.device().describe(),
-        right: x.name().to_string(),
-        right_device: x.device().describe(),
-    };
     w.check_layout()?;
-    x.check_layout()?;
     // batch * rows elements of 4 bytes: refuse sizes that overflow rather than wrap.
-    let out_shape = Shape::new(out_dims)
-        .filter(|s| DType::F32.byte_len(s.elem_count()).is_some())
-        .ok_or_else(|| Error::DeviceLimit {
-            tensor: w.name().to_string(),
-            bytes: w.byte_len(),
-            reason: format!("an output of {batch} x {rows} f32 overflows 64 bits"),
-        })?;
-    let storage = match (w.storage(), x.storage()) {
-        (Storage::Cpu(wb), Storage::Cpu(xb)) => {
-            let xs: Vec<f32> = xb
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let y = cpu::matmul(w.dtype(), wb, rows, cols, &xs, batch);
-            Storage::Cpu(y.iter().flat_map(|v| v.to_le_bytes()).collect())
+    let out_shape = launch::f32_shape(w, out_dims)?;
+    let storage = match launch::place(OP, &[w, x])? {
+        Place::Cpu(bytes) => {
+            let y = cpu::matmul(
+                w.dtype(),
+                bytes[0],
+                rows,
+                cols,
+                &launch::f32s(bytes[1]),
+                batch,
+            );
+            Storage::Cpu(launch::f32_bytes(&y))
         }
-        (Storage::Gpu(ws), Storage::Gpu(xs)) if Arc::ptr_eq(&ws.gpu().inner, &xs.gpu().inner) => {
-            let reduce = reduce.unwrap_or_else(|| Reduce::for_gpu(ws.gpu()));
+        Place::Gpu(gs) => {
+            let reduce = reduce.unwrap_or_else(|| Reduce::for_gpu(gs[0].gpu()));
+            let dims = [rows, cols, batch].map(|n| n as u64);
             Storage::Gpu(gpu_matmul(
-                w,
-                ws,
-                xs,
-                entry,
-                rows as u64,
-                cols as u64,
-                batch as u64,
-                &out_shape,
-                reduce,
+                w, gs[0], gs[1], decoder, dims, &out_shape, reduce,
             )?)
         }
-        _ => return Err(mismatch()),
     };
     Ok(Tensor::new(
         w.name().to_string(),
@@ -207,7 +124,7 @@ pub(crate) fn matmul_with(w: &Tensor, x: &Tensor, reduce: Option<Reduce>) -> Res
 
 /// Where a dispatch finds its rows of W.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
+enum Rows {
     /// In page `page`, the first row at byte `offset` of it.
     InPage { page: usize, offset: u64 },
     /// One row straddling pages: bytes `start..start + len` of W (4-aligned, enclosing the row)
@@ -216,8 +133,8 @@ enum Place {
 }
 
 /// Runs of whole rows per page of `page_bytes`, and each row that straddles pages on its own,
-/// as `(first row, rows, place)`, covering rows `0..rows` in order. `row_bytes > 0`.
-fn row_groups(rows: u64, row_bytes: u64, page_bytes: u64) -> Vec<(u64, u64, Place)> {
+/// as `(first row, rows, where)`, covering rows `0..rows` in order. `row_bytes > 0`.
+fn row_groups(rows: u64, row_bytes: u64, page_bytes: u64) -> Vec<(u64, u64, Rows)> {
     let mut out = Vec::new();
     let mut r = 0;
     while r < rows {
@@ -226,7 +143,7 @@ fn row_groups(rows: u64, row_bytes: u64, page_bytes: u64) -> Vec<(u64, u64, Plac
         let in_page = start - page * page_bytes;
         let whole = ((page_bytes - in_page) / row_bytes).min(rows - r);
         if whole > 0 {
-            let place = Place::InPage {
+            let place = Rows::InPage {
                 page: page as usize,
                 offset: in_page,
             };
@@ -235,7 +152,7 @@ fn row_groups(rows: u64, row_bytes: u64, page_bytes: u64) -> Vec<(u64, u64, Plac
         } else {
             let aligned = start & !3;
             let end = (start + row_bytes).next_multiple_of(4);
-            let place = Place::Straddles {
+            let place = Rows::Straddles {
                 start: aligned,
                 len: end - aligned,
                 offset: start - aligned,
@@ -245,18 +162,6 @@ fn row_groups(rows: u64, row_bytes: u64, page_bytes: u64) -> Vec<(u64, u64, Plac
         }
     }
     out
-}
-
-/// A scratch buffer of at least 4 bytes.
-fn scratch(gpu: &crate::device::Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }
 
 /// Copy bytes `pos..pos + len` (multiples of 4) of `from` to the start of `to`.
@@ -275,26 +180,18 @@ fn gather(
 /// The launcher of `qmatmul.wgsl`. Per chunk of up to [`MAX_BATCH`] batch columns: X's columns
 /// are copied to one buffer, one dispatch per run of rows (see [`row_groups`]) writes a buffer of
 /// Y's columns, which is copied into Y's pages. Submitted, not waited for (readback waits).
-#[allow(clippy::too_many_arguments)]
 fn gpu_matmul(
     w: &Tensor,
     ws: &GpuStorage,
     xs: &GpuStorage,
-    entry: &'static str,
-    rows: u64,
-    cols: u64,
-    batch: u64,
+    decoder: &Decoder,
+    [rows, cols, batch]: [u64; 3],
     out_shape: &Shape,
     reduce: Reduce,
 ) -> Result<GpuStorage> {
-    dequant::check_page_bytes(w, ws)?;
+    check_page_bytes(w, ws)?;
     let gpu = ws.gpu();
     let dtype = w.dtype();
-    let limit = |reason: String| Error::DeviceLimit {
-        tensor: w.name().to_string(),
-        bytes: w.byte_len(),
-        reason,
-    };
     let out_bytes = out_shape.elem_count() * 4;
     let unit = GpuStorage::page_unit(gpu, DType::F32, out_shape);
     let out = GpuStorage::allocate(gpu, w.name(), out_bytes, unit)?;
@@ -302,48 +199,35 @@ fn gpu_matmul(
     if rows == 0 || cols == 0 || batch == 0 {
         return Ok(out);
     }
-    let row_bytes = dtype
-        .byte_len(cols)
-        .ok_or_else(|| limit("the row size overflows".into()))?;
+    let row_bytes = dtype.byte_len(cols).ok_or_else(|| Error::DeviceLimit {
+        tensor: w.name().to_string(),
+        bytes: w.byte_len(),
+        reason: "the row size overflows".into(),
+    })?;
     let chunk = batch.min(MAX_BATCH as u64);
-    let binding = gpu
-        .limits()
-        .max_storage_buffer_binding_size
-        .min(gpu.limits().max_buffer_size);
     let groups = row_groups(rows, row_bytes, ws.page_bytes());
-    for (what, bytes) in [
-        ("X's batch columns", chunk * cols * 4),
-        ("Y's batch columns", chunk * rows * 4),
-        ("a row of W", row_bytes + 8),
-    ] {
-        if bytes > binding {
-            return Err(limit(format!(
-                "{what} take {bytes} bytes, more than one storage binding ({binding})"
-            )));
-        }
-    }
-    let to_u32 = |v: u64, what: &str| {
-        u32::try_from(v).map_err(|_| limit(format!("{what} ({v}) does not fit in 32 bits")))
-    };
+    check_binding(gpu, w, "X's batch columns", chunk * cols * 4)?;
+    check_binding(gpu, w, "Y's batch columns", chunk * rows * 4)?;
+    check_binding(gpu, w, "a row of W", row_bytes + 8)?;
     let (rows32, cols32, row_bytes32) = (
-        to_u32(rows, "the row count")?,
-        to_u32(cols, "the row length")?,
-        to_u32(row_bytes, "the row size")?,
+        to_u32(w, rows, "the row count")?,
+        to_u32(w, cols, "the row length")?,
+        to_u32(w, row_bytes, "the row size")?,
     );
 
-    let per_invocation = reduce == Reduce::PerInvocation;
-    let key = PipelineKey::new(Kernel::QMatmul, entry)
+    let key = decoder
+        .specialise(PipelineKey::new(Kernel::QMatmul, "qmatmul"))
         .with("WG", f64::from(WORKGROUP))
         .with("MAX_BATCH", MAX_BATCH as f64)
-        .with("ROW_PER_INVOCATION", if per_invocation { 1.0 } else { 0.0 });
+        .with("ROW_PER_INVOCATION", reduce.flag());
     let pipeline = gpu.pipeline(&key)?;
-    let device = gpu.wgpu_device();
-    let mut encoder =
-        device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu
+        .wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
     // Rows straddling pages, copied once for all batch chunks.
     let mut copies = Vec::new();
     for &(_, _, place) in &groups {
-        if let Place::Straddles { start, len, .. } = place {
+        if let Rows::Straddles { start, len, .. } = place {
             let buf = scratch(gpu, "qmatmul straddling row", len);
             gather(&mut encoder, ws, start, len, &buf);
             copies.push(buf);
@@ -359,14 +243,8 @@ fn gpu_matmul(
         let mut copy = copies.iter();
         for &(r0, n, place) in &groups {
             let (w_buf, offset) = match place {
-                Place::InPage { page, offset } => (
-                    ws.pages().get(page).ok_or_else(|| Error::Gpu {
-                        during: "binding a page of W".into(),
-                        reason: format!("page {page} of {} does not exist", ws.pages().len()),
-                    })?,
-                    offset,
-                ),
-                Place::Straddles { offset, .. } => (
+                Rows::InPage { page, offset } => (ws.page(page)?, offset),
+                Rows::Straddles { offset, .. } => (
                     copy.next().ok_or_else(|| Error::Gpu {
                         during: "binding a row of W".into(),
                         reason: "a straddling row was not copied".into(),
@@ -375,51 +253,26 @@ fn gpu_matmul(
                 ),
             };
             let params = Params {
-                rows: to_u32(n, "the row count")?,
-                row0: to_u32(r0, "the first row")?,
+                rows: to_u32(w, n, "the row count")?,
+                row0: to_u32(w, r0, "the first row")?,
                 cols: cols32,
                 out_rows: rows32,
-                w_offset: to_u32(offset, "the row offset")?,
+                w_offset: to_u32(w, offset, "the row offset")?,
                 row_bytes: row_bytes32,
-                block_bytes: to_u32(dtype.block_bytes(), "the block size")?,
-                block_elems: to_u32(dtype.block_elems(), "the block length")?,
-                batch: to_u32(nb, "the batch")?,
+                block_bytes: to_u32(w, dtype.block_bytes(), "the block size")?,
+                block_elems: to_u32(w, dtype.block_elems(), "the block length")?,
+                batch: to_u32(w, nb, "the batch")?,
                 _pad: [0; 3],
             };
-            let uniform = gpu.uniform(OP, bytemuck::bytes_of(&params));
-            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(OP),
-                layout: &pipeline.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: uniform.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: w_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: x_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: y_buf.as_entire_binding(),
-                    },
-                ],
-            });
-            gpu.dispatch(
-                &mut encoder,
+            let bind = launch::bind(
+                gpu,
                 &pipeline,
-                &bind,
-                if per_invocation {
-                    n
-                } else {
-                    n * u64::from(WORKGROUP)
-                },
-                WORKGROUP,
+                OP,
+                bytemuck::bytes_of(&params),
+                &[w_buf, &x_buf, &y_buf],
             );
+            let invocations = reduce.invocations(n, WORKGROUP);
+            gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, WORKGROUP);
         }
         let pos = b0 * rows * 4;
         for (page, in_page, at, count) in out.spans(pos, nb * rows * 4) {
@@ -433,28 +286,14 @@ fn gpu_matmul(
 
 /// The CPU twin: each row of W decoded to f32 with the dequant and convert twins, then a plain
 /// f32 dot product per batch column, summed left to right.
-pub mod cpu {
-    use crate::ops::{convert, dequant};
+pub(crate) mod cpu {
+    use crate::ops::quant_decode::decode_row;
     use mlmf_core::DType;
-
-    /// Decode one row of W (`bytes` of `dtype`) into `out`. `false` when `dtype` has no decoder.
-    pub fn decode_row(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool {
-        if dequant::supports(dtype) {
-            return dequant::cpu::dequantize_row(dtype, bytes, out);
-        }
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return false;
-        }
-        for (o, v) in out.iter_mut().zip(convert::cpu::to_f32(dtype, bytes)) {
-            *o = v;
-        }
-        true
-    }
 
     /// `Y = W·X`: `w` the bytes of `rows` rows of `cols` elements of `dtype`, `x` `batch` rows of
     /// `cols` f32; Y is `batch` rows of `rows` f32. Empty when `dtype` has no decoder or the
     /// bytes are short.
-    pub fn matmul(
+    pub(crate) fn matmul(
         dtype: DType,
         w: &[u8],
         rows: usize,
@@ -540,7 +379,7 @@ pub(crate) mod testing {
         let mut abs = vec![0.0; batch * rows];
         let mut wrow = vec![0.0f32; cols];
         for r in 0..rows {
-            assert!(cpu::decode_row(
+            assert!(quant_decode::decode_row(
                 dtype,
                 &w[r * row_bytes..(r + 1) * row_bytes],
                 &mut wrow
@@ -593,23 +432,10 @@ mod tests {
     use crate::device::Device;
     use crate::ops::dequant::testing::{paged_gpu, tensor};
 
-    const TYPES: [DType; 15] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q8_0,
-        DType::IQ4_NL,
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-        DType::IQ4_XS,
-    ];
+    /// Every type the decoder table has, in its order.
+    fn types() -> impl Iterator<Item = DType> {
+        quant_decode::DECODERS.iter().map(|d| d.dtype)
+    }
 
     /// Both ways a GPU dispatch can sum a row, whatever the adapter would choose.
     const REDUCE: [Reduce; 2] = [Reduce::Workgroup, Reduce::PerInvocation];
@@ -658,7 +484,7 @@ mod tests {
     #[test]
     fn every_type_within_the_bound_on_random_shapes() {
         let gpu = Device::gpu().unwrap();
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types().enumerate() {
             let block = dtype.block_elems() as usize;
             // Rows and row lengths that are not multiples of the workgroup size (64); batches
             // of 1, 3 and more than MAX_BATCH. Plain types: 100, 102 and 104 columns, so the
@@ -720,7 +546,7 @@ mod tests {
     #[test]
     fn tensors_spanning_pages() {
         let gpu = paged_gpu(4096);
-        for (k, dtype) in TYPES.into_iter().enumerate() {
+        for (k, dtype) in types().enumerate() {
             let block = dtype.block_elems() as usize;
             // Short rows: pages split at whole rows.
             let cols = if block == 1 { 36 } else { block };
@@ -845,11 +671,11 @@ mod tests {
                 assert_eq!(r0, at);
                 assert!(n > 0);
                 match place {
-                    Place::InPage { page: p, offset } => {
+                    Rows::InPage { page: p, offset } => {
                         assert_eq!(p as u64 * page + offset, r0 * row_bytes);
                         assert!(offset + n * row_bytes <= page);
                     }
-                    Place::Straddles { start, len, offset } => {
+                    Rows::Straddles { start, len, offset } => {
                         assert_eq!(n, 1);
                         assert_eq!(start % 4, 0);
                         assert_eq!(len % 4, 0);

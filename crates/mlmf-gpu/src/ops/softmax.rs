@@ -9,9 +9,9 @@
 //! follows IEEE: `-inf` entries get 0, and a row with no finite maximum gives NaN, as torch.
 //!
 //! GPU: one workgroup per row (workgroup max and sum), or one invocation per row on CPU-based
-//! adapters ([`Reduce`]); [`record`] is the pass [`super::attention`] reuses.
+//! adapters ([`Reduce`]); `record` is the pass [`super::attention`] reuses.
 //!
-//! CPU twin: [`cpu`], in index order. With `eps = f32::EPSILON`, `t_k = x[k] - m`, `p` the exact
+//! CPU twin: `cpu`, in index order. With `eps = f32::EPSILON`, `t_k = x[k] - m`, `p` the exact
 //! result and n = cols, both stay within
 //! `|y_k - p_k| <= eps p_k (n + 8 + 3 |t_k| + sum_j p_j (4 + 3 |t_j|)) + f32::MIN_POSITIVE`
 //! (the tests check it in f64). Derivation: the subtraction and exp (WGSL: 3 + 2|t| ulp) give
@@ -41,7 +41,7 @@ struct Params {
     cols: u32,
     _pad: [u32; 2],
 }
-const _: () = assert!(std::mem::size_of::<Params>() == 16);
+const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Softmax.params_bytes());
 
 /// Softmax of `x` over its last axis (see the module doc): a new f32 tensor of x's shape and
 /// name on x's device. Errors: x a scalar ([`mlmf_core::Error::OpRank`]), x not F32
@@ -130,7 +130,7 @@ pub(crate) fn record(
 
 /// The CPU twin: per row, the maximum, then the exponentials and their sum, then the quotients,
 /// each in index order.
-pub mod cpu {
+pub(crate) mod cpu {
     use super::EXP_FLOOR;
 
     /// Softmax of the rows of `x` (`cols` long each; a partial last row is dropped).

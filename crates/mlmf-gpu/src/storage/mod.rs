@@ -81,6 +81,15 @@ impl GpuStorage {
         &self.pages
     }
 
+    /// Page `i`, or [`Error::Gpu`]: launchers ask only for pages their page arithmetic says
+    /// exist.
+    pub(crate) fn page(&self, i: usize) -> Result<&wgpu::Buffer> {
+        self.pages.get(i).ok_or_else(|| Error::Gpu {
+            during: "binding a page".into(),
+            reason: format!("page {i} of {} does not exist", self.pages.len()),
+        })
+    }
+
     pub fn page_bytes(&self) -> u64 {
         self.page_bytes
     }

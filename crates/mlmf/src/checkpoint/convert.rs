@@ -267,7 +267,7 @@ impl ChunkSource for ConvertSource<'_> {
         if let (Fix::Permute(n, to_gguf), true) = (self.fix, self.to == info.dtype) {
             return f(&permute_rows(stored, rows, n, to_gguf).ok_or_else(|| uneven(n))?);
         }
-        let mut values = rewrite::decode(info.dtype, stored);
+        let mut values = crate::ops::convert::bytes_to_f32(info.dtype, stored);
         match self.fix {
             Fix::Permute(n, to_gguf) => {
                 values = permute_rows(&values, rows, n, to_gguf).ok_or_else(|| uneven(n))?;

@@ -259,15 +259,6 @@ pub(crate) fn decodable(dtype: DType) -> bool {
     }
 }
 
-/// Stored bytes of `dtype` decoded to f32 on the CPU.
-pub(crate) fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
-    if dtype.is_quantized() {
-        crate::ops::dequant::cpu::to_f32(dtype, bytes)
-    } else {
-        crate::ops::convert::cpu::to_f32(dtype, bytes)
-    }
-}
-
 /// Write shards into a new directory beside `out`, then put it in `out`'s place. The old
 /// directory is moved aside before the new one is renamed in, and removed after: an
 /// interruption leaves either directory whole (at `out` or beside it), never a mix of shards.

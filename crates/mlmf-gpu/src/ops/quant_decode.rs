@@ -1,0 +1,377 @@
+//! The weight types the block-reading kernel families (dequant, qmatmul, embedding) decode, one
+//! row each in [`DECODERS`], and their CPU twins. A row gives the type's code in
+//! `shaders/quant_decode.wgsl` (`T_<TYPE>`; the launchers set the `TYPE` override to it),
+//! whether it has a group decoder there (`group_<type>`: the block types, which dequant takes),
+//! and its twin below. A new weight type is a row and a twin here, and `decode_<type>` (and
+//! `group_<type>`) with their `switch` cases in quant_decode.wgsl; the naga test
+//! (`device/kernels/tests.rs`) checks the WGSL against this table.
+//!
+//! The twins are ggml's `dequantize_row_*` (ggml-quants.c): one short function per type, per
+//! block from the little-endian bytes, plain loops, float32 arithmetic grouped as written there.
+//! GPU and twin agree bit for bit, and both agree bit for bit with gguf-py's decoding of the
+//! fixtures in `shared/fixtures/quant` and of real model files. That holds on any compiler: every
+//! product in these decoders is exact in f32 (an f16 scale's 11-bit significand times small
+//! integers stays within 24 bits), so the only rounding is a single add or subtract per element,
+//! and contracting it with a product into a fused multiply-add cannot change the result.
+
+use crate::device::kernels::PipelineKey;
+use mlmf_core::DType;
+
+/// One weight type the block-reading families decode.
+pub(crate) struct Decoder {
+    pub(crate) dtype: DType,
+    /// `T_<TYPE>` in `shaders/quant_decode.wgsl`.
+    pub(crate) code: u32,
+    /// Has `group_<type>` in `shaders/quant_decode.wgsl` (and [`dequant`](super::dequant)
+    /// takes it).
+    pub(crate) group: bool,
+    /// The CPU twin: the whole blocks of the first slice into the second, one block of elements
+    /// per block of bytes, stopping at the shorter.
+    pub(crate) twin: fn(&[u8], &mut [f32]),
+}
+
+#[rustfmt::skip]
+pub(crate) const DECODERS: &[Decoder] = &[
+    Decoder { dtype: DType::F32, code: 0, group: false, twin: f32s },
+    Decoder { dtype: DType::F16, code: 1, group: false, twin: f16s },
+    Decoder { dtype: DType::BF16, code: 2, group: false, twin: bf16s },
+    Decoder { dtype: DType::Q4_0, code: 3, group: true, twin: q4_0 },
+    Decoder { dtype: DType::Q4_1, code: 4, group: true, twin: q4_1 },
+    Decoder { dtype: DType::Q5_0, code: 5, group: true, twin: q5_0 },
+    Decoder { dtype: DType::Q5_1, code: 6, group: true, twin: q5_1 },
+    Decoder { dtype: DType::Q8_0, code: 7, group: true, twin: q8_0 },
+    Decoder { dtype: DType::IQ4_NL, code: 8, group: true, twin: iq4_nl },
+    Decoder { dtype: DType::Q2_K, code: 9, group: true, twin: q2_k },
+    Decoder { dtype: DType::Q3_K, code: 10, group: true, twin: q3_k },
+    Decoder { dtype: DType::Q4_K, code: 11, group: true, twin: q4_k },
+    Decoder { dtype: DType::Q5_K, code: 12, group: true, twin: q5_k },
+    Decoder { dtype: DType::Q6_K, code: 13, group: true, twin: q6_k },
+    Decoder { dtype: DType::IQ4_XS, code: 14, group: true, twin: iq4_xs },
+];
+
+/// The row of `dtype`, if the families decode it.
+pub(crate) fn decoder(dtype: DType) -> Option<&'static Decoder> {
+    DECODERS.iter().find(|d| d.dtype == dtype)
+}
+
+impl Decoder {
+    /// `key` specialised to this type: quant_decode.wgsl's `TYPE` and `GROUPED` overrides.
+    pub(crate) fn specialise(&self, key: PipelineKey) -> PipelineKey {
+        key.with("TYPE", f64::from(self.code))
+            .with("GROUPED", f64::from(u8::from(self.group)))
+    }
+}
+
+/// Decode the blocks of `x` (bytes of `dtype`) into `y`, one block of `y` per block of `x`,
+/// stopping at the shorter. `false` when `dtype` has no decoder.
+pub(crate) fn decode_row(dtype: DType, x: &[u8], y: &mut [f32]) -> bool {
+    decoder(dtype).map(|d| (d.twin)(x, y)).is_some()
+}
+
+/// Decode the whole blocks of `x` (bytes of `dtype`) to f32. A trailing partial block is
+/// ignored; a dtype without a decoder decodes to nothing.
+pub(crate) fn to_f32(dtype: DType, x: &[u8]) -> Vec<f32> {
+    let blocks = x.len() / dtype.block_bytes() as usize;
+    let mut y = vec![0.0; blocks * dtype.block_elems() as usize];
+    if !decode_row(dtype, x, &mut y) {
+        y.clear();
+    }
+    y
+}
+
+/// The f16 at byte `i` of a block, widened exactly.
+fn f16(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The blocks of `dtype` in `x` paired with their elements in `y`.
+fn blocks<'a>(
+    dtype: DType,
+    x: &'a [u8],
+    y: &'a mut [f32],
+) -> impl Iterator<Item = (&'a [u8], &'a mut [f32])> {
+    x.chunks_exact(dtype.block_bytes() as usize)
+        .zip(y.chunks_exact_mut(dtype.block_elems() as usize))
+}
+
+// ---- plain numbers: a block is one element ------------------------------------------------------
+
+fn f32s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::F32, x, y) {
+        y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+fn f16s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::F16, x, y) {
+        y[0] = f16(b, 0);
+    }
+}
+
+fn bf16s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::BF16, x, y) {
+        y[0] = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+    }
+}
+
+// ---- legacy blocks of 32 elements ---------------------------------------------------------------
+
+const QK: usize = 32;
+
+/// `kvalues_iq4nl` (ggml-common.h): the non-linear grid of IQ4_NL and IQ4_XS.
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// Q4_0: d (f16), qs[16]. y = d * (q - 8).
+fn q4_0(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q4_0, x, y) {
+        let d = f16(b, 0);
+        for j in 0..QK / 2 {
+            let x0 = i32::from(b[2 + j] & 0x0f) - 8;
+            let x1 = i32::from(b[2 + j] >> 4) - 8;
+            y[j] = d * x0 as f32;
+            y[j + QK / 2] = d * x1 as f32;
+        }
+    }
+}
+
+/// Q4_1: d, m (f16), qs[16]. y = d * q + m.
+fn q4_1(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q4_1, x, y) {
+        let d = f16(b, 0);
+        let m = f16(b, 2);
+        for j in 0..QK / 2 {
+            let x0 = b[4 + j] & 0x0f;
+            let x1 = b[4 + j] >> 4;
+            y[j] = d * f32::from(x0) + m;
+            y[j + QK / 2] = d * f32::from(x1) + m;
+        }
+    }
+}
+
+/// Q5_0: d (f16), qh (u32, bit j = fifth bit of element j), qs[16]. y = d * (q - 16).
+fn q5_0(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q5_0, x, y) {
+        let d = f16(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        for j in 0..QK / 2 {
+            let xh_0 = ((qh >> j) << 4) & 0x10;
+            let xh_1 = (qh >> (j + 12)) & 0x10;
+            let x0 = (u32::from(b[6 + j] & 0x0f) | xh_0) as i32 - 16;
+            let x1 = (u32::from(b[6 + j] >> 4) | xh_1) as i32 - 16;
+            y[j] = d * x0 as f32;
+            y[j + QK / 2] = d * x1 as f32;
+        }
+    }
+}
+
+/// Q5_1: d, m (f16), qh (u32), qs[16]. y = d * q + m.
+fn q5_1(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q5_1, x, y) {
+        let d = f16(b, 0);
+        let m = f16(b, 2);
+        let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        for j in 0..QK / 2 {
+            let xh_0 = ((qh >> j) << 4) & 0x10;
+            let xh_1 = (qh >> (j + 12)) & 0x10;
+            let x0 = u32::from(b[8 + j] & 0x0f) | xh_0;
+            let x1 = u32::from(b[8 + j] >> 4) | xh_1;
+            y[j] = d * x0 as f32 + m;
+            y[j + QK / 2] = d * x1 as f32 + m;
+        }
+    }
+}
+
+/// Q8_0: d (f16), qs[32] (int8). y = q * d.
+fn q8_0(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q8_0, x, y) {
+        let d = f16(b, 0);
+        for j in 0..QK {
+            y[j] = f32::from(b[2 + j] as i8) * d;
+        }
+    }
+}
+
+/// IQ4_NL: d (f16), qs[16] indexing the non-linear grid. y = d * kvalues[q].
+fn iq4_nl(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ4_NL, x, y) {
+        let d = f16(b, 0);
+        for j in 0..QK / 2 {
+            y[j] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] & 0x0f)]);
+            y[j + QK / 2] = d * f32::from(KVALUES_IQ4NL[usize::from(b[2 + j] >> 4)]);
+        }
+    }
+}
+
+// ---- K-quant super-blocks of 256 elements -------------------------------------------------------
+
+const QK_K: usize = 256;
+
+/// Scale and min of sub-block `j` from the 12 packed 6-bit values `q` (get_scale_min_k4).
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q2_K: scales[16] (scale | min << 4), qs[64] (2-bit quants), d, dmin (f16).
+/// y = (d * sc) * q - (dmin * m).
+fn q2_k(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q2_K, x, y) {
+        let (scales, qs) = (&b[0..16], &b[16..80]);
+        let d = f16(b, 80);
+        let min = f16(b, 82);
+        let mut out = 0;
+        let mut is = 0;
+        for n in (0..QK_K).step_by(128) {
+            let q = &qs[n / 4..n / 4 + 32];
+            for shift in [0, 2, 4, 6] {
+                for half in [0, 16] {
+                    let sc = scales[is];
+                    is += 1;
+                    let dl = d * f32::from(sc & 0x0f);
+                    let ml = min * f32::from(sc >> 4);
+                    for l in 0..16 {
+                        y[out] = dl * f32::from((q[l + half] >> shift) & 3) - ml;
+                        out += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K: hmask[32] (high bits), qs[64] (low 2 bits), scales[12] (16 packed 6-bit scales),
+/// d (f16). y = (d * (sc - 32)) * q, q in -4..3 (a clear high bit subtracts 4).
+fn q3_k(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q3_K, x, y) {
+        let (hm, qs, packed) = (&b[0..32], &b[32..96], &b[96..108]);
+        let d_all = f16(b, 108);
+        // Scale s: low 4 bits in nibble s / 8 of byte s % 8, high 2 bits at bit 2 * (s / 4)
+        // of byte 8 + s % 4 (the kmask1/kmask2 shuffle of dequantize_row_q3_K).
+        let mut scales = [0i32; 16];
+        for (s, sc) in scales.iter_mut().enumerate() {
+            let lo = (packed[s % 8] >> (4 * (s / 8))) & 0x0f;
+            let hi = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
+            *sc = i32::from(lo | (hi << 4));
+        }
+        let mut out = 0;
+        let mut is = 0;
+        let mut m = 1u8;
+        for n in (0..QK_K).step_by(128) {
+            let q = &qs[n / 4..n / 4 + 32];
+            for shift in [0, 2, 4, 6] {
+                for half in [0, 16] {
+                    let dl = d_all * (scales[is] - 32) as f32;
+                    is += 1;
+                    for l in 0..16 {
+                        let low = i32::from((q[l + half] >> shift) & 3);
+                        let high = if hm[l + half] & m != 0 { 0 } else { 4 };
+                        y[out] = dl * (low - high) as f32;
+                        out += 1;
+                    }
+                }
+                m <<= 1;
+            }
+        }
+    }
+}
+
+/// Q4_K: d, dmin (f16), scales[12] (8 packed 6-bit scales and mins), qs[128].
+/// y = (d * sc) * q - (dmin * m).
+fn q4_k(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q4_K, x, y) {
+        let d = f16(b, 0);
+        let min = f16(b, 2);
+        let (scales, qs) = (&b[4..16], &b[16..144]);
+        let mut out = 0;
+        for (i, q) in qs.chunks_exact(32).enumerate() {
+            for (k, shift) in [(0, 0), (1, 4)] {
+                let (sc, m) = scale_min_k4(2 * i + k, scales);
+                let d1 = d * f32::from(sc);
+                let m1 = min * f32::from(m);
+                for &ql in q {
+                    y[out] = d1 * f32::from((ql >> shift) & 0x0f) - m1;
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Q5_K: d, dmin (f16), scales[12], qh[32] (fifth bits), qs[128].
+/// y = (d * sc) * q - (dmin * m).
+fn q5_k(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q5_K, x, y) {
+        let d = f16(b, 0);
+        let min = f16(b, 2);
+        let (scales, qh, ql) = (&b[4..16], &b[16..48], &b[48..176]);
+        let mut out = 0;
+        let mut u = 1u8;
+        for (i, q) in ql.chunks_exact(32).enumerate() {
+            for (k, shift) in [(0, 0), (1, 4)] {
+                let (sc, m) = scale_min_k4(2 * i + k, scales);
+                let d1 = d * f32::from(sc);
+                let m1 = min * f32::from(m);
+                for l in 0..32 {
+                    let high = if qh[l] & u != 0 { 16 } else { 0 };
+                    y[out] = d1 * f32::from(((q[l] >> shift) & 0x0f) + high) - m1;
+                    out += 1;
+                }
+                u <<= 1;
+            }
+        }
+    }
+}
+
+/// Q6_K: ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] (int8), d (f16).
+/// y = (d * sc) * (q - 32).
+fn q6_k(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::Q6_K, x, y) {
+        let d = f16(b, 208);
+        for n in 0..QK_K / 128 {
+            let ql = &b[64 * n..64 * n + 64];
+            let qh = &b[128 + 32 * n..128 + 32 * n + 32];
+            let sc = &b[192 + 8 * n..192 + 8 * n + 8];
+            let y = &mut y[128 * n..128 * n + 128];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = i32::from((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32;
+                let q2 = i32::from((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l] = d * f32::from(sc[is] as i8) * q1 as f32;
+                y[l + 32] = d * f32::from(sc[is + 2] as i8) * q2 as f32;
+                y[l + 64] = d * f32::from(sc[is + 4] as i8) * q3 as f32;
+                y[l + 96] = d * f32::from(sc[is + 6] as i8) * q4 as f32;
+            }
+        }
+    }
+}
+
+/// IQ4_XS: d (f16), scales_h (u16), scales_l[4], qs[128] indexing the non-linear grid.
+/// y = (d * (ls - 32)) * kvalues[q].
+fn iq4_xs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ4_XS, x, y) {
+        let d = f16(b, 0);
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        let (scales_l, qs) = (&b[4..8], &b[8..136]);
+        for ib in 0..QK_K / 32 {
+            let lo = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0f;
+            let hi = ((scales_h >> (2 * ib)) & 3) as u8;
+            let dl = d * (i32::from(lo | (hi << 4)) - 32) as f32;
+            let q = &qs[16 * ib..16 * ib + 16];
+            let y = &mut y[32 * ib..32 * ib + 32];
+            for j in 0..16 {
+                y[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q[j] & 0x0f)]);
+                y[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(q[j] >> 4)]);
+            }
+        }
+    }
+}
