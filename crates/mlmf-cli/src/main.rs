@@ -8,10 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
-use mlmf::checkpoint::AtomicFile;
-use mlmf::checkpoint::Progress;
-use mlmf::formats::Value;
-use mlmf::{Device, Error, ModelFile};
+use mlmf::checkpoint::{AtomicFile, Progress};
+use mlmf::{Device, Error, ModelFile, Value};
 
 /// Why a command failed: its arguments, or what the library reported.
 #[derive(Debug, thiserror::Error)]

@@ -67,7 +67,7 @@
 //!     &bound,
 //!     &MergeOptions::default(),
 //!     "merged.safetensors".as_ref(),
-//!     &mut |_, _| {},
+//!     &mut |_| {},
 //! )?;
 //! println!("{} tensors written", report.len());
 //! # Ok::<(), mlmf::Error>(())
@@ -128,9 +128,10 @@ pub mod provenance;
 mod quantize;
 mod timestamp;
 
-pub use mlmf_core::{dtype, formats};
-// Inside the crate, `crate::error::{Error, Result}` reads like the rest of the code base.
-use mlmf_core::{error, Source};
+pub use mlmf_core::dtype;
+// Inside the crate, `crate::error::{Error, Result}` and `crate::formats::...` read like the rest
+// of the code base; users get the types from the root.
+use mlmf_core::{error, formats, Source};
 pub use mlmf_gpu::ops;
 
 /// CPU quantizers ([`quant::quantize`]) and whole-file quantization ([`quant::quantize_file`]).

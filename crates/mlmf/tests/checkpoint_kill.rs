@@ -43,8 +43,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use mlmf::checkpoint::{
-    manager::step_name, CheckpointManager, ChunkSource, Retention, SafetensorsWriter, TensorSource,
-    Verify,
+    step_name, CheckpointManager, ChunkSource, Retention, SafetensorsWriter, TensorSource, Verify,
 };
 use mlmf::{DType, Error, ModelFile};
 

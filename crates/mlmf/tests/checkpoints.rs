@@ -7,8 +7,8 @@ use std::fs;
 use std::path::Path;
 
 use mlmf::checkpoint::{
-    manager::step_name, CheckpointManager, CheckpointStatus, ChunkSource, Retention,
-    SafetensorsWriter, TensorSource, Verify,
+    step_name, CheckpointManager, CheckpointStatus, ChunkSource, Retention, SafetensorsWriter,
+    TensorSource, Verify,
 };
 use mlmf::{DType, Device, Error, Tensor};
 use sha2::{Digest, Sha256};

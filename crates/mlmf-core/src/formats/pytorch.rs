@@ -13,7 +13,7 @@
 //! storage's bytes. torch's `THPStorage_writeFileRaw` writes those bytes little-endian whatever
 //! the machine, and `_legacy_load` ignores `sys_info`, so we do too.
 //!
-//! The object is read by the safe unpickler in [`super::pickle`] with an allow-list of the names
+//! The object is read by the safe unpickler in `pickle.rs` with an allow-list of the names
 //! state dicts use; tensors are the results of `torch._utils._rebuild_tensor_v2` (and `_v3`,
 //! and the older `_rebuild_tensor`), possibly wrapped in `_rebuild_parameter`. Nested dicts
 //! (`{"state_dict": {...}, "epoch": 3}`) are flattened with `.`-joined keys; simple scalar

@@ -40,7 +40,8 @@ use crate::formats::ModelFile;
 use crate::Tensor;
 
 pub use disk::step_name;
-pub use manifest::{Manifest, ManifestFile, MANIFEST_FILE, MODEL_FILE};
+use manifest::MODEL_FILE;
+pub use manifest::{Manifest, ManifestFile};
 pub use retention::{PruneReport, Retention};
 
 /// One tensor handed to [`CheckpointManager::save`]: built from a `&Tensor` or from a tuple
