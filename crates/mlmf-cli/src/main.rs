@@ -362,7 +362,16 @@ fn short(v: &Value) -> String {
 fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> Result<()> {
     let file = ModelFile::open(path)?;
     let device = device(device_arg)?;
-    let tensor = device.load(&file, name)?;
+    file.tensor(name)?;
+    let bar = progress_bar();
+    bar.set_message(format!("loading {name}"));
+    let mut loaded =
+        device.load_where_with_progress(&file, |t| t.name == name, &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })?;
+    bar.finish_and_clear();
+    let tensor = loaded.remove(0);
     let f32s = mlmf::ops::convert::to_f32(&tensor)?;
     let mut out = AtomicFile::create(output)?;
     f32s.for_each_chunk(|_, bytes| out.write_all(bytes))?;
@@ -421,8 +430,8 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
     Ok(())
 }
 
-/// A bar of bytes written, with throughput and time left, on stderr when it is a terminal
-/// (indicatif draws nothing otherwise). Left as it is when dropped on an error.
+/// A bar of bytes written (or loaded), with throughput and time left, on stderr when it is a
+/// terminal (indicatif draws nothing otherwise). Left as it is when dropped on an error.
 fn progress_bar() -> ProgressBar {
     let style = ProgressStyle::with_template(
         "[{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {wide_msg}",

@@ -184,6 +184,7 @@ impl Tensor {
                         &src,
                         bytes.len() as u64,
                         GpuStorage::page_unit(gpu, self.dtype, &self.shape),
+                        &mut |_| {},
                     )?;
                     up.finish()?;
                     Storage::Gpu(storage)

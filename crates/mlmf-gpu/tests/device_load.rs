@@ -134,6 +134,32 @@ fn tensors_larger_than_a_page_are_paged() {
     assert_eq!(back.to_bytes().unwrap(), on_cpu.to_bytes().unwrap());
 }
 
+/// Load progress counts every selected byte once, in order, ending at the total: within a
+/// tensor on a GPU whose staging window is smaller than it, per tensor on the CPU.
+#[test]
+fn load_progress_reaches_the_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = ModelFile::open(every_dtype_file(&dir)).unwrap();
+    let keep = |t: &mlmf_core::TensorInfo| t.name == "F64" || t.name == "U8";
+    let want: u64 = file
+        .tensors()
+        .iter()
+        .filter(|t| keep(t))
+        .map(|t| t.byte_len())
+        .sum();
+    for (device, min_calls) in [(tiny_gpu(), 4), (Device::Cpu, 2)] {
+        let mut seen = Vec::new();
+        let tensors = device
+            .load_where_with_progress(&file, keep, &mut |done, total| seen.push((done, total)))
+            .unwrap();
+        assert_eq!(tensors.len(), 2);
+        assert!(seen.len() >= min_calls, "{}: {seen:?}", device.describe());
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+        assert!(seen.iter().all(|&(_, total)| total == want));
+        assert_eq!(seen.last().map(|p| p.0), Some(want));
+    }
+}
+
 #[test]
 fn load_list_predicate_and_lazy() {
     let file = ModelFile::open(common::model(common::MINILM)).unwrap();

@@ -63,14 +63,16 @@ impl Uploader {
         }
     }
 
-    /// Queue `len` bytes from `src` into newly made pages for a tensor called `name`. The
-    /// bytes have landed once [`Uploader::finish`] returns.
+    /// Queue `len` bytes from `src` into newly made pages for a tensor called `name`, calling
+    /// `copied(n)` after each chunk of `n` bytes is staged. The bytes have landed once
+    /// [`Uploader::finish`] returns.
     pub fn upload(
         &mut self,
         name: &str,
         src: &Source<'_>,
         len: u64,
         unit: u64,
+        copied: &mut dyn FnMut(u64),
     ) -> Result<GpuStorage> {
         let storage = GpuStorage::allocate(&self.gpu, name, len, unit)?;
         let half = self.slots[0].buffer.size();
@@ -102,6 +104,7 @@ impl Uploader {
             }
             slot.used = (at + padded).next_multiple_of(MAP_ALIGN).min(half);
             pos += n;
+            copied(n);
         }
         Ok(storage)
     }
