@@ -401,7 +401,7 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
     let options = mlmf::quant::QuantizeOptions { dtype, keep };
     let bar = progress_bar();
     let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |p| show(&bar, p))?;
-    bar.finish();
+    finish(&bar);
     println!(
         "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
         "tensor", "from", "to", "shape", "bytes in", "bytes out"
@@ -454,6 +454,13 @@ fn show(bar: &ProgressBar, p: Progress<'_>) {
     bar.set_message(p.name.to_string());
 }
 
+/// The rewrite reports each tensor as it starts; once it returns, every byte is written.
+fn finish(bar: &ProgressBar) {
+    bar.set_position(bar.length().unwrap_or(0));
+    bar.set_message("");
+    bar.finish();
+}
+
 fn convert(
     input: &Path,
     output: &Path,
@@ -498,7 +505,7 @@ fn convert(
             e @ Error::UnknownArchitecture { .. } => CliError::Usage(format!("{e}; pass --arch")),
             e => e.into(),
         })?;
-    bar.finish();
+    finish(&bar);
     let changed = report
         .iter()
         .filter(|t| t.name != t.from_name || t.to != t.from || t.note.is_some())
@@ -599,7 +606,7 @@ fn lora_merge(
     let report = mlmf::lora::merge_file(&device, &file, &bound, &options, output, &mut |p| {
         show(&bar, p)
     })?;
-    bar.finish();
+    finish(&bar);
     println!(
         "{:<48} {:<8} {:<8} {:<20} action",
         "tensor", "from", "to", "shape"
