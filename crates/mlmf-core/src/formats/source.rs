@@ -30,7 +30,8 @@ impl<'a> Source<'a> {
 
     /// Bytes `pos..pos + len` of the tensor in row-major order. Contiguous sources borrow;
     /// strided ones gather into `scratch`. `pos` and `len` are multiples of the element size,
-    /// except that `len` may stop at the end of the tensor.
+    /// except that `len` may stop at the end of the tensor. Panics, like slice indexing, when
+    /// the range goes past the tensor: callers take ranges from the tensor's checked length.
     pub fn chunk<'s>(&'s self, pos: usize, len: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
         match *self {
             Source::Contiguous(bytes) => &bytes[pos..pos + len],
