@@ -99,3 +99,18 @@ pub fn random_f32(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The LoRA fixture README's tolerance: `max|got - expected| <= 1e-5 * max(1, max|expected|)`.
+pub fn assert_lora_close(what: &str, got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (g, e)| m.max((g - e).abs()));
+    assert!(
+        err <= 1e-5 * scale,
+        "{what}: max abs error {err} above {}",
+        1e-5 * scale
+    );
+}

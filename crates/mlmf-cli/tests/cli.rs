@@ -461,21 +461,6 @@ fn file_f32s(file: &mlmf::ModelFile, name: &str) -> Vec<f32> {
         .unwrap()
 }
 
-/// The LoRA fixture README's tolerance: `max|got - expected| <= 1e-5 * max(1, max|expected|)`.
-fn assert_close_1e5(what: &str, got: &[f32], expected: &[f32]) {
-    assert_eq!(got.len(), expected.len(), "{what}: length");
-    let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(expected)
-        .fold(0f32, |m, (g, e)| m.max((g - e).abs()));
-    assert!(
-        err <= 1e-5 * scale,
-        "{what}: max abs error {err} above {}",
-        1e-5 * scale
-    );
-}
-
 #[test]
 fn cli_merge_writes_the_merged_model() {
     let dir = common::fixtures().join("lora/standard");
@@ -499,7 +484,7 @@ fn cli_merge_writes_the_merged_model() {
     let written = mlmf::ModelFile::open(&out).unwrap();
     let expected = mlmf::ModelFile::open(dir.join("merged.safetensors")).unwrap();
     for info in expected.tensors() {
-        assert_close_1e5(
+        common::assert_lora_close(
             &info.name,
             &file_f32s(&written, &info.name),
             &file_f32s(&expected, &info.name),

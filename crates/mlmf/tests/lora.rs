@@ -5,6 +5,8 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::assert_lora_close as assert_close;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -33,21 +35,6 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 
 fn file_f32s(file: &ModelFile, name: &str) -> Vec<f32> {
     f32s(&Device::Cpu.load(file, name).unwrap())
-}
-
-/// The fixture README's tolerance: `max|got - expected| <= 1e-5 * max(1, max|expected|)`.
-fn assert_close(what: &str, got: &[f32], expected: &[f32]) {
-    assert_eq!(got.len(), expected.len(), "{what}: length");
-    let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let err = got
-        .iter()
-        .zip(expected)
-        .fold(0f32, |m, (g, e)| m.max((g - e).abs()));
-    assert!(
-        err <= 1e-5 * scale,
-        "{what}: max abs error {err} above {}",
-        1e-5 * scale
-    );
 }
 
 fn scaling(variant: &str) -> f32 {
@@ -644,6 +631,34 @@ fn modules_to_save_replace_whole_tensors_in_a_merge_and_are_refused_at_run_time(
     .unwrap();
     let err = set.load(&bound, 1.0).unwrap_err();
     assert!(err.to_string().contains(bias_name), "{err}");
+}
+
+/// A full set of slots and a handle whose slot was reused are typed errors.
+#[test]
+fn runtime_slots_full_and_stale_handles_are_typed_errors() {
+    let dir = lora_dir("standard");
+    let base = ModelFile::open(dir.join("base.safetensors")).unwrap();
+    let adapter = LoraAdapter::open(dir.join("adapter")).unwrap();
+    let modules: Vec<String> = adapter
+        .modules()
+        .iter()
+        .map(|m| format!("{}.weight", m.name))
+        .collect();
+    let bound = adapter.bind(&base).unwrap();
+    let mut set = AdapterSet::new(&Device::Cpu, &base, &modules, 1, 8).unwrap();
+    let first = set.load(&bound, 1.0).unwrap();
+    assert!(matches!(
+        set.load(&bound, 1.0),
+        Err(Error::AdapterSlotsFull { capacity: 1 })
+    ));
+    set.unload(first).unwrap();
+    let _second = set.load(&bound, 1.0).unwrap();
+    let m = &adapter.modules()[0];
+    let x = io(&dir, &m.name).x;
+    let err = set
+        .forward(&format!("{}.weight", m.name), &x, &[Some(first); 4])
+        .unwrap_err();
+    assert!(matches!(err, Error::StaleAdapter { slot: 0 }), "{err}");
 }
 
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -39,3 +39,60 @@ fn quantized_file_verifies_and_names_its_parent() {
         }]
     );
 }
+
+/// Arguments a rewrite cannot take are typed errors, and nothing is written for them.
+#[test]
+fn bad_rewrite_arguments_are_typed_errors() {
+    use mlmf::checkpoint::{convert_file, ConvertOptions, MapDirection};
+    use mlmf::lora::{merge_file, LoraAdapter, MergeOptions};
+    use mlmf::{Device, Error};
+    let dir = common::fixtures().join("lora/standard");
+    let input = ModelFile::open(dir.join("base.safetensors")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let convert = |options: &ConvertOptions| convert_file(&input, &out, options, &mut |_| {});
+
+    let cast = ConvertOptions {
+        dtype: Some(DType::Q8_0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        convert(&cast),
+        Err(Error::UnsupportedCast { dtype: DType::Q8_0 })
+    ));
+    // No general.architecture and no config.json beside the input: no name map to use.
+    let map = ConvertOptions {
+        map: Some(MapDirection::HfToGguf),
+        ..Default::default()
+    };
+    assert!(matches!(
+        convert(&map),
+        Err(Error::UnknownArchitecture { .. })
+    ));
+    assert!(!out.exists());
+    std::fs::write(&out, b"previous").unwrap();
+    let err = convert(&ConvertOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::OutputExists { path } if *path == out),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+
+    let adapter = LoraAdapter::open(dir.join("adapter")).unwrap();
+    let bound = adapter.bind(&input).unwrap();
+    let bin = tmp.path().join("merged.bin");
+    let err = merge_file(
+        &Device::Cpu,
+        &input,
+        &bound,
+        &MergeOptions::default(),
+        &bin,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::OutputName { path, .. } if *path == bin),
+        "{err}"
+    );
+    assert!(!bin.exists());
+}
