@@ -415,19 +415,39 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
             format!("{:?}", t.shape),
             t.bytes_in,
             t.bytes_out,
-            t.kept.map(|k| format!("kept: {k}")).unwrap_or_default()
+            note(t)
         );
     }
     let (bytes_in, bytes_out): (u64, u64) = plan
         .iter()
         .fold((0, 0), |(a, b), t| (a + t.bytes_in, b + t.bytes_out));
     let quantized = plan.iter().filter(|t| t.kept.is_none()).count();
+    let fell_back = match plan.iter().filter(|t| t.fell_back_from.is_some()).count() {
+        0 => String::new(),
+        n => format!(
+            " ({n} of them to a fallback type, as llama-quantize does for rows that are not whole \
+             {dtype} blocks)"
+        ),
+    };
     println!(
-        "{quantized} of {} tensors quantized to {dtype}; {bytes_in} -> {bytes_out} bytes; wrote {}",
+        "{quantized} of {} tensors quantized to {dtype}{fell_back}; {bytes_in} -> {bytes_out} \
+         bytes; wrote {}",
         plan.len(),
         output.display()
     );
     Ok(())
+}
+
+/// The note column of `mlmf quantize`'s table: why a tensor was kept, or what it fell back from.
+fn note(t: &mlmf::quant::Planned) -> String {
+    match (t.kept, t.fell_back_from) {
+        (Some(k), _) => format!("kept: {k}"),
+        (None, Some(from)) => format!(
+            "fallback: rows of {} are not whole {from} blocks",
+            t.shape.last().unwrap_or(&0)
+        ),
+        (None, None) => String::new(),
+    }
 }
 
 /// A bar of bytes written (or loaded), with throughput and time left, on stderr when it is a

@@ -287,6 +287,41 @@ fn quantize_safetensors_to_q8_0() {
     assert_eq!(py["tensors"].as_array().unwrap().len(), 104);
 }
 
+/// `mlmf quantize --type Q4_K` on MiniLM, whose 384-wide rows are not whole 256-element
+/// super-blocks: the matrices fall back to Q5_0 as llama-quantize's table says, and the table and
+/// summary say which and why.
+#[test]
+fn quantize_prints_llama_quantize_fallbacks() {
+    let input = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("minilm.q4_k.gguf");
+    let printed = mlmf(&[
+        "quantize",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "Q4_K",
+    ]);
+    let table = String::from_utf8(printed.stdout).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("encoder.layer.0.attention.self.query.weight "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains(" Q5_0 ") && row.ends_with("fallback: rows of 384 are not whole Q4_K blocks"),
+        "{row}"
+    );
+    assert!(
+        table.contains("40 of 104 tensors quantized to Q4_K (34 of them to a fallback type"),
+        "{table}"
+    );
+    let q = mlmf::ModelFile::open(&out).unwrap();
+    let t = q
+        .tensor("encoder.layer.0.attention.self.query.weight")
+        .unwrap();
+    assert_eq!(t.dtype, mlmf::DType::Q5_0);
+}
+
 /// Re-quantizing a GGUF file: its metadata is carried, the quantized-from-Q4_1 tensor decodes
 /// within Q8_0's bound of the Q4_1 values, and kept tensors are the same bytes.
 #[test]

@@ -136,7 +136,7 @@ pub use mlmf_gpu::ops;
 
 /// CPU quantizers ([`quant::quantize`]) and whole-file quantization ([`quant::quantize_file`]).
 pub mod quant {
-    pub use crate::quantize::{plan, quantize_file, Planned, QuantizeOptions};
+    pub use crate::quantize::{fallback, plan, quantize_file, Planned, QuantizeOptions};
     pub use mlmf_core::quant::*;
 }
 

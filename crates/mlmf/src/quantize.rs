@@ -1,6 +1,8 @@
 //! Quantizing a whole model file into a GGUF file, the way llama.cpp's `llama-quantize` picks
-//! tensors: weight matrices are quantized; 1-D tensors (norms, biases), tensors whose rows are
-//! not whole blocks, and tensors the user names with `keep` stay as they are.
+//! tensors: weight matrices are quantized; 1-D tensors (norms, biases) and tensors the user names
+//! with `keep` stay as they are. A matrix whose rows are not whole blocks of the requested type
+//! falls back to a compatible type by llama-quantize's rule ([`fallback`]); where that rule has
+//! no entry (the 32-element types), the matrix stays as it is.
 //!
 //! Streaming: each tensor is converted and quantized a few rows at a time while the GGUF writer
 //! asks for its bytes, so host memory holds one chunk of rows, not the model.
@@ -31,6 +33,8 @@ pub struct Planned {
     pub bytes_out: u64,
     /// Why the tensor is kept as it is, when it is.
     pub kept: Option<&'static str>,
+    /// The requested type, when the rows could not hold it and `to` is its [`fallback`].
+    pub fell_back_from: Option<DType>,
 }
 
 /// Options of [`quantize_file`].
@@ -64,6 +68,36 @@ fn file_type(dtype: DType) -> Option<u32> {
     })
 }
 
+/// The type llama-quantize writes instead of `dtype` for a matrix whose rows are not whole
+/// blocks of `dtype` (llama.cpp `llama-quant.cpp`, "incompatible tensor shapes": ternary types to
+/// Q4_0, the 2- and 3-bit types to IQ4_NL, Q4_K/Q5_K/Q6_K to Q5_0/Q5_1/Q8_0), or F16 when the
+/// rows do not hold that one either. `None` where llama-quantize has no rule (it stops there;
+/// mlmf keeps the tensor as it is instead).
+pub fn fallback(dtype: DType, row_len: u64) -> Option<DType> {
+    let to = match dtype {
+        DType::TQ1_0 | DType::TQ2_0 => DType::Q4_0,
+        DType::IQ2_XXS
+        | DType::IQ2_XS
+        | DType::IQ2_S
+        | DType::IQ3_XXS
+        | DType::IQ3_S
+        | DType::IQ1_S
+        | DType::IQ1_M
+        | DType::Q2_K
+        | DType::Q3_K
+        | DType::IQ4_XS => DType::IQ4_NL,
+        DType::Q4_K => DType::Q5_0,
+        DType::Q5_K => DType::Q5_1,
+        DType::Q6_K => DType::Q8_0,
+        _ => return None,
+    };
+    Some(if row_len.is_multiple_of(to.block_elems()) {
+        to
+    } else {
+        DType::F16
+    })
+}
+
 /// Decide, for every tensor of `file`, what it becomes.
 pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>> {
     if !mlmf_core::quant::supports(options.dtype) {
@@ -74,21 +108,24 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
     file.tensors()
         .iter()
         .map(|t| {
+            let row_len = t.shape.row_len() as u64;
+            let fits = row_len.is_multiple_of(options.dtype.block_elems());
+            let fell_back = (!fits).then(|| fallback(options.dtype, row_len)).flatten();
             let kept = if options.keep.iter().any(|r| r.is_match(&t.name)) {
                 Some("--keep")
             } else if t.shape.rank() < 2 {
                 Some("1-D")
             } else if !rewrite::decodable(t.dtype) {
                 Some("not a float tensor")
-            } else if !(t.shape.row_len() as u64).is_multiple_of(options.dtype.block_elems()) {
+            } else if !fits && fell_back.is_none() {
                 Some("row length is not a whole number of blocks")
             } else {
                 None
             };
-            let to = if kept.is_some() {
-                t.dtype
-            } else {
-                options.dtype
+            let (to, fell_back_from) = match (kept, fell_back) {
+                (Some(_), _) => (t.dtype, None),
+                (None, Some(to)) => (to, Some(options.dtype)),
+                (None, None) => (options.dtype, None),
             };
             Ok(Planned {
                 name: t.name.clone(),
@@ -98,6 +135,7 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
                 bytes_in: t.byte_len(),
                 bytes_out: rewrite::out_len(file, t, to)?,
                 kept,
+                fell_back_from,
             })
         })
         .collect()
