@@ -98,12 +98,13 @@ impl Rewrite<'_> {
         out: &Path,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<()> {
-        let provenance = match self.provenance {
-            true => Some(Provenance {
+        let provenance = if self.provenance {
+            Some(Provenance {
                 parents: vec![Parent::of(self.input)?],
                 transforms: self.transforms.clone(),
-            }),
-            false => None,
+            })
+        } else {
+            None
         };
         let total = tensors
             .iter()
