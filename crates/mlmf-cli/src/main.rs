@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use mlmf::checkpoint::{AtomicFile, Progress};
-use mlmf::{Device, Error, ModelFile, Value};
+use mlmf::{Device, Error, Format, ModelFile, Value};
 
 /// Why a command failed: its arguments, or what the library reported.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +333,15 @@ fn inspect(path: &PathBuf, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The format a rewrite writes to `path` (by its name, as the library decides it), for
+/// spelling its dtypes.
+fn written_format(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => Format::Gguf,
+        _ => Format::Safetensors,
+    }
+}
+
 /// A metadata value for a terminal: long arrays cut to their first items.
 fn short(v: &Value) -> String {
     match v {
@@ -407,8 +416,8 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
         println!(
             "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
             t.name,
-            t.from.name(),
-            t.to.name(),
+            file.format().dtype_name(t.from),
+            Format::Gguf.dtype_name(t.to),
             format!("{:?}", t.shape),
             t.bytes_in,
             t.bytes_out,
@@ -608,8 +617,8 @@ fn lora_merge(
         println!(
             "{:<48} {:<8} {:<8} {:<20} {:?}",
             t.name,
-            t.from.name(),
-            t.to.name(),
+            file.format().dtype_name(t.from),
+            written_format(output).dtype_name(t.to),
             format!("{:?}", t.shape),
             t.action
         );

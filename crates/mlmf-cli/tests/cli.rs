@@ -651,13 +651,24 @@ fn quantize_gathers_views_and_keeps_scalars() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q.gguf");
     let src = views::path();
-    mlmf(&[
+    let report = mlmf(&[
         "quantize",
         src.to_str().unwrap(),
         out.to_str().unwrap(),
         "--type",
         "Q8_0",
     ]);
+    // The report spells the input's dtypes as torch does, the output's as GGML does, and
+    // counts a view's own bytes.
+    let report = String::from_utf8(report.stdout).unwrap();
+    let row: Vec<&str> = report
+        .lines()
+        .find(|l| l.starts_with("v_every_other "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..3], ["float32", "Q8_0"], "{report}");
+    assert_eq!(row[5], "256", "{report}");
     let py = common::gguf_py(&out);
     let tensors = py["tensors"].as_array().unwrap();
     let find = |name: &str| tensors.iter().find(|t| t["name"] == name).unwrap();
