@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use mlmf::checkpoint::{AtomicFile, Progress};
-use mlmf::{Device, Error, ModelFile, Value};
+use mlmf::{Device, Error, Format, ModelFile, Value};
 
 /// Why a command failed: its arguments, or what the library reported.
 #[derive(Debug, thiserror::Error)]
@@ -69,27 +69,9 @@ enum Command {
         keep: Vec<String>,
     },
     /// Convert between safetensors (OUT ending in .safetensors), GGUF (.gguf) and sharded
-    /// safetensors (any other OUT: a directory); PyTorch is read only. Metadata is kept.
-    Convert {
-        input: PathBuf,
-        output: PathBuf,
-        /// Map tensor names (and what llama.cpp does to q/k rows and Gemma norms).
-        #[arg(long, value_enum)]
-        map: Option<MapArg>,
-        /// Architecture for --map (llama, mistral, qwen2, gemma, gemma2, gemma3, phi3, bert),
-        /// when neither general.architecture nor a config.json beside the input names it.
-        #[arg(long)]
-        arch: Option<String>,
-        /// Convert every floating-point tensor (quantized ones too) to this type.
-        #[arg(long, value_enum)]
-        dtype: Option<DTypeArg>,
-        /// Largest shard of a sharded output, in bytes (default 5000000000).
-        #[arg(long)]
-        max_shard_size: Option<u64>,
-        /// Replace OUT if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    /// safetensors (any other OUT: a directory); PyTorch is read only. Metadata is kept, and
+    /// a provenance record (mlmf.provenance) is added unless --no-provenance.
+    Convert(ConvertArgs),
     /// Sentence embeddings with a BERT sentence-transformers model (all-MiniLM-L6-v2):
     /// mean pooling over real tokens, L2-normalised.
     Embed {
@@ -143,6 +125,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    input: PathBuf,
+    output: PathBuf,
+    /// Map tensor names (and what llama.cpp does to q/k rows and Gemma norms).
+    #[arg(long, value_enum)]
+    map: Option<MapArg>,
+    /// Architecture for --map (llama, mistral, qwen2, gemma, gemma2, gemma3, phi3, bert),
+    /// when neither general.architecture nor a config.json beside the input names it.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Convert every floating-point tensor (quantized ones too) to this type.
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// Largest shard of a sharded output, in bytes (default 5000000000).
+    #[arg(long)]
+    max_shard_size: Option<u64>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Write no provenance record (mlmf.provenance), and drop one the input carries; a GGUF
+    /// converted to GGUF with nothing else changed is then the same file byte for byte.
+    #[arg(long)]
+    no_provenance: bool,
 }
 
 #[derive(Subcommand)]
@@ -215,23 +223,7 @@ fn main() -> ExitCode {
             dtype,
             keep,
         } => quantize(&input, &output, &dtype, &keep),
-        Command::Convert {
-            input,
-            output,
-            map,
-            arch,
-            dtype,
-            max_shard_size,
-            force,
-        } => convert(
-            &input,
-            &output,
-            map,
-            arch.as_deref(),
-            dtype,
-            max_shard_size,
-            force,
-        ),
+        Command::Convert(args) => convert(&args),
         Command::Embed {
             model,
             device,
@@ -280,14 +272,19 @@ fn inspect(path: &PathBuf, json: bool) -> Result<()> {
             .tensors()
             .iter()
             .map(|t| {
-                serde_json::json!({
+                let mut o = serde_json::json!({
                     "name": t.name,
-                    "dtype": t.dtype.name(),
+                    "dtype": file.format().dtype_name(t.dtype),
                     "shape": t.shape.dims(),
                     "bytes": t.byte_len(),
                     "offset": t.range.start,
+                    "span_bytes": t.span_len(),
                     "file": file.file_of(t).display().to_string(),
-                })
+                });
+                if let Some(strides) = &t.strides {
+                    o["strides"] = serde_json::json!(strides);
+                }
+                o
             })
             .collect();
         let metadata: serde_json::Map<String, serde_json::Value> = file
@@ -328,12 +325,21 @@ fn inspect(path: &PathBuf, json: bool) -> Result<()> {
         println!(
             "{:<48} {:<8} {:<20} {:>12}",
             t.name,
-            t.dtype.name(),
+            file.format().dtype_name(t.dtype),
             t.shape.to_string(),
             t.byte_len()
         );
     }
     Ok(())
+}
+
+/// The format a rewrite writes to `path` (by its name, as the library decides it), for
+/// spelling its dtypes.
+fn written_format(path: &Path) -> Format {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gguf") => Format::Gguf,
+        _ => Format::Safetensors,
+    }
 }
 
 /// A metadata value for a terminal: long arrays cut to their first items.
@@ -410,8 +416,8 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
         println!(
             "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
             t.name,
-            t.from.name(),
-            t.to.name(),
+            file.format().dtype_name(t.from),
+            Format::Gguf.dtype_name(t.to),
             format!("{:?}", t.shape),
             t.bytes_in,
             t.bytes_out,
@@ -481,17 +487,12 @@ fn finish(bar: &ProgressBar) {
     bar.finish();
 }
 
-fn convert(
-    input: &Path,
-    output: &Path,
-    map: Option<MapArg>,
-    arch: Option<&str>,
-    dtype: Option<DTypeArg>,
-    max_shard_size: Option<u64>,
-    force: bool,
-) -> Result<()> {
+fn convert(args: &ConvertArgs) -> Result<()> {
     use mlmf::checkpoint::{ConvertOptions, MapDirection};
-    let arch = arch
+    let (input, output) = (&args.input, &args.output);
+    let arch = args
+        .arch
+        .as_deref()
         .map(|a| {
             mlmf::Arch::from_gguf(a)
                 .or_else(|| mlmf::Arch::from_hf(a))
@@ -501,18 +502,19 @@ fn convert(
         })
         .transpose()?;
     let options = ConvertOptions {
-        map: map.map(|m| match m {
+        map: args.map.map(|m| match m {
             MapArg::HfToGguf => MapDirection::HfToGguf,
             MapArg::GgufToHf => MapDirection::GgufToHf,
         }),
         arch,
-        dtype: dtype.map(|d| match d {
+        dtype: args.dtype.map(|d| match d {
             DTypeArg::F32 => mlmf::DType::F32,
             DTypeArg::F16 => mlmf::DType::F16,
             DTypeArg::Bf16 => mlmf::DType::BF16,
         }),
-        max_shard_bytes: max_shard_size,
-        force,
+        max_shard_bytes: args.max_shard_size,
+        force: args.force,
+        no_provenance: args.no_provenance,
     };
     let file = ModelFile::open(input)?;
     let bar = progress_bar();
@@ -635,8 +637,8 @@ fn lora_merge(
         println!(
             "{:<48} {:<8} {:<8} {:<20} {:?}",
             t.name,
-            t.from.name(),
-            t.to.name(),
+            file.format().dtype_name(t.from),
+            written_format(output).dtype_name(t.to),
             format!("{:?}", t.shape),
             t.action
         );

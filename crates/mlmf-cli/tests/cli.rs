@@ -526,3 +526,255 @@ fn cli_merge_writes_the_merged_model() {
         );
     }
 }
+
+#[path = "../../../tests/common/views.rs"]
+mod views;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// `inspect` of a PyTorch file with views with gaps: `bytes` is each tensor's own byte count
+/// (dtype times shape) and `data_bytes` their sum; the span in the file is `span_bytes`, with
+/// the view's `strides`. Dtypes are spelled as torch spells them.
+#[test]
+fn inspect_reports_views_by_their_own_bytes() {
+    let path = views::path();
+    let out = mlmf(&["inspect", "--json", path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = views::expected();
+    let tensors = v["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), expected.len());
+    for (t, e) in tensors.iter().zip(&expected) {
+        assert_eq!(t["name"], e.name);
+        assert_eq!(t["bytes"], e.bytes.len() as u64, "{}", e.name);
+        assert_eq!(t["span_bytes"], e.span, "{}", e.name);
+        let torch = match e.dtype {
+            "F32" => "float32",
+            "F16" => "float16",
+            "I64" => "int64",
+            other => panic!("{other}"),
+        };
+        assert_eq!(t["dtype"], torch, "{}", e.name);
+    }
+    let every_other = &tensors[1];
+    assert_eq!(every_other["name"], "w_every_other");
+    assert_eq!(
+        (&every_other["bytes"], &every_other["span_bytes"]),
+        (&serde_json::json!(96), &serde_json::json!(188))
+    );
+    assert_eq!(every_other["strides"], serde_json::json!([12, 2]));
+    assert!(tensors[0].get("strides").is_none());
+    let sum: u64 = expected.iter().map(|e| e.bytes.len() as u64).sum();
+    assert_eq!(v["data_bytes"], sum);
+
+    let text = String::from_utf8(mlmf(&["inspect", path.to_str().unwrap()]).stdout).unwrap();
+    assert!(
+        text.contains(&format!("{sum} bytes of tensor data")),
+        "{text}"
+    );
+}
+
+/// Every dtype name `inspect` prints is the file format's own: safetensors' header strings
+/// (`BOOL`, as Python's `safetensors` writes it), GGML type names as gguf-py reads them, torch's
+/// names for PyTorch files.
+#[test]
+fn inspect_spells_dtypes_as_the_format_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("bool.safetensors");
+    let script = "import sys, numpy as np\nfrom safetensors.numpy import save_file\n\
+                  save_file({'mask': np.array([True, False, True]), 'x': np.zeros(2, np.float16)}, sys.argv[1])";
+    let py = Command::new(common::python())
+        .args(["-c", script, st.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let header = std::fs::read(&st).unwrap();
+    // The oracle's own spelling, in the header it wrote.
+    assert!(header.windows(6).any(|w| w == b"\"BOOL\""));
+    let inspect = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_slice(&mlmf(&["inspect", "--json", p.to_str().unwrap()]).stdout).unwrap()
+    };
+    let v = inspect(&st);
+    let dtype_of = |v: &serde_json::Value, name: &str| -> String {
+        v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap()["dtype"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(dtype_of(&v, "mask"), "BOOL");
+    assert_eq!(dtype_of(&v, "x"), "F16");
+    let text = String::from_utf8(mlmf(&["inspect", st.to_str().unwrap()]).stdout).unwrap();
+    assert!(text.contains("BOOL") && !text.contains("Bool"), "{text}");
+
+    // GGUF: each tensor's type as gguf-py names it (F16, BF16, Q4_0 ... Q6_K; F32, I64).
+    for gguf in [
+        common::fixtures().join("quant/quant_oracle.gguf"),
+        common::workspace_dir().join("crates/mlmf-core/tests/data/gguf_py_scalars.gguf"),
+    ] {
+        let v = inspect(&gguf);
+        let py = common::gguf_py(&gguf);
+        let py_tensors = py["tensors"].as_array().unwrap();
+        assert_eq!(py_tensors.len(), v["tensors"].as_array().unwrap().len());
+        for t in py_tensors {
+            let name = t["name"].as_str().unwrap();
+            assert_eq!(dtype_of(&v, name), t["type"].as_str().unwrap(), "{name}");
+        }
+    }
+    // And for every GGML type both know: gguf-py's GGMLQuantizationType names.
+    let py = Command::new(common::python())
+        .args([
+            "-c",
+            "from gguf import GGMLQuantizationType as T\nfor t in T: print(t.value, t.name)",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let mut known = 0;
+    for line in String::from_utf8(py.stdout).unwrap().lines() {
+        let (id, name) = line.split_once(' ').unwrap();
+        if let Some(dtype) = mlmf::DType::from_ggml_id(id.parse().unwrap()) {
+            assert_eq!(mlmf::Format::Gguf.dtype_name(dtype), name, "ggml type {id}");
+            known += 1;
+        }
+    }
+    let ours = mlmf::DType::all()
+        .filter(|d| d.info().ggml_id.is_some())
+        .count();
+    assert_eq!(
+        known, ours,
+        "a ggml type of ours that gguf-py does not list"
+    );
+}
+
+/// A directory that holds no model: the message names what was looked for.
+#[test]
+fn inspect_of_a_directory_without_a_model_says_what_it_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .args(["inspect", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("looked for model.safetensors.index.json or model.safetensors"),
+        "{err}"
+    );
+    assert!(!err.contains("No such file"), "{err}");
+}
+
+/// `quantize` gathers a view with gaps: `v[:, ::2]` quantizes to the same Q8_0 bytes as its
+/// contiguous copy (gguf-py reads both); rows that are not whole blocks stay as the view's own
+/// bytes, and the 0-d tensors are ggml's `[1]`, listed under `mlmf.scalar_tensors`.
+#[test]
+fn quantize_gathers_views_and_keeps_scalars() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.gguf");
+    let src = views::path();
+    let report = mlmf(&[
+        "quantize",
+        src.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--type",
+        "Q8_0",
+    ]);
+    // The report spells the input's dtypes as torch does, the output's as GGML does, and
+    // counts a view's own bytes.
+    let report = String::from_utf8(report.stdout).unwrap();
+    let row: Vec<&str> = report
+        .lines()
+        .find(|l| l.starts_with("v_every_other "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1..3], ["float32", "Q8_0"], "{report}");
+    assert_eq!(row[5], "256", "{report}");
+    let py = common::gguf_py(&out);
+    let tensors = py["tensors"].as_array().unwrap();
+    let find = |name: &str| tensors.iter().find(|t| t["name"] == name).unwrap();
+    let (view, copy) = (find("v_every_other"), find("v_copy"));
+    assert_eq!(
+        (&view["type"], &copy["type"]),
+        (&"Q8_0".into(), &"Q8_0".into())
+    );
+    assert_eq!(view["sha256"], copy["sha256"]);
+    for e in views::expected() {
+        let t = find(e.name);
+        if e.name.starts_with("v_") {
+            continue;
+        }
+        assert_eq!(t["type"], e.dtype, "{}", e.name);
+        assert_eq!(t["sha256"], sha256_hex(&e.bytes), "{}", e.name);
+        if e.shape.is_empty() {
+            assert_eq!(t["ne"], serde_json::json!([1]), "{}", e.name);
+        }
+    }
+    let scalars = py["kv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == "mlmf.scalar_tensors")
+        .unwrap();
+    let names: Vec<&str> = scalars["value"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, views::SCALARS);
+    let back = mlmf::ModelFile::open(&out).unwrap();
+    for name in views::SCALARS {
+        assert_eq!(back.tensor(name).unwrap().shape.rank(), 0, "{name}");
+    }
+}
+
+/// `convert --no-provenance` of a GGUF file to GGUF, nothing else asked, writes the input
+/// back byte for byte: SmolLM2 (a real file) and gguf-py's quant oracle. Without the flag the
+/// output gets a record; converting that output with the flag drops it again.
+#[test]
+fn convert_no_provenance_rewrites_gguf_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    for src in [
+        common::model(common::SMOLLM2),
+        common::fixtures().join("quant/quant_oracle.gguf"),
+    ] {
+        let original = std::fs::read(&src).unwrap();
+        let plain = dir.path().join("plain.gguf");
+        let recorded = dir.path().join("recorded.gguf");
+        let again = dir.path().join("again.gguf");
+        for p in [&plain, &recorded, &again] {
+            let _ = std::fs::remove_file(p);
+        }
+        let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        mlmf(&["convert", "--no-provenance", &s(&src), &s(&plain)]);
+        assert!(
+            std::fs::read(&plain).unwrap() == original,
+            "{}: convert --no-provenance changed bytes",
+            src.display()
+        );
+        mlmf(&["convert", &s(&src), &s(&recorded)]);
+        let with = mlmf::ModelFile::open(&recorded).unwrap();
+        assert!(with.metadata().get("mlmf.provenance").is_some());
+        mlmf(&["convert", "--no-provenance", &s(&recorded), &s(&again)]);
+        assert!(
+            std::fs::read(&again).unwrap() == original,
+            "{}: the carried record was not dropped",
+            src.display()
+        );
+    }
+}

@@ -462,3 +462,37 @@ fn unreadable_records_are_reported() {
         assert!(stopped.contains(says), "{stopped}");
     }
 }
+
+#[path = "../../../tests/common/views.rs"]
+mod views;
+
+/// 0-d tensors keep their rank through GGUF, which stores them as `[1]`: the PyTorch views and
+/// scalars file converted to GGUF hashes as the definition says for the original shapes (rank
+/// 0 for the scalars), the record says so, and `verify` of the GGUF file agrees.
+#[test]
+fn scalars_hash_as_0d_through_gguf() {
+    let tensors: Tensors = views::expected()
+        .into_iter()
+        .map(|e| {
+            let dtype = DType::from_safetensors(e.dtype).unwrap();
+            (e.name.to_string(), dtype, e.shape, e.bytes)
+        })
+        .collect();
+    let want = hash_by_definition(&tensors);
+    let pt = ModelFile::open(views::path()).unwrap();
+    assert_eq!(content_hash(&pt).unwrap(), want);
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("views.gguf");
+    let options = mlmf::checkpoint::ConvertOptions::default();
+    mlmf::checkpoint::convert_file(&pt, &gguf, &options, &mut |_| {}).unwrap();
+    assert_eq!(recorded(&gguf).content_hash, want);
+    let written = ModelFile::open(&gguf).unwrap();
+    assert_eq!(content_hash(&written).unwrap(), want);
+    provenance::verify(&written).unwrap().check().unwrap();
+    let out = mlmf(&[Path::new("verify"), &gguf]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,6 +19,14 @@ pub enum Error {
     #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
 
+    /// A directory was given as the model and holds none of the files a model directory is
+    /// opened by (`looked_for`, in the order they are tried).
+    #[error("{dir}: a directory without a model: looked for {}; give a model file, or a directory holding one of these", looked_for.join(" or "))]
+    NoModelInDirectory {
+        dir: PathBuf,
+        looked_for: Vec<&'static str>,
+    },
+
     #[error("{path}: truncated: {what} at offset {offset} needs {needed} bytes, the file has {available} from there")]
     Truncated {
         path: PathBuf,

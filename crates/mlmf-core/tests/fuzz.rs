@@ -2,8 +2,9 @@
 //! legacy pickle, and the sharded-safetensors index (through `ModelFile::open`).
 //!
 //! **Seeds**: the real files in the model cache (SmolLM2 and gemma-3 GGUF, MiniLM safetensors,
-//! MobileNetV2 legacy `.pth`, pocketnet zip `.pt`), the PyTorch corpus in `tests/data`, the
-//! safetensors and GGUF files in `../shared/fixtures`, a small GGUF written here with every
+//! MobileNetV2 legacy `.pth`, pocketnet zip `.pt`), the PyTorch corpus in `tests/data` (views
+//! with gaps, expanded views, tied storages and 0-d tensors among them), gguf-py's GGUF with 0-d
+//! tensors there, the safetensors and GGUF files in `../shared/fixtures`, a small GGUF written here with every
 //! metadata type, and a shard index over three shards made from a fixture. Each seed is walked
 //! once to find its fields (header lengths, counts, dims, offsets, string lengths, zip records,
 //! pickle opcodes and their arguments; number and string tokens of JSON headers).
@@ -387,6 +388,8 @@ fn seeds(target: Target, shard_dir: &Path) -> Vec<Seed> {
                 common::model(common::GEMMA3),
             ];
             p.extend(fixture_files("gguf"));
+            // gguf-py's 0-d tensors (n_dims = 0).
+            p.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_scalars.gguf"));
             p
         }
         Target::PyTorchZip => {
@@ -1266,7 +1269,7 @@ fn check_parsed(p: &Parsed, len: usize) -> std::result::Result<(), String> {
                                     .and_then(|x| acc.checked_add(x))
                             });
                     let end = last.and_then(|l| (l + 1).checked_mul(t.dtype.block_bytes()));
-                    if end.is_none_or(|e| e > t.byte_len()) {
+                    if end.is_none_or(|e| e > t.span_len()) {
                         return Err(format!("tensor '{}': strided view past its range", t.name));
                     }
                 }

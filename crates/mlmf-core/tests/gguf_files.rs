@@ -227,3 +227,31 @@ fn quant_oracle_tensors_equal_expected_quant_bytes() {
         );
     }
 }
+
+/// gguf-py 0.19.0 writes a numpy 0-d array with n_dims = 0 (`tests/data/make_gguf_scalars.py`
+/// made this file); llama.cpp's reader takes it, and so does ours, as a scalar.
+#[test]
+fn gguf_py_zero_dim_tensors_open_as_scalars() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_scalars.gguf");
+    let file = ModelFile::open(&path).unwrap();
+    let shapes: Vec<(&str, &[usize])> = file
+        .tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.dims()))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            ("scale", &[][..]),
+            ("bn.num_batches_tracked", &[]),
+            ("v", &[5]),
+            ("m", &[2, 3])
+        ]
+    );
+    let scale = file.tensor("scale").unwrap();
+    assert_eq!(file.bytes(scale), 0.07f32.to_le_bytes());
+    let n = file.tensor("bn.num_batches_tracked").unwrap();
+    assert_eq!(n.dtype, DType::I64);
+    assert_eq!(file.bytes(n), 1234i64.to_le_bytes());
+}

@@ -158,3 +158,56 @@ fn pocketnet_zip_checkpoint() {
     let bias = f32s(file.bytes(file.tensor("out.5.bias").unwrap()));
     assert_eq!(bias, [-0.036902275]);
 }
+
+#[path = "../../../tests/common/views.rs"]
+mod views;
+
+/// Views with gaps, an expanded view, tied storages and 0-d tensors (a zip whose pickle
+/// `tests/data/make_pytorch_fixtures.py` writes by hand): each tensor's bytes are its own
+/// (dtype times shape), its span is kept apart, and gathering gives the view's elements.
+#[test]
+fn views_scalars_and_tied_storages() {
+    let file = ModelFile::open(views::path()).unwrap();
+    let expected = views::expected();
+    let names: Vec<&str> = file.tensors().iter().map(|t| t.name.as_str()).collect();
+    let want: Vec<&str> = expected.iter().map(|e| e.name).collect();
+    assert_eq!(names, want);
+    let mut scratch = Vec::new();
+    for e in &expected {
+        let t = file.tensor(e.name).unwrap();
+        assert_eq!(
+            Some(t.dtype),
+            DType::from_safetensors(e.dtype),
+            "{}",
+            e.name
+        );
+        assert_eq!(t.shape.dims(), &e.shape[..], "{}", e.name);
+        assert_eq!(t.byte_len(), e.bytes.len() as u64, "{}", e.name);
+        assert_eq!(t.span_len(), e.span, "{}", e.name);
+        let src = mlmf_core::Source::of(&file, t);
+        assert_eq!(
+            src.chunk(0, e.bytes.len(), &mut scratch),
+            &e.bytes[..],
+            "{}",
+            e.name
+        );
+    }
+    // The numbers: w[:, ::2] of a 4x12 float32 matrix is 96 bytes spread over 188.
+    let every_other = file.tensor("w_every_other").unwrap();
+    assert_eq!((every_other.byte_len(), every_other.span_len()), (96, 188));
+    assert!(!every_other.is_contiguous());
+    // Tied: one storage under several names.
+    let w = file.tensor("w").unwrap();
+    for name in ["w_tied", "w_t", "w_every_other"] {
+        assert_eq!(
+            file.tensor(name).unwrap().range.start,
+            w.range.start,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        file.data_bytes(),
+        expected.iter().map(|e| e.bytes.len() as u64).sum::<u64>()
+    );
+    assert_eq!(file.data_bytes(), 1356);
+}

@@ -66,3 +66,27 @@ fn index_that_disagrees_with_shards() {
         Err(Error::BadIndex { .. })
     ));
 }
+
+/// A directory with neither an index nor `model.safetensors`: the error says what was looked
+/// for, not that one of them is missing.
+#[test]
+fn directory_without_a_model_names_what_was_looked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+    let err = ModelFile::open(dir.path()).unwrap_err();
+    match &err {
+        Error::NoModelInDirectory { dir: d, looked_for } => {
+            assert_eq!(d, dir.path());
+            assert_eq!(
+                looked_for,
+                &["model.safetensors.index.json", "model.safetensors"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("model.safetensors.index.json or model.safetensors"),
+        "{text}"
+    );
+}

@@ -95,13 +95,10 @@ impl Device {
     }
 }
 
-/// Bytes of the tensor in row-major order: the stored bytes, or the gathered size of a view.
+/// Bytes of the tensor in row-major order: the stored bytes, or the gathered size of a view
+/// (`ModelFile::open` checked that it is representable).
 fn logical_len(info: &TensorInfo) -> u64 {
-    match info.strides {
-        None => info.byte_len(),
-        // ModelFile checked that dtype and shape give a representable byte count.
-        Some(_) => info.dtype.byte_len(info.shape.elem_count()).unwrap_or(0),
-    }
+    info.byte_len()
 }
 
 fn tensor(info: &TensorInfo, storage: Storage) -> Tensor {

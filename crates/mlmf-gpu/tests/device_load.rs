@@ -4,6 +4,8 @@
 mod common;
 #[path = "../../../tests/common/shards.rs"]
 mod shards;
+#[path = "../../../tests/common/views.rs"]
+mod views;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -272,5 +274,21 @@ fn sharded_checkpoint_loads_bit_identical() {
             "{}",
             info.name
         );
+    }
+}
+
+/// PyTorch views with gaps, an expanded view and 0-d tensors load as their own row-major bytes
+/// (not their spans) on the GPU, through pages and staging chunks smaller than the file, and on
+/// the CPU.
+#[test]
+fn strided_views_and_scalars_load_as_their_own_bytes() {
+    let file = ModelFile::open(views::path()).unwrap();
+    for device in [tiny_gpu(), Device::Cpu] {
+        let tensors = device.load_all(&file).unwrap();
+        for (t, e) in tensors.iter().zip(views::expected()) {
+            assert_eq!(t.name(), e.name);
+            assert_eq!(t.shape().dims(), &e.shape[..], "{}", e.name);
+            assert!(t.to_bytes().unwrap() == e.bytes, "{}: bytes differ", e.name);
+        }
     }
 }

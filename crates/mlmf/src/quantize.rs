@@ -113,6 +113,8 @@ pub fn plan(file: &ModelFile, options: &QuantizeOptions) -> Result<Vec<Planned>>
             let fell_back = (!fits).then(|| fallback(options.dtype, row_len)).flatten();
             let kept = if options.keep.iter().any(|r| r.is_match(&t.name)) {
                 Some("--keep")
+            } else if t.shape.rank() == 0 {
+                Some("scalar")
             } else if t.shape.rank() < 2 {
                 Some("1-D")
             } else if !rewrite::decodable(t.dtype) {
@@ -178,6 +180,7 @@ pub fn quantize_file(
     }
     gguf_keys.push(("general.quantization_version", Value::U32(2)));
     Rewrite {
+        provenance: true,
         input: file,
         format: Format::Gguf,
         transforms: vec![Transform::Quantize {

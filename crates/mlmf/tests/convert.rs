@@ -295,3 +295,141 @@ fn pytorch_state_dict_converts_to_safetensors_unchanged() {
     let (_, py) = python_safetensors(&[out]);
     assert_eq!(py.len(), written.tensors().len());
 }
+
+#[path = "../../../tests/common/views.rs"]
+mod views;
+
+/// gguf-py's view of a GGUF file's tensors: name -> (type, ne, sha256), and its metadata value
+/// under `key` (as `scripts/check_gguf.py` types it), if there.
+fn gguf_py_tensors(path: &Path, key: &str) -> (Summary, Option<serde_json::Value>) {
+    let g = common::gguf_py(path);
+    let tensors = g["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let ne = t["ne"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            (
+                t["name"].as_str().unwrap().to_string(),
+                (
+                    t["type"].as_str().unwrap().to_string(),
+                    ne,
+                    t["sha256"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    let value = g["kv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == key)
+        .map(|kv| kv["value"].clone());
+    (tensors, value)
+}
+
+/// The string items of a string array as check_gguf.py prints it.
+fn gguf_py_strings(value: &serde_json::Value) -> Vec<String> {
+    assert_eq!(value["type"], "ARRAY");
+    value["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A PyTorch zip with views with gaps (`[:, ::2]`, columns, every other row), an expanded view,
+/// tied storages and 0-d tensors (its pickle written by hand) converts to safetensors and to
+/// GGUF with every tensor's own bytes, as Python's `safetensors` and gguf-py read them; GGUF
+/// holds the scalars as `[1]`, lists them under `mlmf.scalar_tensors`, and our reader (and a
+/// conversion back to safetensors) gives them their 0-d shape again.
+#[test]
+fn pytorch_views_and_scalars_convert_to_safetensors_and_gguf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = views::expected();
+    let want = |scalar_as_1: bool| -> Summary {
+        expected
+            .iter()
+            .map(|e| {
+                let mut shape: Vec<u64> = e.shape.iter().map(|&d| d as u64).collect();
+                if scalar_as_1 {
+                    // GGUF order, fastest first; a scalar as ggml writes it.
+                    shape.reverse();
+                    if shape.is_empty() {
+                        shape.push(1);
+                    }
+                }
+                let entry = (e.dtype.to_string(), shape, sha256(&e.bytes));
+                (e.name.to_string(), entry)
+            })
+            .collect()
+    };
+
+    let st = tmp.path().join("views.safetensors");
+    convert(&views::path(), &st, &ConvertOptions::default());
+    let (_, py) = python_safetensors(std::slice::from_ref(&st));
+    assert_eq!(py, want(false));
+
+    let gguf = tmp.path().join("views.gguf");
+    convert(&views::path(), &gguf, &ConvertOptions::default());
+    let (py, scalars) = gguf_py_tensors(&gguf, "mlmf.scalar_tensors");
+    assert_eq!(py, want(true));
+    assert_eq!(gguf_py_strings(&scalars.unwrap()), views::SCALARS);
+    let back = ModelFile::open(&gguf).unwrap();
+    for e in &expected {
+        let t = back.tensor(e.name).unwrap();
+        assert_eq!(t.shape.dims(), &e.shape[..], "{}", e.name);
+        assert_eq!(back.bytes(t), &e.bytes[..], "{}", e.name);
+    }
+
+    // Back to safetensors: 0-d again, and GGUF's list of scalars is not carried there.
+    let st2 = tmp.path().join("back.safetensors");
+    convert(&gguf, &st2, &ConvertOptions::default());
+    let (meta, py) = python_safetensors(std::slice::from_ref(&st2));
+    assert_eq!(py, want(false));
+    assert!(meta.get("mlmf.scalar_tensors").is_none(), "{meta}");
+    assert!(meta.get("mlmf.provenance").is_some(), "{meta}");
+}
+
+/// gguf-py writes a numpy 0-d array with n_dims = 0: it opens, converts to safetensors as 0-d
+/// and to GGUF as ggml's `[1]` listed under `mlmf.scalar_tensors`, which reads back as 0-d.
+#[test]
+fn gguf_py_scalars_round_trip() {
+    let src = common::workspace_dir().join("crates/mlmf-core/tests/data/gguf_py_scalars.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let (orig, none) = gguf_py_tensors(&src, "mlmf.scalar_tensors");
+    assert!(none.is_none());
+    assert_eq!(orig["scale"].1, Vec::<u64>::new());
+
+    let st = tmp.path().join("s.safetensors");
+    convert(&src, &st, &ConvertOptions::default());
+    let (_, py) = python_safetensors(std::slice::from_ref(&st));
+    for (name, (_, ne, sha)) in &orig {
+        let (_, shape, st_sha) = &py[name];
+        let numpy: Vec<u64> = ne.iter().rev().copied().collect();
+        assert_eq!((shape, st_sha), (&numpy, sha), "{name}");
+    }
+    assert_eq!(py["scale"].0, "F32");
+    assert_eq!(py["bn.num_batches_tracked"].0, "I64");
+
+    let gguf = tmp.path().join("s.gguf");
+    convert(&src, &gguf, &ConvertOptions::default());
+    let (written, scalars) = gguf_py_tensors(&gguf, "mlmf.scalar_tensors");
+    assert_eq!(
+        gguf_py_strings(&scalars.unwrap()),
+        ["scale", "bn.num_batches_tracked"]
+    );
+    for (name, (ty, ne, sha)) in &orig {
+        let ne = if ne.is_empty() { vec![1] } else { ne.clone() };
+        assert_eq!(written[name], (ty.clone(), ne, sha.clone()), "{name}");
+    }
+    let a = ModelFile::open(&src).unwrap();
+    let b = ModelFile::open(&gguf).unwrap();
+    assert_same_tensors(&a, &b);
+}

@@ -556,7 +556,8 @@ fn row_length_not_a_multiple_of_block_size() {
 #[test]
 fn shapes_gguf_cannot_hold() {
     let one = f32_bytes(&[1.0]);
-    for shape in [&[][..], &[1, 1, 1, 1, 1][..]] {
+    // (0-d tensors are written as ggml writes them: `scalars_are_written_as_ggml_does`.)
+    for shape in [&[1, 1, 1, 1, 1][..], &[1; 9]] {
         let mut w = GgufWriter::new(Metadata::default());
         w.add_tensor("t", DType::F32, shape, &one);
         let err = write_err(&w);
@@ -745,4 +746,67 @@ fn unwritable_target_is_an_io_error() {
     }
     assert_eq!(std::fs::read(&file).unwrap(), b"keep");
     assert_eq!(listing(dir.path()), ["plain-file"]);
+}
+
+/// A 0-d tensor is written as ggml writes a scalar, `ne = [1]`, and listed under
+/// `mlmf.scalar_tensors` (replacing a key of that name where it stands), so our reader gives
+/// it its shape `[]` back; gguf-py reads `[1]` and the list. Without 0-d tensors the writer
+/// drops the key, which would otherwise claim scalars that are not there.
+#[test]
+fn scalars_are_written_as_ggml_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.gguf");
+    let (s, v) = (f32_bytes(&[0.07]), f32_bytes(&[1.0, 2.0]));
+    let n = 1234i64.to_le_bytes();
+    let metadata = Metadata {
+        entries: vec![
+            ("general.name".into(), Value::String("x".into())),
+            ("mlmf.scalar_tensors".into(), strings(&["stale"])),
+            ("z".into(), Value::U32(1)),
+        ],
+    };
+    let mut w = GgufWriter::new(metadata.clone());
+    w.add_tensor("s", DType::F32, &[], &s);
+    w.add_tensor("v", DType::F32, &[2], &v);
+    w.add_tensor("n", DType::I64, &[], &n[..]);
+    w.write(&path).unwrap();
+
+    let py = common::gguf_py(&path);
+    let keys: Vec<&str> = py["kv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| kv["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &keys[keys.len() - 3..],
+        ["general.name", "mlmf.scalar_tensors", "z"]
+    );
+    let listed = &py["kv"][keys.len() - 2]["value"];
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s", "n"]);
+    let ne: Vec<&Json> = py["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["ne"])
+        .collect();
+    assert_eq!(ne, [&json!([1]), &json!([2]), &json!([1])]);
+    let file = ModelFile::open(&path).unwrap();
+    let dims: Vec<&[usize]> = file.tensors().iter().map(|t| t.shape.dims()).collect();
+    assert_eq!(dims, [&[][..], &[2], &[]]);
+    assert_eq!(file.bytes(file.tensor("n").unwrap()), n);
+
+    // No 0-d tensor: the key goes.
+    let mut w = GgufWriter::new(metadata);
+    w.add_tensor("v", DType::F32, &[2], &v);
+    w.write(&path).unwrap();
+    let file = ModelFile::open(&path).unwrap();
+    let keys: Vec<&str> = file.metadata().iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["general.name", "z"]);
 }

@@ -50,8 +50,15 @@ pub const MAX_ARRAY_DEPTH: usize = 8;
 /// Fewest bytes a key/value pair can take: key length, value type, a one-byte value.
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 
-/// Fewest bytes a tensor info can take: name length, n_dims, one `ne`, type, offset.
-const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+/// Metadata key mlmf writes listing the tensors that were 0-d (scalars): GGUF stores them as
+/// ggml does, with one dimension of 1 (`ne = [1]`), and this key lets a reader give them their
+/// shape `[]` back. Our reader does so for each listed tensor whose stored shape is `[1]`.
+/// A string array of tensor names.
+pub const SCALARS_KEY: &str = "mlmf.scalar_tensors";
+
+/// Fewest bytes a tensor info can take: name length, n_dims, type, offset (a 0-d tensor, as
+/// gguf-py writes a numpy scalar, has no `ne`).
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
 
 /// Offset of `tensor_count` in the header, for errors about it.
 const TENSOR_COUNT_OFFSET: usize = 8;
@@ -99,7 +106,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     // The data section starts at the next multiple of the alignment; `r.pos()` is at most the
     // file length and the alignment at most 2^31, so this cannot overflow.
     let data_start = (r.pos() as u64).next_multiple_of(alignment);
-    let tensors = locate(path, entries, data_start, alignment, bytes.len() as u64)?;
+    let mut tensors = locate(path, entries, data_start, alignment, bytes.len() as u64)?;
+    restore_scalars(&mut tensors, &metadata);
     Ok(Parsed {
         format: Format::Gguf,
         version: Some(version.into()),
@@ -338,6 +346,20 @@ fn alignment(path: &Path, meta: &Metadata) -> Result<u64> {
 
 // ---- tensor index -----------------------------------------------------------------------------
 
+/// Give the tensors [`SCALARS_KEY`] lists their 0-d shape back. Names are data: a key of
+/// another type, or a listed name that is not a `[1]` tensor here, changes nothing.
+fn restore_scalars(tensors: &mut [TensorInfo], metadata: &Metadata) {
+    let Some(Value::Array(names)) = metadata.get(SCALARS_KEY) else {
+        return;
+    };
+    let names: HashSet<&str> = names.iter().filter_map(Value::as_str).collect();
+    for t in tensors {
+        if t.shape.dims() == [1] && names.contains(t.name.as_str()) {
+            t.shape = Shape::scalar();
+        }
+    }
+}
+
 /// A tensor info record, checked on its own; its offset is checked by [`locate`].
 struct Entry<'a> {
     name: &'a str,
@@ -357,9 +379,11 @@ fn read_tensor_info<'a>(r: &mut ByteReader<'a>) -> Result<Entry<'a>> {
         reason,
     };
     let n_dims = r.u32("tensor dimension count")?;
-    if !(1..=MAX_DIMS).contains(&n_dims) {
+    // As llama.cpp's `gguf_init_from_file_impl`: only more than GGML_MAX_DIMS is refused. 0 is
+    // a scalar (gguf-py writes a numpy 0-d array so; ggml reads it as ne = [1, 1, 1, 1]).
+    if n_dims > MAX_DIMS {
         return Err(bad_shape(format!(
-            "{n_dims} dimensions; GGUF allows 1 to {MAX_DIMS} (GGML_MAX_DIMS)"
+            "{n_dims} dimensions; GGUF allows at most {MAX_DIMS} (GGML_MAX_DIMS)"
         )));
     }
     let mut ne = [0u64; MAX_DIMS as usize];
@@ -387,12 +411,13 @@ fn read_tensor_info<'a>(r: &mut ByteReader<'a>) -> Result<Entry<'a>> {
     let shape = Shape::from_u64(&dims)
         .filter(|s| s.elem_count() <= i64::MAX as u64)
         .ok_or_else(overflow)?;
-    // Blocks never straddle rows: each row is ne[0] / block_elems whole blocks.
+    // Blocks never straddle rows: each row is ne[0] / block_elems whole blocks. A scalar's row
+    // is its one element.
     let block = dtype.block_elems();
-    if ne[0] % block != 0 {
+    let row = ne.first().copied().unwrap_or(1);
+    if row % block != 0 {
         return Err(bad_shape(format!(
-            "row length {} (ne[0]) is not a multiple of the {dtype} block size {block}",
-            ne[0]
+            "row length {row} (ne[0]) is not a multiple of the {dtype} block size {block}"
         )));
     }
     let byte_len = dtype.byte_len(shape.elem_count()).ok_or_else(overflow)?;
@@ -1059,7 +1084,7 @@ mod tests {
 
     #[test]
     fn n_dims_out_of_range() {
-        for ne in [&[1u64, 1, 1, 1, 1][..], &[]] {
+        for ne in [&[1u64, 1, 1, 1, 1][..], &[1; 9]] {
             let bytes = Gguf::new().tensor(b"w", ne, GGML_F32, 0).data(4).build();
             assert!(
                 matches!(open(&bytes), Err(Error::BadShape { tensor, .. }) if tensor == "w"),
@@ -1067,6 +1092,49 @@ mod tests {
                 ne.len()
             );
         }
+    }
+
+    /// n_dims = 0, as gguf-py writes a numpy 0-d array: a scalar, as llama.cpp reads it.
+    #[test]
+    fn zero_dims_is_a_scalar() {
+        let bytes = Gguf::new()
+            .tensor(b"s", &[], GGML_F32, 0)
+            .tensor(b"v", &[2], GGML_F32, 32)
+            .data(40)
+            .build();
+        let parsed = open(&bytes).unwrap();
+        let s = &parsed.tensors[0];
+        assert_eq!((s.shape.rank(), s.shape.elem_count()), (0, 1));
+        assert_eq!(s.byte_len(), 4);
+        assert_eq!(parsed.tensors[1].shape.dims(), [2]);
+        // A block type has no scalar: its one element does not fill a block.
+        let bytes = Gguf::new().tensor(b"q", &[], GGML_Q4_0, 0).data(18).build();
+        assert!(matches!(open(&bytes), Err(Error::BadShape { tensor, .. }) if tensor == "q"));
+    }
+
+    /// `mlmf.scalar_tensors` turns the `[1]` tensors it names back into scalars, and nothing
+    /// else: not a listed name of another shape, not an unlisted `[1]`.
+    #[test]
+    fn scalars_key_restores_0d_shapes() {
+        let names = garray(STRING, &[gstr(b"s"), gstr(b"v"), gstr(b"missing")]);
+        let bytes = Gguf::new()
+            .kv(SCALARS_KEY.as_bytes(), ARRAY, &names)
+            .tensor(b"s", &[1], GGML_F32, 0)
+            .tensor(b"v", &[2], GGML_F32, 32)
+            .tensor(b"one", &[1], GGML_F32, 64)
+            .data(68)
+            .build();
+        let parsed = open(&bytes).unwrap();
+        let dims: Vec<&[usize]> = parsed.tensors.iter().map(|t| t.shape.dims()).collect();
+        assert_eq!(dims, [&[][..], &[2], &[1]]);
+        assert_eq!(parsed.tensors[0].byte_len(), 4);
+        // A key of another type is ignored.
+        let bytes = Gguf::new()
+            .kv_str(SCALARS_KEY, "s")
+            .tensor(b"s", &[1], GGML_F32, 0)
+            .data(4)
+            .build();
+        assert_eq!(open(&bytes).unwrap().tensors[0].shape.dims(), [1]);
     }
 
     #[test]

@@ -44,6 +44,21 @@ impl Format {
             Format::PyTorchLegacy => "pytorch-legacy",
         }
     }
+
+    /// `dtype` as this format spells it, the name `mlmf inspect` prints: safetensors' header
+    /// strings (`BOOL`, `F8_E4M3`, ...) for safetensors files; for GGUF, the GGML type names
+    /// as gguf-py's `GGMLQuantizationType` and llama.cpp's tools print them (`Q4_K`, `BF16`,
+    /// `I8`; [`DType::name`] for every type with a ggml id); for PyTorch, torch's dtype names
+    /// without the `torch.` prefix (`float32`, `bfloat16`, `int64`, `bool`, `float8_e4m3fn`).
+    /// A dtype the format has no name for (none that a parser returns) gets [`DType::name`].
+    pub fn dtype_name(self, dtype: DType) -> &'static str {
+        let named = match self {
+            Format::Safetensors | Format::ShardedSafetensors => dtype.info().safetensors,
+            Format::Gguf => dtype.info().ggml_id.map(|_| dtype.name()),
+            Format::PyTorchZip | Format::PyTorchLegacy => pytorch::torch_name(dtype),
+        };
+        named.unwrap_or(dtype.name())
+    }
 }
 
 impl fmt::Display for Format {
@@ -61,8 +76,9 @@ pub struct TensorInfo {
     pub shape: Shape,
     /// Which of the model's files holds the bytes (0 unless sharded).
     pub file: usize,
-    /// Absolute byte range in that file. For a strided view this spans every byte the view
-    /// touches, from its first element to one past its last.
+    /// Absolute byte range in that file: the tensor's span. For a contiguous tensor it holds
+    /// exactly the tensor's bytes; for a strided view it spans every byte the view touches,
+    /// from its first element to one past its last, gaps included ([`TensorInfo::span_len`]).
     pub range: Range<u64>,
     /// Element strides, slowest first, when the bytes are not in contiguous row-major order
     /// (PyTorch views). `None` means contiguous.
@@ -70,7 +86,23 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Bytes of the tensor itself, in row-major order: what loading it gives and what a writer
+    /// writes for it (its dtype and shape's byte count). For a contiguous tensor this is its
+    /// span; a strided view's may be smaller (a view with gaps, `[:, ::2]`) or larger (an
+    /// expanded view with a zero stride). Saturates at `u64::MAX`, which no parser lets
+    /// through.
     pub fn byte_len(&self) -> u64 {
+        match self.strides {
+            None => self.span_len(),
+            Some(_) => self
+                .dtype
+                .byte_len(self.shape.elem_count())
+                .unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Bytes of the file the tensor's elements lie in (the length of [`TensorInfo::range`]).
+    pub fn span_len(&self) -> u64 {
         self.range.end - self.range.start
     }
 

@@ -9,6 +9,9 @@ use memmap2::Mmap;
 use super::{detect, index, safetensors, Format, Metadata, Parsed, TensorInfo};
 use crate::error::{Error, Result};
 
+/// What [`ModelFile::open`] looks for in a directory, in this order (Hugging Face's names).
+const DIRECTORY_MODELS: [&str; 2] = ["model.safetensors.index.json", "model.safetensors"];
+
 /// A model file (or a sharded set of them) opened for reading. Tensor bytes are views into the
 /// memory map: nothing is copied until a tensor is loaded.
 pub struct ModelFile {
@@ -46,12 +49,14 @@ impl ModelFile {
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile> {
         let mut path = path.as_ref().to_path_buf();
         if path.is_dir() {
-            let index = path.join("model.safetensors.index.json");
-            path = if index.is_file() {
-                index
-            } else {
-                path.join("model.safetensors")
-            };
+            path = DIRECTORY_MODELS
+                .iter()
+                .map(|name| path.join(name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| Error::NoModelInDirectory {
+                    dir: path.clone(),
+                    looked_for: DIRECTORY_MODELS.to_vec(),
+                })?;
         }
         let file = MappedFile::open(&path)?;
         let head = &file.map[..file.map.len().min(16)];
@@ -182,7 +187,9 @@ impl ModelFile {
     }
 
     /// The tensor's bytes as stored, borrowed from the memory map (zero-copy). For a strided
-    /// PyTorch view this is the span its elements lie in; see [`TensorInfo::strides`].
+    /// PyTorch view this is the span its elements lie in, gaps included; see
+    /// [`TensorInfo::strides`], and [`super::Source::of`] for the tensor's own bytes in
+    /// row-major order.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         let map = &self.files[info.file].map;
         &map[info.range.start as usize..info.range.end as usize]
@@ -193,9 +200,12 @@ impl ModelFile {
         &self.files[info.file].path
     }
 
-    /// Total bytes of tensor data.
+    /// Total bytes of tensor data: the sum of [`TensorInfo::byte_len`], the tensors' own bytes
+    /// (a strided view counts its elements, not its span), saturating at `u64::MAX`.
     pub fn data_bytes(&self) -> u64 {
-        self.tensors.iter().map(TensorInfo::byte_len).sum()
+        self.tensors
+            .iter()
+            .fold(0u64, |n, t| n.saturating_add(t.byte_len()))
     }
 }
 
@@ -222,7 +232,11 @@ fn view_fits(t: &TensorInfo) -> bool {
         .and_then(|l| l.checked_add(1))
         .and_then(|n| n.checked_mul(elem))
     {
-        Some(end) => end <= t.byte_len() && t.dtype.block_elems() == 1,
+        Some(end) => {
+            end <= t.span_len()
+                && t.dtype.block_elems() == 1
+                && t.dtype.byte_len(t.shape.elem_count()).is_some()
+        }
         None => false,
     }
 }

@@ -115,6 +115,14 @@ const DTYPE_NAMES: &[(&str, Option<DType>)] = &[
     ("quint2x4", None),
 ];
 
+/// torch's name of `dtype` (`float32`, `bool`, ...), as `torch.<name>` spells it.
+pub fn torch_name(dtype: DType) -> Option<&'static str> {
+    DTYPE_NAMES
+        .iter()
+        .find(|(_, d)| *d == Some(dtype))
+        .map(|(name, _)| *name)
+}
+
 /// The globals a state dict may name.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Global {
@@ -705,6 +713,15 @@ fn tensor_info(
         tensor: name.clone(),
         shape: t.size.clone(),
     })?;
+    // The tensor's own bytes (a view's elements, gathered) must be countable too: an expanded
+    // view (stride 0) can name far more elements than its storage holds.
+    if dtype.byte_len(shape.elem_count()).is_none() {
+        return Err(Error::ShapeOverflow {
+            path: path.to_path_buf(),
+            tensor: name,
+            shape: t.size,
+        });
+    }
     let data = locate(&t.storage)?;
     let len = data.end - data.start;
     let es = dtype.block_bytes(); // every dtype above is one element per "block"

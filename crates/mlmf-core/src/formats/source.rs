@@ -29,9 +29,9 @@ impl<'a> Source<'a> {
     }
 
     /// Bytes `pos..pos + len` of the tensor in row-major order. Contiguous sources borrow;
-    /// strided ones gather into `scratch`. `pos` and `len` are multiples of the element size,
-    /// except that `len` may stop at the end of the tensor. Panics, like slice indexing, when
-    /// the range goes past the tensor: callers take ranges from the tensor's checked length.
+    /// strided ones gather the elements the range touches into `scratch` (a range may start
+    /// or end inside an element). Panics, like slice indexing, when the range goes past the
+    /// tensor: callers take ranges from the tensor's checked length.
     pub fn chunk<'s>(&'s self, pos: usize, len: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
         match *self {
             Source::Contiguous(bytes) => &bytes[pos..pos + len],
@@ -43,7 +43,8 @@ impl<'a> Source<'a> {
             } => {
                 scratch.clear();
                 let first = pos / elem_bytes;
-                let count = len.div_ceil(elem_bytes);
+                let skip = pos % elem_bytes;
+                let count = (skip + len).div_ceil(elem_bytes);
                 for e in first..first + count {
                     // Row-major multi-index of element `e`, then its offset in the storage.
                     let mut rest = e;
@@ -55,7 +56,7 @@ impl<'a> Source<'a> {
                     let at = offset * elem_bytes;
                     scratch.extend_from_slice(&span[at..at + elem_bytes]);
                 }
-                &scratch[..len]
+                &scratch[skip..skip + len]
             }
         }
     }
@@ -78,5 +79,21 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(src.chunk(0, 6, &mut scratch), &[0, 3, 1, 4, 2, 5]);
         assert_eq!(src.chunk(2, 3, &mut scratch), &[1, 4, 2]);
+    }
+
+    #[test]
+    fn ranges_may_cut_elements() {
+        // u16 elements 0x0100, 0x0302, 0x0504 at stride 2: every other one of six.
+        let storage = [0u8, 1, 9, 9, 2, 3, 9, 9, 4, 5];
+        let src = Source::Strided {
+            span: &storage,
+            elem_bytes: 2,
+            dims: &[3],
+            strides: &[2],
+        };
+        let mut scratch = Vec::new();
+        assert_eq!(src.chunk(0, 6, &mut scratch), &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(src.chunk(1, 4, &mut scratch), &[1, 2, 3, 4]);
+        assert_eq!(src.chunk(3, 3, &mut scratch), &[3, 4, 5]);
     }
 }

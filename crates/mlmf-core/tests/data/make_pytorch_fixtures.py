@@ -273,6 +273,35 @@ def v3_checkpoint():
     return collections.OrderedDict([("f8", f8), ("u16", u16)])
 
 
+def views_checkpoint():
+    """What real state dicts hold besides plain tensors: views with gaps (a column, a column
+    slice, `[:, ::2]`, every other row), a transposed and an expanded (stride 0) view, tied
+    storages (several tensors over one storage) and 0-d tensors (BatchNorm's
+    `num_batches_tracked`, a Lightning scalar parameter, one element of a matrix). Storage "0"
+    holds a 4x12 float32 matrix w = 0..47; "4" a 2x64 one v = 100..227 and "5" the values of
+    v[:, ::2] stored contiguously, so a quantizer can be checked on the view against the copy."""
+    w = Storage(FloatStorage, "0", f32(*range(48)))
+    v = Storage(FloatStorage, "4", f32(*range(100, 228)))
+    v_copy = [100 + r * 64 + 2 * c for r in range(2) for c in range(32)]
+    h = Storage(HalfStorage, "6", f16(*[float(i) for i in range(8)]))
+    sd = collections.OrderedDict()
+    sd["w"] = tensor(w, (4, 12))
+    sd["w_every_other"] = tensor(w, (4, 6), stride=(12, 2))        # w[:, ::2]
+    sd["w_col5"] = tensor(w, (4,), offset=5, stride=(12,))         # w[:, 5]
+    sd["w_cols3_5"] = tensor(w, (4, 2), offset=3, stride=(12, 1))  # w[:, 3:5]
+    sd["w_rows_step"] = tensor(w, (2, 11), offset=1, stride=(24, 1))  # w[::2, 1:]
+    sd["w_t"] = tensor(w, (12, 4), stride=(1, 12))                 # w.t()
+    sd["w_elem"] = tensor(w, (), offset=31, stride=())             # w[2, 7]
+    sd["bn.num_batches_tracked"] = tensor(Storage(LongStorage, "1", struct.pack("<q", 1234)), ())
+    sd["temperature"] = Parameter(tensor(Storage(FloatStorage, "2", f32(0.07)), ()))
+    sd["bias_expanded"] = tensor(Storage(FloatStorage, "3", f32(1.5)), (3,), stride=(0,))
+    sd["v_every_other"] = tensor(v, (2, 32), stride=(64, 2))       # v[:, ::2]
+    sd["v_copy"] = tensor(Storage(FloatStorage, "5", f32(*v_copy)), (2, 32))
+    sd["h_every_other"] = tensor(h, (2, 2), stride=(4, 2))         # h.view(2, 4)[:, ::2]
+    sd["w_tied"] = sd["w"]
+    return sd
+
+
 def one(name, t):
     return collections.OrderedDict([(name, t)])
 
@@ -351,6 +380,7 @@ def main():
              "94114561906144", "94114561906656", "94114561907168"])),
         "pytorch_zip_nested.pt": zip_checkpoint(nested_checkpoint()),
         "pytorch_zip_v3.pt": zip_checkpoint(v3_checkpoint()),
+        "pytorch_zip_views.pt": zip_checkpoint(views_checkpoint()),
         "pytorch_bad_global.pt": forbidden_global_checkpoint(),
         "pytorch_bad_deflate.pt": zip_checkpoint(one("w", tensor(small_storage(), (4,))),
                                                  compress={"data/0": zipfile.ZIP_DEFLATED}),

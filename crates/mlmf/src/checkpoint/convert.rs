@@ -12,7 +12,8 @@
 //! `mlmf.source.*` (as `mlmf quantize` does) and back out under its own keys; other GGUF values
 //! into safetensors as JSON text. The output's format follows its name: `.gguf`, `.safetensors`,
 //! or anything else a directory of Hugging Face shards. The output carries a
-//! [`crate::provenance`] record: the input as parent, `convert`, `name_map` and `cast`.
+//! [`crate::provenance`] record (the input as parent, `convert`, `name_map` and `cast`) unless
+//! [`ConvertOptions::no_provenance`] is set.
 
 use std::path::Path;
 
@@ -48,6 +49,10 @@ pub struct ConvertOptions {
     pub max_shard_bytes: Option<u64>,
     /// Replace an existing output.
     pub force: bool,
+    /// Write no provenance record (`mlmf.provenance`); a record carried in the input's
+    /// metadata is dropped too. Without a record and without other changes, a GGUF rewritten
+    /// as GGUF is the same file byte for byte.
+    pub no_provenance: bool,
 }
 
 /// One row of [`convert_file`]'s report.
@@ -162,6 +167,7 @@ pub fn convert_file(
         gguf_keys.push(("general.architecture", Value::String(a.gguf_name().into())));
     }
     Rewrite {
+        provenance: !options.no_provenance,
         input,
         format,
         transforms: transforms(input, format, options, arch),

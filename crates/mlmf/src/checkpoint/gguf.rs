@@ -22,7 +22,7 @@
 //! Before the file is created, [`GgufWriter::write`] looks for what our reader, gguf-py or
 //! llama.cpp would refuse, and returns a typed error for it: duplicate tensor names or metadata
 //! keys, empty keys, names longer than llama.cpp reads ([`MAX_NAME_BYTES`]), dtypes without a
-//! ggml type id, shapes outside 1 to 4 dimensions or past `i64::MAX` elements, rows (`ne[0]`)
+//! ggml type id, shapes of more than 4 dimensions or past `i64::MAX` elements, rows (`ne[0]`)
 //! that split a block, a source whose byte length is not `dtype.byte_len(elements)`, arrays that
 //! mix element types or nest deeper than our reader reads, and a `general.alignment` that is not
 //! a `u32` power of two.
@@ -32,6 +32,12 @@
 //! has no element to take a type from, so it is written as an array of strings
 //! ([`EMPTY_ARRAY_TYPE`]); gguf-py's writer never writes empty arrays, but its reader, llama.cpp's
 //! and ours read them.
+//!
+//! A 0-d tensor (a scalar: BatchNorm's `num_batches_tracked`) is written as ggml writes one,
+//! with one dimension of 1 (`ne = [1]`), and its name is listed in the string array
+//! [`SCALARS_KEY`] (`mlmf.scalar_tensors`, in place of one already there, else last), from
+//! which our reader gives it its shape `[]` back. The writer owns that key: it is dropped from
+//! the metadata when no tensor is 0-d.
 //!
 //! With [`GgufWriter::provenance`], the metadata also gets a [`crate::provenance`] record, a
 //! string under `mlmf.provenance` (in place of one already there, else last), whose content
@@ -45,7 +51,9 @@ use std::path::Path;
 use super::{AtomicFile, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::formats::gguf::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
+use crate::formats::gguf::{
+    ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, SCALARS_KEY,
+};
 use crate::formats::{Metadata, Value};
 use crate::provenance::{self, ContentHasher, Provenance, TensorDigest};
 
@@ -77,12 +85,12 @@ const TYPE_F64: u32 = 12;
 /// A GGUF file to be written: metadata, then tensors in the order they were added.
 ///
 /// ```no_run
-/// use mlmf::checkpoint::GgufWriter;
+/// use mlmf::checkpoint::{GgufWriter, TensorSource};
 /// use mlmf::ModelFile;
 /// let file = ModelFile::open("in.gguf")?;
 /// let mut writer = GgufWriter::new(file.metadata().clone());
 /// for t in file.tensors() {
-///     writer.add_tensor(&t.name, t.dtype, t.shape.dims(), file.bytes(t));
+///     writer.add_tensor(&t.name, t.dtype, t.shape.dims(), TensorSource::File(&file, t));
 /// }
 /// writer.write("out.gguf")?;
 /// # Ok::<(), mlmf::Error>(())
@@ -166,18 +174,7 @@ impl<'a> GgufWriter<'a> {
     /// previous file at `path` stays as it was.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let metadata = match &self.provenance {
-            None => Cow::Borrowed(&self.metadata),
-            Some(p) => {
-                let mut m = self.metadata.clone();
-                let record = Value::String(p.placeholder_text());
-                match m.entries.iter_mut().find(|(k, _)| k == provenance::KEY) {
-                    Some(entry) => entry.1 = record,
-                    None => m.entries.push((provenance::KEY.to_string(), record)),
-                }
-                Cow::Owned(m)
-            }
-        };
+        let metadata = self.full_metadata();
         let plan = self.plan(path, &metadata)?;
         let mut file = AtomicFile::create(path)?;
         let mut out = Out {
@@ -211,6 +208,37 @@ impl<'a> GgufWriter<'a> {
             file.write_at(at, hasher.finish().hex().as_bytes())?;
         }
         file.commit()
+    }
+
+    /// The metadata as written: the caller's, with [`SCALARS_KEY`] listing the 0-d tensors
+    /// (or dropped when there are none) and the provenance placeholder.
+    fn full_metadata(&self) -> Cow<'_, Metadata> {
+        let scalars: Vec<Value> = self
+            .tensors
+            .iter()
+            .filter(|t| t.shape.is_empty())
+            .map(|t| Value::String(t.name.clone()))
+            .collect();
+        let has_key = self.metadata.get(SCALARS_KEY).is_some();
+        if scalars.is_empty() && !has_key && self.provenance.is_none() {
+            return Cow::Borrowed(&self.metadata);
+        }
+        fn set(m: &mut Metadata, key: &str, value: Value) {
+            match m.entries.iter_mut().find(|(k, _)| k == key) {
+                Some(entry) => entry.1 = value,
+                None => m.entries.push((key.to_string(), value)),
+            }
+        }
+        let mut m = self.metadata.clone();
+        if scalars.is_empty() {
+            m.entries.retain(|(k, _)| k != SCALARS_KEY);
+        } else {
+            set(&mut m, SCALARS_KEY, Value::Array(scalars));
+        }
+        if let Some(p) = &self.provenance {
+            set(&mut m, provenance::KEY, Value::String(p.placeholder_text()));
+        }
+        Cow::Owned(m)
     }
 
     /// Check everything and lay the file out, without touching the file system.
@@ -354,13 +382,18 @@ fn check_tensor(path: &Path, entry: &Entry<'_>) -> Result<(u32, Vec<u64>, u64)> 
             format: "GGUF",
         })?;
     let rank = entry.shape.len();
-    if !(1..=MAX_DIMS as usize).contains(&rank) {
+    if rank > MAX_DIMS as usize {
         return Err(bad_shape(format!(
-            "{rank} dimensions {:?}; GGUF holds 1 to {MAX_DIMS} (GGML_MAX_DIMS)",
+            "{rank} dimensions {:?}; GGUF holds at most {MAX_DIMS} (GGML_MAX_DIMS)",
             entry.shape
         )));
     }
-    let ne: Vec<u64> = entry.shape.iter().rev().map(|&d| d as u64).collect();
+    // A scalar is written as ggml writes one (`ggml_n_dims` is at least 1): ne = [1].
+    let ne: Vec<u64> = if rank == 0 {
+        vec![1]
+    } else {
+        entry.shape.iter().rev().map(|&d| d as u64).collect()
+    };
     // ggml counts elements in int64_t, as our reader and llama.cpp's check.
     let elems = ne
         .iter()

@@ -17,17 +17,15 @@ use std::path::{Path, PathBuf};
 use super::{ChunkSource, GgufWriter, SafetensorsWriter, TensorSource};
 use crate::dtype::{DType, Kind};
 use crate::error::{Error, Result};
+use crate::formats::gguf::SCALARS_KEY;
 use crate::formats::{Format, Metadata, ModelFile, TensorInfo, Value};
-use crate::provenance::{Parent, Provenance, Transform};
-use crate::Source;
+use crate::provenance::{self, Parent, Provenance, Transform};
 
 /// Where metadata from a non-GGUF input goes in a GGUF output.
 const SOURCE_PREFIX: &str = "mlmf.source.";
 /// Largest shard of a sharded output by default, in bytes of tensor data (`transformers`'
 /// `save_pretrained` default).
 const DEFAULT_SHARD_BYTES: u64 = 5_000_000_000;
-/// Bytes gathered per step from a tensor the file stores as a strided view.
-const GATHER_BYTES: usize = 8 << 20;
 
 /// How far a rewrite is, reported when the writer reaches each tensor.
 #[derive(Clone, Copy, Debug)]
@@ -61,17 +59,15 @@ pub(crate) struct Output<'a> {
 }
 
 impl<'a> Output<'a> {
-    /// `info` copied as the file stores it, under `name`.
+    /// `info` copied as the file stores it (a strided view gathered), under `name`.
     pub fn stored(name: String, file: &'a ModelFile, info: &'a TensorInfo) -> Result<Output<'a>> {
+        // Checked here so that an impossible byte count is an error before anything is written.
+        out_len(file, info, info.dtype)?;
         Ok(Output {
             name,
             dtype: info.dtype,
             shape: info.shape.dims().to_vec(),
-            source: Box::new(Stored {
-                file,
-                info,
-                len: out_len(file, info, info.dtype)?,
-            }),
+            source: Box::new(TensorSource::File(file, info)),
         })
     }
 }
@@ -81,6 +77,9 @@ pub(crate) struct Rewrite<'a> {
     pub input: &'a ModelFile,
     /// GGUF, safetensors or sharded safetensors.
     pub format: Format,
+    /// Whether the output gets a provenance record. Without one, a record carried in the
+    /// input's metadata is dropped too: it describes the input, not the output.
+    pub provenance: bool,
     /// What the output's provenance record says was done to the input.
     pub transforms: Vec<Transform>,
     /// Keys a GGUF output gets besides the carried metadata: each replaces a carried key of its
@@ -99,9 +98,13 @@ impl Rewrite<'_> {
         out: &Path,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<()> {
-        let provenance = Provenance {
-            parents: vec![Parent::of(self.input)?],
-            transforms: self.transforms.clone(),
+        let provenance = if self.provenance {
+            Some(Provenance {
+                parents: vec![Parent::of(self.input)?],
+                transforms: self.transforms.clone(),
+            })
+        } else {
+            None
         };
         let total = tensors
             .iter()
@@ -128,7 +131,9 @@ impl Rewrite<'_> {
             .collect();
         if self.format == Format::Gguf {
             let mut writer = GgufWriter::new(self.gguf_metadata());
-            writer.provenance(provenance);
+            if let Some(p) = provenance {
+                writer.provenance(p);
+            }
             for c in &counted {
                 let t = c.output;
                 writer.add_tensor(t.name.clone(), t.dtype, &t.shape, TensorSource::Chunks(c));
@@ -136,7 +141,9 @@ impl Rewrite<'_> {
             return writer.write(out);
         }
         let mut writer = SafetensorsWriter::new(self.safetensors_metadata());
-        writer.provenance(provenance);
+        if let Some(p) = provenance {
+            writer.provenance(p);
+        }
         for c in &counted {
             let t = c.output;
             writer.add_tensor(t.name.clone(), t.dtype, &t.shape, TensorSource::Chunks(c));
@@ -152,6 +159,9 @@ impl Rewrite<'_> {
         let input = self.input;
         let mut carried = Metadata::default();
         for (k, v) in input.metadata().iter() {
+            if !self.provenance && k == provenance::KEY {
+                continue;
+            }
             if input.format() == Format::Gguf {
                 carried.entries.push((k.to_string(), v.clone()));
             } else if let Value::String(s) = v {
@@ -175,6 +185,8 @@ impl Rewrite<'_> {
         self.input
             .metadata()
             .iter()
+            // Safetensors holds 0-d tensors as they are: GGUF's list of them has no use there.
+            .filter(|(k, _)| *k != SCALARS_KEY && (self.provenance || *k != provenance::KEY))
             .map(|(k, v)| {
                 let key = k.strip_prefix(SOURCE_PREFIX).unwrap_or(k).to_string();
                 let text = match v {
@@ -202,40 +214,6 @@ impl ChunkSource for Counted<'_, '_> {
     fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         (self.progress.borrow_mut())(self.at);
         self.output.source.for_each_chunk(f)
-    }
-}
-
-/// A tensor's stored bytes: borrowed from the memory map, or gathered in row-major order a step
-/// at a time where the file stores a strided view (PyTorch).
-struct Stored<'a> {
-    file: &'a ModelFile,
-    info: &'a TensorInfo,
-    len: u64,
-}
-
-impl ChunkSource for Stored<'_> {
-    fn byte_len(&self) -> u64 {
-        self.len
-    }
-
-    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        match Source::of(self.file, self.info) {
-            Source::Contiguous(bytes) => f(bytes),
-            src => {
-                // Strided views come from PyTorch only, whose dtypes are whole bytes.
-                let elem = self.info.dtype.block_bytes().max(1) as usize;
-                let step = (GATHER_BYTES / elem).max(1) * elem;
-                let len = self.len as usize;
-                let mut scratch = Vec::new();
-                let mut pos = 0;
-                while pos < len {
-                    let n = step.min(len - pos);
-                    f(src.chunk(pos, n, &mut scratch))?;
-                    pos += n;
-                }
-                Ok(())
-            }
-        }
     }
 }
 

@@ -33,12 +33,12 @@ pub const INDEX_NAME: &str = "model.safetensors.index.json";
 /// A safetensors file to be written: metadata, then tensors in the order they were added.
 ///
 /// ```no_run
-/// use mlmf::checkpoint::SafetensorsWriter;
+/// use mlmf::checkpoint::{SafetensorsWriter, TensorSource};
 /// use mlmf::ModelFile;
 /// let file = ModelFile::open("in.safetensors")?;
 /// let mut writer = SafetensorsWriter::new(Default::default());
 /// for t in file.tensors() {
-///     writer.add_tensor(&t.name, t.dtype, t.shape.dims(), file.bytes(t));
+///     writer.add_tensor(&t.name, t.dtype, t.shape.dims(), TensorSource::File(&file, t));
 /// }
 /// writer.write("out.safetensors")?;
 /// # Ok::<(), mlmf::Error>(())

@@ -3,13 +3,22 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::Tensor;
+use crate::formats::{ModelFile, TensorInfo};
+use crate::{Source, Tensor};
+
+/// Bytes gathered per step from a tensor the file stores as a strided view.
+const GATHER_BYTES: usize = 8 << 20;
 
 /// Where a tensor's bytes come from. Each is read once, in order, while the file is written.
 #[derive(Clone, Copy)]
 pub enum TensorSource<'a> {
-    /// Bytes in memory, e.g. a zero-copy [`crate::ModelFile::bytes`] view into a memory map.
+    /// Bytes in memory, exactly the tensor's. (For a tensor of a [`ModelFile`], prefer
+    /// [`TensorSource::File`]: [`ModelFile::bytes`] of a strided view is its span, gaps
+    /// included, not its bytes.)
     Bytes(&'a [u8]),
+    /// A tensor of a [`ModelFile`]: borrowed from the memory map, or gathered into row-major
+    /// order a step at a time where the file stores a strided view (PyTorch).
+    File(&'a ModelFile, &'a TensorInfo),
     /// A tensor on a device; GPU tensors are read back chunk by chunk
     /// ([`Tensor::for_each_chunk`]).
     Tensor(&'a Tensor),
@@ -31,6 +40,7 @@ impl TensorSource<'_> {
     pub fn byte_len(&self) -> u64 {
         match self {
             TensorSource::Bytes(b) => b.len() as u64,
+            TensorSource::File(_, info) => info.byte_len(),
             TensorSource::Tensor(t) => t.byte_len(),
             TensorSource::Chunks(c) => c.byte_len(),
         }
@@ -76,8 +86,40 @@ impl ChunkSource for TensorSource<'_> {
     fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         match self {
             TensorSource::Bytes(b) => f(b),
+            TensorSource::File(file, info) => stream_file(file, info, f),
             TensorSource::Tensor(t) => t.for_each_chunk(|_, chunk| f(chunk)),
             TensorSource::Chunks(c) => c.for_each_chunk(f),
+        }
+    }
+}
+
+/// `info`'s bytes in row-major order: the span itself when contiguous, else the view's
+/// elements gathered [`GATHER_BYTES`] at a time.
+fn stream_file(
+    file: &ModelFile,
+    info: &TensorInfo,
+    f: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    match Source::of(file, info) {
+        Source::Contiguous(bytes) => f(bytes),
+        src => {
+            // Strided views come from PyTorch only, whose dtypes are whole bytes, and
+            // `ModelFile::open` checked that the view fits its span and its byte count fits.
+            let elem = info.dtype.block_bytes().max(1) as usize;
+            let step = (GATHER_BYTES / elem).max(1) * elem;
+            let len = usize::try_from(info.byte_len()).map_err(|_| Error::ShapeOverflow {
+                path: file.path().to_path_buf(),
+                tensor: info.name.clone(),
+                shape: info.shape.dims().iter().map(|&d| d as u64).collect(),
+            })?;
+            let mut scratch = Vec::new();
+            let mut pos = 0;
+            while pos < len {
+                let n = step.min(len - pos);
+                f(src.chunk(pos, n, &mut scratch))?;
+                pos += n;
+            }
+            Ok(())
         }
     }
 }

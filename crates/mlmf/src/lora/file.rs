@@ -107,6 +107,7 @@ pub fn merge_file(
         outputs.push(output);
     }
     Rewrite {
+        provenance: true,
         input: base,
         format,
         transforms,
