@@ -140,7 +140,8 @@ fn dump_and_quantize_mxfp4_and_ternary_types_as_gguf_py() {
         let source = dir.path().join("source.f32");
         std::fs::write(&source, want).unwrap();
         let expected = dir.path().join("expected.bin");
-        let script = common::workspace_dir().join("crates/mlmf-core/tests/data/quantize_gguf_py.py");
+        let script =
+            common::workspace_dir().join("crates/mlmf-core/tests/data/quantize_gguf_py.py");
         let ran = Command::new(common::python())
             .arg(&script)
             .arg(&source)
@@ -149,7 +150,10 @@ fn dump_and_quantize_mxfp4_and_ternary_types_as_gguf_py() {
             .status()
             .unwrap();
         assert!(ran.success(), "{}", script.display());
-        assert!(q.bytes(t) == std::fs::read(&expected).unwrap(), "{ty} quantize");
+        assert!(
+            q.bytes(t) == std::fs::read(&expected).unwrap(),
+            "{ty} quantize"
+        );
     }
 }
 

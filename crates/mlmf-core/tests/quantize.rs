@@ -519,7 +519,10 @@ fn gguf_py_quantize(dtype: DType, data: &[f32], row_len: usize) -> Vec<u8> {
     let (input, output) = (dir.path().join("in.f32"), dir.path().join("out.bin"));
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&input, bytes).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/quantize_gguf_py.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/quantize_gguf_py.py"
+    );
     let status = std::process::Command::new(common::python())
         .arg(script)
         .arg(&input)
@@ -541,9 +544,16 @@ fn gguf_py_quantize(dtype: DType, data: &[f32], row_len: usize) -> Vec<u8> {
 /// `quant/mxfp4.rs` and `quant/ternary.rs`).
 fn gguf_py_inputs() -> Vec<f32> {
     let mut data = Vec::new();
-    for (i, scale) in [-100, -40, -10, -3, 0, 1, 4, 10, 17, 40, 100].iter().enumerate() {
+    for (i, scale) in [-100, -40, -10, -3, 0, 1, 4, 10, 17, 40, 100]
+        .iter()
+        .enumerate()
+    {
         let s = 2f32.powi(*scale);
-        data.extend(common::random_f32(4 * 256, 11 + i as u64).iter().map(|v| v * s));
+        data.extend(
+            common::random_f32(4 * 256, 11 + i as u64)
+                .iter()
+                .map(|v| v * s),
+        );
     }
     let below = |p: f32| f32::from_bits(p.to_bits() - 1);
     let mut edge: Vec<[f32; 32]> = vec![[0.0; 32], [-0.0; 32], [1.0; 32], [-3.25; 32]];
@@ -564,7 +574,12 @@ fn gguf_py_inputs() -> Vec<f32> {
         b[5] = below(p);
         edge.push(b);
     }
-    for amax in [2f32.powi(-125), 1.5 * 2f32.powi(-124), 2f32.powi(-123), f32::MAX] {
+    for amax in [
+        2f32.powi(-125),
+        1.5 * 2f32.powi(-124),
+        2f32.powi(-123),
+        f32::MAX,
+    ] {
         let b: [f32; 32] = std::array::from_fn(|j| amax * ((j % 9) as f32 / 4.0 - 1.0));
         edge.push(b);
     }

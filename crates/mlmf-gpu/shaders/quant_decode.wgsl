@@ -8,7 +8,8 @@
 // layouts are ggml-common.h's; element order and arithmetic are ggml's dequantize_row_*
 // (ggml-quants.c) in float32: scales from f16 first (exactly, subnormals included), products
 // grouped as written there. Every product is exact in f32 (an f16 significand has 11 bits, a
-// quant at most 7, a K-quant sub-block scale at most 6 more), so the only rounding is the one
+// quant at most 7, a K-quant sub-block scale at most 6 more; MXFP4's values are built from bits,
+// see mxfp4_value), so the only rounding is the one
 // add or subtract of a min in Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, and a compiler that contracts it
 // with the product into a fused multiply-add gets the same bits. The CPU twins, and the table of
 // types these mirror, are in src/ops/quant_decode.rs.
@@ -281,7 +282,7 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
 // ---- groups of 32 elements ----------------------------------------------------------------------
 //
 // `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
-// legacy blocks, 0..8 for a K-quant super-block) and hands them to `emit4(i, x)`, four
+// blocks of 32, 0..8 for a super-block of 256) and hands them to `emit4(i, x)`, four
 // consecutive elements i .. i + 3 at a time (i a multiple of 4), in no particular order. Each
 // family that includes this file defines `emit4`: dequant stores x, qmatmul multiplies it into
 // its sums, embedding never calls these. Same values, same arithmetic as decode_<type>, component by

@@ -1,10 +1,11 @@
 //! Dequantization of GGML block types to f32, straight from the block bytes as GGUF stores them.
 //!
 //! One public op, [`to_f32`], for every block type with a group decoder (the `group` rows of
-//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL in blocks of 32 elements,
-//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS in super-blocks of 256), and [`to_f16_or_f32`], which
-//! writes f16 where the device can (the family's `Variant::F16`, on GPUs with shader-f16) and
-//! falls back to f32 where it cannot. F16 and BF16 are [`convert`](super::convert)'s.
+//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4 in blocks of 32
+//! elements, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, TQ1_0, TQ2_0 in super-blocks of 256), and
+//! [`to_f16_or_f32`], which writes f16 where the device can (the family's `Variant::F16`, on GPUs
+//! with shader-f16) and falls back to f32 where it cannot. F16 and BF16 are
+//! [`convert`](super::convert)'s.
 //!
 //! GPU: `shaders/dequant.wgsl`, one entry point specialised per type, one invocation per 32
 //! elements. CPU twin: the type's twin in `quant_decode`. GPU, twin and gguf-py agree bit for

@@ -11,7 +11,8 @@
 //! GPU and twin agree bit for bit, and both agree bit for bit with gguf-py's decoding of the
 //! fixtures in `shared/fixtures/quant` and of real model files. That holds on any compiler: every
 //! product in these decoders is exact in f32 (an f16 scale's 11-bit significand times small
-//! integers stays within 24 bits), so the only rounding is a single add or subtract per element,
+//! integers stays within 24 bits; MXFP4's power-of-two scale times at most 12 is exact or
+//! overflows to infinity), so the only rounding is a single add or subtract per element,
 //! and contracting it with a product into a fused multiply-add cannot change the result.
 
 use crate::device::kernels::PipelineKey;
