@@ -135,7 +135,20 @@ pub(crate) mod testing {
             DType::Q2_K => &[80, 82],
             DType::Q3_K => &[108],
             DType::Q6_K => &[208],
+            DType::TQ1_0 => &[52],
+            DType::TQ2_0 => &[64],
+            DType::MXFP4 => &[],
             _ => &[0],
+        }
+    }
+
+    /// Byte offsets of the E8M0 scale fields in a block of `dtype` (ggml-common.h). Every byte
+    /// is a finite scale (ggml has no NaN E8M0), though above 252 some values overflow to
+    /// infinity.
+    pub(crate) fn e8m0_fields(dtype: DType) -> &'static [usize] {
+        match dtype {
+            DType::MXFP4 => &[0],
+            _ => &[],
         }
     }
 
@@ -163,13 +176,17 @@ pub(crate) mod testing {
         bytes
     }
 
-    /// Like [`random_blocks`] with every f16 scale below 2 in magnitude, so every decoded value
-    /// lies well inside f16's range.
+    /// Like [`random_blocks`] with every f16 scale below 2 in magnitude and every E8M0 scale
+    /// in 2^-16 .. 2^12, so every decoded value lies well inside f16's range (and sums of
+    /// products inside f32's).
     pub(crate) fn moderate_blocks(dtype: DType, blocks: usize, seed: u64) -> Vec<u8> {
         let mut bytes = random_blocks(dtype, blocks, seed);
         for block in bytes.chunks_exact_mut(dtype.block_bytes() as usize) {
             for &at in f16_fields(dtype) {
                 block[at + 1] &= !0x40;
+            }
+            for &at in e8m0_fields(dtype) {
+                block[at] = 112 + block[at] % 29;
             }
         }
         bytes
@@ -329,14 +346,19 @@ mod tests {
             .collect()
     }
 
-    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL or IQ4_XS
-    /// tensor: tests/dequant_files.rs checks those against gguf-py with
-    /// tests/data/iq4_gguf_py.gguf, and the tests here check their twins against the GPU.
+    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL, IQ4_XS,
+    /// MXFP4, TQ1_0 or TQ2_0 tensor: tests/dequant_files.rs checks the IQ4 types against gguf-py
+    /// with tests/data/iq4_gguf_py.gguf, tests/block_types.rs the others, and the tests here
+    /// check their twins against the GPU.
     fn oracle_types() -> impl Iterator<Item = DType> {
         let mut all = types(32);
         all.extend(types(256));
-        all.into_iter()
-            .filter(|d| !matches!(d, DType::IQ4_NL | DType::IQ4_XS))
+        all.into_iter().filter(|d| {
+            !matches!(
+                d,
+                DType::IQ4_NL | DType::IQ4_XS | DType::MXFP4 | DType::TQ1_0 | DType::TQ2_0
+            )
+        })
     }
 
     #[test]
