@@ -9,7 +9,7 @@
 // (ggml-quants.c) in float32: scales from f16 first (exactly, subnormals included), products
 // grouped as written there. Every product is exact in f32 (an f16 significand has 11 bits, a
 // quant at most 7, a K-quant sub-block scale at most 6 more; MXFP4's values are built from bits,
-// see mxfp4_value), so the only rounding is the one
+// see mxfp4_4), so the only rounding is the one
 // add or subtract of a min in Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, and a compiler that contracts it
 // with the product into a fused multiply-add gets the same bits. The CPU twins, and the table of
 // types these mirror, are in src/ops/quant_decode.rs.
@@ -565,16 +565,21 @@ fn group_iq4_xs(b: u32, g: u32) {
 
 // ---- microscaling and ternary types: MXFP4 (blocks of 32), TQ1_0 and TQ2_0 (256) ---------------
 
-// The E2M1 values of MXFP4, doubled (kvalues_mxfp4 in ggml-common.h).
-const KVALUES_MXFP4 = array<i32, 16>(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+// The doubled E2M1 values of four MXFP4 codes (kvalues_mxfp4 in ggml-common.h: 0, 1, 2, 3, 4, 6,
+// 8, 12, then the same negated), computed rather than looked up (lavapipe copies a constant
+// array indexed at run time into each invocation's memory): the low three bits m give m for
+// m < 4, else (2 + m % 2) << (m / 2 - 1); bit 3 is the sign, and code 8 is +0 as in ggml.
+fn mxfp4_k4(q: vec4<u32>) -> vec4<i32> {
+    let m = q & vec4<u32>(7u);
+    let big = (vec4<u32>(2u) + (m & vec4<u32>(1u))) << ((m >> vec4<u32>(1u)) - vec4<u32>(1u));
+    let mag = vec4<i32>(select(m, big, m >= vec4<u32>(4u)));
+    return select(mag, -mag, (q & vec4<u32>(8u)) != vec4<u32>(0u));
+}
 
-// MXFP4 value q at E8M0 scale e: kvalues_mxfp4[q] * GGML_E8M0_TO_FP32_HALF(e), that is
-// k * 2^(e - 128). Built from bits rather than multiplied: e = 0 and 1 give subnormal scales and
-// results, which a GPU may flush to zero in arithmetic (lavapipe does), and the bits are exact:
-// |k| has at most two significant bits, so a subnormal result loses none. Overflow (e >= 253
-// with |k| >= 8) is infinity, as the f32 product is.
-fn mxfp4_value(q: u32, e: u32) -> f32 {
-    let k = KVALUES_MXFP4[q];
+// k * 2^(e - 128) built from its bits, for a nonzero |k| <= 12: exact, since |k| has at most
+// two significant bits, so a subnormal result loses none; above f32's range it is infinity,
+// as the product is.
+fn mxfp4_bits(k: i32, e: u32) -> f32 {
     if k == 0 {
         return 0.0;
     }
@@ -590,27 +595,39 @@ fn mxfp4_value(q: u32, e: u32) -> f32 {
     return bitcast<f32>(sign | (((m & 0x7fffffu) | 0x800000u) >> u32(1 - exp)));
 }
 
+// Four MXFP4 values at E8M0 scale e: kvalues_mxfp4[q] * GGML_E8M0_TO_FP32_HALF(e), that is
+// k * 2^(e - 128). For e in 2..=252 the scale is a normal float and the product is exact and
+// finite. e = 0 and 1 give subnormal scales (and results), which a GPU may flush to zero in
+// arithmetic (lavapipe does), and e >= 253 may overflow, which WGSL leaves to the
+// implementation: those rare blocks are built from bits.
 fn mxfp4_4(q: vec4<u32>, e: u32) -> vec4<f32> {
-    return vec4<f32>(mxfp4_value(q.x, e), mxfp4_value(q.y, e), mxfp4_value(q.z, e), mxfp4_value(q.w, e));
+    let k = mxfp4_k4(q);
+    if e >= 2u && e <= 252u {
+        return vec4<f32>(k) * bitcast<f32>((e - 1u) << 23u);
+    }
+    return vec4<f32>(mxfp4_bits(k.x, e), mxfp4_bits(k.y, e), mxfp4_bits(k.z, e), mxfp4_bits(k.w, e));
 }
 
 // MXFP4: e (E8M0), qs[16] as Q4_0's (element j < 16 the low nibble of qs[j], j >= 16 the high
 // nibble of qs[j - 16]). 17-byte blocks start at any byte. x = kvalues[q] * 2^(e - 128).
 fn decode_mxfp4(b: u32, j: u32) -> f32 {
-    return mxfp4_value(nibble(b + 1u, j), src_byte(b));
+    return mxfp4_4(vec4<u32>(nibble(b + 1u, j)), src_byte(b)).x;
+}
+
+// 3^n for n in 0..5 (no run-time indexed constant array; see mxfp4_k4).
+fn pow3(n: u32) -> u32 {
+    return select(select(select(select(1u, 3u, n == 1u), 9u, n == 2u), 27u, n == 3u), 81u, n == 4u);
 }
 
 // Trit n (0..4) of a TQ1_0 byte q, as -1, 0 or 1: the byte holds five base-3 digits as a
 // fixed-point fraction; (q * 3^n mod 256) * 3 >> 8 is digit n (dequantize_row_tq1_0).
 fn trit(q: u32, n: u32) -> i32 {
-    let p = (q * TQ1_POW3[n]) & 255u;
+    let p = (q * pow3(n)) & 255u;
     return i32((p * 3u) >> 8u) - 1;
 }
 
-const TQ1_POW3 = array<u32, 5>(1u, 3u, 9u, 27u, 81u);
-
 fn trits4(q: vec4<u32>, n: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<i32>(((((q * TQ1_POW3[n]) & vec4<u32>(255u)) * 3u) >> vec4<u32>(8u))) - 1);
+    return vec4<f32>(vec4<i32>(((((q * pow3(n)) & vec4<u32>(255u)) * 3u) >> vec4<u32>(8u))) - 1);
 }
 
 // TQ1_0: qs[48] (five trits a byte), qh[4] (four trits a byte), d (f16 at byte 52).

@@ -437,6 +437,23 @@ mod tests {
     }
 
     #[test]
+    fn every_mxfp4_code_and_e8m0_scale() {
+        // Each of the 16 codes, low and high nibble, under each of the 256 E8M0 scales: the
+        // subnormal scales (0, 1) and the products that overflow (253..=255) included.
+        let gpu = Device::gpu().unwrap();
+        let mut bytes = Vec::new();
+        for e in 0..=255u8 {
+            bytes.push(e);
+            bytes.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        }
+        let want = twin(DType::MXFP4, &bytes);
+        assert!(want.iter().any(|v| v.is_infinite()));
+        assert!(want.iter().any(|v| v.is_subnormal()));
+        let got = decode(&gpu, DType::MXFP4, vec![256, 32], bytes);
+        assert_same("MXFP4 patterns", &got, &want);
+    }
+
+    #[test]
     fn f16_output_is_the_f32_decoding_rounded() {
         let gpu = Device::gpu().unwrap();
         // lavapipe has shader-f16, so this suite runs the f16 kernels; elsewhere the fallback.
