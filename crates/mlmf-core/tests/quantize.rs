@@ -583,7 +583,7 @@ fn gguf_py_inputs() -> Vec<f32> {
         let b: [f32; 32] = std::array::from_fn(|j| amax * ((j % 9) as f32 / 4.0 - 1.0));
         edge.push(b);
     }
-    while edge.len() % 8 != 0 {
+    while !edge.len().is_multiple_of(8) {
         edge.push([0.125; 32]);
     }
     data.extend(edge.iter().flatten());

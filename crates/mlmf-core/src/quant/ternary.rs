@@ -43,7 +43,7 @@ fn levels(x: &[f32; QK_K]) -> (f32, [u8; QK_K]) {
 /// The base-3 number of `digits` (most significant first), as the byte `ceil(n * 256 / 243)`.
 fn pack_trits(digits: impl Iterator<Item = u8>) -> u8 {
     let n = digits.fold(0u16, |n, t| n * 3 + u16::from(t));
-    ((n * 256 + (243 - 1)) / 243) as u8
+    (n * 256).div_ceil(243) as u8
 }
 
 pub(super) fn quantize_block_tq1_0(x: &[f32; QK_K]) -> [u8; TQ1_0_BYTES] {
