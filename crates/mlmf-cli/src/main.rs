@@ -61,7 +61,8 @@ enum Command {
     Quantize {
         input: PathBuf,
         output: PathBuf,
-        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, F16, BF16.
+        /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4,
+        /// TQ1_0, TQ2_0, F16, BF16.
         #[arg(long = "type")]
         dtype: String,
         /// Leave tensors whose names match this regular expression as they are (repeatable).

@@ -90,6 +90,73 @@ fn dump_matches_gguf_py_for_every_oracle_type() {
     }
 }
 
+/// MXFP4, TQ1_0 and TQ2_0 in a GGUF file gguf-py writes (`mlmf-gpu/tests/data/block_types.py`):
+/// `mlmf dump` of each, on each device, equals gguf-py's decoding; `mlmf quantize --type` to each
+/// writes the bytes gguf-py's quantizer writes for the file's F32 tensors.
+#[test]
+fn dump_and_quantize_mxfp4_and_ternary_types_as_gguf_py() {
+    let dir = tempfile::tempdir().unwrap();
+    for ty in ["MXFP4", "TQ1_0", "TQ2_0"] {
+        let file = dir.path().join(format!("{ty}.gguf"));
+        let script = common::workspace_dir().join("crates/mlmf-gpu/tests/data/block_types.py");
+        let made = Command::new(common::python())
+            .arg(&script)
+            .arg(&file)
+            .arg(ty)
+            .status()
+            .unwrap();
+        assert!(made.success(), "{}", script.display());
+        let model = mlmf::ModelFile::open(&file).unwrap();
+        let name = format!("{ty}.quantized");
+        let want = model.bytes(model.tensor(&format!("{name}.dequant")).unwrap());
+        for device in ["gpu", "cpu"] {
+            let out = dir.path().join(format!("{ty}.{device}.f32"));
+            mlmf(&[
+                "dump",
+                file.to_str().unwrap(),
+                &name,
+                "--device",
+                device,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+            assert!(std::fs::read(&out).unwrap() == want, "{ty} on {device}");
+        }
+
+        // Quantize the F32 tensors (`*.dequant`), keeping the block tensors.
+        let out = dir.path().join(format!("{ty}.requantized.gguf"));
+        mlmf(&[
+            "quantize",
+            file.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--keep",
+            r"\.(random|narrow|quantized)$",
+        ]);
+        let q = mlmf::ModelFile::open(&out).unwrap();
+        let t = q.tensor(&format!("{name}.dequant")).unwrap();
+        assert_eq!(t.dtype.name(), ty);
+        let source = dir.path().join("source.f32");
+        std::fs::write(&source, want).unwrap();
+        let expected = dir.path().join("expected.bin");
+        let script =
+            common::workspace_dir().join("crates/mlmf-core/tests/data/quantize_gguf_py.py");
+        let ran = Command::new(common::python())
+            .arg(&script)
+            .arg(&source)
+            .args([ty, "4096"])
+            .arg(&expected)
+            .status()
+            .unwrap();
+        assert!(ran.success(), "{}", script.display());
+        assert!(
+            q.bytes(t) == std::fs::read(&expected).unwrap(),
+            "{ty} quantize"
+        );
+    }
+}
+
 #[test]
 fn dump_of_an_f32_tensor_is_its_bytes() {
     let path = common::model(common::MINILM);

@@ -4,6 +4,8 @@
 //!   of our quantization, decoded by the test-only decoder below, no worse than the reference's
 //!   per row and overall. The decoder is first checked bit for bit against `<type>.dequant`.
 //! - IQ4_NL, IQ4_XS (no fixture): one super-block against libgguf 0.2.2's bytes.
+//! - MXFP4, TQ1_0, TQ2_0 (no fixture): bytes identical to gguf-py 0.19.0's, run on random rows at
+//!   many scales and on edge blocks (`tests/data/quantize_gguf_py.py`).
 //! - Edge cases: all-zero and constant blocks, extreme values, NaN/inf, bad row lengths.
 
 #[path = "../../../tests/common/mod.rs"]
@@ -32,8 +34,9 @@ const TYPES: [DType; 12] = [
     DType::Q6_K,
 ];
 
-/// Every type `quant::quantize` writes: the fixture types plus IQ4_NL and IQ4_XS.
-const ALL_TYPES: [DType; 14] = [
+/// Every type `quant::quantize` writes: the fixture types plus IQ4_NL, IQ4_XS, MXFP4, TQ1_0 and
+/// TQ2_0.
+const ALL_TYPES: [DType; 17] = [
     DType::F16,
     DType::BF16,
     DType::Q4_0,
@@ -48,7 +51,16 @@ const ALL_TYPES: [DType; 14] = [
     DType::Q6_K,
     DType::IQ4_NL,
     DType::IQ4_XS,
+    DType::MXFP4,
+    DType::TQ1_0,
+    DType::TQ2_0,
 ];
+
+/// The types whose reference is gguf-py's quantizer run by the test itself.
+const GGUF_PY_TYPES: [DType; 3] = [DType::MXFP4, DType::TQ1_0, DType::TQ2_0];
+
+/// ggml `kvalues_mxfp4`: the E2M1 values, doubled.
+const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// ggml `kvalues_iq4nl`.
 const KVALUES_IQ4NL: [i8; 16] = [
@@ -222,6 +234,38 @@ fn decode_block(dtype: DType, b: &[u8], out: &mut [f32]) {
                 let byte = b[8 + 16 * ib + e % 16];
                 let q = if e % 32 < 16 { byte & 0x0f } else { byte >> 4 };
                 *y = (d * ls as f32) * f32::from(KVALUES_IQ4NL[usize::from(q)]);
+            }
+        }
+        DType::MXFP4 => {
+            // ggml_e8m0_to_fp32_half: 2^(e - 128).
+            let d = if b[0] < 2 {
+                f32::from_bits(0x0020_0000 << b[0])
+            } else {
+                f32::from_bits(u32::from(b[0] - 1) << 23)
+            };
+            for (e, y) in out.iter_mut().enumerate() {
+                let byte = b[1 + e % 16];
+                let q = if e < 16 { byte & 0x0f } else { byte >> 4 };
+                *y = f32::from(KVALUES_MXFP4[usize::from(q)]) * d;
+            }
+        }
+        DType::TQ1_0 => {
+            let d = f16_at(b, 52);
+            for (e, y) in out.iter_mut().enumerate() {
+                let (byte, digit) = match e {
+                    0..160 => (b[e % 32], e / 32),
+                    160..240 => (b[32 + (e - 160) % 16], (e - 160) / 16),
+                    _ => (b[48 + (e - 240) % 4], (e - 240) / 4),
+                };
+                let q = byte.wrapping_mul(3u8.pow(digit as u32));
+                *y = (((u16::from(q) * 3) >> 8) as i32 - 1) as f32 * d;
+            }
+        }
+        DType::TQ2_0 => {
+            let d = f16_at(b, 64);
+            for (e, y) in out.iter_mut().enumerate() {
+                let q = (b[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+                *y = (i32::from(q) - 1) as f32 * d;
             }
         }
         other => panic!("no test decoder for {other}"),
@@ -450,9 +494,12 @@ fn iq4_bytes_match_libgguf() {
 
 /// Constant rows (positive, negative, small, large) decode within 1% of the constant. (Below
 /// about 0.06 the K-quants' f16 super-block scales turn subnormal and the resolution is absolute.)
+/// Not MXFP4: its levels are 0, 0.5, 1, 1.5, 2, 3, 4, 6 times a power of two, so a constant
+/// such as 3.25 is 8% from the nearest; TQ1_0 and TQ2_0 hold constants exactly (level 1 times
+/// `d = |c|`).
 #[test]
 fn constant_blocks() {
-    for dtype in ALL_TYPES {
+    for dtype in ALL_TYPES.into_iter().filter(|&d| d != DType::MXFP4) {
         for c in [1.0f32, -3.25, 0.5, 1000.0, -0.125] {
             let row = vec![c; 256];
             let decoded = decode(dtype, &quant::quantize(dtype, &row, 256).unwrap());
@@ -463,6 +510,109 @@ fn constant_blocks() {
                 );
             }
         }
+    }
+}
+
+/// `tests/data/quantize_gguf_py.py`'s bytes for `data` (rows of `row_len`) as `dtype`.
+fn gguf_py_quantize(dtype: DType, data: &[f32], row_len: usize) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.f32"), dir.path().join("out.bin"));
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/quantize_gguf_py.py"
+    );
+    let status = std::process::Command::new(common::python())
+        .arg(script)
+        .arg(&input)
+        .arg(dtype.name())
+        .arg(row_len.to_string())
+        .arg(&output)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script} {dtype}");
+    std::fs::read(&output).unwrap()
+}
+
+/// Rows of 256 for the gguf-py comparison: random values at scales from 2^-100 to 2^100 (TQ's
+/// f16 scale overflows to infinity above 65504, as gguf-py's does), then edge blocks of 32: zero,
+/// constant, exact ties between levels, a maximum just below a power of two (where float32
+/// `log2` rounds up to the exponent), the smallest MXFP4 scales (e8m0 0 and 1) and the largest
+/// magnitudes. Left out: blocks whose largest magnitude is below 2^-125 (MXFP4) or 2^-128 (TQ),
+/// where gguf-py casts a negative or infinite float to an integer (undefined; see
+/// `quant/mxfp4.rs` and `quant/ternary.rs`).
+fn gguf_py_inputs() -> Vec<f32> {
+    let mut data = Vec::new();
+    for (i, scale) in [-100, -40, -10, -3, 0, 1, 4, 10, 17, 40, 100]
+        .iter()
+        .enumerate()
+    {
+        let s = 2f32.powi(*scale);
+        data.extend(
+            common::random_f32(4 * 256, 11 + i as u64)
+                .iter()
+                .map(|v| v * s),
+        );
+    }
+    let below = |p: f32| f32::from_bits(p.to_bits() - 1);
+    let mut edge: Vec<[f32; 32]> = vec![[0.0; 32], [-0.0; 32], [1.0; 32], [-3.25; 32]];
+    // Ties: with amax 6 (MXFP4 d = 0.5, TQ d = 6) every midpoint of MXFP4's levels, and +-3
+    // (TQ's x * id = +-0.5).
+    let mut ties = [0.0f32; 32];
+    for (j, t) in ties.iter_mut().enumerate() {
+        let levels = [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+        let k = j % 7;
+        let mid = (levels[k] + levels[k + 1]) / 2.0;
+        *t = if j % 2 == 0 { mid } else { -mid };
+    }
+    ties[0] = 6.0;
+    ties[31] = -3.0;
+    edge.push(ties);
+    for p in [1.0f32, 8.0, 2f32.powi(20), 2f32.powi(-60), 2f32.powi(100)] {
+        let mut b: [f32; 32] = std::array::from_fn(|j| p * (j as f32 / 40.0 - 0.4));
+        b[5] = below(p);
+        edge.push(b);
+    }
+    for amax in [
+        2f32.powi(-125),
+        1.5 * 2f32.powi(-124),
+        2f32.powi(-123),
+        f32::MAX,
+    ] {
+        let b: [f32; 32] = std::array::from_fn(|j| amax * ((j % 9) as f32 / 4.0 - 1.0));
+        edge.push(b);
+    }
+    while !edge.len().is_multiple_of(8) {
+        edge.push([0.125; 32]);
+    }
+    data.extend(edge.iter().flatten());
+    data
+}
+
+#[test]
+fn mxfp4_and_ternary_bytes_match_gguf_py() {
+    let data = gguf_py_inputs();
+    for dtype in GGUF_PY_TYPES {
+        let ours = quant::quantize(dtype, &data, 256).unwrap();
+        let want = gguf_py_quantize(dtype, &data, 256);
+        let row_bytes = dtype.byte_len(256).unwrap() as usize;
+        assert!(
+            ours == want,
+            "{dtype}: {}",
+            first_difference(&ours, &want, row_bytes, dtype.block_bytes() as usize)
+        );
+        // MXFP4's zero blocks decode to zeros (TQ's super-blocks of 256 span several edge
+        // blocks, this one with a scale that overflows f16).
+        let decoded = decode(dtype, &ours);
+        let edge = 11 * 4 * 256;
+        if dtype == DType::MXFP4 {
+            assert!(decoded[edge..edge + 64].iter().all(|&v| v == 0.0));
+        }
+        eprintln!("{dtype}: RMSE {} on the unit-scale rows", {
+            let unit = 4 * 4 * 256..5 * 4 * 256;
+            rmse(&decoded[unit.clone()], &data[unit])
+        });
     }
 }
 

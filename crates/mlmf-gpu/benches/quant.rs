@@ -20,7 +20,7 @@ use mlmf_gpu::Device;
 /// Elements per benchmark tensor: 2^22 (16 MiB of f32 output).
 const ELEMENTS: usize = 1 << 22;
 
-const TYPES: [DType; 12] = [
+const TYPES: [DType; 15] = [
     DType::F16,
     DType::BF16,
     DType::Q4_0,
@@ -33,15 +33,26 @@ const TYPES: [DType; 12] = [
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::MXFP4,
+    DType::TQ1_0,
+    DType::TQ2_0,
 ];
 
-/// Real quantized blocks: the fixture's `<type>.quant` (8 rows of 1024) repeated.
+/// Real quantized blocks: the fixture's `<type>.quant` (8 rows of 1024) repeated. The fixture
+/// lacks MXFP4, TQ1_0 and TQ2_0: for those, its Q8_0 input (the same 8 rows of 1024 values)
+/// quantized by `mlmf_core::quant` (byte-identical to gguf-py's quantizer, tests/quantize.rs).
 fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
-    let info = expected
-        .tensor(&format!("{}.quant", dtype.name()))
-        .expect("fixture tensor");
-    let one = expected.bytes(info);
     let copies = ELEMENTS / (8 * 1024);
+    if let Ok(info) = expected.tensor(&format!("{}.quant", dtype.name())) {
+        return expected.bytes(info).repeat(copies);
+    }
+    let input = expected.tensor("Q8_0.input").expect("fixture tensor");
+    let values: Vec<f32> = expected
+        .bytes(input)
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let one = mlmf_core::quant::quantize(dtype, &values, 1024).expect("quantize");
     one.repeat(copies)
 }
 

@@ -1,5 +1,6 @@
-// Dequantize GGML block types (the GROUPED rows of src/ops/quant_decode.rs: Q4_0 .. IQ4_NL in
-// blocks of 32 elements, Q2_K .. IQ4_XS in super-blocks of 256) to f32, straight from the block
+// Dequantize GGML block types (the GROUPED rows of src/ops/quant_decode.rs: Q4_0 .. IQ4_NL and
+// MXFP4 in blocks of 32 elements, Q2_K .. IQ4_XS, TQ1_0 and TQ2_0 in super-blocks of 256) to
+// f32, straight from the block
 // bytes as the GGUF file stores them: the input is the raw byte stream read as u32 words, and
 // each field (an f16 scale at byte 0 of an 18-byte Q4_0 block, a u32 of high bits at byte 2 of a
 // 22-byte Q5_0 block) is read at its byte offset. Each invocation decodes one group of 32

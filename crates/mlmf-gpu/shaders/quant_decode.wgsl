@@ -8,7 +8,8 @@
 // layouts are ggml-common.h's; element order and arithmetic are ggml's dequantize_row_*
 // (ggml-quants.c) in float32: scales from f16 first (exactly, subnormals included), products
 // grouped as written there. Every product is exact in f32 (an f16 significand has 11 bits, a
-// quant at most 7, a K-quant sub-block scale at most 6 more), so the only rounding is the one
+// quant at most 7, a K-quant sub-block scale at most 6 more; MXFP4's values are built from bits,
+// see mxfp4_4), so the only rounding is the one
 // add or subtract of a min in Q4_1, Q5_1, Q2_K, Q4_K and Q5_K, and a compiler that contracts it
 // with the product into a fused multiply-add gets the same bits. The CPU twins, and the table of
 // types these mirror, are in src/ops/quant_decode.rs.
@@ -35,6 +36,9 @@ const T_Q4_K: u32 = 11u;
 const T_Q5_K: u32 = 12u;
 const T_Q6_K: u32 = 13u;
 const T_IQ4_XS: u32 = 14u;
+const T_MXFP4: u32 = 15u;
+const T_TQ1_0: u32 = 16u;
+const T_TQ2_0: u32 = 17u;
 
 // Element j of the block of type TYPE at byte b of `src`.
 fn decode(b: u32, j: u32) -> f32 {
@@ -54,6 +58,9 @@ fn decode(b: u32, j: u32) -> f32 {
         case T_Q5_K: { return decode_q5_k(b, j); }
         case T_Q6_K: { return decode_q6_k(b, j); }
         case T_IQ4_XS: { return decode_iq4_xs(b, j); }
+        case T_MXFP4: { return decode_mxfp4(b, j); }
+        case T_TQ1_0: { return decode_tq1_0(b, j); }
+        case T_TQ2_0: { return decode_tq2_0(b, j); }
         default: { return 0.0; }
     }
 }
@@ -74,6 +81,9 @@ fn decode_group(b: u32, g: u32) {
         case T_Q5_K: { group_q5_k(b, g); }
         case T_Q6_K: { group_q6_k(b, g); }
         case T_IQ4_XS: { group_iq4_xs(b, g); }
+        case T_MXFP4: { group_mxfp4(b, g); }
+        case T_TQ1_0: { group_tq1_0(b, g); }
+        case T_TQ2_0: { group_tq2_0(b, g); }
         default: {}
     }
 }
@@ -272,7 +282,7 @@ fn decode_iq4_xs(b: u32, j: u32) -> f32 {
 // ---- groups of 32 elements ----------------------------------------------------------------------
 //
 // `group_<type>(b, g)` decodes elements 32 * g .. 32 * g + 31 of the block at byte b (g is 0 for
-// legacy blocks, 0..8 for a K-quant super-block) and hands them to `emit4(i, x)`, four
+// blocks of 32, 0..8 for a super-block of 256) and hands them to `emit4(i, x)`, four
 // consecutive elements i .. i + 3 at a time (i a multiple of 4), in no particular order. Each
 // family that includes this file defines `emit4`: dequant stores x, qmatmul multiplies it into
 // its sums, embedding never calls these. Same values, same arithmetic as decode_<type>, component by
@@ -550,5 +560,169 @@ fn group_iq4_xs(b: u32, g: u32) {
         let q = bytes4(src[qw + k]);
         emit4(4u * k, dl * iq4nl4(q & vec4<u32>(15u)));
         emit4(16u + 4u * k, dl * iq4nl4(q >> vec4<u32>(4u)));
+    }
+}
+
+// ---- microscaling and ternary types: MXFP4 (blocks of 32), TQ1_0 and TQ2_0 (256) ---------------
+
+// The doubled E2M1 values of four MXFP4 codes (kvalues_mxfp4 in ggml-common.h: 0, 1, 2, 3, 4, 6,
+// 8, 12, then the same negated), computed rather than looked up (lavapipe copies a constant
+// array indexed at run time into each invocation's memory): the low three bits m give m for
+// m < 4, else (2 + m % 2) << (m / 2 - 1); bit 3 is the sign, and code 8 is +0 as in ggml.
+fn mxfp4_k4(q: vec4<u32>) -> vec4<i32> {
+    let m = q & vec4<u32>(7u);
+    let big = (vec4<u32>(2u) + (m & vec4<u32>(1u))) << ((m >> vec4<u32>(1u)) - vec4<u32>(1u));
+    let mag = vec4<i32>(select(m, big, m >= vec4<u32>(4u)));
+    return select(mag, -mag, (q & vec4<u32>(8u)) != vec4<u32>(0u));
+}
+
+// k * 2^(e - 128) built from its bits, for a nonzero |k| <= 12: exact, since |k| has at most
+// two significant bits, so a subnormal result loses none; above f32's range it is infinity,
+// as the product is.
+fn mxfp4_bits(k: i32, e: u32) -> f32 {
+    if k == 0 {
+        return 0.0;
+    }
+    let m = bitcast<u32>(f32(abs(k)));
+    let sign = select(0u, 0x80000000u, k < 0);
+    let exp = i32(m >> 23u) + i32(e) - 128;
+    if exp >= 255 {
+        return bitcast<f32>(sign | 0x7f800000u);
+    }
+    if exp >= 1 {
+        return bitcast<f32>(sign | (u32(exp) << 23u) | (m & 0x7fffffu));
+    }
+    return bitcast<f32>(sign | (((m & 0x7fffffu) | 0x800000u) >> u32(1 - exp)));
+}
+
+// Four MXFP4 values at E8M0 scale e: kvalues_mxfp4[q] * GGML_E8M0_TO_FP32_HALF(e), that is
+// k * 2^(e - 128). For e in 2..=252 the scale is a normal float and the product is exact and
+// finite. e = 0 and 1 give subnormal scales (and results), which a GPU may flush to zero in
+// arithmetic (lavapipe does), and e >= 253 may overflow, which WGSL leaves to the
+// implementation: those rare blocks are built from bits.
+fn mxfp4_4(q: vec4<u32>, e: u32) -> vec4<f32> {
+    let k = mxfp4_k4(q);
+    if e >= 2u && e <= 252u {
+        return vec4<f32>(k) * bitcast<f32>((e - 1u) << 23u);
+    }
+    return vec4<f32>(mxfp4_bits(k.x, e), mxfp4_bits(k.y, e), mxfp4_bits(k.z, e), mxfp4_bits(k.w, e));
+}
+
+// MXFP4: e (E8M0), qs[16] as Q4_0's (element j < 16 the low nibble of qs[j], j >= 16 the high
+// nibble of qs[j - 16]). 17-byte blocks start at any byte. x = kvalues[q] * 2^(e - 128).
+fn decode_mxfp4(b: u32, j: u32) -> f32 {
+    return mxfp4_4(vec4<u32>(nibble(b + 1u, j)), src_byte(b)).x;
+}
+
+// 3^n for n in 0..5 (no run-time indexed constant array; see mxfp4_k4).
+fn pow3(n: u32) -> u32 {
+    return select(select(select(select(1u, 3u, n == 1u), 9u, n == 2u), 27u, n == 3u), 81u, n == 4u);
+}
+
+// Trit n (0..4) of a TQ1_0 byte q, as -1, 0 or 1: the byte holds five base-3 digits as a
+// fixed-point fraction; (q * 3^n mod 256) * 3 >> 8 is digit n (dequantize_row_tq1_0).
+fn trit(q: u32, n: u32) -> i32 {
+    let p = (q * pow3(n)) & 255u;
+    return i32((p * 3u) >> 8u) - 1;
+}
+
+fn trits4(q: vec4<u32>, n: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(((((q * pow3(n)) & vec4<u32>(255u)) * 3u) >> vec4<u32>(8u))) - 1);
+}
+
+// TQ1_0: qs[48] (five trits a byte), qh[4] (four trits a byte), d (f16 at byte 52).
+// Element j < 160: digit j / 32 of qs[j % 32]; j < 240: digit (j - 160) / 16 of
+// qs[32 + j % 16]; else digit (j - 240) / 4 of qh[j % 4]. x = (t - 1) * d.
+fn decode_tq1_0(b: u32, j: u32) -> f32 {
+    let d = src_f16(b + 52u);
+    var byte: u32;
+    var n: u32;
+    if j < 160u {
+        byte = src_byte(b + j % 32u);
+        n = j / 32u;
+    } else if j < 240u {
+        byte = src_byte(b + 32u + j % 16u);
+        n = (j - 160u) / 16u;
+    } else {
+        byte = src_byte(b + 48u + j % 4u);
+        n = (j - 240u) / 4u;
+    }
+    return f32(trit(byte, n)) * d;
+}
+
+// TQ2_0: qs[64] (four 2-bit values a byte), d (f16 at byte 64). Element j: bits
+// 2 * ((j % 128) / 32) of qs[32 * (j / 128) + j % 32]. x = (q - 1) * d.
+fn decode_tq2_0(b: u32, j: u32) -> f32 {
+    let d = src_f16(b + 64u);
+    let q = (src_byte(b + 32u * (j / 128u) + j % 32u) >> (2u * ((j % 128u) / 32u))) & 3u;
+    return f32(i32(q) - 1) * d;
+}
+
+// An MXFP4 block is one group. Its quant bytes start at b + 1, at any alignment: each quant
+// word is read across two words of `src`.
+fn group_mxfp4(b: u32, g: u32) {
+    let e = src_byte(b);
+    let qi = b + 1u;
+    let w = qi >> 2u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = bytes4(u32_across(lo, hi, qi));
+        lo = hi;
+        emit4(4u * k, mxfp4_4(q & vec4<u32>(15u), e));
+        emit4(16u + 4u * k, mxfp4_4(q >> vec4<u32>(4u), e));
+    }
+}
+
+// Groups 0..4 of a TQ1_0 block are digit g of qs[0..32]; groups 5 and 6 digits 2(g - 5) and
+// 2(g - 5) + 1 of qs[32..48]; group 7 digit 4 of qs[32..48], then the 16 trits of qh.
+fn group_tq1_0(b: u32, g: u32) {
+    let d = src_f16(b + 52u);
+    let un = (b & 2u) != 0u;
+    if g < 5u {
+        let w = b >> 2u;
+        var lo = src[w];
+        for (var k = 0u; k < 8u; k++) {
+            let hi = src[w + k + 1u];
+            let q = bytes4(even_word(lo, hi, un));
+            lo = hi;
+            emit4(4u * k, trits4(q, g) * d);
+        }
+        return;
+    }
+    let n = 2u * (g - 5u);
+    let w = (b + 32u) >> 2u;
+    var lo = src[w];
+    for (var k = 0u; k < 4u; k++) {
+        let hi = src[w + k + 1u];
+        let q = bytes4(even_word(lo, hi, un));
+        lo = hi;
+        emit4(4u * k, trits4(q, n) * d);
+        if g < 7u {
+            emit4(16u + 4u * k, trits4(q, n + 1u) * d);
+        }
+    }
+    if g == 7u {
+        // lo is now the word at byte b + 48 (qh) when b is 4-aligned, its low half otherwise.
+        let qh = bytes4(even_word(lo, src[w + 5u], un));
+        for (var m = 0u; m < 4u; m++) {
+            emit4(16u + 4u * m, trits4(qh, m) * d);
+        }
+    }
+}
+
+// Group g of a TQ2_0 block: bits 2 * (g % 4) of qs[32 * (g / 4) .. + 32].
+fn group_tq2_0(b: u32, g: u32) {
+    let d = src_f16(b + 64u);
+    let qi = b + 32u * (g / 4u);
+    let w = qi >> 2u;
+    let un = (qi & 2u) != 0u;
+    let shift = 2u * (g % 4u);
+    var lo = src[w];
+    for (var k = 0u; k < 8u; k++) {
+        let hi = src[w + k + 1u];
+        let q = (bytes4(even_word(lo, hi, un)) >> vec4<u32>(shift)) & vec4<u32>(3u);
+        lo = hi;
+        emit4(4u * k, vec4<f32>(vec4<i32>(q) - 1) * d);
     }
 }

@@ -64,6 +64,9 @@ fn file_type(dtype: DType) -> Option<u32> {
         DType::IQ4_NL => 25,
         DType::IQ4_XS => 30,
         DType::BF16 => 32,
+        DType::TQ1_0 => 36,
+        DType::TQ2_0 => 37,
+        // MXFP4 has only MXFP4_MOE (38), a mix (experts MXFP4, the rest Q8_0): no uniform type.
         _ => return None,
     })
 }

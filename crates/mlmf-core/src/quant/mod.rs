@@ -8,6 +8,7 @@
 //! | Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 | gguf-py 0.19.0 `quantize_blocks` (same bytes as ggml's `quantize_row_*_ref` on ordinary data) |
 //! | Q2_K, Q3_K, Q4_K, Q5_K, Q6_K | ggml `ggml-quants.c` `quantize_row_*_ref` (no importance matrix) |
 //! | IQ4_NL, IQ4_XS | ggml `quantize_iq4_nl` / `quantize_iq4_xs` (`ggml_quantize_chunk`'s path, no importance matrix) |
+//! | MXFP4, TQ1_0, TQ2_0 | gguf-py 0.19.0 `quantize_blocks` (ggml's `quantize_row_*_ref` in numpy; see `mxfp4` and `ternary` for the inputs where gguf-py's casts are undefined) |
 //!
 //! Input checks: `row_len` must be a positive multiple of the block size and `data` a whole
 //! number of rows. F16 and BF16 convert NaN and infinity as gguf-py does (NaN stays a quiet NaN,
@@ -21,6 +22,8 @@ mod float;
 mod iq4;
 mod k_quants;
 mod legacy;
+mod mxfp4;
+mod ternary;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -43,6 +46,9 @@ pub fn supports(dtype: DType) -> bool {
             | DType::Q6_K
             | DType::IQ4_NL
             | DType::IQ4_XS
+            | DType::MXFP4
+            | DType::TQ1_0
+            | DType::TQ2_0
     )
 }
 
@@ -100,6 +106,9 @@ pub fn quantize(dtype: DType, data: &[f32], row_len: usize) -> Result<Vec<u8>> {
             DType::Q6_K => each_block(row, &mut out, k_quants::quantize_block_q6_k),
             DType::IQ4_NL => each_block(row, &mut out, iq4::quantize_block_iq4_nl),
             DType::IQ4_XS => each_block(row, &mut out, iq4::quantize_block_iq4_xs),
+            DType::MXFP4 => each_block(row, &mut out, mxfp4::quantize_block_mxfp4),
+            DType::TQ1_0 => each_block(row, &mut out, ternary::quantize_block_tq1_0),
+            DType::TQ2_0 => each_block(row, &mut out, ternary::quantize_block_tq2_0),
             _ => return Err(Error::UnsupportedQuant { dtype }),
         }
     }
@@ -147,7 +156,7 @@ mod tests {
     #[test]
     fn supported_types_are_block_types_or_halves() {
         let supported: Vec<DType> = DType::all().filter(|&d| supports(d)).collect();
-        assert_eq!(supported.len(), 14);
+        assert_eq!(supported.len(), 17);
         for dtype in supported {
             let row = vec![0.5f32; 256];
             let bytes = quantize(dtype, &row, 256).unwrap();
@@ -166,7 +175,7 @@ mod tests {
             DType::Q8_1,
             DType::IQ2_XXS,
             DType::I8,
-            DType::MXFP4,
+            DType::Q8_K,
         ] {
             assert!(matches!(
                 quantize(dtype, &[0.0; 256], 256),

@@ -1,10 +1,11 @@
 //! Dequantization of GGML block types to f32, straight from the block bytes as GGUF stores them.
 //!
 //! One public op, [`to_f32`], for every block type with a group decoder (the `group` rows of
-//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL in blocks of 32 elements,
-//! Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS in super-blocks of 256), and [`to_f16_or_f32`], which
-//! writes f16 where the device can (the family's `Variant::F16`, on GPUs with shader-f16) and
-//! falls back to f32 where it cannot. F16 and BF16 are [`convert`](super::convert)'s.
+//! `quant_decode::DECODERS`: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4 in blocks of 32
+//! elements, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS, TQ1_0, TQ2_0 in super-blocks of 256), and
+//! [`to_f16_or_f32`], which writes f16 where the device can (the family's `Variant::F16`, on GPUs
+//! with shader-f16) and falls back to f32 where it cannot. F16 and BF16 are
+//! [`convert`](super::convert)'s.
 //!
 //! GPU: `shaders/dequant.wgsl`, one entry point specialised per type, one invocation per 32
 //! elements. CPU twin: the type's twin in `quant_decode`. GPU, twin and gguf-py agree bit for
@@ -134,7 +135,20 @@ pub(crate) mod testing {
             DType::Q2_K => &[80, 82],
             DType::Q3_K => &[108],
             DType::Q6_K => &[208],
+            DType::TQ1_0 => &[52],
+            DType::TQ2_0 => &[64],
+            DType::MXFP4 => &[],
             _ => &[0],
+        }
+    }
+
+    /// Byte offsets of the E8M0 scale fields in a block of `dtype` (ggml-common.h). Every byte
+    /// is a finite scale (ggml has no NaN E8M0), though above 252 some values overflow to
+    /// infinity.
+    pub(crate) fn e8m0_fields(dtype: DType) -> &'static [usize] {
+        match dtype {
+            DType::MXFP4 => &[0],
+            _ => &[],
         }
     }
 
@@ -162,13 +176,17 @@ pub(crate) mod testing {
         bytes
     }
 
-    /// Like [`random_blocks`] with every f16 scale below 2 in magnitude, so every decoded value
-    /// lies well inside f16's range.
+    /// Like [`random_blocks`] with every f16 scale below 2 in magnitude and every E8M0 scale
+    /// in 2^-16 .. 2^12, so every decoded value lies well inside f16's range (and sums of
+    /// products inside f32's).
     pub(crate) fn moderate_blocks(dtype: DType, blocks: usize, seed: u64) -> Vec<u8> {
         let mut bytes = random_blocks(dtype, blocks, seed);
         for block in bytes.chunks_exact_mut(dtype.block_bytes() as usize) {
             for &at in f16_fields(dtype) {
                 block[at + 1] &= !0x40;
+            }
+            for &at in e8m0_fields(dtype) {
+                block[at] = 112 + block[at] % 29;
             }
         }
         bytes
@@ -328,14 +346,19 @@ mod tests {
             .collect()
     }
 
-    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL or IQ4_XS
-    /// tensor: tests/dequant_files.rs checks those against gguf-py with
-    /// tests/data/iq4_gguf_py.gguf, and the tests here check their twins against the GPU.
+    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL, IQ4_XS,
+    /// MXFP4, TQ1_0 or TQ2_0 tensor: tests/dequant_files.rs checks the IQ4 types against gguf-py
+    /// with tests/data/iq4_gguf_py.gguf, tests/block_types.rs the others, and the tests here
+    /// check their twins against the GPU.
     fn oracle_types() -> impl Iterator<Item = DType> {
         let mut all = types(32);
         all.extend(types(256));
-        all.into_iter()
-            .filter(|d| !matches!(d, DType::IQ4_NL | DType::IQ4_XS))
+        all.into_iter().filter(|d| {
+            !matches!(
+                d,
+                DType::IQ4_NL | DType::IQ4_XS | DType::MXFP4 | DType::TQ1_0 | DType::TQ2_0
+            )
+        })
     }
 
     #[test]
@@ -411,6 +434,23 @@ mod tests {
         let want = twin(DType::Q8_0, &bytes);
         let got = decode(&gpu, DType::Q8_0, vec![64, 32], bytes);
         assert_same("Q8_0 patterns", &got, &want);
+    }
+
+    #[test]
+    fn every_mxfp4_code_and_e8m0_scale() {
+        // Each of the 16 codes, low and high nibble, under each of the 256 E8M0 scales: the
+        // subnormal scales (0, 1) and the products that overflow (253..=255) included.
+        let gpu = Device::gpu().unwrap();
+        let mut bytes = Vec::new();
+        for e in 0..=255u8 {
+            bytes.push(e);
+            bytes.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
+        }
+        let want = twin(DType::MXFP4, &bytes);
+        assert!(want.iter().any(|v| v.is_infinite()));
+        assert!(want.iter().any(|v| v.is_subnormal()));
+        let got = decode(&gpu, DType::MXFP4, vec![256, 32], bytes);
+        assert_same("MXFP4 patterns", &got, &want);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! GPU and twin agree bit for bit, and both agree bit for bit with gguf-py's decoding of the
 //! fixtures in `shared/fixtures/quant` and of real model files. That holds on any compiler: every
 //! product in these decoders is exact in f32 (an f16 scale's 11-bit significand times small
-//! integers stays within 24 bits), so the only rounding is a single add or subtract per element,
+//! integers stays within 24 bits; MXFP4's power-of-two scale times at most 12 is exact or
+//! overflows to infinity), so the only rounding is a single add or subtract per element,
 //! and contracting it with a product into a fused multiply-add cannot change the result.
 
 use crate::device::kernels::PipelineKey;
@@ -47,6 +48,9 @@ pub(crate) const DECODERS: &[Decoder] = &[
     Decoder { dtype: DType::Q5_K, code: 12, group: true, twin: q5_k },
     Decoder { dtype: DType::Q6_K, code: 13, group: true, twin: q6_k },
     Decoder { dtype: DType::IQ4_XS, code: 14, group: true, twin: iq4_xs },
+    Decoder { dtype: DType::MXFP4, code: 15, group: true, twin: mxfp4 },
+    Decoder { dtype: DType::TQ1_0, code: 16, group: true, twin: tq1_0 },
+    Decoder { dtype: DType::TQ2_0, code: 17, group: true, twin: tq2_0 },
 ];
 
 /// The row of `dtype`, if the families decode it.
@@ -371,6 +375,79 @@ fn iq4_xs(x: &[u8], y: &mut [f32]) {
             for j in 0..16 {
                 y[j] = dl * f32::from(KVALUES_IQ4NL[usize::from(q[j] & 0x0f)]);
                 y[j + 16] = dl * f32::from(KVALUES_IQ4NL[usize::from(q[j] >> 4)]);
+            }
+        }
+    }
+}
+
+// ---- microscaling and ternary types -------------------------------------------------------------
+
+/// `kvalues_mxfp4` (ggml-common.h): the E2M1 values, doubled.
+const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// ggml's `GGML_E8M0_TO_FP32_HALF` (ggml-impl.h): half the E8M0 scale, `2^(e - 128)`, with
+/// `e = 0` and `1` the subnormals `2^-128` and `2^-127`, and no NaN (255 is `2^127`). Halved
+/// because the E2M1 values are stored doubled.
+fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// MXFP4: e (E8M0), qs[16] indexing the doubled E2M1 values. y = kvalues[q] * d with
+/// d = 2^(e - 128). The product is exact (a power of two times at most 12) except where it
+/// overflows to infinity (e >= 253 with |kvalue| >= 8).
+fn mxfp4(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::MXFP4, x, y) {
+        let d = e8m0_half(b[0]);
+        for j in 0..QK / 2 {
+            y[j] = f32::from(KVALUES_MXFP4[usize::from(b[1 + j] & 0x0f)]) * d;
+            y[j + QK / 2] = f32::from(KVALUES_MXFP4[usize::from(b[1 + j] >> 4)]) * d;
+        }
+    }
+}
+
+/// Trit `n` (0..5) of a TQ1_0 byte holding five base-3 digits as a fixed-point fraction:
+/// `(q * 3^n mod 256) * 3 >> 8`, minus 1 (dequantize_row_tq1_0).
+fn trit(q: u8, n: usize) -> f32 {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let q = q.wrapping_mul(POW3[n]);
+    (i32::from((u16::from(q) * 3) >> 8) - 1) as f32
+}
+
+/// TQ1_0: qs[48] (five trits a byte), qh[4] (four trits a byte), d (f16). y = (t - 1) * d.
+/// Element order: digit-major over qs[0..32] (160), then over qs[32..48] (80), then over qh (16).
+fn tq1_0(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::TQ1_0, x, y) {
+        let (qs, qh) = (&b[0..48], &b[48..52]);
+        let d = f16(b, 52);
+        let mut out = 0;
+        for (bytes, digits) in [(&qs[0..32], 5), (&qs[32..48], 5), (qh, 4)] {
+            for n in 0..digits {
+                for &q in bytes {
+                    y[out] = trit(q, n) * d;
+                    out += 1;
+                }
+            }
+        }
+    }
+}
+
+/// TQ2_0: qs[64] (four 2-bit values a byte), d (f16). y = (q - 1) * d, q in 0..3. Element
+/// 128 * h + 32 * l + m is bits 2l of qs[32h + m].
+fn tq2_0(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::TQ2_0, x, y) {
+        let d = f16(b, 64);
+        let mut out = 0;
+        for half in b[0..64].chunks_exact(32) {
+            for l in 0..4 {
+                for &q in half {
+                    y[out] = (i32::from((q >> (2 * l)) & 3) - 1) as f32 * d;
+                    out += 1;
+                }
             }
         }
     }
