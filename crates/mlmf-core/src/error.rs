@@ -160,6 +160,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// Rebuilding the object a pickle describes would cost more memory than the pickle's size
+    /// allows: shared references (pickle's memo) let a few bytes stand for a large object.
+    #[error("{path}: pickle at offset {offset}: {what} would take more than {limit} bytes of memory, the limit for a pickle of {pickle_bytes} bytes ({per_byte} per byte plus {floor})")]
+    PickleBudget {
+        path: PathBuf,
+        offset: u64,
+        /// What was being built when the limit was reached.
+        what: &'static str,
+        limit: u64,
+        pickle_bytes: u64,
+        per_byte: u64,
+        floor: u64,
+    },
+
     #[error("{path}: zip archive: {reason} (offset {offset})")]
     BadZip {
         path: PathBuf,
