@@ -91,6 +91,7 @@ impl Budget {
         Ok(())
     }
 
+    #[cfg(test)]
     pub fn spent(&self) -> u64 {
         self.spent
     }
