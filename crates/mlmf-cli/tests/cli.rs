@@ -608,3 +608,101 @@ fn cli_merge_writes_the_merged_model() {
         );
     }
 }
+
+/// A FIFO (`mkfifo`), or a character device with /dev/full's numbers (1, 7) made by `mknod` in
+/// the test's own directory; false where this process may not make it.
+fn make_node(path: &std::path::Path, kind: &str) -> bool {
+    let mut cmd = Command::new(if kind == "fifo" { "mkfifo" } else { "mknod" });
+    cmd.arg(path);
+    if kind != "fifo" {
+        cmd.args(["c", "1", "7"]);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+fn is_node(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::symlink_metadata(path).unwrap().file_type();
+    t.is_fifo() || t.is_char_device()
+}
+
+/// `dump -o NODE` and `convert ... NODE --force` (one file, and sharded, which moves the old
+/// output aside) over a FIFO or a device node: refused with a message, the node left as it was.
+/// As root, `dump -o /dev/full` used to rename its temporary file over the device.
+#[test]
+fn outputs_that_are_device_nodes_or_fifos_are_refused() {
+    let model = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let mut kinds = vec!["fifo"];
+    if make_node(&dir.path().join("probe"), "char") {
+        kinds.push("char");
+    } else {
+        println!("mknod of a character device is not permitted here; testing a FIFO only");
+    }
+    for kind in kinds {
+        let node = dir.path().join(format!("{kind}-node"));
+        assert!(make_node(&node, kind));
+        let node_arg = node.to_str().unwrap();
+        let runs: [&[&str]; 3] = [
+            &[
+                "dump",
+                model.to_str().unwrap(),
+                "embeddings.LayerNorm.weight",
+                "--device",
+                "cpu",
+                "-o",
+                node_arg,
+            ],
+            &["convert", model.to_str().unwrap(), node_arg, "--force"],
+            &[
+                "convert",
+                model.to_str().unwrap(),
+                node_arg,
+                "--force",
+                "--max-shard-size",
+                "20000000",
+            ],
+        ];
+        for args in runs {
+            let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains("not a regular file"), "{args:?}: {err}");
+            assert!(is_node(&node), "{args:?} replaced the {kind} node");
+        }
+    }
+}
+
+/// `inspect` and `verify` of a FIFO return at once with an error, not wait for a writer.
+#[test]
+fn inspect_and_verify_refuse_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.safetensors");
+    assert!(make_node(&fifo, "fifo"));
+    for command in ["inspect", "verify"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .arg(command)
+            .arg(&fifo)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("mlmf {command} waited 20 s on a FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("FIFO"),
+            "{err}"
+        );
+    }
+}

@@ -16,6 +16,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A path that must be a regular file is something else: a FIFO (reading it would wait for
+    /// a writer forever), a device node or socket (a rename over it would replace the node), or
+    /// a directory where a file is read.
+    #[error("{path} is a {kind}, not a regular file; mlmf reads and replaces only regular files")]
+    NotAFile { path: PathBuf, kind: &'static str },
+
     #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
 
