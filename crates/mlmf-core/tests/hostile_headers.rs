@@ -130,7 +130,7 @@ fn shared_tensors_do_not_multiply_storage_keys() {
 /// About 9 KB whose pickle makes 8000 throwaway objects (raising the old cap of four visits per
 /// object) and then a list of 300 references to a list of 100 references to one tensor: 30,000
 /// tensors from a few hundred bytes of memo reuse, in both layouts. The memory budget (128 bytes
-/// per pickle byte plus 4 MiB) stops the flattening and names itself, the file and the offset.
+/// per pickle byte plus 1 MiB) stops the flattening and names itself, the file and the offset.
 #[test]
 fn memo_reuse_is_bounded_by_the_pickle_budget() {
     for name in [
@@ -153,7 +153,7 @@ fn memo_reuse_is_bounded_by_the_pickle_budget() {
         };
         assert_eq!(at, &path);
         assert_eq!(*what, "the tensors", "{err}");
-        assert_eq!((*per_byte, *floor), (128, 4 << 20));
+        assert_eq!((*per_byte, *floor), (128, 1 << 20));
         assert_eq!(*limit, pickle_bytes * per_byte + floor);
         // The pickle is most of the file; the budget is far below the 30,000 tensors' leaves.
         let file_len = std::fs::metadata(&path).unwrap().len();

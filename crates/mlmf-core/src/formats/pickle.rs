@@ -42,9 +42,8 @@ const MAX_LINE: usize = 1024;
 /// (`budget_of_real_checkpoints` in `pytorch.rs`).
 pub(crate) const BUDGET_PER_BYTE: u64 = 128;
 /// The budget every pickle gets whatever its length: a real state dict of a few tensors spends
-/// some 20 KB. At 4 MiB, the narrower caps of `pytorch.rs` (visits, flattened bytes) keep
-/// reporting what they were written for (`tests/hostile_headers.rs`).
-pub(crate) const BUDGET_FLOOR: u64 = 4 << 20;
+/// some 20 KB.
+pub(crate) const BUDGET_FLOOR: u64 = 1 << 20;
 
 /// What is left of the memory a pickle may cost (see [`BUDGET_PER_BYTE`]).
 #[derive(Clone, Debug)]

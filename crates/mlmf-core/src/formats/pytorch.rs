@@ -55,8 +55,7 @@ const LEAF_COST: usize = std::mem::size_of::<(String, Leaf)>()
     + std::mem::size_of::<(String, usize)>();
 /// Per dimension: sizes and strides in the leaf, then the shape and strides of the tensor.
 const DIM_COST: usize = 4 * std::mem::size_of::<u64>();
-/// A visit of an object: charged so that the walk's time is bounded by the budget too, whatever
-/// its names cost (an empty key adds no name bytes).
+/// A visit of an object: charged so that the walk's time is bounded by the budget too.
 const VISIT_COST: usize = 16;
 
 /// What a storage class holds.
@@ -821,12 +820,10 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                 ));
             }
             self.charge(name.len(), p.offset(id))?;
-            self.budget.charge(
-                VISIT_COST + name.len(),
-                "the flattened names",
-                self.path,
-                p.offset(id),
-            )?;
+            // The name built for this visit is transient (the cap above counts it); a leaf's
+            // name, which is kept, is charged with the leaf.
+            self.budget
+                .charge(VISIT_COST, "the walk", self.path, p.offset(id))?;
             let join = |key: &str| {
                 if name.is_empty() {
                     key.to_string()
@@ -853,7 +850,7 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                             let dims = t.size.len() + t.stride.len();
                             self.charge(8 * dims + t.storage.key.len(), p.offset(id))?;
                             let cost = LEAF_COST
-                                + 2 * name.len()
+                                + name.len()
                                 + t.storage.key.len()
                                 + DIM_COST * t.size.len();
                             self.budget
