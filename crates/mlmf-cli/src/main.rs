@@ -615,6 +615,8 @@ fn finish(bar: &ProgressBar) {
     bar.finish();
 }
 
+// One argument per option of the command line, as clap parsed them, and the output.
+#[allow(clippy::too_many_arguments)]
 fn convert(
     input: &Path,
     output: &Path,
