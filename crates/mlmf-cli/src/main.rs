@@ -3,6 +3,7 @@
 mod bench;
 mod memory;
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -18,9 +19,30 @@ enum CliError {
     Usage(String),
     #[error(transparent)]
     Mlmf(#[from] Error),
+    /// Writing to standard output failed (a full disk, `/dev/full`). A closed pipe is not
+    /// reported: `main` ends quietly then.
+    #[error("writing to standard output: {0}")]
+    Output(#[source] io::Error),
 }
 
 type Result<T, E = CliError> = std::result::Result<T, E>;
+
+/// `writeln!` to the command's output (standard output, buffered, handed to every command by
+/// `main`): the one path the CLI's results take. A failed write ends the command with
+/// [`CliError::Output`].
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, $($arg)*).map_err(CliError::Output)?
+    };
+}
+
+/// A message for the person at the terminal, on standard error. A failed write is ignored: the
+/// message cannot be reported anywhere else, and `eprintln!` would panic.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -206,38 +228,56 @@ enum DeviceArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Inspect { file, json } => inspect(&file, json),
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let result = run(cli.command, &mut out);
+    // Whatever the command left in the buffer is written now, also before an error's message.
+    let flushed = out.flush().map_err(CliError::Output);
+    match result.and(flushed) {
+        Ok(()) => ExitCode::SUCCESS,
+        // As ripgrep does (crates/core/main.rs): a closed pipe is a reader such as `head`
+        // saying it has read enough, so quit quietly with success, as a C program that
+        // SIGPIPE kills would (Rust ignores SIGPIPE, so the write returns EPIPE instead).
+        Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            note!("mlmf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, out: &mut dyn Write) -> Result<()> {
+    match command {
+        Command::Inspect { file, json } => inspect(&file, json, out),
         Command::Dump {
             file,
             tensor,
             device,
             output,
         } => dump(&file, &tensor, device, &output),
-        Command::Devices { json } => devices(json),
-        Command::BenchLoad { file, json } => bench_load(&file, json),
-        Command::Verify { file } => verify(&file),
-        Command::Lineage { file, depth } => lineage(&file, depth),
+        Command::Devices { json } => devices(json, out),
+        Command::BenchLoad { file, json } => bench_load(&file, json, out),
+        Command::Verify { file } => verify(&file, out),
+        Command::Lineage { file, depth } => lineage(&file, depth, out),
         Command::Quantize {
             input,
             output,
             dtype,
             keep,
-        } => quantize(&input, &output, &dtype, &keep),
-        Command::Convert(args) => convert(&args),
+        } => quantize(&input, &output, &dtype, &keep, out),
+        Command::Convert(args) => convert(&args, out),
         Command::Embed {
             model,
             device,
             json,
             texts,
-        } => embed(model, device, json, &texts),
+        } => embed(model, device, json, &texts, out),
         Command::Classify {
             model,
             device,
             top,
             json,
             images,
-        } => classify(model, device, top, json, &images),
+        } => classify(model, device, top, json, &images, out),
         Command::Lora {
             command:
                 LoraCommand::Merge {
@@ -248,14 +288,7 @@ fn main() -> ExitCode {
                     quantized,
                     output,
                 },
-        } => lora_merge(&base, &adapter, scale, d, quantized, &output),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mlmf: {e}");
-            ExitCode::FAILURE
-        }
+        } => lora_merge(&base, &adapter, scale, d, quantized, &output, out),
     }
 }
 
@@ -266,64 +299,36 @@ fn device(arg: DeviceArg) -> Result<Device> {
     }
 }
 
-fn inspect(path: &PathBuf, json: bool) -> Result<()> {
+fn inspect(path: &PathBuf, json: bool, out: &mut dyn Write) -> Result<()> {
     let file = ModelFile::open(path)?;
     if json {
-        let tensors: Vec<serde_json::Value> = file
-            .tensors()
-            .iter()
-            .map(|t| {
-                let mut o = serde_json::json!({
-                    "name": t.name,
-                    "dtype": file.format().dtype_name(t.dtype),
-                    "shape": t.shape.dims(),
-                    "bytes": t.byte_len(),
-                    "offset": t.range.start,
-                    "span_bytes": t.span_len(),
-                    "file": file.file_of(t).display().to_string(),
-                });
-                if let Some(strides) = &t.strides {
-                    o["strides"] = serde_json::json!(strides);
-                }
-                o
-            })
-            .collect();
-        let metadata: serde_json::Map<String, serde_json::Value> = file
-            .metadata()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_json()))
-            .collect();
-        let out = serde_json::json!({
-            "path": file.path().display().to_string(),
-            "format": file.format().name(),
-            "version": file.version(),
-            "tensor_count": file.tensors().len(),
-            "data_bytes": file.data_bytes(),
-            "metadata": metadata,
-            "tensors": tensors,
-        });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-        return Ok(());
+        return json_line(out, &json::Inspect(&file), true);
     }
     let version = file.version().map(|v| format!(" v{v}")).unwrap_or_default();
-    println!("{}: {}{version}", file.path().display(), file.format());
-    println!(
+    outln!(out, "{}: {}{version}", file.path().display(), file.format());
+    outln!(
+        out,
         "{} tensors, {} bytes of tensor data",
         file.tensors().len(),
         file.data_bytes()
     );
     if !file.metadata().is_empty() {
-        println!("\nmetadata ({} entries):", file.metadata().len());
+        outln!(out, "\nmetadata ({} entries):", file.metadata().len());
         for (k, v) in file.metadata().iter() {
-            println!("  {k} = {}", short(v));
+            outln!(out, "  {k} = {}", short(v));
         }
     }
-    println!(
+    outln!(
+        out,
         "\n{:<48} {:<8} {:<20} {:>12}",
-        "tensor", "dtype", "shape", "bytes"
+        "tensor",
+        "dtype",
+        "shape",
+        "bytes"
     );
     for t in file.tensors() {
-        println!(
+        outln!(
+            out,
             "{:<48} {:<8} {:<20} {:>12}",
             t.name,
             file.format().dtype_name(t.dtype),
@@ -340,6 +345,139 @@ fn written_format(path: &Path) -> Format {
     match path.extension().and_then(|e| e.to_str()) {
         Some("gguf") => Format::Gguf,
         _ => Format::Safetensors,
+    }
+}
+
+/// `value` as JSON (on one line, or pretty-printed) and a newline, serialized straight into the
+/// output: no document is built in memory first.
+fn json_line(out: &mut dyn Write, value: &impl serde::Serialize, pretty: bool) -> Result<()> {
+    let written = if pretty {
+        serde_json::to_writer_pretty(&mut *out, value)
+    } else {
+        serde_json::to_writer(&mut *out, value)
+    };
+    written.map_err(|e| CliError::Output(e.into()))?;
+    outln!(out, "");
+    Ok(())
+}
+
+/// `inspect --json`, serialized as it is written. A GGUF vocabulary of 262k strings was first
+/// copied into a `serde_json::Value`, then into one pretty-printed `String`; now each string
+/// goes from the file's parsed metadata to the output as the serializer reaches it. Fields and
+/// their order are those the `json!` document had (serde_json's `preserve_order`).
+mod json {
+    use std::collections::HashMap;
+
+    use mlmf::{Metadata, ModelFile, Value};
+    use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+
+    pub struct Inspect<'a>(pub &'a ModelFile);
+
+    impl Serialize for Inspect<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let file = self.0;
+            let mut m = s.serialize_map(Some(7))?;
+            m.serialize_entry("path", &file.path().display().to_string())?;
+            m.serialize_entry("format", file.format().name())?;
+            m.serialize_entry("version", &file.version())?;
+            m.serialize_entry("tensor_count", &file.tensors().len())?;
+            m.serialize_entry("data_bytes", &file.data_bytes())?;
+            m.serialize_entry("metadata", &Entries(file.metadata()))?;
+            m.serialize_entry("tensors", &Tensors(file))?;
+            m.end()
+        }
+    }
+
+    /// The metadata as a JSON object. A key given twice keeps its first place and its last
+    /// value, as inserting into the `preserve_order` map did.
+    struct Entries<'a>(&'a Metadata);
+
+    impl Serialize for Entries<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let entries = &self.0.entries;
+            let mut last: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+            for (i, (k, _)) in entries.iter().enumerate() {
+                last.insert(k, i);
+            }
+            let mut m = s.serialize_map(Some(last.len()))?;
+            for (k, _) in entries {
+                // The first place of a key takes its last value; later places are skipped.
+                if let Some(i) = last.remove(k.as_str()) {
+                    m.serialize_entry(k, &Json(&entries[i].1))?;
+                }
+            }
+            m.end()
+        }
+    }
+
+    /// A metadata value as `Value::to_json` writes it (non-finite floats as null; an f32 as the
+    /// f64 it widens to), arrays element by element.
+    struct Json<'a>(&'a Value);
+
+    impl Serialize for Json<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let float = |s: S, v: f64| {
+                if v.is_finite() {
+                    s.serialize_f64(v)
+                } else {
+                    s.serialize_unit()
+                }
+            };
+            match self.0 {
+                Value::U8(v) => s.serialize_u8(*v),
+                Value::I8(v) => s.serialize_i8(*v),
+                Value::U16(v) => s.serialize_u16(*v),
+                Value::I16(v) => s.serialize_i16(*v),
+                Value::U32(v) => s.serialize_u32(*v),
+                Value::I32(v) => s.serialize_i32(*v),
+                Value::U64(v) => s.serialize_u64(*v),
+                Value::I64(v) => s.serialize_i64(*v),
+                Value::F32(v) => float(s, f64::from(*v)),
+                Value::F64(v) => float(s, *v),
+                Value::Bool(v) => s.serialize_bool(*v),
+                Value::String(v) => s.serialize_str(v),
+                Value::Array(items) => {
+                    let mut seq = s.serialize_seq(Some(items.len()))?;
+                    for item in items {
+                        seq.serialize_element(&Json(item))?;
+                    }
+                    seq.end()
+                }
+            }
+        }
+    }
+
+    struct Tensors<'a>(&'a ModelFile);
+
+    impl Serialize for Tensors<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let file = self.0;
+            let mut seq = s.serialize_seq(Some(file.tensors().len()))?;
+            for t in file.tensors() {
+                seq.serialize_element(&Tensor(file, t))?;
+            }
+            seq.end()
+        }
+    }
+
+    struct Tensor<'a>(&'a ModelFile, &'a mlmf::TensorInfo);
+
+    impl Serialize for Tensor<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let Tensor(file, t) = *self;
+            let mut m = s.serialize_map(None)?;
+            m.serialize_entry("name", &t.name)?;
+            m.serialize_entry("dtype", file.format().dtype_name(t.dtype))?;
+            m.serialize_entry("shape", t.shape.dims())?;
+            m.serialize_entry("bytes", &t.byte_len())?;
+            m.serialize_entry("offset", &t.range.start)?;
+            m.serialize_entry("span_bytes", &t.span_len())?;
+            m.serialize_entry("file", &file.file_of(t).display().to_string())?;
+            if let Some(strides) = &t.strides {
+                m.serialize_entry("strides", strides)?;
+            }
+            m.end()
+        }
     }
 }
 
@@ -383,7 +521,7 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
     let mut out = AtomicFile::create(output)?;
     f32s.for_each_chunk(|_, bytes| out.write_all(bytes))?;
     out.commit()?;
-    eprintln!(
+    note!(
         "{}: {} {} -> {} f32 values in {}",
         name,
         tensor.dtype(),
@@ -394,7 +532,13 @@ fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> 
     Ok(())
 }
 
-fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result<()> {
+fn quantize(
+    input: &Path,
+    output: &Path,
+    dtype: &str,
+    keep: &[String],
+    out: &mut dyn Write,
+) -> Result<()> {
     let dtype = mlmf::DType::from_name(dtype)
         .filter(|d| mlmf::quant::supports(*d))
         .ok_or_else(|| {
@@ -409,12 +553,19 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
     let bar = progress_bar();
     let plan = mlmf::quant::quantize_file(&file, output, &options, &mut |p| show(&bar, p))?;
     finish(&bar);
-    println!(
+    outln!(
+        out,
         "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  note",
-        "tensor", "from", "to", "shape", "bytes in", "bytes out"
+        "tensor",
+        "from",
+        "to",
+        "shape",
+        "bytes in",
+        "bytes out"
     );
     for t in &plan {
-        println!(
+        outln!(
+            out,
             "{:<48} {:<8} {:<8} {:<20} {:>12} {:>12}  {}",
             t.name,
             file.format().dtype_name(t.from),
@@ -436,7 +587,8 @@ fn quantize(input: &Path, output: &Path, dtype: &str, keep: &[String]) -> Result
              {dtype} blocks)"
         ),
     };
-    println!(
+    outln!(
+        out,
         "{quantized} of {} tensors quantized to {dtype}{fell_back}; {bytes_in} -> {bytes_out} \
          bytes; wrote {}",
         plan.len(),
@@ -488,7 +640,7 @@ fn finish(bar: &ProgressBar) {
     bar.finish();
 }
 
-fn convert(args: &ConvertArgs) -> Result<()> {
+fn convert(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     use mlmf::checkpoint::{ConvertOptions, MapDirection};
     let (input, output) = (&args.input, &args.output);
     let arch = args
@@ -533,7 +685,8 @@ fn convert(args: &ConvertArgs) -> Result<()> {
         .iter()
         .filter(|t| t.name != t.from_name || t.to != t.from || t.note.is_some())
         .count();
-    println!(
+    outln!(
+        out,
         "{} tensors, {changed} renamed, retyped or changed; {} -> {}",
         report.len(),
         file.format(),
@@ -547,19 +700,20 @@ fn embed(
     device_arg: DeviceArg,
     json: bool,
     texts: &[String],
+    out: &mut dyn Write,
 ) -> Result<()> {
     use mlmf::models::{bert::BertEmbedder, cache_dir};
     let dir = model.unwrap_or_else(|| cache_dir().join("all-MiniLM-L6-v2"));
     let embedder = BertEmbedder::open(&dir, &device(device_arg)?)?;
-    let out = embedder.embed(texts)?;
+    let embedded = embedder.embed(texts)?;
     if json {
-        let v = serde_json::json!({ "embeddings": out.sentence_embeddings });
-        println!("{v}");
+        let v = serde_json::json!({ "embeddings": embedded.sentence_embeddings });
+        json_line(out, &v, false)?;
         return Ok(());
     }
-    for (text, e) in texts.iter().zip(&out.sentence_embeddings) {
+    for (text, e) in texts.iter().zip(&embedded.sentence_embeddings) {
         let head: Vec<String> = e.iter().take(4).map(|v| format!("{v:.4}")).collect();
-        println!("[{}, ...] ({} dims)  {text}", head.join(", "), e.len());
+        outln!(out, "[{}, ...] ({} dims)  {text}", head.join(", "), e.len());
     }
     Ok(())
 }
@@ -570,6 +724,7 @@ fn classify(
     top: usize,
     json: bool,
     images: &[PathBuf],
+    out: &mut dyn Write,
 ) -> Result<()> {
     use mlmf::models::{cache_dir, mobilenet_v2::MobileNetV2};
     use mlmf::multimodal::{imagenet_labels, top_k, ImagePreprocess};
@@ -589,15 +744,19 @@ fn classify(
             .iter()
             .map(|(image, top)| serde_json::json!({"image": image.display().to_string(), "top": top}))
             .collect();
-        println!("{}", serde_json::Value::Array(v));
+        json_line(out, &serde_json::Value::Array(v), false)?;
         return Ok(());
     }
     for (image, top) in &results {
-        println!("{}", image.display());
+        outln!(out, "{}", image.display());
         for c in top {
-            println!(
+            outln!(
+                out,
                 "  {:>4} {:<32} logit {:>8.3}  p {:.4}",
-                c.index, c.label, c.logit, c.prob
+                c.index,
+                c.label,
+                c.logit,
+                c.prob
             );
         }
     }
@@ -611,6 +770,7 @@ fn lora_merge(
     device_arg: DeviceArg,
     quantized: QuantizedArg,
     output: &Path,
+    out: &mut dyn Write,
 ) -> Result<()> {
     use mlmf::lora::{Action, LoraAdapter, MergeOptions, QuantizedMerge};
     let file = ModelFile::open(base)?;
@@ -630,12 +790,17 @@ fn lora_merge(
         show(&bar, p)
     })?;
     finish(&bar);
-    println!(
+    outln!(
+        out,
         "{:<48} {:<8} {:<8} {:<20} action",
-        "tensor", "from", "to", "shape"
+        "tensor",
+        "from",
+        "to",
+        "shape"
     );
     for t in report.iter().filter(|t| t.action != Action::Kept) {
-        println!(
+        outln!(
+            out,
             "{:<48} {:<8} {:<8} {:<20} {:?}",
             t.name,
             file.format().dtype_name(t.from),
@@ -645,7 +810,8 @@ fn lora_merge(
         );
     }
     let count = |a: Action| report.iter().filter(|t| t.action == a).count();
-    println!(
+    outln!(
+        out,
         "{} merged, {} replaced, {} kept as they were; scale {scale} on {}; wrote {}",
         count(Action::Merged),
         count(Action::Replaced),
@@ -656,40 +822,46 @@ fn lora_merge(
     Ok(())
 }
 
-fn verify(path: &Path) -> Result<()> {
+fn verify(path: &Path, out: &mut dyn Write) -> Result<()> {
     let file = ModelFile::open(path)?;
     let v = mlmf::provenance::verify(&file)?;
-    println!(
+    outln!(
+        out,
         "{}: {}, {} tensors",
         path.display(),
         file.format(),
         file.tensors().len()
     );
-    println!("computed  {}", v.computed);
+    outln!(out, "computed  {}", v.computed);
     match &v.record {
         Some(r) => {
-            println!("recorded  {}  ({}, {})", r.content_hash, r.tool, r.time);
+            outln!(
+                out,
+                "recorded  {}  ({}, {})",
+                r.content_hash,
+                r.tool,
+                r.time
+            );
             for p in &r.parents {
-                println!("parent    {}  {}", p.path, p.content_hash);
+                outln!(out, "parent    {}  {}", p.path, p.content_hash);
             }
             for t in &r.transforms {
-                println!("transform {t}");
+                outln!(out, "transform {t}");
             }
         }
-        None => println!("recorded  none (no mlmf.provenance metadata)"),
+        None => outln!(out, "recorded  none (no mlmf.provenance metadata)"),
     }
     v.check()?;
-    println!("OK: the tensors hash to the recorded content hash");
+    outln!(out, "OK: the tensors hash to the recorded content hash");
     Ok(())
 }
 
-fn lineage(path: &Path, depth: usize) -> Result<()> {
+fn lineage(path: &Path, depth: usize, out: &mut dyn Write) -> Result<()> {
     let root = mlmf::provenance::lineage(path, depth)?;
-    print_node(&root, "");
-    Ok(())
+    print_node(&root, "", out)
 }
 
-fn print_node(node: &mlmf::provenance::Node, indent: &str) {
+fn print_node(node: &mlmf::provenance::Node, indent: &str, out: &mut dyn Write) -> Result<()> {
     use mlmf::provenance::Found;
     let state = match (&node.found, node.matches(), &node.expected) {
         (Found::Missing, _, _) => "MISSING: no file there".to_string(),
@@ -700,38 +872,36 @@ fn print_node(node: &mlmf::provenance::Node, indent: &str) {
         }
         (Found::Hash(h), _, _) => format!("{h}"),
     };
-    println!("{indent}{}  {state}", node.path.display());
+    outln!(out, "{indent}{}  {state}", node.path.display());
     match &node.record {
         Some(r) => {
-            println!("{indent}  made by {} at {}", r.tool, r.time);
+            outln!(out, "{indent}  made by {} at {}", r.tool, r.time);
             for t in &r.transforms {
-                println!("{indent}  transform: {t}");
+                outln!(out, "{indent}  transform: {t}");
             }
             if r.parents.is_empty() {
-                println!("{indent}  no parents recorded");
+                outln!(out, "{indent}  no parents recorded");
             }
         }
         None if matches!(node.found, Found::Hash(_)) => {
-            println!("{indent}  no provenance record")
+            outln!(out, "{indent}  no provenance record")
         }
         None => {}
     }
     if let Some(why) = &node.stopped {
-        println!("{indent}  parents not followed: {why}");
+        outln!(out, "{indent}  parents not followed: {why}");
     }
     for parent in &node.parents {
-        println!("{indent}  parent:");
-        print_node(parent, &format!("{indent}    "));
+        outln!(out, "{indent}  parent:");
+        print_node(parent, &format!("{indent}    "), out)?;
     }
+    Ok(())
 }
 
-fn devices(json: bool) -> Result<()> {
+fn devices(json: bool, out: &mut dyn Write) -> Result<()> {
     let adapters = mlmf::adapters()?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&adapters).unwrap_or_default()
-        );
+        json_line(out, &adapters, true)?;
         return Ok(());
     }
     if adapters.is_empty() {
@@ -741,18 +911,23 @@ fn devices(json: bool) -> Result<()> {
         .into());
     }
     for a in &adapters {
-        println!(
+        outln!(
+            out,
             "[{}] {} ({}, {})",
-            a.index, a.name, a.backend, a.device_type
+            a.index,
+            a.name,
+            a.backend,
+            a.device_type
         );
-        println!("    driver: {}", a.driver);
-        println!(
+        outln!(out, "    driver: {}", a.driver);
+        outln!(
+            out,
             "    max buffer {} bytes, max storage binding {} bytes, workgroup storage {} bytes",
             a.max_buffer_size,
             a.max_storage_buffer_binding_size,
             a.max_compute_workgroup_storage_size
         );
-        println!(
+        outln!(out,
             "    invocations per workgroup {}, workgroups per dimension {}, shader-f16 {}, subgroups {}",
             a.max_compute_invocations_per_workgroup, a.max_compute_workgroups_per_dimension, a.shader_f16, a.subgroups
         );
@@ -760,16 +935,13 @@ fn devices(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench_load(path: &PathBuf, json: bool) -> Result<()> {
+fn bench_load(path: &PathBuf, json: bool, out: &mut dyn Write) -> Result<()> {
     let file = ModelFile::open(path)?;
     let report = bench::load(&file, &Device::gpu()?)?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        json_line(out, &report, true)?;
     } else {
-        println!("{report}");
+        outln!(out, "{report}");
     }
     Ok(())
 }

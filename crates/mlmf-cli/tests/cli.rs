@@ -45,6 +45,123 @@ fn inspect_json_of_a_gguf_file() {
     assert_eq!(embd["shape"], serde_json::json!([49152, 576]));
 }
 
+/// gguf-py's typed value (`scripts/check_gguf.py`) equals what `inspect --json` wrote for it.
+fn same_as_gguf_py(key: &str, ours: &serde_json::Value, theirs: &serde_json::Value) {
+    match theirs["type"].as_str().unwrap() {
+        "ARRAY" => {
+            let (ours, items) = (
+                ours.as_array().unwrap(),
+                theirs["items"].as_array().unwrap(),
+            );
+            assert_eq!(ours.len(), items.len(), "{key}");
+            for (o, t) in ours.iter().zip(items) {
+                same_as_gguf_py(key, o, t);
+            }
+        }
+        "FLOAT32" => {
+            let bits = theirs["bits"].as_u64().unwrap() as u32;
+            let v = f32::from_bits(bits);
+            if v.is_finite() {
+                assert_eq!((ours.as_f64().unwrap() as f32).to_bits(), bits, "{key}");
+            } else {
+                assert!(ours.is_null(), "{key}");
+            }
+        }
+        "FLOAT64" => {
+            let v = f64::from_bits(theirs["bits"].as_u64().unwrap());
+            if v.is_finite() {
+                assert_eq!(ours.as_f64().unwrap().to_bits(), v.to_bits(), "{key}");
+            } else {
+                assert!(ours.is_null(), "{key}");
+            }
+        }
+        _ => assert_eq!(ours, &theirs["value"], "{key}"),
+    }
+}
+
+/// `inspect --json` of gemma-3 (a 262,144-string vocabulary) is streamed from the parsed
+/// metadata; every key, value, tensor name and offset equals gguf-py's reading of the file.
+#[test]
+fn inspect_json_streams_a_large_vocabulary_as_gguf_py_reads_it() {
+    let path = common::model(common::GEMMA3);
+    let out = mlmf(&["inspect", "--json", path.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let py = common::gguf_py(&path);
+    let kv = py["kv"].as_array().unwrap();
+    let ours = v["metadata"].as_object().unwrap();
+    assert_eq!(ours.len(), kv.len());
+    for (entry, (key, value)) in kv.iter().zip(ours) {
+        assert_eq!(entry["key"], key.as_str());
+        same_as_gguf_py(key, value, &entry["value"]);
+    }
+    assert_eq!(
+        ours["tokenizer.ggml.tokens"].as_array().unwrap().len(),
+        262_144
+    );
+    let tensors = v["tensors"].as_array().unwrap();
+    let theirs = py["tensors"].as_array().unwrap();
+    assert_eq!(v["tensor_count"], theirs.len());
+    assert_eq!(tensors.len(), theirs.len());
+    for (o, t) in tensors.iter().zip(theirs) {
+        assert_eq!((&o["name"], &o["offset"]), (&t["name"], &t["offset"]));
+    }
+    // One document and one newline, as before.
+    assert!(out.stdout.ends_with(b"}\n") && !out.stdout.ends_with(b"}\n\n"));
+}
+
+/// `mlmf inspect --json FILE | head -1`: the reader closes the pipe after one line; the command
+/// stops quietly with success (as ripgrep does), with no panic and nothing on stderr.
+#[test]
+fn a_pipe_closed_early_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // 2 MB of JSON, far more than a pipe holds.
+    let path = common::model(common::SMOLLM2);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .args(["inspect", "--json", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "{\n");
+    // The reader (and with it the pipe) is dropped here.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(err.is_empty(), "{err}");
+}
+
+/// Standard output on a full device: a typed error with a message and a failure status, never
+/// a panic. `/dev/full` is only opened for writing here, as a shell's `>/dev/full` would.
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    let full = std::path::Path::new("/dev/full");
+    if !full.exists() {
+        println!("skipped: this system has no /dev/full");
+        return;
+    }
+    let path = common::model(common::MINILM);
+    for args in [vec!["inspect", "--json"], vec!["inspect"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .args(&args)
+            .arg(&path)
+            .stdout(std::fs::OpenOptions::new().write(true).open(full).unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("writing to standard output") && err.contains("No space left"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn inspect_text_of_a_safetensors_file() {
     let path = common::model(common::MINILM);
@@ -842,6 +959,104 @@ fn convert_no_provenance_rewrites_gguf_byte_identical() {
             std::fs::read(&again).unwrap() == original,
             "{}: the carried record was not dropped",
             src.display()
+        );
+    }
+}
+
+/// A FIFO (`mkfifo`), or a character device with /dev/full's numbers (1, 7) made by `mknod` in
+/// the test's own directory; false where this process may not make it.
+fn make_node(path: &std::path::Path, kind: &str) -> bool {
+    let mut cmd = Command::new(if kind == "fifo" { "mkfifo" } else { "mknod" });
+    cmd.arg(path);
+    if kind != "fifo" {
+        cmd.args(["c", "1", "7"]);
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+fn is_node(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let t = std::fs::symlink_metadata(path).unwrap().file_type();
+    t.is_fifo() || t.is_char_device()
+}
+
+/// `dump -o NODE` and `convert ... NODE --force` (one file, and sharded, which moves the old
+/// output aside) over a FIFO or a device node: refused with a message, the node left as it was.
+/// As root, `dump -o /dev/full` used to rename its temporary file over the device.
+#[test]
+fn outputs_that_are_device_nodes_or_fifos_are_refused() {
+    let model = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let mut kinds = vec!["fifo"];
+    if make_node(&dir.path().join("probe"), "char") {
+        kinds.push("char");
+    } else {
+        println!("mknod of a character device is not permitted here; testing a FIFO only");
+    }
+    for kind in kinds {
+        let node = dir.path().join(format!("{kind}-node"));
+        assert!(make_node(&node, kind));
+        let node_arg = node.to_str().unwrap();
+        let runs: [&[&str]; 3] = [
+            &[
+                "dump",
+                model.to_str().unwrap(),
+                "embeddings.LayerNorm.weight",
+                "--device",
+                "cpu",
+                "-o",
+                node_arg,
+            ],
+            &["convert", model.to_str().unwrap(), node_arg, "--force"],
+            &[
+                "convert",
+                model.to_str().unwrap(),
+                node_arg,
+                "--force",
+                "--max-shard-size",
+                "20000000",
+            ],
+        ];
+        for args in runs {
+            let out = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains("not a regular file"), "{args:?}: {err}");
+            assert!(is_node(&node), "{args:?} replaced the {kind} node");
+        }
+    }
+}
+
+/// `inspect` and `verify` of a FIFO return at once with an error, not wait for a writer.
+#[test]
+fn inspect_and_verify_refuse_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.safetensors");
+    assert!(make_node(&fifo, "fifo"));
+    for command in ["inspect", "verify"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .arg(command)
+            .arg(&fifo)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("mlmf {command} waited 20 s on a FIFO");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("FIFO"),
+            "{err}"
         );
     }
 }

@@ -16,6 +16,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A path that must be a regular file is something else: a FIFO (reading it would wait for
+    /// a writer forever), a device node or socket (a rename over it would replace the node), or
+    /// a directory where a file is read.
+    #[error("{path} is a {kind}, not a regular file; mlmf reads and replaces only regular files")]
+    NotAFile { path: PathBuf, kind: &'static str },
+
     #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
 
@@ -166,6 +172,20 @@ pub enum Error {
         path: PathBuf,
         offset: u64,
         reason: String,
+    },
+
+    /// Rebuilding the object a pickle describes would cost more memory than the pickle's size
+    /// allows: shared references (pickle's memo) let a few bytes stand for a large object.
+    #[error("{path}: pickle at offset {offset}: {what} would take more than {limit} bytes of memory, the limit for a pickle of {pickle_bytes} bytes ({per_byte} per byte plus {floor})")]
+    PickleBudget {
+        path: PathBuf,
+        offset: u64,
+        /// What was being built when the limit was reached.
+        what: &'static str,
+        limit: u64,
+        pickle_bytes: u64,
+        per_byte: u64,
+        floor: u64,
     },
 
     #[error("{path}: zip archive: {reason} (offset {offset})")]

@@ -15,6 +15,7 @@
 mod cache_dir;
 pub mod dtype;
 pub mod error;
+pub mod files;
 pub mod formats;
 pub mod quant;
 mod shape;

@@ -18,6 +18,18 @@
 //! copy-on-write and mutated in place in their header regions, then restored: no case copies
 //! them.
 //!
+//! **Pickle structure mutations** (a third of the cases of a small PyTorch seed start with one,
+//! mostly alone; a zip is repacked around its new `data.pkl`): repeat a run of one to four
+//! opcodes (BINGET runs, SETITEMS or APPENDS items) up to 60,000 times; memoize the object at
+//! STOP and refer to it from one to three levels of lists of up to 60,000 LONG_BINGETs each
+//! (memo reuse); nest it in up to 60,000 tuples, or open as many MARKs. Huge counts in length
+//! fields come from the integer mutations above. These find the amplification class by
+//! themselves: with the memory budget of `pickle.rs` and the older caps of `pytorch.rs`
+//! (visits, flattened bytes, OrderedDict copies) all removed, and the `pytorch_bad_*` seeds
+//! left out, seed 1 failed the bounds below after 11 zip cases (1.2 s: one allocation of
+//! 193 MB for a 2.6 KB input) and 31 legacy cases (2.2 s: 386 MB for 51 KB). With the budget
+//! alone (older caps still removed), both targets ran clean.
+//!
 //! **Property**: every parse returns `Ok` (and then every tensor's range lies in the file and
 //! holds its dtype and shape) or a typed `Error`; no panic (each parse runs under
 //! `catch_unwind`); and no allocation sized by an unchecked number. A counting global allocator
@@ -302,6 +314,11 @@ struct Seed {
     fields: Vec<Field>,
     /// Header regions: where most mutations land.
     regions: Vec<Range<usize>>,
+    /// The offsets of the opcodes of the pickle that holds the object (a zip's `data.pkl`, a
+    /// legacy file's fourth pickle), STOP last, for the pickle structure mutations.
+    pickle_ops: Vec<usize>,
+    /// A zip seed's members, in order, so that a case can be repacked around a new `data.pkl`.
+    zip_members: Vec<(String, Range<usize>)>,
 }
 
 impl Seed {
@@ -326,6 +343,43 @@ fn load(path: &Path) -> Bytes {
 }
 
 fn seed(name: String, bytes: Bytes, target: Target) -> Seed {
+    let b = bytes.as_slice();
+    let zip_members = match target {
+        Target::PyTorchZip => zip_members(b),
+        _ => Vec::new(),
+    };
+    let pickle = match target {
+        Target::PyTorchZip => zip_members
+            .iter()
+            .find(|(name, _)| name.ends_with("data.pkl"))
+            .map(|(_, r)| r.start),
+        Target::PyTorchLegacy => {
+            // Magic number, protocol version, sys_info, then the object.
+            let mut pos = 0;
+            for _ in 0..3 {
+                pos = pickle_fields(b, pos, &mut Vec::new());
+            }
+            Some(pos)
+        }
+        _ => None,
+    };
+    // Seeds whose members lie outside the file (pytorch_bad_member_past_end.pt) are not
+    // repacked.
+    let whole = zip_members.iter().all(|(_, r)| r.end <= b.len());
+    let pickle = pickle.filter(|_| whole);
+    let pickle_ops = match pickle {
+        Some(start) => {
+            let mut f = Vec::new();
+            pickle_fields(b, start, &mut f);
+            f.iter()
+                .filter_map(|f| match *f {
+                    Field::Opcode { at } => Some(at),
+                    _ => None,
+                })
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let (fields, regions) = match target {
         Target::Safetensors => safetensors_fields(bytes.as_slice()),
         Target::Gguf => gguf_fields(bytes.as_slice()),
@@ -339,6 +393,8 @@ fn seed(name: String, bytes: Bytes, target: Target) -> Seed {
         bytes,
         fields,
         regions,
+        pickle_ops,
+        zip_members,
     }
 }
 
@@ -718,6 +774,75 @@ fn zip_fields(b: &[u8]) -> (Vec<Field>, Vec<Range<usize>>) {
     (f, regions)
 }
 
+/// A zip's members from its central directory: name and data range (seeds only: whole, STORED,
+/// without zip64).
+fn zip_members(b: &[u8]) -> Vec<(String, Range<usize>)> {
+    let eocd = (0..=b.len() - 22)
+        .rev()
+        .find(|&p| b[p..p + 4] == *b"PK\x05\x06")
+        .unwrap();
+    let mut pos = u32_at(b, eocd + 16).unwrap() as usize;
+    let mut out = Vec::new();
+    for _ in 0..u16_at(b, eocd + 10).unwrap() {
+        let size = u32_at(b, pos + 20).unwrap() as usize;
+        let name_len = u16_at(b, pos + 28).unwrap() as usize;
+        let extra = u16_at(b, pos + 30).unwrap() as usize;
+        let comment = u16_at(b, pos + 32).unwrap() as usize;
+        let local = u32_at(b, pos + 42).unwrap() as usize;
+        let name = String::from_utf8_lossy(&b[pos + 46..pos + 46 + name_len]).into_owned();
+        let l_name = u16_at(b, local + 26).unwrap() as usize;
+        let l_extra = u16_at(b, local + 28).unwrap() as usize;
+        let data = local + 30 + l_name + l_extra;
+        out.push((name, data..data + size));
+        pos += 46 + name_len + extra + comment;
+    }
+    out
+}
+
+/// A STORED zip of `members` (CRCs zero: the reader does not check them, as torch's does not).
+fn repack_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+    fn u16le(out: &mut Vec<u8>, v: usize) {
+        out.extend_from_slice(&(v as u16).to_le_bytes());
+    }
+    fn u32le(out: &mut Vec<u8>, v: usize) {
+        out.extend_from_slice(&(v as u32).to_le_bytes());
+    }
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, data) in members {
+        let local = out.len();
+        out.extend_from_slice(b"PK\x03\x04");
+        u16le(&mut out, 20); // version needed
+        out.extend_from_slice(&[0; 12]); // flags, method (STORED), time, date, crc
+        u32le(&mut out, data.len());
+        u32le(&mut out, data.len());
+        u16le(&mut out, name.len());
+        u16le(&mut out, 0);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(data);
+        central.extend_from_slice(b"PK\x01\x02");
+        u16le(&mut central, 20); // made by
+        u16le(&mut central, 20); // needed
+        central.extend_from_slice(&[0; 12]); // flags, method, time, date, crc
+        u32le(&mut central, data.len());
+        u32le(&mut central, data.len());
+        u16le(&mut central, name.len());
+        central.extend_from_slice(&[0; 12]); // extra, comment, disk, attributes
+        u32le(&mut central, local);
+        central.extend_from_slice(name.as_bytes());
+    }
+    let cd = out.len();
+    out.extend_from_slice(&central);
+    out.extend_from_slice(b"PK\x05\x06");
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    u16le(&mut out, members.len());
+    u16le(&mut out, members.len());
+    u32le(&mut out, central.len());
+    u32le(&mut out, cd);
+    u16le(&mut out, 0);
+    out
+}
+
 /// Walk a legacy checkpoint: five pickles, then each storage's u64 element count.
 fn legacy_fields(b: &[u8]) -> (Vec<Field>, Vec<Range<usize>>) {
     let mut f = Vec::new();
@@ -727,8 +852,11 @@ fn legacy_fields(b: &[u8]) -> (Vec<Field>, Vec<Range<usize>>) {
     }
     let mut regions = vec![0..pos];
     // Storage starts, from the parser: each count sits just before a storage's first byte.
-    let parsed = formats::parse(b, Path::new("seed")).unwrap();
-    let mut starts: Vec<u64> = parsed.tensors.iter().map(|t| t.range.start).collect();
+    // (A seed the parser refuses, such as pytorch_bad_amplified_legacy.pt, has one storage,
+    // which ends at the end of the file.)
+    let mut starts: Vec<u64> = formats::parse(b, Path::new("seed"))
+        .map(|p| p.tensors.iter().map(|t| t.range.start).collect())
+        .unwrap_or_default();
     starts.sort_unstable();
     while pos + 8 <= b.len() {
         let count = u64_at(b, pos).unwrap();
@@ -897,6 +1025,17 @@ enum Mutation {
         at: usize,
         len: usize,
         to: usize,
+    },
+    /// A pickle edit that reuses memoized objects, nests, or repeats opcodes: `remove` bytes at
+    /// `at` replaced by each part repeated its count of times. A zip is repacked around the new
+    /// `data.pkl`. Always a case's first mutation, on a small seed.
+    Pickle {
+        /// Read through `Debug`, in failure reports.
+        #[allow(dead_code)]
+        what: &'static str,
+        at: usize,
+        remove: usize,
+        parts: Vec<(Vec<u8>, usize)>,
     },
 }
 
@@ -1111,6 +1250,114 @@ fn mutation(rng: &mut Rng, seed: &Seed, len: usize, donors: &[(String, Vec<u8>)]
     }
 }
 
+/// Counts for repeated opcodes: a few, or enough that the copies outweigh the file.
+const REPEATS: &[usize] = &[1, 2, 15, 100, 1000, 10_000, 60_000];
+
+/// A pickle structure mutation of `seed`'s object pickle (see `Mutation::Pickle`): what a
+/// hostile file does with pickle's memo, which byte-level mutations almost never spell.
+fn pickle_mutation(rng: &mut Rng, seed: &Seed) -> Mutation {
+    let b = seed.bytes.as_slice();
+    let ops = &seed.pickle_ops;
+    let stop = *ops.last().unwrap();
+    // Memo keys far from the ones torch's pickler uses (0, 1, 2, ...).
+    let key = |k: u32| {
+        let mut v = vec![b'r'];
+        v.extend_from_slice(&(0x7fff_0000 + k).to_le_bytes());
+        v
+    };
+    let get = |k: u32| {
+        let mut v = vec![b'j'];
+        v.extend_from_slice(&(0x7fff_0000 + k).to_le_bytes());
+        v
+    };
+    match rng.below(4) {
+        // Repeat a run of one to four opcodes: BINGET runs, SETITEMS/APPENDS items.
+        0 | 1 => {
+            let gets: Vec<usize> = (0..ops.len() - 1)
+                .filter(|&i| matches!(b[ops[i]], b'h' | b'j'))
+                .collect();
+            let i = if !gets.is_empty() && rng.chance(50) {
+                *rng.pick(&gets)
+            } else {
+                rng.below(ops.len() - 1)
+            };
+            let j = (i + 1 + rng.below(4)).min(ops.len() - 1);
+            Mutation::Pickle {
+                what: "repeat a run of opcodes",
+                at: ops[j],
+                remove: 0,
+                parts: vec![(b[ops[i]..ops[j]].to_vec(), *rng.pick(REPEATS))],
+            }
+        }
+        // Memoize the object and refer to it from a list, and to that list from another: a
+        // few bytes per reference, the object's whole size per reference once flattened.
+        2 => {
+            let levels = 1 + rng.below(3);
+            let mut parts = Vec::new();
+            for level in 0..levels as u32 {
+                parts.push((key(level), 1));
+                parts.push((b"(".to_vec(), 1));
+                parts.push((get(level), *rng.pick(REPEATS)));
+                parts.push((b"l".to_vec(), 1));
+            }
+            Mutation::Pickle {
+                what: "memoize the object and refer to it many times",
+                at: stop,
+                remove: 0,
+                parts,
+            }
+        }
+        // Nest the object in tuples (TUPLE1), or open many MARKs.
+        _ => {
+            let op = if rng.chance(80) { 0x85 } else { b'(' };
+            Mutation::Pickle {
+                what: "nest the object",
+                at: stop,
+                remove: 0,
+                parts: vec![(vec![op], *rng.pick(REPEATS))],
+            }
+        }
+    }
+}
+
+/// The bytes of a case that starts with a pickle mutation of `seed` (owned seeds only).
+fn pickle_case(seed: &Seed, m: &Mutation) -> Vec<u8> {
+    let Mutation::Pickle {
+        at, remove, parts, ..
+    } = m
+    else {
+        unreachable!()
+    };
+    let b = seed.bytes.as_slice();
+    let edit = |range: Range<usize>| {
+        let mut out = b[range.start..*at].to_vec();
+        for (part, times) in parts {
+            for _ in 0..*times {
+                out.extend_from_slice(part);
+            }
+        }
+        out.extend_from_slice(&b[at + remove..range.end]);
+        out
+    };
+    if seed.zip_members.is_empty() {
+        return edit(0..b.len());
+    }
+    let edited: Vec<(&str, Vec<u8>)> = seed
+        .zip_members
+        .iter()
+        .map(|(name, r)| {
+            let data = if r.contains(at) {
+                edit(r.clone())
+            } else {
+                b[r.clone()].to_vec()
+            };
+            (name.as_str(), data)
+        })
+        .collect();
+    let members: Vec<(&str, &[u8])> = edited.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    repack_zip(&members)
+}
+
 /// The input a case parses: an owned copy (small seeds) or the seed's map with an undo log.
 struct Input<'a> {
     owned: Option<&'a mut Vec<u8>>,
@@ -1198,6 +1445,8 @@ impl Input<'_> {
                     }
                 }
             }
+            // Applied before the case's input is made (`pickle_case`).
+            Mutation::Pickle { .. } => {}
             Mutation::Duplicate { at, len, to } => {
                 if let Some(v) = &mut self.owned {
                     let end = (at + len).min(self.len);
@@ -1384,6 +1633,9 @@ struct Stats {
     /// The most of its bound a case's largest allocation, and its peak, took.
     largest_share: f64,
     peak_share: f64,
+    /// Cases that began with a pickle structure mutation, and those the memory budget stopped.
+    pickle_cases: u64,
+    budget_stops: u64,
     failures: Vec<String>,
     /// Inputs our safetensors parser and the `safetensors` crate disagree on: examples by kind.
     disagreements: BTreeMap<String, (u64, String)>,
@@ -1451,10 +1703,24 @@ fn fuzz(target: Target) {
             *rng.pick(&small)
         };
         let seed = &seeds[index];
-        let seed_len = seed.bytes.as_slice().len();
         let mut mutations = Vec::new();
+        // A third of the cases of a small PyTorch seed start with a pickle structure mutation.
+        let pickled = (!seed.big() && !seed.pickle_ops.is_empty() && rng.chance(33)).then(|| {
+            let m = pickle_mutation(&mut rng, seed);
+            let bytes = pickle_case(seed, &m);
+            mutations.push(m);
+            bytes
+        });
+        let seed_len = pickled
+            .as_ref()
+            .map_or(seed.bytes.as_slice().len(), Vec::len);
         let mut len = seed_len;
-        let count = 1 + (rng.next().trailing_zeros() as usize).min(3);
+        let count = if pickled.is_some() {
+            // Mostly the pickle mutation alone: further byte edits mostly break what it built.
+            usize::from(rng.chance(25))
+        } else {
+            1 + (rng.next().trailing_zeros() as usize).min(3)
+        };
         for _ in 0..count {
             let m = mutation(&mut rng, seed, len.max(1), &donors);
             if let Mutation::Truncate { len: l } = m {
@@ -1467,7 +1733,7 @@ fn fuzz(target: Target) {
         let mut input = match &mut seed.bytes {
             Bytes::Owned(v) => {
                 work.clear();
-                work.extend_from_slice(v);
+                work.extend_from_slice(pickled.as_deref().unwrap_or(v));
                 Input {
                     owned: Some(&mut work),
                     mapped: None,
@@ -1500,6 +1766,8 @@ fn fuzz(target: Target) {
         if matches!(result, Ok(Ok(_))) {
             stats.ok += 1;
         }
+        stats.pickle_cases += u64::from(matches!(mutations.first(), Some(Mutation::Pickle { .. })));
+        stats.budget_stops += u64::from(matches!(result, Ok(Err(Error::PickleBudget { .. }))));
         if target == Target::Safetensors {
             differ(&mut stats, &result, bytes, &replay);
         }
@@ -1539,6 +1807,14 @@ fn fuzz(target: Target) {
         100.0 * stats.largest_share,
         100.0 * stats.peak_share
     );
+    if stats.pickle_cases > 0 {
+        eprintln!(
+            "fuzz {}: {} cases began with a pickle structure mutation; the memory budget stopped {}",
+            target.name(),
+            stats.pickle_cases,
+            stats.budget_stops
+        );
+    }
     for (kind, (count, example)) in &stats.disagreements {
         eprintln!("fuzz safetensors: {count} case(s): {kind} (e.g. {example})");
     }
@@ -1550,6 +1826,52 @@ fn fuzz(target: Target) {
         stats.failures.join("\n")
     );
     assert!(stats.cases > 0, "fuzz {}: no case ran", target.name());
+}
+
+/// The pickle mutations' plumbing: a zip seed repacked around an unchanged `data.pkl`, and a
+/// legacy seed spliced with nothing, parse to the same tensors as the seed (so what the fuzzer
+/// finds after a pickle mutation comes from the mutation).
+#[test]
+fn pickle_cases_without_edits_read_as_their_seeds() {
+    let shard_dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for target in [Target::PyTorchZip, Target::PyTorchLegacy] {
+        for seed in seeds(target, shard_dir.path()) {
+            if seed.big() || seed.pickle_ops.is_empty() {
+                continue;
+            }
+            let Ok(original) = formats::parse(seed.bytes.as_slice(), Path::new("seed")) else {
+                continue;
+            };
+            let none = Mutation::Pickle {
+                what: "nothing",
+                at: *seed.pickle_ops.last().unwrap(),
+                remove: 0,
+                parts: Vec::new(),
+            };
+            let bytes = pickle_case(&seed, &none);
+            let again = formats::parse(&bytes, Path::new("case")).unwrap();
+            let view = |p: &Parsed, b: &[u8]| -> Vec<(String, Vec<u8>)> {
+                p.tensors
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            b[t.range.start as usize..t.range.end as usize].to_vec(),
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                view(&original, seed.bytes.as_slice()),
+                view(&again, &bytes),
+                "{}",
+                seed.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked}");
 }
 
 #[test]

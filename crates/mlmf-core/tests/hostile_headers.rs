@@ -127,6 +127,46 @@ fn shared_tensors_do_not_multiply_storage_keys() {
     );
 }
 
+/// About 9 KB whose pickle makes 8000 throwaway objects (raising the old cap of four visits per
+/// object) and then a list of 300 references to a list of 100 references to one tensor: 30,000
+/// tensors from a few hundred bytes of memo reuse, in both layouts. The memory budget (128 bytes
+/// per pickle byte plus 1 MiB) stops the flattening and names itself, the file and the offset.
+#[test]
+fn memo_reuse_is_bounded_by_the_pickle_budget() {
+    for name in [
+        "pytorch_bad_amplified_zip.pt",
+        "pytorch_bad_amplified_legacy.pt",
+    ] {
+        let path = data(name);
+        let err = mlmf_core::ModelFile::open(&path).unwrap_err();
+        let mlmf_core::Error::PickleBudget {
+            path: at,
+            what,
+            limit,
+            pickle_bytes,
+            per_byte,
+            floor,
+            offset,
+        } = &err
+        else {
+            panic!("{name}: {err}");
+        };
+        assert_eq!(at, &path);
+        assert_eq!(*what, "the tensors", "{err}");
+        assert_eq!((*per_byte, *floor), (128, 1 << 20));
+        assert_eq!(*limit, pickle_bytes * per_byte + floor);
+        // The pickle is most of the file; the budget is far below the 30,000 tensors' leaves.
+        let file_len = std::fs::metadata(&path).unwrap().len();
+        assert!(*pickle_bytes > 8000 && *pickle_bytes < file_len, "{err}");
+        assert!(*offset > 0 && *offset < file_len, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && text.contains(&limit.to_string()),
+            "{text}"
+        );
+    }
+}
+
 /// Headers on which the fuzzer (seed 4) found our verdict and the `safetensors` crate's apart,
 /// because we read the header into a map of JSON values first, where a later key hides an
 /// earlier one: a tensor field given twice, a tensor name whose first entry is incomplete or

@@ -90,3 +90,68 @@ fn directory_without_a_model_names_what_was_looked_for() {
         "{text}"
     );
 }
+
+/// Run `f` on another thread and wait at most 20 s: a FIFO that is opened for reading blocks
+/// until a writer comes, so a regression must fail this test rather than hang it.
+fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("blocked for 20 s: a FIFO was opened for reading")
+}
+
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {}",
+        path.display()
+    );
+}
+
+/// A FIFO given as the model, and a FIFO where the index names a shard: refused from their
+/// metadata as not regular files (typed, naming the path), never opened and waited on.
+#[test]
+fn fifos_as_model_or_shard_are_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.gguf");
+    mkfifo(&fifo);
+    let opened = within_20s({
+        let fifo = fifo.clone();
+        move || ModelFile::open(fifo).err()
+    });
+    assert!(
+        matches!(&opened, Some(Error::NotAFile { path, kind: "FIFO (named pipe)" }) if path == &fifo),
+        "{opened:?}"
+    );
+
+    write_shards(dir.path());
+    let shard = dir.path().join("model-00002-of-00003.safetensors");
+    std::fs::remove_file(&shard).unwrap();
+    mkfifo(&shard);
+    for path in [
+        dir.path().to_path_buf(),
+        dir.path().join("model.safetensors.index.json"),
+    ] {
+        let opened = within_20s(move || ModelFile::open(path).err());
+        assert!(
+            matches!(&opened, Some(Error::NotAFile { path, .. }) if path == &shard),
+            "{opened:?}"
+        );
+    }
+    // A directory where the index names a shard is refused the same way.
+    std::fs::remove_file(&shard).unwrap();
+    std::fs::create_dir(&shard).unwrap();
+    assert!(matches!(
+        ModelFile::open(dir.path()),
+        Err(Error::NotAFile {
+            kind: "directory",
+            ..
+        })
+    ));
+}

@@ -1,7 +1,6 @@
 //! [`ModelFile`]: one model on disk, memory-mapped, with its tensor index and metadata.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -31,7 +30,8 @@ struct MappedFile {
 
 impl MappedFile {
     fn open(path: &Path) -> Result<MappedFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // A FIFO would block here forever, a directory is not a model: refused before opening.
+        let file = crate::files::open_regular(path)?;
         // SAFETY: the map is read-only. Like every mmap-based loader (safetensors, llama.cpp),
         // we rely on nobody truncating the file while it is open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;

@@ -258,7 +258,7 @@ pub fn head_counts(file: &crate::ModelFile, arch: Arch) -> Option<(usize, usize)
 fn hf_config(file: &crate::ModelFile) -> Option<serde_json::Value> {
     let path = file.path();
     let dir = if path.is_dir() { path } else { path.parent()? };
-    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let text = crate::files::read_regular_to_string(&dir.join("config.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
 

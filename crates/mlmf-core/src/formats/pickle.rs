@@ -31,6 +31,78 @@ pub(crate) const MAX_OBJECTS: usize = 2 << 20;
 /// Longest GLOBAL line (a module or a name).
 const MAX_LINE: usize = 1024;
 
+/// Memory that reading one pickle and rebuilding its state dict may take, in bytes per byte of
+/// the pickle, plus [`BUDGET_FLOOR`]. Pickle's memo lets two bytes (BINGET) stand for an object
+/// of any size, and flattening walks a shared object once per reference, so every object, stack
+/// entry (memo reuse included), memo entry and container item is charged what it costs here,
+/// and the flattening in `pytorch.rs` charges each visit, name, leaf and metadata entry on the
+/// same budget. What a pickle spells out without reuse costs at most about 90 bytes per byte
+/// (an empty tuple: one opcode byte, an arena slot, a stack entry and a list item), so 128 per
+/// byte refuses only what shared references multiply. Real checkpoints spend 13 to 21 per byte
+/// (`budget_of_real_checkpoints` in `pytorch.rs`).
+pub(crate) const BUDGET_PER_BYTE: u64 = 128;
+/// The budget every pickle gets whatever its length: a real state dict of a few tensors spends
+/// some 20 KB.
+pub(crate) const BUDGET_FLOOR: u64 = 1 << 20;
+
+/// What is left of the memory a pickle may cost (see [`BUDGET_PER_BYTE`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Budget {
+    spent: u64,
+    limit: u64,
+    pickle_bytes: u64,
+}
+
+impl Budget {
+    pub fn for_pickle(pickle_bytes: usize) -> Self {
+        let mut b = Budget {
+            spent: 0,
+            limit: 0,
+            pickle_bytes: 0,
+        };
+        b.set_len(pickle_bytes);
+        b
+    }
+
+    /// The pickle is `pickle_bytes` long (so far: a legacy file's pickles end where STOP is).
+    fn set_len(&mut self, pickle_bytes: usize) {
+        self.pickle_bytes = pickle_bytes as u64;
+        self.limit = self
+            .pickle_bytes
+            .saturating_mul(BUDGET_PER_BYTE)
+            .saturating_add(BUDGET_FLOOR);
+    }
+
+    /// Count `bytes` more, or fail naming `what` was being built at file offset `at`.
+    pub fn charge(&mut self, bytes: usize, what: &'static str, path: &Path, at: u64) -> Result<()> {
+        self.spent = self.spent.saturating_add(bytes as u64);
+        if self.spent > self.limit {
+            return Err(Error::PickleBudget {
+                path: path.to_path_buf(),
+                offset: at,
+                what,
+                limit: self.limit,
+                pickle_bytes: self.pickle_bytes,
+                per_byte: BUDGET_PER_BYTE,
+                floor: BUDGET_FLOOR,
+            });
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+}
+
+/// What one more object costs beside its own heap bytes: its arena slot and its offset.
+const OBJ_COST: usize = std::mem::size_of::<Obj>() + std::mem::size_of::<u64>();
+/// A stack entry, a MARK, an item of a list or tuple.
+const ID_COST: usize = std::mem::size_of::<Id>();
+/// A memo entry: key, value and the hash table's control byte, rounded up.
+const MEMO_COST: usize = 2 * std::mem::size_of::<Id>();
+
 /// One unpickled object.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Obj {
@@ -70,6 +142,8 @@ pub(crate) struct Pickle {
     offsets: Vec<u64>,
     /// The object STOP returned.
     pub root: Id,
+    /// What is left of the memory budget after unpickling; flattening spends the rest.
+    pub budget: Budget,
     /// Absolute file offset one past the STOP opcode.
     pub end: usize,
 }
@@ -223,6 +297,9 @@ struct Machine<'a, 'p> {
     copy_budget: usize,
     /// Offset of the opcode being run.
     op_at: u64,
+    /// Offset of the pickle's first opcode.
+    start: usize,
+    budget: Budget,
 }
 
 /// Unpickle the pickle that starts at `bytes[start]`, reading no further than `bytes[..end]`.
@@ -248,13 +325,18 @@ pub(crate) fn load(
         memo: HashMap::new(),
         copy_budget: buf.len().saturating_sub(start),
         op_at: start as u64,
+        start,
+        budget: Budget::for_pickle(0),
     };
     let root = m.run()?;
+    let end = m.r.pos();
+    m.budget.set_len(end - start);
     Ok(Pickle {
         objects: m.objects,
         offsets: m.offsets,
         root,
-        end: m.r.pos(),
+        end,
+        budget: m.budget,
     })
 }
 
@@ -263,10 +345,27 @@ impl Machine<'_, '_> {
         bad_pickle(self.path, self.op_at, reason)
     }
 
+    /// Charge the budget of the bytes read so far: a pickle's length is known only at STOP (a
+    /// legacy checkpoint's pickles are followed by storages), so what it may cost grows as it
+    /// is read, never ahead of it.
+    fn charge(&mut self, bytes: usize, what: &'static str) -> Result<()> {
+        let read = self.r.pos().saturating_sub(self.start);
+        self.budget.set_len(read);
+        self.budget.charge(bytes, what, self.path, self.op_at)
+    }
+
     fn new_obj(&mut self, obj: Obj) -> Result<Id> {
         if self.objects.len() >= MAX_OBJECTS {
             return Err(self.err(format!("more than {MAX_OBJECTS} objects")));
         }
+        let heap = match &obj {
+            Obj::Str(s) => s.len(),
+            Obj::Tuple(v) | Obj::List(v) => v.len() * ID_COST,
+            Obj::Dict(pairs) => pairs.len() * 2 * ID_COST,
+            Obj::Global { module, name } => module.len() + name.len(),
+            _ => 0,
+        };
+        self.charge(OBJ_COST + heap, "the pickle's objects")?;
         self.objects.push(obj);
         self.offsets.push(self.op_at);
         Ok(self.objects.len() - 1)
@@ -276,6 +375,8 @@ impl Machine<'_, '_> {
         if self.stack.len() >= MAX_OBJECTS {
             return Err(self.err(format!("stack deeper than {MAX_OBJECTS}")));
         }
+        // Every push is charged, BINGET's and DUP's included: a memo reference is two bytes.
+        self.charge(ID_COST, "the pickle's stack")?;
         self.stack.push(id);
         Ok(())
     }
@@ -321,6 +422,7 @@ impl Machine<'_, '_> {
         if self.memo.len() >= MAX_OBJECTS && !self.memo.contains_key(&key) {
             return Err(self.err(format!("more than {MAX_OBJECTS} memo entries")));
         }
+        self.charge(MEMO_COST, "the pickle's memo")?;
         self.memo.insert(key, top);
         Ok(())
     }
@@ -453,6 +555,10 @@ impl Machine<'_, '_> {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let kind = self.kind(dict);
+        if !matches!(self.objects[dict], Obj::Dict(_)) {
+            return Err(self.err(format!("SETITEM on a {kind}")));
+        }
+        self.charge(items.len() * ID_COST, "a dict")?;
         let Obj::Dict(pairs) = &mut self.objects[dict] else {
             return Err(self.err(format!("SETITEM on a {kind}")));
         };
@@ -462,6 +568,10 @@ impl Machine<'_, '_> {
 
     fn append(&mut self, list: Id, items: &[Id]) -> Result<()> {
         let kind = self.kind(list);
+        if !matches!(self.objects[list], Obj::List(_)) {
+            return Err(self.err(format!("APPEND to a {kind}")));
+        }
+        self.charge(items.len() * ID_COST, "a list")?;
         let Obj::List(v) = &mut self.objects[list] else {
             return Err(self.err(format!("APPEND to a {kind}")));
         };
@@ -496,6 +606,7 @@ impl Machine<'_, '_> {
                     if self.marks.len() >= MAX_OBJECTS {
                         return Err(self.err("too many MARKs"));
                     }
+                    self.charge(ID_COST, "the pickle's MARKs")?;
                     self.marks.push(self.stack.len());
                 }
                 POP => {
@@ -964,6 +1075,22 @@ X\x01\x00\x00\x00bq\x03(X\x01\x00\x00\x00xC\x02yz\x8a\x09\x00\x00\x00\x00\x00\x0
         bytes.push(b'.');
         let p = unpickle(&bytes).unwrap();
         assert!(p.objects().count() < 70);
+    }
+
+    /// What a pickle spells out without reuse stays inside the budget however long it is: a
+    /// list of a million empty tuples (the costliest opcode per byte) or of a million ints.
+    #[test]
+    fn direct_content_is_within_the_budget() {
+        for item in [&b")"[..], b"K\x07", b"N"] {
+            let mut bytes = b"\x80\x02](".to_vec();
+            for _ in 0..1_000_000 {
+                bytes.extend_from_slice(item);
+            }
+            bytes.extend_from_slice(b"e.");
+            let p = unpickle(&bytes).unwrap();
+            assert_eq!(p.items(p.root).unwrap().len(), 1_000_000);
+            assert!(p.budget.spent() <= bytes.len() as u64 * BUDGET_PER_BYTE);
+        }
     }
 
     #[test]

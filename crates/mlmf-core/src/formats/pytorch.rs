@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
-use super::pickle::{self, bad_pickle, Id, Obj, Pickle};
+use super::pickle::{self, bad_pickle, Budget, Id, Obj, Pickle};
 use super::reader::ByteReader;
 use super::zip;
 use super::{Format, Metadata, Parsed, TensorInfo, Value};
@@ -48,6 +48,15 @@ const MAX_METADATA_STR: usize = 256;
 /// spell 18 MB of names; a real state dict builds less than its own pickle's length.
 const FLAT_BYTES_PER_PICKLE_BYTE: usize = 16;
 const FLAT_BYTES_FLOOR: usize = 1 << 20;
+/// What one tensor of the flattened state dict holds beside its name, storage key and dims:
+/// the leaf, the `TensorInfo` made from it and `ModelFile`'s name index entry.
+const LEAF_COST: usize = std::mem::size_of::<(String, Leaf)>()
+    + std::mem::size_of::<TensorInfo>()
+    + std::mem::size_of::<(String, usize)>();
+/// Per dimension: sizes and strides in the leaf, then the shape and strides of the tensor.
+const DIM_COST: usize = 4 * std::mem::size_of::<u64>();
+/// A visit of an object: charged so that the walk's time is bounded by the budget too.
+const VISIT_COST: usize = 16;
 
 /// What a storage class holds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -791,6 +800,8 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
         /// Bytes of names, sizes and strides built so far, and their cap.
         built: usize,
         max_built: usize,
+        /// The pickle's memory budget, of which unpickling spent a part.
+        budget: Budget,
     }
     impl Walk<'_> {
         fn charge(&mut self, bytes: usize, at: u64) -> Result<()> {
@@ -826,6 +837,10 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                 ));
             }
             self.charge(name.len(), p.offset(id))?;
+            // The name built for this visit is transient (the cap above counts it); a leaf's
+            // name, which is kept, is charged with the leaf.
+            self.budget
+                .charge(VISIT_COST, "the walk", self.path, p.offset(id))?;
             let join = |key: &str| {
                 if name.is_empty() {
                     key.to_string()
@@ -851,6 +866,12 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                         if let Leaf::Tensor(t) = &leaf {
                             let dims = t.size.len() + t.stride.len();
                             self.charge(8 * dims + t.storage.key.len(), p.offset(id))?;
+                            let cost = LEAF_COST
+                                + name.len()
+                                + t.storage.key.len()
+                                + DIM_COST * t.size.len();
+                            self.budget
+                                .charge(cost, "the tensors", self.path, p.offset(id))?;
                         }
                         self.flat.leaves.push((name.to_string(), leaf));
                     }
@@ -869,6 +890,13 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
                         _ => None,
                     };
                     if let Some(value) = value {
+                        let text = match &value {
+                            Value::String(s) => s.len(),
+                            _ => 0,
+                        };
+                        let cost = std::mem::size_of::<(String, Value)>() + name.len() + text;
+                        self.budget
+                            .charge(cost, "the metadata", self.path, p.offset(id))?;
                         self.flat.metadata.entries.push((name.to_string(), value));
                     }
                 }
@@ -891,14 +919,60 @@ fn flatten(p: &Pickle, path: &Path) -> Result<Flat> {
             .byte_len()
             .saturating_mul(FLAT_BYTES_PER_PICKLE_BYTE)
             .saturating_add(FLAT_BYTES_FLOOR),
+        budget: p.budget.clone(),
     };
     w.walk(p.root, "", 0, false)?;
+    #[cfg(test)]
+    tests::SPENT.with(|s| s.set((w.budget.spent(), p.byte_len() as u64)));
     Ok(w.flat)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Budget spent by the last `flatten` on this thread, and its pickle's length.
+        pub(super) static SPENT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+
+    /// Real checkpoints spend a small part of the budget: at most half of
+    /// `BUDGET_PER_BYTE` per pickle byte, before the floor is counted.
+    #[test]
+    fn budget_of_real_checkpoints() {
+        let models = std::env::var_os("MLMF_MODELS")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("mlmf")))
+            .or_else(|| std::env::var_os("HOME").map(|d| Path::new(&d).join(".cache/mlmf")))
+            .unwrap();
+        let mut files: Vec<std::path::PathBuf> =
+            ["mobilenet_v2-b0353104.pth", "pocketnet-v3_fold0.pt"]
+                .iter()
+                .map(|n| models.join(n))
+                .collect();
+        let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        for e in std::fs::read_dir(&data_dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".pt") && !name.starts_with("pytorch_bad_") {
+                files.push(path);
+            }
+        }
+        assert!(files.len() >= 6, "{files:?}");
+        for path in files {
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let parsed = parse(&bytes, &path).unwrap();
+            let (spent, pickle_bytes) = SPENT.with(|s| s.get());
+            println!(
+                "{}: {} tensors, pickle {pickle_bytes} bytes, budget spent {spent} ({:.1} per byte)",
+                path.display(),
+                parsed.tensors.len(),
+                spent as f64 / pickle_bytes as f64
+            );
+            assert!(!parsed.tensors.is_empty());
+            assert!(spent > 0 && spent <= pickle_bytes * pickle::BUDGET_PER_BYTE / 2);
+        }
+    }
 
     fn data(name: &str) -> Vec<u8> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -359,6 +359,50 @@ def ordered_dict_copies_checkpoint():
     return out.getvalue()
 
 
+def raw_zip_checkpoint(pickled, storages):
+    """A zip checkpoint around hand-written pickle bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr(fixed("archive/data.pkl"), pickled)
+        for key, data in storages.items():
+            z.writestr(fixed("archive/data/" + key), data)
+        z.writestr(fixed("archive/version"), b"3\n")
+    return out.getvalue()
+
+
+def raw_legacy_checkpoint(pickled, storages):
+    """A legacy checkpoint around hand-written pickle bytes (float32 storages)."""
+    f = io.BytesIO()
+    pickle.dump(MAGIC_NUMBER, f, protocol=2)
+    pickle.dump(PROTOCOL_VERSION, f, protocol=2)
+    pickle.dump(dict(protocol_version=PROTOCOL_VERSION, little_endian=True), f, protocol=2)
+    f.write(pickled)
+    keys = sorted(storages)
+    pickle.dump(keys, f, protocol=2)
+    for key in keys:
+        f.write(struct.pack("<q", len(storages[key]) // 4))
+        f.write(storages[key])
+    return f.getvalue()
+
+
+def amplified_checkpoint(legacy):
+    """About 10 KB whose pickle reuses memoized objects: 8000 empty tuples made and dropped (so
+    the flattening's old cap of four visits per object allows 33k visits), a list of 100
+    references to one memoized tensor, and a root list of 300 references to that list: 30,000
+    tensors (about 10 MB of leaves) from 9 KB of opcodes. Hand-written; pickle.dumps never
+    writes this."""
+    pid = (b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+           b"X\x03\x00\x00\x00cpuK\x04" + (b"N" if legacy else b"") + b"tQ")
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"K\x00(K\x04t(K\x01t"
+              b"\x89ccollections\nOrderedDict\n)RtR")
+    pickled = (b"\x80\x02" + tensor + b"q\x00"  # memo 0: the tensor
+               + b"(" + b")" * 8000 + b"1"  # 8000 objects, popped
+               + b"(" + b"h\x00" * 100 + b"lq\x01"  # memo 1: 100 references to the tensor
+               + b"(" + b"h\x01" * 300 + b"l.")  # the root: 300 references to that list
+    storages = {"0": f32(1, 2, 3, 4)}
+    return (raw_legacy_checkpoint if legacy else raw_zip_checkpoint)(pickled, storages)
+
+
 def patch_member_size(data, member, size):
     """Set a member's sizes in the central directory, leaving everything else as it was."""
     data = bytearray(data)
@@ -398,6 +442,8 @@ def main():
         "pytorch_bad_shared_names.pt": shared_names_checkpoint(),
         "pytorch_bad_ordered_dict_copies.pt": ordered_dict_copies_checkpoint(),
         "pytorch_bad_shared_storage_key.pt": shared_storage_key_checkpoint(),
+        "pytorch_bad_amplified_zip.pt": amplified_checkpoint(legacy=False),
+        "pytorch_bad_amplified_legacy.pt": amplified_checkpoint(legacy=True),
     }
     for name, data in files.items():
         assert len(data) < 20_000, name

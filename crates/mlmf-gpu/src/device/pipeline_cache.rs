@@ -120,6 +120,8 @@ impl DiskCache {
             f.write_all(&digest)?;
             f.write_all(&payload)?;
             f.sync_all()?;
+            // Never rename over a device node or FIFO that stands where the cache file goes.
+            mlmf_core::files::check_replaceable(&self.file).map_err(std::io::Error::other)?;
             std::fs::rename(&tmp, &self.file)
         })();
         if written.is_err() {
@@ -141,9 +143,14 @@ impl Drop for DiskCache {
 
 /// The payload of a cache file, or `None` (with a warning unless the file is simply absent).
 fn read(file: &Path) -> Option<Vec<u8>> {
-    let bytes = match std::fs::read(file) {
+    // A FIFO where the cache file goes is refused, not waited on.
+    let bytes = match mlmf_core::files::read_regular(file) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(mlmf_core::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return None
+        }
         Err(e) => {
             warn(file, &e);
             return None;

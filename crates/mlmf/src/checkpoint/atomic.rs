@@ -1,6 +1,8 @@
 //! Atomic file replacement: write a temporary file in the target's directory, fsync it, rename
 //! it over the target, fsync the directory. An interrupted write leaves the previous file as it
-//! was; at worst a stray temporary file remains.
+//! was; at worst a stray temporary file remains. A target that is a device node, FIFO or socket
+//! is refused ([`Error::NotAFile`]) when the file is created and again just before the rename,
+//! which would replace the node (as root, `-o /dev/full` replaced the machine's `/dev/full`).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -19,6 +21,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     pub fn create(target: impl AsRef<Path>) -> Result<AtomicFile> {
         let target = target.as_ref().to_path_buf();
+        mlmf_core::files::check_replaceable(&target)?;
         let dir = parent_dir(&target);
         let name = target
             .file_name()
@@ -93,6 +96,8 @@ impl AtomicFile {
             .map_err(|e| Error::io(temp, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(temp, e))?;
         drop(file);
+        // Again: the target may have become a node while the file was written.
+        mlmf_core::files::check_replaceable(target)?;
         fs::rename(temp, target).map_err(|e| Error::io(target, e))?;
         let dir = parent_dir(target);
         // Directory fsync makes the rename itself durable; not every platform can open a
@@ -175,6 +180,63 @@ mod tests {
             .collect();
         assert_eq!(names, ["sub"], "temporary file left behind");
         assert_eq!(fs::read(target.join("keep")).unwrap(), b"x");
+    }
+
+    /// Make a FIFO, or a character device with /dev/null's numbers (1, 3), at `path`, in the
+    /// test's own directory; false when this process may not (mknod needs root, CAP_MKNOD).
+    #[cfg(unix)]
+    fn make_node(path: &Path, mode: libc::mode_t) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; makedev is arithmetic.
+        unsafe { libc::mknod(c.as_ptr(), mode | 0o600, libc::makedev(1, 3)) == 0 }
+    }
+
+    #[cfg(unix)]
+    fn kind(path: &Path) -> Option<&'static str> {
+        mlmf_core::files::special_kind(&fs::symlink_metadata(path).unwrap())
+    }
+
+    /// A target that is a FIFO or a device node is refused when the file is created, and when
+    /// it became one while the file was written; the node stays what it was, and no temporary
+    /// file is left behind.
+    #[cfg(unix)]
+    #[test]
+    fn device_nodes_and_fifos_are_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = vec![("fifo", libc::S_IFIFO, "FIFO (named pipe)")];
+        let probe = dir.path().join("probe");
+        if make_node(&probe, libc::S_IFCHR) {
+            fs::remove_file(&probe).unwrap();
+            nodes.push(("null", libc::S_IFCHR, "character device"));
+        } else {
+            println!("mknod of a character device is not permitted here; testing FIFOs only");
+        }
+        for (name, mode, what) in nodes {
+            let target = dir.path().join(name);
+            assert!(make_node(&target, mode));
+            let err = AtomicFile::create(&target).err().unwrap();
+            assert!(
+                matches!(&err, Error::NotAFile { path, kind } if path == &target && *kind == what),
+                "{err}"
+            );
+            assert_eq!(kind(&target), Some(what));
+            fs::remove_file(&target).unwrap();
+
+            // Absent when created, a node by the time of the rename.
+            let mut f = AtomicFile::create(&target).unwrap();
+            f.write_all(b"data").unwrap();
+            assert!(make_node(&target, mode));
+            let err = f.commit().unwrap_err();
+            assert!(matches!(err, Error::NotAFile { .. }), "{err}");
+            assert_eq!(kind(&target), Some(what));
+            fs::remove_file(&target).unwrap();
+            assert_eq!(
+                fs::read_dir(dir.path()).unwrap().count(),
+                0,
+                "temporary file left behind"
+            );
+        }
     }
 
     #[test]

@@ -249,6 +249,8 @@ fn write_sharded_replacing(writer: &SafetensorsWriter<'_>, out: &Path, max: u64)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // `out` is moved aside and removed below: never a device node or FIFO.
+    mlmf_core::files::check_replaceable(out)?;
     let id = std::process::id();
     let fresh = parent.join(format!(".{name}.tmp-{id}"));
     let old = parent.join(format!(".{name}.old-{id}"));
@@ -260,6 +262,7 @@ fn write_sharded_replacing(writer: &SafetensorsWriter<'_>, out: &Path, max: u64)
         return Err(e);
     }
     let had_old = out.exists();
+    mlmf_core::files::check_replaceable(out)?;
     if had_old {
         std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
     }

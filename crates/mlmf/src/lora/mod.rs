@@ -154,7 +154,7 @@ impl LoraAdapter {
 /// other settings that change the result); for a GGUF adapter, the sha256 of the whole file (its
 /// settings are metadata, which the content hash leaves out).
 pub fn adapter_hash(adapter: &LoraAdapter) -> Result<Sha256Hash> {
-    let read = |path: &Path| std::fs::read(path).map_err(|e| Error::io(path, e));
+    let read = |path: &Path| mlmf_core::files::read_regular(path);
     match adapter.naming {
         Naming::HuggingFace => {
             let (config, weights) = peft::files(&adapter.path)?;

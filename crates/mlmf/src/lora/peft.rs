@@ -258,7 +258,7 @@ pub(super) fn open(path: &Path) -> Result<LoraAdapter> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let text = mlmf_core::files::read_regular_to_string(&config_path)?;
     let json: Json = serde_json::from_str(&text).map_err(|e| Error::BadAdapter {
         path: config_path.clone(),
         reason: format!("not JSON: {e}"),

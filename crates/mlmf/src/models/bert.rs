@@ -50,7 +50,7 @@ impl BertConfig {
     /// Read `config.json`; `hidden_act` must be `gelu` (the erf form) and the position
     /// embeddings `absolute`, the only ones implemented.
     pub fn open(path: &Path) -> Result<BertConfig> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = mlmf_core::files::read_regular(path)?;
         let bad = |reason: String| Error::BadModel {
             path: path.to_path_buf(),
             reason,

@@ -48,7 +48,7 @@ pub fn imagenet_labels_from_file(path: impl AsRef<Path>) -> Result<Vec<String>> 
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = mlmf_core::files::read_regular(path)?;
     let json: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let map = json

@@ -159,10 +159,10 @@ pub(super) fn clean_leftovers(dir: &Path) -> Result<Vec<PathBuf>> {
 /// The step `latest` names; `None` when there is no `latest`.
 pub(super) fn read_latest(dir: &Path) -> Result<Option<u64>> {
     let path = dir.join(LATEST_FILE);
-    let text = match fs::read(&path) {
+    let text = match mlmf_core::files::read_regular(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+        Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     };
     std::str::from_utf8(&text)
         .ok()

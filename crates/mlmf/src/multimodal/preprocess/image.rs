@@ -201,7 +201,7 @@ impl ImagePreprocess {
 /// dropped (not blended), palettes expanded. 16-bit images keep their high byte, as Pillow
 /// reads 16-bit RGB PNGs. EXIF orientation is ignored, as Pillow and torchvision ignore it.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = mlmf_core::files::read_regular(path)?;
     decode_rgb_bytes(&bytes).map_err(|reason| Error::BadImage {
         path: path.to_path_buf(),
         reason,

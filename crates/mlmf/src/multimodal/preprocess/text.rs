@@ -33,7 +33,9 @@ pub struct Encoded {
 impl TextTokenizer {
     pub fn open(path: impl AsRef<Path>) -> Result<TextTokenizer> {
         let path = path.as_ref().to_path_buf();
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+        // Read here rather than by `from_file`, so a FIFO is refused instead of waited on.
+        let bytes = mlmf_core::files::read_regular(&path)?;
+        let mut inner = Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: path.clone(),
             reason: e.to_string(),
         })?;
