@@ -760,6 +760,26 @@ fn tensor_info(
     if start > len || end > len {
         return Err(out_of_bounds(start, end));
     }
+    // An expanded view names every element it repeats, and reading it (a load, a hash, a
+    // conversion) costs its own bytes: 4 stored bytes viewed as [32768, 32768] took minutes to
+    // verify. Real expanded buffers (HF's `position_ids`, masks) repeat their storage a few
+    // times, so a bound relative to the span refuses only amplification.
+    let own = dtype.byte_len(shape.elem_count()).unwrap_or(u64::MAX);
+    let bound = (end - start)
+        .saturating_mul(MAX_VIEW_REPEAT)
+        .saturating_add(1 << 20);
+    if own > bound {
+        return Err(Error::BadShape {
+            path: path.to_path_buf(),
+            tensor: name,
+            reason: format!(
+                "a view of {} stored bytes at offset {} names {own} bytes; mlmf reads views of \
+                 at most {MAX_VIEW_REPEAT} times their stored bytes plus 1 MiB",
+                end - start,
+                data.start + start
+            ),
+        });
+    }
     let strides = if is_contiguous(&t.size, &t.stride) {
         None
     } else {
@@ -779,6 +799,9 @@ fn tensor_info(
         strides,
     })
 }
+
+/// How many times a view may repeat its stored bytes (stride 0), beyond a first MiB.
+const MAX_VIEW_REPEAT: u64 = 1024;
 
 // ---- flattening ----------------------------------------------------------------------------------
 
@@ -1202,6 +1225,21 @@ mod tests {
             matches!(&err, Error::TensorOutOfBounds { tensor, .. } if tensor == "s"),
             "{err}"
         );
+    }
+
+    /// 4 stored bytes viewed as [32768, 32768] (stride 0) would make every reader of the tensor
+    /// go through 4 GiB: refused from the header, naming the tensor and the bound.
+    #[test]
+    fn expanded_views_that_amplify_are_refused() {
+        let err = open("pytorch_bad_expanded.pt").unwrap_err();
+        match &err {
+            Error::BadShape { tensor, reason, .. } => {
+                assert_eq!(tensor, "e");
+                assert!(reason.contains("names 4294967296 bytes"), "{reason}");
+                assert!(reason.contains("at most 1024 times"), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
     }
 
     #[test]

@@ -437,6 +437,7 @@ def main():
         "pytorch_bad_view.pt": zip_checkpoint(one("v", tensor(small_storage(), (4,), offset=2))),
         "pytorch_bad_shape.pt": zip_checkpoint(one("big", tensor(small_storage(), (1 << 40, 1 << 40)))),
         "pytorch_bad_stride.pt": zip_checkpoint(one("s", tensor(small_storage(), (2, 2), stride=(1 << 63, 1)))),
+        "pytorch_bad_expanded.pt": zip_checkpoint(one("e", tensor(small_storage(), (32768, 32768), stride=(0, 0)))),
         "pytorch_bad_quantized.pt": zip_checkpoint(one("q", QTensor(Storage(QInt8Storage, "0", bytes([1, 2]))))),
         "pytorch_bad_big_endian.pt": zip_checkpoint(one("w", tensor(small_storage(), (4,))), byteorder=b"big"),
         "pytorch_bad_shared_names.pt": shared_names_checkpoint(),
