@@ -134,7 +134,19 @@ pub(crate) mod testing {
             DType::Q2_K => &[80, 82],
             DType::Q3_K => &[108],
             DType::Q6_K => &[208],
+            // IQ1_M's d is spread over its scales (see `finite_iq1_m`).
+            DType::IQ1_M => &[],
             _ => &[0],
+        }
+    }
+
+    /// IQ1_M's f16 d is the top nibbles of its four u16 scales (bytes 48..56): its high byte is
+    /// the top nibbles of bytes 53 and 55, so its exponent's top bit is bit 6 of byte 55. Clear
+    /// that bit where the exponent is 31 (infinity or NaN), or always when `moderate`.
+    fn finite_iq1_m(block: &mut [u8], moderate: bool) {
+        let high = (block[53] >> 4) | (block[55] & 0xf0);
+        if moderate || high & 0x7c == 0x7c {
+            block[55] &= !0x40;
         }
     }
 
@@ -158,6 +170,9 @@ pub(crate) mod testing {
                     block[at + 1] &= !0x40;
                 }
             }
+            if dtype == DType::IQ1_M {
+                finite_iq1_m(block, false);
+            }
         }
         bytes
     }
@@ -169,6 +184,9 @@ pub(crate) mod testing {
         for block in bytes.chunks_exact_mut(dtype.block_bytes() as usize) {
             for &at in f16_fields(dtype) {
                 block[at + 1] &= !0x40;
+            }
+            if dtype == DType::IQ1_M {
+                finite_iq1_m(block, true);
             }
         }
         bytes
