@@ -528,8 +528,16 @@ fn quantize_to_an_iq_type_says_why_not() {
             keep: Vec::new(),
         },
     );
-    let err = info.err().expect("IQ2_XXS is decode-only").to_string();
-    assert!(err.contains("importance matrix"), "{err}");
+    let Err(err) = info else {
+        panic!("IQ2_XXS is decode-only")
+    };
+    assert!(matches!(
+        err,
+        mlmf::Error::UnsupportedQuant {
+            dtype: mlmf::DType::IQ2_XXS
+        }
+    ));
+    assert!(err.to_string().contains("importance matrix"), "{err}");
 }
 
 /// `mlmf dump` of each i-quant on grids, on both devices, from a file gguf-py writes

@@ -430,9 +430,10 @@ fn grid_offsets_mirror_iq_grids() {
             let module = module(kernel);
             let n = kernel.bindings().len() as u32 - 1;
             assert_eq!(kernel.bindings().last(), Some(&Binding::ReadOnly));
-            let grids = module.global_variables.iter().find_map(|(_, v)| {
-                (v.name.as_deref() == Some("grids")).then_some(v.binding.clone())
-            });
+            let grids = module
+                .global_variables
+                .iter()
+                .find_map(|(_, v)| (v.name.as_deref() == Some("grids")).then_some(v.binding));
             assert_eq!(
                 grids,
                 Some(Some(naga::ResourceBinding {
