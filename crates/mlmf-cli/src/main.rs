@@ -84,7 +84,8 @@ enum Command {
         input: PathBuf,
         output: PathBuf,
         /// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, MXFP4,
-        /// TQ1_0, TQ2_0, F16, BF16.
+        /// TQ1_0, TQ2_0, F16, BF16 (the other i-quants are decode-only: see
+        /// `mlmf::quant::unsupported_reason`).
         #[arg(long = "type")]
         dtype: String,
         /// Leave tensors whose names match this regular expression as they are (repeatable).
@@ -539,11 +540,20 @@ fn quantize(
     keep: &[String],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let dtype = mlmf::DType::from_name(dtype)
-        .filter(|d| mlmf::quant::supports(*d))
-        .ok_or_else(|| {
-            CliError::Usage(format!("--type {dtype}: not a type mlmf can quantize to"))
-        })?;
+    let dtype = match mlmf::DType::from_name(dtype) {
+        Some(d) if mlmf::quant::supports(d) => d,
+        Some(d) => {
+            return Err(CliError::Usage(format!(
+                "--type {dtype}: mlmf cannot quantize to {d}: {}",
+                mlmf::quant::unsupported_reason(d)
+            )))
+        }
+        None => {
+            return Err(CliError::Usage(format!(
+                "--type {dtype}: not a type mlmf can quantize to"
+            )))
+        }
+    };
     let keep = keep
         .iter()
         .map(|k| regex::Regex::new(k).map_err(|e| CliError::Usage(format!("--keep {k}: {e}"))))

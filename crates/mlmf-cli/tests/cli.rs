@@ -1060,3 +1060,95 @@ fn inspect_and_verify_refuse_a_fifo() {
         );
     }
 }
+
+/// The i-quants on grids are decode-only: `quantize --type` names why (an importance matrix for
+/// IQ1/IQ2, an unimplemented search for IQ3), writes nothing, and IQ4_NL still quantizes.
+#[test]
+fn quantize_to_an_iq_type_says_why_not() {
+    let input = common::model(common::MINILM);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.gguf");
+    for (ty, why) in [
+        ("IQ2_XXS", "importance matrix"),
+        ("IQ2_XS", "importance matrix"),
+        ("IQ2_S", "importance matrix"),
+        ("IQ1_S", "importance matrix"),
+        ("IQ1_M", "importance matrix"),
+        ("IQ3_XXS", "grid-search quantizer"),
+        ("IQ3_S", "grid-search quantizer"),
+    ] {
+        let run = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+            .args(["quantize", input.to_str().unwrap(), out.to_str().unwrap()])
+            .args(["--type", ty])
+            .output()
+            .unwrap();
+        assert!(!run.status.success(), "{ty}");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            stderr.contains(&format!("mlmf cannot quantize to {ty}")) && stderr.contains(why),
+            "{ty}: {stderr}"
+        );
+        assert!(!out.exists());
+    }
+    let info = mlmf::quant::plan(
+        &mlmf::ModelFile::open(&input).unwrap(),
+        &mlmf::quant::QuantizeOptions {
+            dtype: mlmf::DType::IQ2_XXS,
+            keep: Vec::new(),
+        },
+    );
+    let Err(err) = info else {
+        panic!("IQ2_XXS is decode-only")
+    };
+    assert!(matches!(
+        err,
+        mlmf::Error::UnsupportedQuant {
+            dtype: mlmf::DType::IQ2_XXS
+        }
+    ));
+    assert!(err.to_string().contains("importance matrix"), "{err}");
+}
+
+/// `mlmf dump` of each i-quant on grids, on both devices, from a file gguf-py writes
+/// (mlmf-gpu's `tests/data/make_iq_fixture.py`), equals gguf-py's decoding.
+#[test]
+fn dump_matches_gguf_py_for_every_iq_grid_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let oracle = dir.path().join("iq.gguf");
+    let script = common::workspace_dir().join("crates/mlmf-gpu/tests/data/make_iq_fixture.py");
+    let made = Command::new(common::python())
+        .arg(&script)
+        .arg(&oracle)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = mlmf::ModelFile::open(&oracle).unwrap();
+    for ty in [
+        "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
+    ] {
+        let want = f32s(file.bytes(file.tensor(&format!("{ty}.dequant")).unwrap()));
+        for device in ["gpu", "cpu"] {
+            let out = dir.path().join(format!("{ty}.{device}.f32"));
+            mlmf(&[
+                "dump",
+                oracle.to_str().unwrap(),
+                ty,
+                "--device",
+                device,
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+            let got = f32s(&std::fs::read(&out).unwrap());
+            assert_eq!(got.len(), want.len());
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{ty} on {device} differs from gguf-py");
+        }
+    }
+}

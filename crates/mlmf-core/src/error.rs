@@ -343,7 +343,10 @@ pub enum Error {
     },
 
     // ---- quantization ----------------------------------------------------------------------------
-    #[error("quantizing to {dtype} is not supported")]
+    #[error(
+        "quantizing to {dtype} is not supported: {}",
+        crate::quant::unsupported_reason(*.dtype)
+    )]
     UnsupportedQuant { dtype: DType },
 
     #[error(

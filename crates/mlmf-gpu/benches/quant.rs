@@ -38,10 +38,25 @@ const TYPES: [DType; 15] = [
     DType::TQ2_0,
 ];
 
+/// The i-quants on grids, which the fixture lacks: random blocks with finite scales.
+const IQ_TYPES: [DType; 7] = [
+    DType::IQ2_XXS,
+    DType::IQ2_XS,
+    DType::IQ2_S,
+    DType::IQ3_XXS,
+    DType::IQ3_S,
+    DType::IQ1_S,
+    DType::IQ1_M,
+];
+
 /// Real quantized blocks: the fixture's `<type>.quant` (8 rows of 1024) repeated. The fixture
 /// lacks MXFP4, TQ1_0 and TQ2_0: for those, its Q8_0 input (the same 8 rows of 1024 values)
-/// quantized by `mlmf_core::quant` (byte-identical to gguf-py's quantizer, tests/quantize.rs).
+/// quantized by `mlmf_core::quant` (byte-identical to gguf-py's quantizer, tests/quantize.rs);
+/// for [`IQ_TYPES`], which mlmf does not quantize, [`random_blocks`].
 fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
+    if IQ_TYPES.contains(&dtype) {
+        return random_blocks(dtype);
+    }
     let copies = ELEMENTS / (8 * 1024);
     if let Ok(info) = expected.tensor(&format!("{}.quant", dtype.name())) {
         return expected.bytes(info).repeat(copies);
@@ -54,6 +69,33 @@ fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
         .collect();
     let one = mlmf_core::quant::quantize(dtype, &values, 1024).expect("quantize");
     one.repeat(copies)
+}
+
+/// ELEMENTS elements of `dtype` (an i-quant) as xorshift bytes, each block's f16 scale made
+/// finite as tests/data/make_iq_fixture.py does (IQ1_M's d lies in the top nibbles of its last
+/// four u16, its exponent's top bit in bit 6 of byte 55; the others' d is bytes 0..2).
+fn random_blocks(dtype: DType) -> Vec<u8> {
+    let size = dtype.block_bytes() as usize;
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes: Vec<u8> = (0..ELEMENTS / dtype.block_elems() as usize * size)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    for block in bytes.chunks_exact_mut(size) {
+        let (high, at) = if dtype == DType::IQ1_M {
+            ((block[53] >> 4) | (block[55] & 0xf0), 55)
+        } else {
+            (block[1], 1)
+        };
+        if high & 0x7c == 0x7c {
+            block[at] &= !0x40;
+        }
+    }
+    bytes
 }
 
 /// Rows of the matrix-vector product's W (ELEMENTS / ROWS columns).
@@ -88,7 +130,7 @@ fn dequant(c: &mut Criterion) {
         .expect("fixtures beside the checkout");
     let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
     let dir = tempfile::tempdir().expect("temp dir");
-    for dtype in TYPES {
+    for dtype in TYPES.into_iter().chain(IQ_TYPES) {
         let bytes = blocks(&expected, dtype);
         let raw = dir.path().join(format!("{}.bin", dtype.name()));
         std::fs::write(&raw, &bytes).expect("write blocks");

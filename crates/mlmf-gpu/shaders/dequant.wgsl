@@ -35,6 +35,8 @@ alias Out = f32;
 // a multiple of 4 elements and each quad a decoder emits lies wholly inside or outside it. One
 // vec4 store costs lavapipe about what one scalar store does.
 @group(0) @binding(2) var<storage, read_write> dst: array<vec4<Out>>;
+// The i-quant grid and sign tables quant_decode.wgsl reads (src/ops/iq_grids).
+@group(0) @binding(3) var<storage, read> grids: array<u32>;
 
 // Groups are counted from the start of the input page, so the first and last group of a
 // dispatch may be partly outside it.

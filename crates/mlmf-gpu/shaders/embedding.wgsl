@@ -29,6 +29,8 @@ override WG: u32 = 64u;
 @group(0) @binding(1) var<storage, read> src: array<u32>;
 @group(0) @binding(2) var<storage, read> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// The i-quant grid and sign tables quant_decode.wgsl reads (src/ops/iq_grids).
+@group(0) @binding(4) var<storage, read> grids: array<u32>;
 
 @compute @workgroup_size(WG)
 fn embedding(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {

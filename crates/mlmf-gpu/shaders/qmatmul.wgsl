@@ -55,6 +55,8 @@ const ROW_BATCH_LIMIT: u32 = 16u;
 @group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
 // Y's batch columns of this dispatch, [batch, out_rows].
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+// The i-quant grid and sign tables quant_decode.wgsl reads (src/ops/iq_grids).
+@group(0) @binding(4) var<storage, read> grids: array<u32>;
 
 var<workgroup> partial: array<f32, WG * MAX_BATCH>;
 

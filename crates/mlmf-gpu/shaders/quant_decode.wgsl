@@ -1,7 +1,8 @@
 // Element decoders for every weight type the block-reading families (dequant, qmatmul,
 // embedding) read, shared by them (kernels.rs prepends this file after common.wgsl). Each family
-// declares the binding these functions read, `src: array<u32>`, holding the tensor's bytes
-// exactly as the file stores them; WGSL module-scope declarations are order-independent, so the
+// declares the bindings these functions read, `src: array<u32>`, holding the tensor's bytes
+// exactly as the file stores them, and `grids: array<u32>`, the i-quant tables (its last
+// binding; the launchers bind it, see src/ops/iq_grids); WGSL module-scope declarations are order-independent, so the
 // functions here may name it.
 //
 // `decode_<type>(b, j)` is element j of the block whose first byte is at byte b of `src`. Block
@@ -39,6 +40,14 @@ const T_IQ4_XS: u32 = 14u;
 const T_MXFP4: u32 = 15u;
 const T_TQ1_0: u32 = 16u;
 const T_TQ2_0: u32 = 17u;
+// The i-quants on grids (their section below).
+const T_IQ2_XXS: u32 = 18u;
+const T_IQ2_XS: u32 = 19u;
+const T_IQ3_XXS: u32 = 20u;
+const T_IQ1_S: u32 = 21u;
+const T_IQ3_S: u32 = 22u;
+const T_IQ2_S: u32 = 23u;
+const T_IQ1_M: u32 = 24u;
 
 // Element j of the block of type TYPE at byte b of `src`.
 fn decode(b: u32, j: u32) -> f32 {
@@ -61,6 +70,13 @@ fn decode(b: u32, j: u32) -> f32 {
         case T_MXFP4: { return decode_mxfp4(b, j); }
         case T_TQ1_0: { return decode_tq1_0(b, j); }
         case T_TQ2_0: { return decode_tq2_0(b, j); }
+        case T_IQ2_XXS: { return decode_iq2_xxs(b, j); }
+        case T_IQ2_XS: { return decode_iq2_xs(b, j); }
+        case T_IQ3_XXS: { return decode_iq3_xxs(b, j); }
+        case T_IQ1_S: { return decode_iq1_s(b, j); }
+        case T_IQ3_S: { return decode_iq3_s(b, j); }
+        case T_IQ2_S: { return decode_iq2_s(b, j); }
+        case T_IQ1_M: { return decode_iq1_m(b, j); }
         default: { return 0.0; }
     }
 }
@@ -84,6 +100,13 @@ fn decode_group(b: u32, g: u32) {
         case T_MXFP4: { group_mxfp4(b, g); }
         case T_TQ1_0: { group_tq1_0(b, g); }
         case T_TQ2_0: { group_tq2_0(b, g); }
+        case T_IQ2_XXS: { group_iq2_xxs(b, g); }
+        case T_IQ2_XS: { group_iq2_xs(b, g); }
+        case T_IQ3_XXS: { group_iq3_xxs(b, g); }
+        case T_IQ1_S: { group_iq1_s(b, g); }
+        case T_IQ3_S: { group_iq3_s(b, g); }
+        case T_IQ2_S: { group_iq2_s(b, g); }
+        case T_IQ1_M: { group_iq1_m(b, g); }
         default: {}
     }
 }
@@ -724,5 +747,277 @@ fn group_tq2_0(b: u32, g: u32) {
         let q = (bytes4(even_word(lo, hi, un)) >> vec4<u32>(shift)) & vec4<u32>(3u);
         lo = hi;
         emit4(4u * k, vec4<f32>(vec4<i32>(q) - 1) * d);
+    }
+}
+
+// ---- i-quant super-blocks of 256 elements, on grids -------------------------------------------
+//
+// IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M. Runs of 8 (or 4) elements are one entry
+// of a grid, its bytes (lowest first) the magnitudes, with signs from ksigns_iq2xs (7 stored
+// bits, the eighth their parity) or stored whole, times a scale per 32 (or 16) elements. The
+// grids are ggml-common.h's tables, held once in Rust (src/ops/iq_grids) and bound as `grids`
+// by each family that includes this file, each table at the word below (the naga test checks
+// these against iq_grids::OFFSETS): a u64 grid entry i is words 2i (elements 0..3) and 2i + 1
+// (elements 4..7), a u32 entry one word, ksigns one word per entry. A storage buffer, not a
+// WGSL const array: naga copies a const array indexed at run time into a local per call.
+// Every product is exact in f32 (an 11-bit f16 significand times scales and grid values of at
+// most 6 bits each, or IQ1's grid value ± 1/8), so the order of the products cannot matter.
+const GRID_IQ2XXS: u32 = 0u;
+const GRID_IQ2XS: u32 = 512u;
+const GRID_IQ2S: u32 = 1536u;
+const GRID_IQ3XXS: u32 = 3584u;
+const GRID_IQ3S: u32 = 3840u;
+const GRID_IQ1S: u32 = 4352u;
+const GRID_KSIGNS: u32 = 8448u;
+
+// Byte k (0..8) of u64 grid entry i of the table at word t.
+fn grid8_byte(t: u32, i: u32, k: u32) -> u32 {
+    return byte_of(grids[t + 2u * i + k / 4u], k);
+}
+
+// The 8 sign bits of ksigns_iq2xs[i].
+fn ksigns(i: u32) -> u32 {
+    return grids[GRID_KSIGNS + i];
+}
+
+// -1 where bit k of `signs` is set, else 1.
+fn sign1(signs: u32, k: u32) -> f32 {
+    return select(1.0, -1.0, ((signs >> k) & 1u) != 0u);
+}
+
+// The same for bits k .. k + 3.
+fn sign4(signs: u32, k: u32) -> vec4<f32> {
+    let bits = (vec4<u32>(signs >> k) >> vec4<u32>(0u, 1u, 2u, 3u)) & vec4<u32>(1u);
+    return select(vec4<f32>(1.0), vec4<f32>(-1.0), bits != vec4<u32>(0u));
+}
+
+// The four bytes of a word as magnitudes, and as IQ1_S grid values (int8: -1, 0, 1).
+fn grid4(w: u32) -> vec4<f32> {
+    return vec4<f32>(bytes4(w));
+}
+
+fn grid4_i8(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+fn i8_of(b: u32) -> f32 {
+    return f32(i32(b << 24u) >> 24u);
+}
+
+// The scale of IQ2_XXS, IQ2_XS, IQ2_S from 4-bit s: d * (0.5 + s) * 0.25 (IQ3_XXS: * 0.5).
+fn iq2_scale(d: f32, s: u32) -> f32 {
+    return d * (0.5 + f32(s)) * 0.25;
+}
+
+// IQ2_XXS: d (f16), then per 32 elements two words: four grid indices (bytes), and four 7-bit
+// sign indices with a 4-bit scale on top. x = (d * (0.5 + s) * 0.25) * grid * sign.
+fn decode_iq2_xxs(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let k = j % 8u;
+    let aux = src_u32(b + 6u + 8u * g);
+    let db = iq2_scale(src_f16(b), aux >> 28u);
+    let q = grid8_byte(GRID_IQ2XXS, src_byte(b + 2u + 8u * g + l), k);
+    return db * f32(q) * sign1(ksigns((aux >> (7u * l)) & 127u), k);
+}
+
+// IQ2_XS: d (f16), qs (u16[32]: 9-bit grid index, 7-bit sign index) at byte 2, scales[8] (two
+// 4-bit scales per 32 elements) at byte 66.
+fn decode_iq2_xs(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let k = j % 8u;
+    let sc = src_byte(b + 66u + g) >> (4u * (l / 2u));
+    let db = iq2_scale(src_f16(b), sc & 15u);
+    let i = b + 2u + 8u * g + 2u * l;
+    let q = half_of(src[i >> 2u], i);
+    return db * f32(grid8_byte(GRID_IQ2XS, q & 511u, k)) * sign1(ksigns(q >> 9u), k);
+}
+
+// IQ2_S: d (f16), qs[32] (grid index low bits) at byte 2, signs[32] at 34, qh[8] (bits 8 and 9
+// of four indices) at 66, scales[8] at 74.
+fn decode_iq2_s(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let k = j % 8u;
+    let sc = src_byte(b + 74u + g) >> (4u * (l / 2u));
+    let db = iq2_scale(src_f16(b), sc & 15u);
+    let idx = src_byte(b + 2u + 4u * g + l) | ((src_byte(b + 66u + g) << (8u - 2u * l)) & 0x300u);
+    return db * f32(grid8_byte(GRID_IQ2S, idx, k)) * sign1(src_byte(b + 34u + 4u * g + l), k);
+}
+
+// IQ3_XXS: d (f16), qs[64] (grid indices of 4 elements) at byte 2, then per 32 elements a word
+// of four 7-bit sign indices and a 4-bit scale at byte 66. x = (d * (0.5 + s) * 0.5) * grid * sign.
+fn decode_iq3_xxs(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let k = j % 8u;
+    let aux = src_u32(b + 66u + 4u * g);
+    let db = src_f16(b) * (0.5 + f32(aux >> 28u)) * 0.5;
+    let idx = src_byte(b + 2u + 8u * g + 2u * l + k / 4u);
+    let q = byte_of(grids[GRID_IQ3XXS + idx], k);
+    return db * f32(q) * sign1(ksigns((aux >> (7u * l)) & 127u), k);
+}
+
+// IQ3_S: d (f16), qs[64] (grid index low bits) at byte 2, qh[8] (bit 8 of eight indices) at
+// 66, signs[32] at 74, scales[4] (two 4-bit scales per 64 elements) at 106.
+// x = (d * (1 + 2 s)) * grid * sign.
+fn decode_iq3_s(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let k = j % 8u;
+    let s = (src_byte(b + 106u + g / 2u) >> (4u * (g % 2u))) & 15u;
+    let db = src_f16(b) * f32(1u + 2u * s);
+    let n = 2u * l + k / 4u;
+    let idx = src_byte(b + 2u + 8u * g + n) | ((src_byte(b + 66u + g) << (8u - n)) & 256u);
+    let q = byte_of(grids[GRID_IQ3S + idx], k);
+    return db * f32(q) * sign1(src_byte(b + 74u + 4u * g + l), k);
+}
+
+// IQ1_S: d (f16), qs[32] (grid index low bits) at byte 2, qh (u16[8]: per 32 elements four
+// 3-bit index highs, a 3-bit scale, the sign of the shift) at 34. x = (d * (2 s + 1)) *
+// (grid ± 1/8).
+fn decode_iq1_s(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let i = b + 34u + 2u * g;
+    let qh = half_of(src[i >> 2u], i);
+    let dl = src_f16(b) * f32(2u * ((qh >> 12u) & 7u) + 1u);
+    let delta = select(0.125, -0.125, (qh & 0x8000u) != 0u);
+    let idx = src_byte(b + 2u + 4u * g + l) | (((qh >> (3u * l)) & 7u) << 8u);
+    return dl * (i8_of(grid8_byte(GRID_IQ1S, idx, j % 8u)) + delta);
+}
+
+// IQ1_M's d: the top nibbles of its four u16 scales (bytes 48..56; blocks are 56 bytes, so
+// whole words).
+fn iq1_m_d(b: u32) -> f32 {
+    let s01 = src[(b + 48u) >> 2u];
+    let s23 = src[(b + 52u) >> 2u];
+    let bits = ((s01 >> 12u) & 0xfu) | ((s01 >> 24u) & 0xf0u) | ((s23 >> 4u) & 0xf00u) | ((s23 >> 16u) & 0xf000u);
+    return bitcast<f32>(f16_to_f32_bits(bits));
+}
+
+// IQ1_M: qs[32] (grid index low bits), qh[16] (per 8 elements a 3-bit index high and the
+// shift's sign) at byte 32, scales (u16[4]: 3-bit scales per 16 elements, d in the top
+// nibbles) at 48. x = (d * (2 s + 1)) * (grid ± 1/8).
+fn decode_iq1_m(b: u32, j: u32) -> f32 {
+    let g = j / 32u;
+    let l = (j % 32u) / 8u;
+    let i = b + 48u + 2u * (g / 2u);
+    let s = (half_of(src[i >> 2u], i) >> (6u * (g % 2u) + 3u * (l / 2u))) & 7u;
+    let dl = iq1_m_d(b) * f32(2u * s + 1u);
+    let h = src_byte(b + 32u + 2u * g + l / 2u) >> (4u * (l % 2u));
+    let delta = select(0.125, -0.125, (h & 8u) != 0u);
+    let idx = src_byte(b + 4u * g + l) | ((h & 7u) << 8u);
+    return dl * (i8_of(grid8_byte(GRID_IQ1S, idx, j % 8u)) + delta);
+}
+
+// Groups: group g of an i-quant block is elements 32g .. 32g + 31.
+
+fn group_iq2_xxs(b: u32, g: u32) {
+    let idx = src_u32(b + 2u + 8u * g);
+    let aux = src_u32(b + 6u + 8u * g);
+    let db = iq2_scale(src_f16(b), aux >> 28u);
+    for (var l = 0u; l < 4u; l++) {
+        let e = GRID_IQ2XXS + 2u * ((idx >> (8u * l)) & 255u);
+        let s = ksigns((aux >> (7u * l)) & 127u);
+        emit4(8u * l, db * grid4(grids[e]) * sign4(s, 0u));
+        emit4(8u * l + 4u, db * grid4(grids[e + 1u]) * sign4(s, 4u));
+    }
+}
+
+fn group_iq2_xs(b: u32, g: u32) {
+    let sc = src_byte(b + 66u + g);
+    let d = src_f16(b);
+    let db0 = iq2_scale(d, sc & 15u);
+    let db1 = iq2_scale(d, sc >> 4u);
+    let qa = src_u32(b + 2u + 8u * g);
+    let qb = src_u32(b + 6u + 8u * g);
+    for (var l = 0u; l < 4u; l++) {
+        let q = (select(qa, qb, l >= 2u) >> (16u * (l % 2u))) & 0xffffu;
+        let db = select(db0, db1, l >= 2u);
+        let e = GRID_IQ2XS + 2u * (q & 511u);
+        let s = ksigns(q >> 9u);
+        emit4(8u * l, db * grid4(grids[e]) * sign4(s, 0u));
+        emit4(8u * l + 4u, db * grid4(grids[e + 1u]) * sign4(s, 4u));
+    }
+}
+
+fn group_iq2_s(b: u32, g: u32) {
+    let sc = src_byte(b + 74u + g);
+    let d = src_f16(b);
+    let db0 = iq2_scale(d, sc & 15u);
+    let db1 = iq2_scale(d, sc >> 4u);
+    let qs = src_u32(b + 2u + 4u * g);
+    let signs = src_u32(b + 34u + 4u * g);
+    let qh = src_byte(b + 66u + g);
+    for (var l = 0u; l < 4u; l++) {
+        let idx = ((qs >> (8u * l)) & 255u) | ((qh << (8u - 2u * l)) & 0x300u);
+        let db = select(db0, db1, l >= 2u);
+        let e = GRID_IQ2S + 2u * idx;
+        let s = (signs >> (8u * l)) & 255u;
+        emit4(8u * l, db * grid4(grids[e]) * sign4(s, 0u));
+        emit4(8u * l + 4u, db * grid4(grids[e + 1u]) * sign4(s, 4u));
+    }
+}
+
+fn group_iq3_xxs(b: u32, g: u32) {
+    let qa = src_u32(b + 2u + 8u * g);
+    let qb = src_u32(b + 6u + 8u * g);
+    let aux = src_u32(b + 66u + 4u * g);
+    let db = src_f16(b) * (0.5 + f32(aux >> 28u)) * 0.5;
+    for (var l = 0u; l < 4u; l++) {
+        let q = select(qa, qb, l >= 2u) >> (16u * (l % 2u));
+        let s = ksigns((aux >> (7u * l)) & 127u);
+        emit4(8u * l, db * grid4(grids[GRID_IQ3XXS + (q & 255u)]) * sign4(s, 0u));
+        emit4(8u * l + 4u, db * grid4(grids[GRID_IQ3XXS + ((q >> 8u) & 255u)]) * sign4(s, 4u));
+    }
+}
+
+fn group_iq3_s(b: u32, g: u32) {
+    let s = (src_byte(b + 106u + g / 2u) >> (4u * (g % 2u))) & 15u;
+    let db = src_f16(b) * f32(1u + 2u * s);
+    let qa = src_u32(b + 2u + 8u * g);
+    let qb = src_u32(b + 6u + 8u * g);
+    let qh = src_byte(b + 66u + g);
+    let signs = src_u32(b + 74u + 4u * g);
+    for (var l = 0u; l < 4u; l++) {
+        let q = select(qa, qb, l >= 2u) >> (16u * (l % 2u));
+        let i1 = (q & 255u) | ((qh << (8u - 2u * l)) & 256u);
+        let i2 = ((q >> 8u) & 255u) | ((qh << (7u - 2u * l)) & 256u);
+        let sg = (signs >> (8u * l)) & 255u;
+        emit4(8u * l, db * grid4(grids[GRID_IQ3S + i1]) * sign4(sg, 0u));
+        emit4(8u * l + 4u, db * grid4(grids[GRID_IQ3S + i2]) * sign4(sg, 4u));
+    }
+}
+
+fn group_iq1_s(b: u32, g: u32) {
+    let i = b + 34u + 2u * g;
+    let qh = half_of(src[i >> 2u], i);
+    let dl = src_f16(b) * f32(2u * ((qh >> 12u) & 7u) + 1u);
+    let delta = select(0.125, -0.125, (qh & 0x8000u) != 0u);
+    let qs = src_u32(b + 2u + 4u * g);
+    for (var l = 0u; l < 4u; l++) {
+        let e = GRID_IQ1S + 2u * (((qs >> (8u * l)) & 255u) | (((qh >> (3u * l)) & 7u) << 8u));
+        emit4(8u * l, dl * (grid4_i8(grids[e]) + delta));
+        emit4(8u * l + 4u, dl * (grid4_i8(grids[e + 1u]) + delta));
+    }
+}
+
+fn group_iq1_m(b: u32, g: u32) {
+    let d = iq1_m_d(b);
+    let i = b + 48u + 2u * (g / 2u);
+    let s = half_of(src[i >> 2u], i) >> (6u * (g % 2u));
+    let dl1 = d * f32(2u * (s & 7u) + 1u);
+    let dl2 = d * f32(2u * ((s >> 3u) & 7u) + 1u);
+    let qs = src_u32(b + 4u * g);
+    let h2 = half_of(src[(b + 32u + 2u * g) >> 2u], b + 32u + 2u * g);
+    for (var l = 0u; l < 4u; l++) {
+        let h = h2 >> (4u * l);
+        let delta = select(0.125, -0.125, (h & 8u) != 0u);
+        let e = GRID_IQ1S + 2u * (((qs >> (8u * l)) & 255u) | ((h & 7u) << 8u));
+        let dl = select(dl1, dl2, l >= 2u);
+        emit4(8u * l, dl * (grid4_i8(grids[e]) + delta));
+        emit4(8u * l + 4u, dl * (grid4_i8(grids[e + 1u]) + delta));
     }
 }

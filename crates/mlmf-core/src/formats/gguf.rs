@@ -394,7 +394,7 @@ fn read_tensor_info<'a>(r: &mut ByteReader<'a>) -> Result<Entry<'a>> {
     let type_id = r.u32("tensor type")?;
     let offset = r.u64("tensor data offset")?;
 
-    // Unknown ids are errors; known types the engine cannot compute yet (IQ2_XXS, ...) are
+    // Unknown ids are errors; known types the engine cannot compute yet (Q8_K, ...) are
     // listed like any other, so their bytes can still be read and copied.
     let dtype = DType::from_ggml_id(type_id).ok_or_else(|| Error::UnknownDType {
         path: path.to_path_buf(),

@@ -52,6 +52,29 @@ pub fn supports(dtype: DType) -> bool {
     )
 }
 
+/// Why [`quantize`] cannot write `dtype` (for a type it cannot; a message, not a sentence start).
+/// The i-quants on grids are decode-only: llama-quantize refuses IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS
+/// and IQ2_S without an importance matrix ("Missing importance matrix ... in a very low-bit
+/// quantization"; ggml's IQ1_S, IQ2_XXS and IQ2_XS quantizers assert one), and mlmf computes
+/// none; IQ3_XXS and IQ3_S ggml can quantize without one, by a grid search mlmf does not
+/// implement.
+pub fn unsupported_reason(dtype: DType) -> &'static str {
+    match dtype {
+        DType::IQ1_S | DType::IQ1_M | DType::IQ2_XXS | DType::IQ2_XS | DType::IQ2_S => {
+            "the IQ1 and IQ2 types need an importance matrix (llama-quantize refuses them \
+             without --imatrix, and ggml's IQ1_S, IQ2_XXS and IQ2_XS quantizers require one), \
+             which mlmf does not compute; mlmf decodes them but does not quantize to them \
+             (IQ4_NL and IQ4_XS need none)"
+        }
+        DType::IQ3_XXS | DType::IQ3_S => {
+            "mlmf decodes the IQ3 types but does not implement ggml's grid-search quantizer for \
+             them (IQ4_NL and IQ4_XS quantize)"
+        }
+        _ if supports(dtype) => "it is supported",
+        _ => "mlmf has no quantizer for it",
+    }
+}
+
 /// Quantize `data`, rows of `row_len` values each (row-major, GGUF's `ne[0] = row_len`), to
 /// `dtype`. Returns the stored bytes: row after row, each row `row_len / block` blocks.
 ///

@@ -54,6 +54,15 @@ macro_rules! families {
                 }
             }
 
+            /// Whether the family includes `shaders/quant_decode.wgsl`, whose decoders read the
+            /// i-quant tables: its last binding is then `grids`, which
+            /// `ops::launch::bind` fills.
+            pub(crate) fn reads_blocks(self) -> bool {
+                match self {
+                    $(Kernel::$kernel => false $(|| $prelude == "quant_decode")*,)+
+                }
+            }
+
             /// Bind group 0 of every entry point in the family.
             pub(crate) fn bindings(self) -> &'static [Binding] {
                 use Binding::{ReadOnly as R, ReadWrite as W, Uniform as U};
@@ -66,14 +75,15 @@ macro_rules! families {
 }
 
 // Bindings: U uniform, R read-only storage, W read-write storage. Families that read weight
-// blocks prepend `quant_decode` (the per-type decoders), families that reduce rows `reduce`.
+// blocks prepend `quant_decode` (the per-type decoders) and end with an R, the i-quant tables
+// (`grids`), families that reduce rows prepend `reduce`.
 families! {
     /// Plain numbers to f32.
     Convert = "convert" after ["common"], params 16, binds [U, R, W];
     /// GGML block types to f32 (or f16).
-    Dequant = "dequant" after ["common", "quant_decode"], params 16, binds [U, R, W];
+    Dequant = "dequant" after ["common", "quant_decode"], params 16, binds [U, R, W, R];
     /// Fused matrix products `Y = W·X` with W in any decodable type.
-    QMatmul = "qmatmul" after ["common", "quant_decode"], params 48, binds [U, R, R, W];
+    QMatmul = "qmatmul" after ["common", "quant_decode"], params 48, binds [U, R, R, W, R];
     /// LoRA adapters merged into a weight, or applied to a batch several at once (every entry
     /// point binds all six; see lora.wgsl for what each holds).
     Lora = "lora" after ["common"], params 48, binds [U, R, R, R, R, W];
@@ -82,7 +92,7 @@ families! {
     /// Softmax over the last axis.
     Softmax = "softmax" after ["common", "reduce"], params 16, binds [U, R, W];
     /// Rows of an embedding table in any decodable type gathered by id.
-    Embedding = "embedding" after ["common", "quant_decode"], params 32, binds [U, R, R, W];
+    Embedding = "embedding" after ["common", "quant_decode"], params 32, binds [U, R, R, W, R];
     /// Scaled dot-product attention with a key padding mask (its softmax pass is Softmax's):
     /// q (or probabilities), k (or v), mask, output.
     Attention = "attention" after ["common"], params 32, binds [U, R, R, R, W];
@@ -179,12 +189,16 @@ impl PipelineKey {
 pub struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// The i-quant tables, for the families that read weight blocks: their last binding.
+    pub(crate) grids: Option<wgpu::Buffer>,
 }
 
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(Kernel, Variant), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    /// The device's one copy of the i-quant tables (`ops::iq_grids`), made on first use.
+    grids: std::sync::OnceLock<wgpu::Buffer>,
 }
 
 impl Gpu {
@@ -287,7 +301,20 @@ impl Gpu {
                 reason: e.to_string(),
             });
         }
-        let p = Arc::new(Pipeline { pipeline, layout });
+        let grids = key.kernel.reads_blocks().then(|| {
+            cache
+                .grids
+                .get_or_init(|| {
+                    let words = crate::ops::iq_grids::gpu_words();
+                    crate::ops::launch::words_buffer(self, "i-quant grids", &words)
+                })
+                .clone()
+        });
+        let p = Arc::new(Pipeline {
+            pipeline,
+            layout,
+            grids,
+        });
         lock(&cache.pipelines)?.insert(key.clone(), p.clone());
         Ok(p)
     }

@@ -354,18 +354,26 @@ mod tests {
         let f = to_f32(&t).unwrap();
         assert_eq!(f.dtype(), DType::F32);
         assert_eq!(f.to_bytes().unwrap(), 1.0f32.to_le_bytes().repeat(32));
-        for dtype in [DType::F8_E4M3, DType::Q8_K, DType::IQ2_XXS] {
-            let t = Tensor::new(
+        let zeros = |dtype: DType| {
+            Tensor::new(
                 "x".into(),
                 dtype,
                 Shape::new(vec![256]).unwrap(),
                 Storage::Cpu(vec![0; dtype.byte_len(256).unwrap() as usize]),
-            );
+            )
+        };
+        for dtype in [DType::F8_E4M3, DType::Q8_K] {
             assert!(
-                matches!(to_f32(&t), Err(Error::UnsupportedConversion { .. })),
+                matches!(
+                    to_f32(&zeros(dtype)),
+                    Err(Error::UnsupportedConversion { .. })
+                ),
                 "{dtype}"
             );
         }
+        // IQ2_XXS, refused here before it had a decoder, now goes to dequant (d = 0: zeros).
+        let f = to_f32(&zeros(DType::IQ2_XXS)).unwrap();
+        assert_eq!(f.to_bytes().unwrap(), 0f32.to_le_bytes().repeat(256));
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub(crate) mod testing {
             DType::TQ1_0 => &[52],
             DType::TQ2_0 => &[64],
             DType::MXFP4 => &[],
+            // IQ1_M's d is spread over its scales (see `finite_iq1_m`).
+            DType::IQ1_M => &[],
             _ => &[0],
         }
     }
@@ -149,6 +151,16 @@ pub(crate) mod testing {
         match dtype {
             DType::MXFP4 => &[0],
             _ => &[],
+        }
+    }
+
+    /// IQ1_M's f16 d is the top nibbles of its four u16 scales (bytes 48..56): its high byte is
+    /// the top nibbles of bytes 53 and 55, so its exponent's top bit is bit 6 of byte 55. Clear
+    /// that bit where the exponent is 31 (infinity or NaN), or always when `moderate`.
+    fn finite_iq1_m(block: &mut [u8], moderate: bool) {
+        let high = (block[53] >> 4) | (block[55] & 0xf0);
+        if moderate || high & 0x7c == 0x7c {
+            block[55] &= !0x40;
         }
     }
 
@@ -172,6 +184,9 @@ pub(crate) mod testing {
                     block[at + 1] &= !0x40;
                 }
             }
+            if dtype == DType::IQ1_M {
+                finite_iq1_m(block, false);
+            }
         }
         bytes
     }
@@ -187,6 +202,10 @@ pub(crate) mod testing {
             }
             for &at in e8m0_fields(dtype) {
                 block[at] = 112 + block[at] % 29;
+            }
+
+            if dtype == DType::IQ1_M {
+                finite_iq1_m(block, true);
             }
         }
         bytes
@@ -346,18 +365,15 @@ mod tests {
             .collect()
     }
 
-    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no IQ4_NL, IQ4_XS,
-    /// MXFP4, TQ1_0 or TQ2_0 tensor: tests/dequant_files.rs checks the IQ4 types against gguf-py
+    /// The types of the gguf-py oracle (`shared/fixtures/quant`), which has no i-quant, MXFP4,
+    /// TQ1_0 or TQ2_0 tensor: tests/dequant_files.rs checks IQ4_NL and IQ4_XS against gguf-py
     /// with tests/data/iq4_gguf_py.gguf, tests/block_types.rs the others, and the tests here
     /// check their twins against the GPU.
     fn oracle_types() -> impl Iterator<Item = DType> {
         let mut all = types(32);
         all.extend(types(256));
         all.into_iter().filter(|d| {
-            !matches!(
-                d,
-                DType::IQ4_NL | DType::IQ4_XS | DType::MXFP4 | DType::TQ1_0 | DType::TQ2_0
-            )
+            !d.name().starts_with("IQ") && !matches!(d, DType::MXFP4 | DType::TQ1_0 | DType::TQ2_0)
         })
     }
 

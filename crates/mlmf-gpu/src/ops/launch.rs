@@ -265,7 +265,7 @@ impl Output {
 }
 
 /// The bind group of one dispatch: the uniform `params` at binding 0, then `buffers` in binding
-/// order from 1.
+/// order from 1, then for the families that read weight blocks the i-quant tables.
 pub(crate) fn bind(
     gpu: &Gpu,
     pipeline: &Pipeline,
@@ -278,7 +278,7 @@ pub(crate) fn bind(
         binding: 0,
         resource: uniform.as_entire_binding(),
     }];
-    for (i, buf) in buffers.iter().enumerate() {
+    for (i, buf) in buffers.iter().copied().chain(&pipeline.grids).enumerate() {
         entries.push(wgpu::BindGroupEntry {
             binding: i as u32 + 1,
             resource: buf.as_entire_binding(),

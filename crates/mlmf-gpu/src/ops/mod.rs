@@ -8,12 +8,14 @@ pub mod convert;
 pub mod dequant;
 pub mod elementwise;
 pub mod embedding;
-mod launch;
+pub(crate) mod launch;
 pub mod lora;
 pub mod matmul;
 pub mod norm;
 mod paged;
 pub mod qmatmul;
+// The grid and sign tables of the i-quants, shared by the CPU twins and the GPU decoders.
+pub(crate) mod iq_grids;
 // The weight types dequant, qmatmul and embedding decode, and their CPU twins.
 pub(crate) mod quant_decode;
 pub mod softmax;

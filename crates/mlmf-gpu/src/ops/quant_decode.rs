@@ -15,6 +15,7 @@
 //! overflows to infinity), so the only rounding is a single add or subtract per element,
 //! and contracting it with a product into a fused multiply-add cannot change the result.
 
+use super::iq_grids;
 use crate::device::kernels::PipelineKey;
 use mlmf_core::DType;
 
@@ -51,6 +52,13 @@ pub(crate) const DECODERS: &[Decoder] = &[
     Decoder { dtype: DType::MXFP4, code: 15, group: true, twin: mxfp4 },
     Decoder { dtype: DType::TQ1_0, code: 16, group: true, twin: tq1_0 },
     Decoder { dtype: DType::TQ2_0, code: 17, group: true, twin: tq2_0 },
+    Decoder { dtype: DType::IQ2_XXS, code: 18, group: true, twin: iq2_xxs },
+    Decoder { dtype: DType::IQ2_XS, code: 19, group: true, twin: iq2_xs },
+    Decoder { dtype: DType::IQ3_XXS, code: 20, group: true, twin: iq3_xxs },
+    Decoder { dtype: DType::IQ1_S, code: 21, group: true, twin: iq1_s },
+    Decoder { dtype: DType::IQ3_S, code: 22, group: true, twin: iq3_s },
+    Decoder { dtype: DType::IQ2_S, code: 23, group: true, twin: iq2_s },
+    Decoder { dtype: DType::IQ1_M, code: 24, group: true, twin: iq1_m },
 ];
 
 /// The row of `dtype`, if the families decode it.
@@ -447,6 +455,210 @@ fn tq2_0(x: &[u8], y: &mut [f32]) {
                 for &q in half {
                     y[out] = (i32::from((q >> (2 * l)) & 3) - 1) as f32 * d;
                     out += 1;
+                }
+            }
+        }
+    }
+}
+
+// ---- i-quant super-blocks of 256 elements, on grids -------------------------------------------
+//
+// Groups of 4 or 8 elements are one entry of a grid (`iq_grids`, ggml-common.h's tables: the
+// entry's bytes, lowest first, are the group's magnitudes), with signs from `ksigns_iq2xs` (7
+// stored bits, the eighth their parity) or stored whole, times a per-32 (or per-16) scale.
+
+/// `-1.0` where bit `j` of `signs` is set (`kmask_iq2xs[j]`), else `1.0`.
+fn sign(signs: u8, j: usize) -> f32 {
+    if signs & iq_grids::KMASK_IQ2XS[j] != 0 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
+/// Byte `j` of a grid entry.
+fn grid_byte<T: Into<u64>>(entry: T, j: usize) -> u8 {
+    (entry.into() >> (8 * j)) as u8
+}
+
+fn u16_at(b: &[u8], i: usize) -> u16 {
+    u16::from_le_bytes([b[i], b[i + 1]])
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// IQ2_XXS: d (f16), qs (u16[32]): per 32 elements two words, the first four grid indices
+/// (bytes), the second four 7-bit sign indices and a 4-bit scale in its top bits.
+/// y = (d * (0.5 + s) * 0.25) * grid * sign.
+fn iq2_xxs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ2_XXS, x, y) {
+        let d = f16(b, 0);
+        for ib32 in 0..QK_K / 32 {
+            let q = 2 + 8 * ib32;
+            let aux1 = u32_at(b, q + 4);
+            let db = d * (0.5 + (aux1 >> 28) as f32) * 0.25;
+            for l in 0..4 {
+                let grid = iq_grids::IQ2XXS_GRID[usize::from(b[q + l])];
+                let signs = iq_grids::KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize];
+                let y = &mut y[32 * ib32 + 8 * l..][..8];
+                for (j, y) in y.iter_mut().enumerate() {
+                    *y = db * f32::from(grid_byte(grid, j)) * sign(signs, j);
+                }
+            }
+        }
+    }
+}
+
+/// IQ2_XS: d (f16), qs (u16[32]: 9-bit grid index, 7-bit sign index), scales[8] (two 4-bit
+/// scales per 32 elements). y = (d * (0.5 + s) * 0.25) * grid * sign.
+fn iq2_xs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ2_XS, x, y) {
+        let d = f16(b, 0);
+        for ib32 in 0..QK_K / 32 {
+            let sc = b[66 + ib32];
+            let db = [
+                d * (0.5 + f32::from(sc & 0xf)) * 0.25,
+                d * (0.5 + f32::from(sc >> 4)) * 0.25,
+            ];
+            for l in 0..4 {
+                let q = u16_at(b, 2 + 2 * (4 * ib32 + l));
+                let grid = iq_grids::IQ2XS_GRID[usize::from(q & 511)];
+                let signs = iq_grids::KSIGNS_IQ2XS[usize::from(q >> 9)];
+                let y = &mut y[32 * ib32 + 8 * l..][..8];
+                for (j, y) in y.iter_mut().enumerate() {
+                    *y = db[l / 2] * f32::from(grid_byte(grid, j)) * sign(signs, j);
+                }
+            }
+        }
+    }
+}
+
+/// IQ2_S: d (f16), qs[32] (grid index low bits), signs[32], qh[8] (grid index bits 8 and 9,
+/// two per group), scales[8]. y = (d * (0.5 + s) * 0.25) * grid * sign.
+fn iq2_s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ2_S, x, y) {
+        let d = f16(b, 0);
+        let (qs, signs, qh, scales) = (&b[2..34], &b[34..66], &b[66..74], &b[74..82]);
+        for ib32 in 0..QK_K / 32 {
+            let db = [
+                d * (0.5 + f32::from(scales[ib32] & 0xf)) * 0.25,
+                d * (0.5 + f32::from(scales[ib32] >> 4)) * 0.25,
+            ];
+            for l in 0..4 {
+                let high = (usize::from(qh[ib32]) << (8 - 2 * l)) & 0x300;
+                let grid = iq_grids::IQ2S_GRID[usize::from(qs[4 * ib32 + l]) | high];
+                let s = signs[4 * ib32 + l];
+                let y = &mut y[32 * ib32 + 8 * l..][..8];
+                for (j, y) in y.iter_mut().enumerate() {
+                    *y = db[l / 2] * f32::from(grid_byte(grid, j)) * sign(s, j);
+                }
+            }
+        }
+    }
+}
+
+/// IQ3_XXS: d (f16), qs[64] (grid indices, 4 elements each), then per 32 elements a u32 of
+/// four 7-bit sign indices and a 4-bit scale. y = (d * (0.5 + s) * 0.5) * grid * sign.
+fn iq3_xxs(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ3_XXS, x, y) {
+        let d = f16(b, 0);
+        for ib32 in 0..QK_K / 32 {
+            let qs = &b[2 + 8 * ib32..][..8];
+            let aux = u32_at(b, 66 + 4 * ib32);
+            let db = d * (0.5 + (aux >> 28) as f32) * 0.5;
+            for l in 0..4 {
+                let signs = iq_grids::KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize];
+                let grid1 = iq_grids::IQ3XXS_GRID[usize::from(qs[2 * l])];
+                let grid2 = iq_grids::IQ3XXS_GRID[usize::from(qs[2 * l + 1])];
+                let y = &mut y[32 * ib32 + 8 * l..][..8];
+                for j in 0..4 {
+                    y[j] = db * f32::from(grid_byte(grid1, j)) * sign(signs, j);
+                    y[j + 4] = db * f32::from(grid_byte(grid2, j)) * sign(signs, j + 4);
+                }
+            }
+        }
+    }
+}
+
+/// IQ3_S: d (f16), qs[64] (grid index low bits), qh[8] (bit 8 of each index), signs[32],
+/// scales[4] (two 4-bit scales per 64 elements). y = (d * (1 + 2 s)) * grid * sign.
+fn iq3_s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ3_S, x, y) {
+        let d = f16(b, 0);
+        let (qs, qh, signs, scales) = (&b[2..66], &b[66..74], &b[74..106], &b[106..110]);
+        for ib32 in 0..QK_K / 32 {
+            let s = (scales[ib32 / 2] >> (4 * (ib32 % 2))) & 0xf;
+            let db = d * (1 + 2 * i32::from(s)) as f32;
+            let h = usize::from(qh[ib32]);
+            for l in 0..4 {
+                let q = &qs[8 * ib32 + 2 * l..];
+                let grid1 = iq_grids::IQ3S_GRID[usize::from(q[0]) | ((h << (8 - 2 * l)) & 256)];
+                let grid2 = iq_grids::IQ3S_GRID[usize::from(q[1]) | ((h << (7 - 2 * l)) & 256)];
+                let sg = signs[4 * ib32 + l];
+                let y = &mut y[32 * ib32 + 8 * l..][..8];
+                for j in 0..4 {
+                    y[j] = db * f32::from(grid_byte(grid1, j)) * sign(sg, j);
+                    y[j + 4] = db * f32::from(grid_byte(grid2, j)) * sign(sg, j + 4);
+                }
+            }
+        }
+    }
+}
+
+/// IQ1_S and IQ1_M's shift of every grid value: ±IQ1S_DELTA.
+const IQ1S_DELTA: f32 = 0.125;
+
+/// IQ1_S: d (f16), qs[32] (grid index low bits), qh (u16[8]: per 32 elements four 3-bit index
+/// highs, a 3-bit scale and the sign of the shift). y = (d * (2 s + 1)) * (grid ± 1/8).
+fn iq1_s(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ1_S, x, y) {
+        let d = f16(b, 0);
+        for ib in 0..QK_K / 32 {
+            let qh = u16_at(b, 34 + 2 * ib);
+            let dl = d * (2 * i32::from((qh >> 12) & 7) + 1) as f32;
+            let delta = if qh & 0x8000 != 0 {
+                -IQ1S_DELTA
+            } else {
+                IQ1S_DELTA
+            };
+            for l in 0..4 {
+                let idx = usize::from(b[2 + 4 * ib + l]) | (usize::from((qh >> (3 * l)) & 7) << 8);
+                let grid = iq_grids::IQ1S_GRID[idx];
+                let y = &mut y[32 * ib + 8 * l..][..8];
+                for (j, y) in y.iter_mut().enumerate() {
+                    *y = dl * (f32::from(grid_byte(grid, j) as i8) + delta);
+                }
+            }
+        }
+    }
+}
+
+/// IQ1_M: qs[32] (grid index low bits), qh[16] (per 8 elements a 3-bit index high and the
+/// shift's sign), scales (u16[4]: per 16 elements a 3-bit scale; the top nibbles of the four
+/// words are the f16 d). y = (d * (2 s + 1)) * (grid ± 1/8).
+fn iq1_m(x: &[u8], y: &mut [f32]) {
+    for (b, y) in blocks(DType::IQ1_M, x, y) {
+        let sc = [u16_at(b, 48), u16_at(b, 50), u16_at(b, 52), u16_at(b, 54)];
+        let bits =
+            (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000);
+        let d = half::f16::from_bits(bits).to_f32();
+        for ib in 0..QK_K / 32 {
+            let s = sc[ib / 2] >> (6 * (ib % 2));
+            let dl = [
+                d * (2 * i32::from(s & 7) + 1) as f32,
+                d * (2 * i32::from((s >> 3) & 7) + 1) as f32,
+            ];
+            let qh = [b[32 + 2 * ib], b[33 + 2 * ib]];
+            for l in 0..4 {
+                let h = qh[l / 2] >> (4 * (l % 2));
+                let idx = usize::from(b[4 * ib + l]) | (usize::from(h & 7) << 8);
+                let delta = if h & 8 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+                let grid = iq_grids::IQ1S_GRID[idx];
+                let y = &mut y[32 * ib + 8 * l..][..8];
+                for (j, y) in y.iter_mut().enumerate() {
+                    *y = dl[l / 2] * (f32::from(grid_byte(grid, j) as i8) + delta);
                 }
             }
         }

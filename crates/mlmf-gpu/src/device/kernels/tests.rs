@@ -283,7 +283,7 @@ fn switch_calls(module: &naga::Module, name: &str) -> Vec<(u32, String)> {
 }
 
 /// The families that read blocks have one entry point each, specialised per weight type:
-/// qmatmul and embedding take every row of the decoder table (F32, F16, BF16 and the 15 block
+/// qmatmul and embedding take every row of the decoder table (F32, F16, BF16 and the 22 block
 /// types), dequant the rows with a group decoder, all of which qmatmul takes.
 #[test]
 fn block_families_take_the_decoder_table() {
@@ -312,7 +312,7 @@ fn block_families_take_the_decoder_table() {
         qmatmul += usize::from(row.is_some());
         dequant += usize::from(row.is_some_and(|r| r.group));
     }
-    assert_eq!((dequant, qmatmul), (15, 18));
+    assert_eq!((dequant, qmatmul), (22, 25));
 }
 
 /// The f16 variant is the written source with f16 enabled and the `Out` alias switched, and
@@ -413,5 +413,46 @@ fn nn_families_mirror_their_launchers() {
         let mut names = entry_points(kernel);
         names.sort();
         assert_eq!(names, entries, "{}", kernel.name());
+    }
+}
+
+/// The families that read weight blocks, and only they, end with the `grids` binding, and
+/// `shaders/quant_decode.wgsl` places each i-quant table where `ops::iq_grids` lays it out.
+#[test]
+fn grid_offsets_mirror_iq_grids() {
+    use super::Binding;
+    for &kernel in Kernel::ALL {
+        let reads = kernel
+            .source()
+            .contains("fn decode_iq2_xxs(b: u32, j: u32) -> f32");
+        assert_eq!(kernel.reads_blocks(), reads, "{}", kernel.name());
+        if reads {
+            let module = module(kernel);
+            let n = kernel.bindings().len() as u32 - 1;
+            assert_eq!(kernel.bindings().last(), Some(&Binding::ReadOnly));
+            let grids = module
+                .global_variables
+                .iter()
+                .find_map(|(_, v)| (v.name.as_deref() == Some("grids")).then_some(v.binding));
+            assert_eq!(
+                grids,
+                Some(Some(naga::ResourceBinding {
+                    group: 0,
+                    binding: n
+                })),
+                "{}",
+                kernel.name()
+            );
+            let constants = u32_constants(kernel);
+            for o in &crate::ops::iq_grids::OFFSETS {
+                assert!(
+                    constants.contains(&(o.wgsl.to_string(), o.first as u32)),
+                    "{}: {} should be {}",
+                    kernel.name(),
+                    o.wgsl,
+                    o.first
+                );
+            }
+        }
     }
 }
