@@ -1110,15 +1110,19 @@ fn quantize_to_an_iq_type_says_why_not() {
 }
 
 /// `mlmf dump` of each i-quant on grids, on both devices, from a file gguf-py writes
-/// (mlmf-gpu's `tests/data/make_iq_fixture.py`), equals gguf-py's decoding.
+/// (mlmf-gpu's `tests/data/block_types.py`, the random blocks), equals gguf-py's decoding.
 #[test]
 fn dump_matches_gguf_py_for_every_iq_grid_type() {
     let dir = tempfile::tempdir().unwrap();
     let oracle = dir.path().join("iq.gguf");
-    let script = common::workspace_dir().join("crates/mlmf-gpu/tests/data/make_iq_fixture.py");
+    let script = common::workspace_dir().join("crates/mlmf-gpu/tests/data/block_types.py");
+    let types = [
+        "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
+    ];
     let made = Command::new(common::python())
         .arg(&script)
         .arg(&oracle)
+        .args(types)
         .output()
         .unwrap();
     assert!(
@@ -1127,16 +1131,15 @@ fn dump_matches_gguf_py_for_every_iq_grid_type() {
         String::from_utf8_lossy(&made.stderr)
     );
     let file = mlmf::ModelFile::open(&oracle).unwrap();
-    for ty in [
-        "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M",
-    ] {
-        let want = f32s(file.bytes(file.tensor(&format!("{ty}.dequant")).unwrap()));
+    for ty in types {
+        let name = format!("{ty}.random");
+        let want = f32s(file.bytes(file.tensor(&format!("{name}.dequant")).unwrap()));
         for device in ["gpu", "cpu"] {
             let out = dir.path().join(format!("{ty}.{device}.f32"));
             mlmf(&[
                 "dump",
                 oracle.to_str().unwrap(),
-                ty,
+                &name,
                 "--device",
                 device,
                 "-o",

@@ -72,7 +72,7 @@ fn blocks(expected: &ModelFile, dtype: DType) -> Vec<u8> {
 }
 
 /// ELEMENTS elements of `dtype` (an i-quant) as xorshift bytes, each block's f16 scale made
-/// finite as tests/data/make_iq_fixture.py does (IQ1_M's d lies in the top nibbles of its last
+/// finite as tests/data/block_types.py does (IQ1_M's d lies in the top nibbles of its last
 /// four u16, its exponent's top bit in bit 6 of byte 55; the others' d is bytes 0..2).
 fn random_blocks(dtype: DType) -> Vec<u8> {
     let size = dtype.block_bytes() as usize;

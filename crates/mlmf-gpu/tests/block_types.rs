@@ -2,7 +2,8 @@
 //! `tests/data/block_types.py` writes a GGUF file (with gguf-py's `GGUFWriter`) holding, per
 //! type of [`TYPES`], random blocks with finite scales over the whole scale range (`.random`),
 //! random blocks with scales that keep matrix products finite (`.narrow`), gguf-py's
-//! quantization of random data (`.quantized`), and gguf-py's decoding of each (`.dequant`).
+//! quantization of random data (`.quantized`; for the i-quants, which gguf-py cannot quantize,
+//! another draw of random blocks), and gguf-py's decoding of each (`.dequant`).
 //! For every type and tensor: `ModelFile` opens the file, the CPU twin and the GPU `dequant`
 //! equal gguf-py bit for bit, `embedding` gathers rows equal to the twin's bit for bit, and
 //! `qmatmul` on both devices is within the rounding bound of the qmatmul tests,
@@ -19,8 +20,20 @@ use mlmf_core::{DType, ModelFile};
 use mlmf_gpu::ops::{convert, dequant, embedding, qmatmul};
 use mlmf_gpu::{Device, Tensor};
 
-/// The block types this harness covers (each needs a row in the generator's `SCALES` table).
-const TYPES: &[DType] = &[DType::MXFP4, DType::TQ1_0, DType::TQ2_0];
+/// The block types this harness covers (each needs a row in the generator's `SCALES` table):
+/// those the gguf-py fixture in `shared/fixtures/quant` lacks.
+const TYPES: &[DType] = &[
+    DType::MXFP4,
+    DType::TQ1_0,
+    DType::TQ2_0,
+    DType::IQ2_XXS,
+    DType::IQ2_XS,
+    DType::IQ2_S,
+    DType::IQ3_XXS,
+    DType::IQ3_S,
+    DType::IQ1_S,
+    DType::IQ1_M,
+];
 
 /// The generator's tensor shape, numpy order.
 const ROWS: usize = 64;

@@ -7,9 +7,10 @@ For each TYPE, all [ROWS, COLS] (numpy order):
 * `TYPE.random`: raw blocks of random bytes drawn with numpy `default_rng(seed)`, each scale field
   of SCALES[TYPE] then overwritten with a finite value: an f16 whose exponent is 31 (infinity or
   NaN) has the top bit of its exponent cleared (zero, subnormal, negative and large scales
-  remain); an E8M0 exponent is drawn from 0..=252 (2^(e-128) * 12 overflows f32 above that),
-  with the first blocks forced to 0, 1 and 2 (the subnormal scales and the first normal one)
-  and 252.
+  remain; IQ1_M's f16 is spread over the top nibbles of its four u16 scales, and the same bit
+  is cleared there); an E8M0 exponent is drawn from 0..=252 (2^(e-128) * 12 overflows f32
+  above that), with the first blocks forced to 0, 1 and 2 (the subnormal scales and the first
+  normal one) and 252.
 * `TYPE.narrow`: the same for matrix products, whose sums must stay finite: E8M0 exponents drawn
   from 112..=144; f16 scales as above.
 * `TYPE.quantized`: `gguf.quants.quantize` of random normal f32 data (types gguf-py can
@@ -33,11 +34,20 @@ assert version("gguf") == "0.19.0", version("gguf")
 ROWS, COLS = 64, 4096
 
 # The scale fields of each block type: (byte offset in the block, kind). Kinds: "f16" (an IEEE
-# half), "e8m0" (an 8-bit power-of-two exponent, MXFP4's shared scale). Layouts: ggml-common.h.
+# half), "e8m0" (an 8-bit power-of-two exponent, MXFP4's shared scale), "f16_top_nibbles" (an
+# f16 spread over the top nibbles of the four u16 starting there: IQ1_M, whose bits 12..15 of
+# scales[0..4] are bits 0..3, 4..7, 8..11, 12..15 of d). Layouts: ggml-common.h.
 SCALES = {
     "MXFP4": [(0, "e8m0")],
     "TQ1_0": [(52, "f16")],
     "TQ2_0": [(64, "f16")],
+    "IQ2_XXS": [(0, "f16")],
+    "IQ2_XS": [(0, "f16")],
+    "IQ2_S": [(0, "f16")],
+    "IQ3_XXS": [(0, "f16")],
+    "IQ3_S": [(0, "f16")],
+    "IQ1_S": [(0, "f16")],
+    "IQ1_M": [(48, "f16_top_nibbles")],
 }
 
 # Types whose quantizer gguf-py 0.19.0 has.
@@ -52,6 +62,12 @@ def random_blocks(rng, qt, name, e8m0_range):
         if kind == "f16":
             infinite = (blocks[:, at + 1] & 0x7C) == 0x7C
             blocks[infinite, at + 1] &= np.uint8(0xBF)
+        elif kind == "f16_top_nibbles":
+            # d's high byte is the top nibbles of the third and fourth u16 (bytes at + 5, at + 7);
+            # its exponent's top bit is bit 6 of byte at + 7.
+            hi = (blocks[:, at + 5] >> 4) | (blocks[:, at + 7] & 0xF0)
+            infinite = (hi & 0x7C) == 0x7C
+            blocks[infinite, at + 7] &= np.uint8(0xBF)
         elif kind == "e8m0":
             lo, hi = e8m0_range
             blocks[:, at] = rng.integers(lo, hi + 1, size=n, dtype=np.uint8)
