@@ -3,8 +3,8 @@
 //!
 //! **Seeds**: the real files in the model cache (SmolLM2 and gemma-3 GGUF, MiniLM safetensors,
 //! MobileNetV2 legacy `.pth`, pocketnet zip `.pt`), the PyTorch corpus in `tests/data` (views
-//! with gaps, expanded views, tied storages and 0-d tensors among them), gguf-py's GGUF with 0-d
-//! tensors there, the safetensors and GGUF files in `../shared/fixtures`, a small GGUF written here with every
+//! with gaps, expanded views, tied storages and 0-d tensors among them), gguf-py's GGUFs with 0-d
+//! tensors and with one tensor of every block type there, the safetensors and GGUF files in `../shared/fixtures`, a small GGUF written here with every
 //! metadata type, and a shard index over three shards made from a fixture. Each seed is walked
 //! once to find its fields (header lengths, counts, dims, offsets, string lengths, zip records,
 //! pickle opcodes and their arguments; number and string tokens of JSON headers).
@@ -446,6 +446,10 @@ fn seeds(target: Target, shard_dir: &Path) -> Vec<Seed> {
             p.extend(fixture_files("gguf"));
             // gguf-py's 0-d tensors (n_dims = 0).
             p.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_scalars.gguf"));
+            // One tensor of every block type, as gguf-py lays them out.
+            p.push(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_block_types.gguf"),
+            );
             p
         }
         Target::PyTorchZip => {

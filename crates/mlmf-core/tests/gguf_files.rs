@@ -255,3 +255,48 @@ fn gguf_py_zero_dim_tensors_open_as_scalars() {
     assert_eq!(n.dtype, DType::I64);
     assert_eq!(file.bytes(n), 1234i64.to_le_bytes());
 }
+
+/// One tensor per GGML block type, in a file gguf-py 0.19.0 wrote
+/// (`tests/data/make_gguf_block_types.py`): every tensor's type, shape, offset, byte count and
+/// bytes are what gguf-py reads, the ten types issue 12 added among them.
+#[test]
+fn every_block_type_gguf_py_writes_opens_as_gguf_py_reads_it() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/gguf_py_block_types.gguf");
+    let file = ModelFile::open(&path).unwrap();
+    let py = common::gguf_py(&path);
+    let py_tensors = py["tensors"].as_array().unwrap();
+    assert_eq!(file.tensors().len(), py_tensors.len());
+    for (t, p) in file.tensors().iter().zip(py_tensors) {
+        assert_eq!(t.name, p["name"].as_str().unwrap());
+        assert_eq!(
+            Format::Gguf.dtype_name(t.dtype),
+            p["type"].as_str().unwrap()
+        );
+        assert_eq!(
+            t.name,
+            t.dtype.name(),
+            "one tensor per type, named after it"
+        );
+        let mut ne: Vec<u64> = t.shape.dims().iter().map(|&d| d as u64).collect();
+        ne.reverse();
+        assert_eq!(ne, as_u64s(&p["ne"]), "{}", t.name);
+        assert_eq!(t.range.start, p["offset"].as_u64().unwrap(), "{}", t.name);
+        assert_eq!(t.byte_len(), p["n_bytes"].as_u64().unwrap(), "{}", t.name);
+        assert_eq!(sha256_hex(file.bytes(t)), p["sha256"].as_str().unwrap());
+    }
+    for new in [
+        DType::MXFP4,
+        DType::TQ1_0,
+        DType::TQ2_0,
+        DType::IQ1_S,
+        DType::IQ1_M,
+        DType::IQ2_XXS,
+        DType::IQ2_XS,
+        DType::IQ2_S,
+        DType::IQ3_XXS,
+        DType::IQ3_S,
+    ] {
+        assert!(file.tensor(new.name()).is_ok(), "{new}");
+    }
+}

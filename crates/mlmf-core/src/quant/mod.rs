@@ -60,15 +60,20 @@ pub fn supports(dtype: DType) -> bool {
 /// implement.
 pub fn unsupported_reason(dtype: DType) -> &'static str {
     match dtype {
-        DType::IQ1_S | DType::IQ1_M | DType::IQ2_XXS | DType::IQ2_XS | DType::IQ2_S => {
-            "the IQ1 and IQ2 types need an importance matrix (llama-quantize refuses them \
-             without --imatrix, and ggml's IQ1_S, IQ2_XXS and IQ2_XS quantizers require one), \
-             which mlmf does not compute; mlmf decodes them but does not quantize to them \
-             (IQ4_NL and IQ4_XS need none)"
+        DType::IQ1_S
+        | DType::IQ1_M
+        | DType::IQ2_XXS
+        | DType::IQ2_XS
+        | DType::IQ2_S
+        | DType::IQ3_XXS => {
+            "these i-quants need an importance matrix (llama-quantize refuses IQ1_S, IQ1_M, \
+             IQ2_XXS, IQ2_XS, IQ2_S and IQ3_XXS without --imatrix, and ggml's IQ1_S, IQ2_XXS \
+             and IQ2_XS quantizers require one), which mlmf does not compute; mlmf decodes them \
+             but does not quantize to them (IQ4_NL and IQ4_XS need none)"
         }
-        DType::IQ3_XXS | DType::IQ3_S => {
-            "mlmf decodes the IQ3 types but does not implement ggml's grid-search quantizer for \
-             them (IQ4_NL and IQ4_XS quantize)"
+        DType::IQ3_S => {
+            "mlmf decodes IQ3_S but does not implement ggml's grid-search quantizer for it \
+             (IQ4_NL and IQ4_XS quantize)"
         }
         _ if supports(dtype) => "it is supported",
         _ => "mlmf has no quantizer for it",
