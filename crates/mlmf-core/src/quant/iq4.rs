@@ -13,16 +13,12 @@
 
 use super::f16_bytes;
 use super::k_quants::{nearest_int, GROUP_MAX_EPS};
+use super::values::KVALUES_IQ4NL;
 
 pub(super) const QK4_NL: usize = 32;
 pub(super) const QK_K: usize = 256;
 pub(super) const IQ4_NL_BYTES: usize = 2 + QK4_NL / 2;
 pub(super) const IQ4_XS_BYTES: usize = 2 + 2 + QK_K / 64 + QK_K / 2;
-
-/// ggml `kvalues_iq4nl`: the 16 non-linear levels, sorted.
-pub(super) const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
 
 /// `ggml_quantize_chunk`'s `ntry` for IQ4_NL and IQ4_XS.
 const NTRY: i32 = 7;

@@ -24,6 +24,7 @@ mod k_quants;
 mod legacy;
 mod mxfp4;
 mod ternary;
+pub mod values;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

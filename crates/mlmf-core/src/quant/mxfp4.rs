@@ -14,21 +14,10 @@
 //! Layout (ggml-common.h): `block_mxfp4 { e; qs[16] }`, `qs[j]` holds element `j` in its low
 //! nibble and `j + 16` in its high nibble.
 
+use super::values::{e8m0_half, KVALUES_MXFP4};
+
 pub(super) const QK_MXFP4: usize = 32;
 pub(super) const MXFP4_BYTES: usize = 1 + QK_MXFP4 / 2;
-
-/// ggml `kvalues_mxfp4`: the E2M1 values, doubled.
-const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-
-/// ggml `GGML_E8M0_TO_FP32_HALF`: `2^(e - 128)` (subnormal for `e` 0 and 1).
-fn e8m0_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        u32::from(e - 1) << 23
-    };
-    f32::from_bits(bits)
-}
 
 /// The E8M0 exponent of a block whose largest magnitude is `amax` (finite, >= 0).
 fn exponent(amax: f32) -> u8 {
@@ -77,17 +66,6 @@ mod tests {
     fn block_size_matches_the_dtype_table() {
         assert_eq!(DType::MXFP4.block_bytes(), MXFP4_BYTES as u64);
         assert_eq!(DType::MXFP4.block_elems(), QK_MXFP4 as u64);
-    }
-
-    /// ggml-impl.h: `0x00200000 << e` for e < 2, else `(e - 1) << 23`.
-    #[test]
-    fn e8m0_half_is_ggmls() {
-        assert_eq!(e8m0_half(0), 2f32.powi(-128));
-        assert_eq!(e8m0_half(1), 2f32.powi(-127));
-        assert_eq!(e8m0_half(2), 2f32.powi(-126));
-        assert_eq!(e8m0_half(127), 0.5);
-        assert_eq!(e8m0_half(128), 1.0);
-        assert_eq!(e8m0_half(255), 2f32.powi(127));
     }
 
     #[test]

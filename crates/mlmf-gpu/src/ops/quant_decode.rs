@@ -17,6 +17,7 @@
 
 use super::iq_grids;
 use crate::device::kernels::PipelineKey;
+use mlmf_core::quant::values::{e8m0_half, KVALUES_IQ4NL, KVALUES_MXFP4};
 use mlmf_core::DType;
 
 /// One weight type the block-reading families decode.
@@ -129,11 +130,6 @@ fn bf16s(x: &[u8], y: &mut [f32]) {
 // ---- legacy blocks of 32 elements ---------------------------------------------------------------
 
 const QK: usize = 32;
-
-/// `kvalues_iq4nl` (ggml-common.h): the non-linear grid of IQ4_NL and IQ4_XS.
-const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
 
 /// Q4_0: d (f16), qs[16]. y = d * (q - 8).
 fn q4_0(x: &[u8], y: &mut [f32]) {
@@ -389,21 +385,6 @@ fn iq4_xs(x: &[u8], y: &mut [f32]) {
 }
 
 // ---- microscaling and ternary types -------------------------------------------------------------
-
-/// `kvalues_mxfp4` (ggml-common.h): the E2M1 values, doubled.
-const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
-
-/// ggml's `GGML_E8M0_TO_FP32_HALF` (ggml-impl.h): half the E8M0 scale, `2^(e - 128)`, with
-/// `e = 0` and `1` the subnormals `2^-128` and `2^-127`, and no NaN (255 is `2^127`). Halved
-/// because the E2M1 values are stored doubled.
-fn e8m0_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        u32::from(e - 1) << 23
-    };
-    f32::from_bits(bits)
-}
 
 /// MXFP4: e (E8M0), qs[16] indexing the doubled E2M1 values. y = kvalues[q] * d with
 /// d = 2^(e - 128). The product is exact (a power of two times at most 12) except where it
