@@ -104,6 +104,9 @@ families! {
     /// Element-wise arithmetic and activations on f32 tensors (unary entry points bind a
     /// placeholder as the second operand).
     Elementwise = "elementwise" after ["common"], params 32, binds [U, R, R, W];
+    /// Whisper's log-mel spectrogram of one padded 30 s window: the signal, the windowed DFT
+    /// table, the mel filters, the power spectrum (scratch), the output.
+    Mel = "mel" after ["common", "reduce"], params 32, binds [U, R, R, R, W, W];
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL

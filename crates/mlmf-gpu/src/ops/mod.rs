@@ -11,6 +11,7 @@ pub mod embedding;
 pub(crate) mod launch;
 pub mod lora;
 pub mod matmul;
+pub mod mel;
 pub mod norm;
 mod paged;
 pub mod qmatmul;
