@@ -1,8 +1,8 @@
 //! Whisper's log-mel spectrogram (`ops::mel`) against the fixtures in `preprocess/audio/`
 //! (see the fixtures README for how each was computed): the Slaney filterbank against librosa's
-//! within 1e-6, and the 30 s log-mel of jfk.wav from the GPU (lavapipe here) and from the CPU twin
-//! against faster-whisper's within 1e-4 (max abs), and against each other; audio longer than
-//! 30 s gives one window per started 30 s.
+//! within 1e-6; the 30 s log-mel of jfk.wav from the GPU (lavapipe here) and from the CPU twin
+//! against faster-whisper's within 1e-4 (max abs), and against each other (80 and 128 bands);
+//! audio longer than 30 s gives one window per started 30 s.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -127,6 +127,23 @@ fn jfk_log_mel_matches_faster_whisper() {
     assert!(err_cpu <= 1e-4, "CPU twin: max abs error {err_cpu:e}");
     assert!(err_gpu <= 1e-4, "GPU: max abs error {err_gpu:e}");
     assert!(err_twin <= 1e-4, "GPU vs twin: max abs error {err_twin:e}");
+}
+
+#[test]
+fn jfk_log_mel_128_bands_gpu_matches_twin() {
+    // No reference array for 128 bands: the GPU against its twin, and the floor Whisper sets.
+    let samples = wav_samples(&audio().join("jfk.wav"));
+    let cpu = mel::log_mel(&samples, 128, &Device::Cpu).unwrap();
+    let gpu = mel::log_mel(&samples, 128, &Device::gpu().unwrap()).unwrap();
+    assert_eq!(cpu.shape().dims(), [1, 128, FRAMES]);
+    assert_eq!(gpu.shape().dims(), [1, 128, FRAMES]);
+    let (cpu, gpu) = (values(&cpu), values(&gpu));
+    let err = max_abs(&gpu, &cpu);
+    println!("jfk log-mel, 128 bands: GPU vs twin max abs {err:e}");
+    assert!(err <= 1e-4, "GPU vs twin: max abs error {err:e}");
+    // Every value lies within 2 (8 / 4) below the window's maximum.
+    let top = cpu.iter().copied().fold(f32::MIN, f32::max);
+    assert!(cpu.iter().all(|&v| v >= top - 2.0 - 1e-6));
 }
 
 #[test]
