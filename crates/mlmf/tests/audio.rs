@@ -219,3 +219,71 @@ fn a_fifo_is_refused_without_blocking() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     assert!(decode_audio(&fifo).is_err());
 }
+
+#[test]
+fn resampled_to_16k_against_soxr_hq() {
+    let pre = common::fixtures().join("preprocess/audio");
+    let audio = decode_audio(&pre.join("Front_Center.wav")).unwrap();
+    assert_eq!((audio.sample_rate, audio.len()), (48000, 68545));
+    let got = mlmf::multimodal::resample(&audio.mono(), 48000, 16000).unwrap();
+    let bytes = std::fs::read(pre.join("Front_Center.resampled_16k.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let want: Vec<f32> = st
+        .tensor("resampled_16k")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    // ceil(68545 * 16000 / 48000)
+    assert_eq!((got.len(), want.len()), (22849, 22849));
+    let (mut sig, mut err, mut max) = (0f64, 0f64, 0f32);
+    for (g, w) in got.iter().zip(&want) {
+        sig += f64::from(*w).powi(2);
+        err += f64::from(g - w).powi(2);
+        max = max.max((g - w).abs());
+    }
+    let snr = 10.0 * (sig / err).log10();
+    println!("Front_Center 48k -> 16k vs soxr HQ: SNR {snr:.2} dB, max abs {max:e}");
+    assert!(snr >= 30.0, "SNR {snr} dB");
+    assert!(max <= 0.03, "max abs {max}");
+}
+
+#[test]
+fn resample_lengths_and_zero_rates() {
+    use mlmf::multimodal::resample;
+    assert_eq!(resample(&[0.5; 10], 44100, 16000).unwrap().len(), 4); // ceil(10 * 16000 / 44100)
+    assert_eq!(resample(&[0.5; 3], 16000, 48000).unwrap().len(), 9);
+    assert_eq!(
+        resample(&[0.25, 0.5], 16000, 16000).unwrap(),
+        vec![0.25, 0.5]
+    );
+    assert!(matches!(
+        resample(&[0.5], 0, 16000),
+        Err(Error::BadPreprocess { .. })
+    ));
+}
+
+#[test]
+fn resampling_keeps_a_pass_band_sine() {
+    // A 440 Hz sine, down 48k -> 16k and up 16k -> 44.1k, against the same sine evaluated at the
+    // output instants (away from the zero-padded ends).
+    let sine = |rate: f64, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| (0.5 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / rate).sin()) as f32)
+            .collect()
+    };
+    for (from, to) in [(48000u32, 16000u32), (16000, 44100)] {
+        let n = from as usize / 2;
+        let got = mlmf::multimodal::resample(&sine(f64::from(from), n), from, to).unwrap();
+        let want = sine(f64::from(to), got.len());
+        let edge = got.len() / 8;
+        let max = got[edge..got.len() - edge]
+            .iter()
+            .zip(&want[edge..])
+            .map(|(g, w)| (g - w).abs())
+            .fold(0f32, f32::max);
+        println!("sine {from} -> {to}: max abs {max:e}");
+        assert!(max < 1e-4, "{from} -> {to}: max abs {max}");
+    }
+}
