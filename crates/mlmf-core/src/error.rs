@@ -477,6 +477,19 @@ pub enum Error {
     #[error("image preprocessing: {reason}")]
     BadPreprocess { reason: String },
 
+    /// An audio file whose container or codec is not one mlmf decodes (WAV, FLAC, MP3, Ogg
+    /// Vorbis), or whose content matches none of them.
+    #[error("{path}: unsupported audio: {reason}")]
+    UnsupportedAudio { path: PathBuf, reason: String },
+
+    /// An audio file that is malformed or truncated (fewer samples than its header declares).
+    #[error("{path}: corrupt audio: {reason}")]
+    CorruptAudio { path: PathBuf, reason: String },
+
+    /// An audio file (or stream) that holds no samples.
+    #[error("{path}: audio holds no samples")]
+    EmptyAudio { path: PathBuf },
+
     /// A class-name file that is not what the loader expects.
     #[error("{path}: class labels: {reason}")]
     BadLabels { path: PathBuf, reason: String },

@@ -1,9 +1,13 @@
 //! Inputs other than tensors: turning photos and text into the tensors a model takes, and turning
 //! its outputs back into something a person reads.
 
+pub mod audio;
 pub mod labels;
 pub mod preprocess;
+pub mod resample;
 
+pub use audio::{decode_audio, Audio};
 pub use labels::{imagenet_labels, imagenet_labels_from_file, top_k, Class};
 pub use preprocess::image::{Filter, ImagePreprocess};
 pub use preprocess::text::TextTokenizer;
+pub use resample::resample;
