@@ -114,3 +114,55 @@ pub fn assert_lora_close(what: &str, got: &[f32], expected: &[f32]) {
         1e-5 * scale
     );
 }
+
+/// Little-endian f32 values from their bytes (a whole number of them).
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// The exact (f64) product `Y = W X` of row-major `w` `[rows, cols]` and `x` `[batch, cols]`,
+/// laid out `[batch, rows]`, and beside it `sum_k |W[r][k] X[b][k]|`, which bounds an f32
+/// product's rounding (see [`assert_within_product_bound`]).
+pub fn exact_product(w: &[f32], x: &[f32], cols: usize) -> (Vec<f64>, Vec<f64>) {
+    let (rows, batch) = (w.len() / cols, x.len() / cols);
+    let mut exact = vec![0.0f64; batch * rows];
+    let mut abs = vec![0.0f64; batch * rows];
+    for (r, wrow) in w.chunks_exact(cols).enumerate() {
+        for b in 0..batch {
+            for k in 0..cols {
+                let p = f64::from(wrow[k]) * f64::from(x[b * cols + k]);
+                exact[b * rows + r] += p;
+                abs[b * rows + r] += p.abs();
+            }
+        }
+    }
+    (exact, abs)
+}
+
+/// The fused product's bound: each `|got - exact| <= 2 * cols * f32::EPSILON * abs`. Returns
+/// the largest error as a fraction of its bound.
+pub fn assert_within_product_bound(
+    what: &str,
+    got: &[f32],
+    exact: &[f64],
+    abs: &[f64],
+    cols: usize,
+) -> f64 {
+    assert_eq!(got.len(), exact.len(), "{what}: length");
+    let mut worst = 0.0f64;
+    for (i, ((g, w), a)) in got.iter().zip(exact).zip(abs).enumerate() {
+        let bound = 2.0 * cols as f64 * f64::from(f32::EPSILON) * a;
+        let err = (f64::from(*g) - w).abs();
+        assert!(
+            err <= bound,
+            "{what}: element {i}: got {g:e}, want {w:e}, error {err:e} > {bound:e}"
+        );
+        if bound > 0.0 {
+            worst = worst.max(err / bound);
+        }
+    }
+    worst
+}

@@ -51,15 +51,8 @@ fn generate(out: &Path, types: &[DType]) {
     assert!(status.success(), "{script} failed");
 }
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 fn values(t: &Tensor) -> Vec<f32> {
-    f32s(&t.to_bytes().unwrap())
+    common::f32s(&t.to_bytes().unwrap())
 }
 
 /// Assert two f32 sequences are the same bits.
@@ -74,19 +67,6 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
             got[i].to_bits(),
             want[i],
             want[i].to_bits()
-        );
-    }
-}
-
-/// The qmatmul tests' check: each `|got - exact| <= 2 * cols * eps * sum |W X|`.
-fn check_product(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, ((g, w), a)) in got.iter().zip(want).zip(abs).enumerate() {
-        let bound = 2.0 * cols as f64 * f64::from(f32::EPSILON) * a;
-        let err = (f64::from(*g) - w).abs();
-        assert!(
-            err <= bound,
-            "{what}: element {i}: got {g:e}, want {w:e}, error {err:e} > {bound:e}"
         );
     }
 }
@@ -110,7 +90,7 @@ fn block_types_decode_multiply_and_gather_as_gguf_py() {
             let info = file.tensor(&name).unwrap();
             assert_eq!(info.dtype, dtype, "{name}");
             assert_eq!(info.shape.dims(), &[ROWS, COLS], "{name}");
-            let want = f32s(file.bytes(file.tensor(&format!("{name}.dequant")).unwrap()));
+            let want = common::f32s(file.bytes(file.tensor(&format!("{name}.dequant")).unwrap()));
 
             // The CPU twin, directly and through each device's dequant.
             let twin = convert::bytes_to_f32(dtype, file.bytes(info));
@@ -133,17 +113,7 @@ fn block_types_decode_multiply_and_gather_as_gguf_py() {
             if suffix == "random" {
                 continue;
             }
-            let mut exact = vec![0.0f64; batch * ROWS];
-            let mut abs = vec![0.0f64; batch * ROWS];
-            for (r, wrow) in twin.chunks_exact(COLS).enumerate() {
-                for b in 0..batch {
-                    for k in 0..COLS {
-                        let p = f64::from(wrow[k]) * f64::from(xv[b * COLS + k]);
-                        exact[b * ROWS + r] += p;
-                        abs[b * ROWS + r] += p.abs();
-                    }
-                }
-            }
+            let (exact, abs) = common::exact_product(&twin, &xv, COLS);
             for (device, w) in [(Device::Cpu, &w_cpu), (gpu.clone(), &w_gpu)] {
                 let x = Tensor::from_f32("x", vec![batch, COLS], &xv)
                     .unwrap()
@@ -152,7 +122,7 @@ fn block_types_decode_multiply_and_gather_as_gguf_py() {
                 let y = qmatmul::matmul(w, &x).unwrap();
                 assert_eq!(y.shape().dims(), &[batch, ROWS]);
                 let what = format!("{name}: qmatmul on {}", device.describe());
-                check_product(&what, &values(&y), &exact, &abs, COLS);
+                common::assert_within_product_bound(&what, &values(&y), &exact, &abs, COLS);
             }
         }
     }

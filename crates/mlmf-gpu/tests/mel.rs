@@ -19,11 +19,7 @@ use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
 fn values(t: &Tensor) -> Vec<f32> {
-    t.to_bytes()
-        .unwrap()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    common::f32s(&t.to_bytes().unwrap())
 }
 
 /// The f32 tensor `key` of a safetensors file, with its shape.
@@ -144,6 +140,25 @@ fn jfk_log_mel_128_bands_gpu_matches_twin() {
     // Every value lies within 2 (8 / 4) below the window's maximum.
     let top = cpu.iter().copied().fold(f32::MIN, f32::max);
     assert!(cpu.iter().all(|&v| v >= top - 2.0 - 1e-6));
+}
+
+/// Random samples in [-1, 1) (white noise, a shape no recording has), 1.3 s and 80 and 128
+/// bands: the GPU against its twin, within the bar the jfk tests use.
+#[test]
+fn random_samples_gpu_matches_twin() {
+    let samples = common::random_f32(20_800, 13);
+    let gpu_device = Device::gpu().unwrap();
+    for mels in [80, 128] {
+        let cpu = values(&mel::log_mel(&samples, mels, &Device::Cpu).unwrap());
+        let gpu = values(&mel::log_mel(&samples, mels, &gpu_device).unwrap());
+        assert_eq!(cpu.len(), mels * FRAMES);
+        let err = max_abs(&gpu, &cpu);
+        println!("random samples, {mels} bands: GPU vs twin max abs {err:e}");
+        assert!(
+            err <= 1e-4,
+            "{mels} bands: GPU vs twin max abs error {err:e}"
+        );
+    }
 }
 
 #[test]

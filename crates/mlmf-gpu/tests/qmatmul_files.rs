@@ -21,24 +21,6 @@ fn f32s(t: &Tensor) -> Vec<f32> {
         .collect()
 }
 
-/// The largest |got - exact| / bound over Y, asserting each is at most 1.
-fn check(what: &str, got: &[f32], want: &[f64], abs: &[f64], cols: usize) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = 0.0f64;
-    for (i, ((g, w), a)) in got.iter().zip(want).zip(abs).enumerate() {
-        let bound = 2.0 * cols as f64 * f64::from(f32::EPSILON) * a;
-        let err = (f64::from(*g) - w).abs();
-        assert!(
-            err <= bound,
-            "{what}: element {i}: got {g:e}, want {w:e}, error {err:e} > {bound:e}"
-        );
-        if bound > 0.0 {
-            worst = worst.max(err / bound);
-        }
-    }
-    worst
-}
-
 fn check_tensor(file: &str, name: &str, dtype: DType, batch: usize) {
     let file = ModelFile::open(common::model(file)).unwrap();
     let gpu = Device::gpu().unwrap();
@@ -53,17 +35,7 @@ fn check_tensor(file: &str, name: &str, dtype: DType, batch: usize) {
     // The exact product of the twin's decoding, and the sums of |W X|.
     let decoded = w_cpu.to_f32_vec().unwrap();
     assert_eq!(decoded.len(), rows * cols);
-    let mut want = vec![0.0f64; batch * rows];
-    let mut abs = vec![0.0f64; batch * rows];
-    for (r, wrow) in decoded.chunks_exact(cols).enumerate() {
-        for b in 0..batch {
-            for k in 0..cols {
-                let p = f64::from(wrow[k]) * f64::from(xv[b * cols + k]);
-                want[b * rows + r] += p;
-                abs[b * rows + r] += p.abs();
-            }
-        }
-    }
+    let (want, abs) = common::exact_product(&decoded, &xv, cols);
 
     for (device, w) in [(gpu.clone(), &w_gpu), (Device::Cpu, &w_cpu)] {
         let x = Tensor::from_f32("x", vec![batch, cols], &xv)
@@ -76,7 +48,7 @@ fn check_tensor(file: &str, name: &str, dtype: DType, batch: usize) {
             "{name} ({dtype} [{rows}, {cols}]) x [{batch}, {cols}] on {}",
             device.describe()
         );
-        let worst = check(&what, &f32s(&y), &want, &abs, cols);
+        let worst = common::assert_within_product_bound(&what, &f32s(&y), &want, &abs, cols);
         println!("{what}: largest error {worst:.2e} of the bound");
     }
 }
