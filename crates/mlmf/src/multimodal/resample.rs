@@ -20,7 +20,7 @@ const MAX_TABLE: u64 = 1 << 22;
 /// Resamples `samples` (one channel) from `from` Hz to `to` Hz; the signal is taken as zero
 /// outside the clip.
 ///
-/// Errors: [`Error::BadPreprocess`] when a rate is zero or the output length overflows.
+/// Errors: [`Error::BadPreprocess`] when a rate is zero or the output does not fit in memory.
 pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
     if from == 0 || to == 0 {
         return Err(Error::BadPreprocess {
@@ -68,7 +68,14 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
             .collect()
     });
     let n_in = samples.len() as i64;
-    let mut out = Vec::with_capacity(n_out);
+    // The length follows from the rates, which may come from a file: reserve it fallibly.
+    let mut out = Vec::new();
+    out.try_reserve_exact(n_out)
+        .map_err(|_| Error::BadPreprocess {
+            reason: format!(
+                "resample from {from} Hz to {to} Hz: {n_out} output samples do not fit in memory"
+            ),
+        })?;
     let mut row = vec![0f64; width];
     for j in 0..n_out as u64 {
         // Exact instant in input samples: j * from / to, split into integer and fraction.
