@@ -490,6 +490,24 @@ pub enum Error {
     #[error("{path}: audio holds no samples")]
     EmptyAudio { path: PathBuf },
 
+    /// A video whose container or codec mlmf cannot decode (or, without the `video` feature, one
+    /// that only FFmpeg could decode).
+    #[error("{path}: unsupported video: {reason}")]
+    UnsupportedVideo { path: PathBuf, reason: String },
+
+    /// A video file that is malformed or truncated; `frame` is the frame index where decoding
+    /// failed, when one had begun.
+    #[error("{path}: corrupt video{}: {reason}", frame.map(|f| format!(" at frame {f}")).unwrap_or_default())]
+    CorruptVideo {
+        path: PathBuf,
+        frame: Option<usize>,
+        reason: String,
+    },
+
+    /// A video (or directory of frames) that holds no frames.
+    #[error("{path}: video holds no frames")]
+    EmptyVideo { path: PathBuf },
+
     /// A class-name file that is not what the loader expects.
     #[error("{path}: class labels: {reason}")]
     BadLabels { path: PathBuf, reason: String },

@@ -121,6 +121,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod fusion;
 pub mod lora;
 pub mod models;
 pub mod multimodal;

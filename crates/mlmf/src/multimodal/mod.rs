@@ -5,9 +5,11 @@ pub mod audio;
 pub mod labels;
 pub mod preprocess;
 pub mod resample;
+pub mod video;
 
 pub use audio::{decode_audio, Audio};
 pub use labels::{imagenet_labels, imagenet_labels_from_file, top_k, Class};
 pub use preprocess::image::{Filter, ImagePreprocess};
 pub use preprocess::text::TextTokenizer;
 pub use resample::resample;
+pub use video::{open_video, Frame, FrameSource, VideoInfo};
