@@ -1,5 +1,5 @@
 //! The two operations the fusion modules need beside matmul, softmax and the element-wise ops:
-//! [`concat`] (F32 tensors joined along their last axis, like `torch.cat(xs, -1)`) and
+//! [`concat()`] (F32 tensors joined along their last axis, like `torch.cat(xs, -1)`) and
 //! [`weighted_sum`] over modalities (`sum_m w_m * x_m`, with one weight per modality shared by
 //! every row, or one per row and modality). Each returns a new F32 tensor on the operands'
 //! device.
