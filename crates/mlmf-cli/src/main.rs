@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use mlmf::checkpoint::{AtomicFile, Progress};
+use mlmf::fusion::FusionKind;
 use mlmf::{Device, Error, Format, ModelFile, Value};
 
 /// Why a command failed: its arguments, or what the library reported.
@@ -143,6 +144,28 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         depth: usize,
     },
+    /// Run a fusion module whose state dict is in W (keys as PyTorch names them, `weights.`
+    /// prefix optional) on the inputs in I (`input.text`, `input.image`, `input.audio`, ...),
+    /// writing its outputs (`output`, `fused_logits`, `probs`, `modality_weights`) to OUT.
+    Fusion {
+        /// cross-attention, middle, early, late or attention-gate.
+        #[arg(value_parser = parse_fusion_kind)]
+        kind: FusionKind,
+        /// The state dict (.safetensors, or any format mlmf reads).
+        #[arg(long)]
+        weights: PathBuf,
+        /// The inputs, F32 (other float types are widened).
+        #[arg(long)]
+        inputs: PathBuf,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Attention heads (cross-attention and middle).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// The outputs (.safetensors).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     BenchLoad {
         file: PathBuf,
@@ -257,6 +280,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
         } => dump(&file, &tensor, device, &output),
         Command::Devices { json } => devices(json, out),
         Command::BenchLoad { file, json } => bench_load(&file, json, out),
+        Command::Fusion {
+            kind,
+            weights,
+            inputs,
+            device: d,
+            heads,
+            output,
+        } => fusion(kind, &weights, &inputs, d, heads, &output, out),
         Command::Verify { file } => verify(&file, out),
         Command::Lineage { file, depth } => lineage(&file, depth, out),
         Command::Quantize {
@@ -952,6 +983,88 @@ fn bench_load(path: &PathBuf, json: bool, out: &mut dyn Write) -> Result<()> {
         json_line(out, &report, true)?;
     } else {
         outln!(out, "{report}");
+    }
+    Ok(())
+}
+
+fn parse_fusion_kind(s: &str) -> Result<FusionKind, String> {
+    s.parse()
+}
+
+/// `mlmf fusion`: the module of `kind` read from `weights` (under `weights.` when the file has
+/// that prefix), its inputs read by the fixtures' key names from `inputs`, its outputs written
+/// under the fixtures' output key names.
+fn fusion(
+    kind: FusionKind,
+    weights: &Path,
+    inputs: &Path,
+    device_arg: DeviceArg,
+    heads: Option<usize>,
+    output: &Path,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use mlmf::fusion::{early::EarlyFusion, gate::AttentionGate, late::LateFusion, MODALITIES};
+    use mlmf::{DType, SafetensorsWriter, Tensor, TensorSource};
+    let w = ModelFile::open(weights)?;
+    let prefix = if w.tensors().iter().any(|t| t.name.starts_with("weights.")) {
+        "weights."
+    } else {
+        ""
+    };
+    let i = ModelFile::open(inputs)?;
+    let device = device(device_arg)?;
+    let input = |name: &str| -> Result<Tensor> {
+        let t = Device::Cpu.load(&i, name)?;
+        let t = if t.dtype() == DType::F32 {
+            t
+        } else {
+            mlmf::ops::convert::to_f32(&t)?
+        };
+        Ok(t.to_device(&device)?)
+    };
+    // One tensor per modality of the early, late and gated modules, in their order.
+    let modalities = || -> Result<Vec<Tensor>> {
+        MODALITIES
+            .iter()
+            .map(|m| input(&format!("input.{m}")))
+            .collect()
+    };
+    let outputs: Vec<(&str, Tensor)> = match kind {
+        FusionKind::Early => {
+            let xs = modalities()?;
+            let m = EarlyFusion::load(&w, prefix, &device)?;
+            vec![("output", m.forward(&xs.iter().collect::<Vec<_>>())?)]
+        }
+        FusionKind::Late => {
+            let xs = modalities()?;
+            let m = LateFusion::load(&w, prefix, &device)?;
+            let o = m.forward(&xs.iter().collect::<Vec<_>>())?;
+            vec![("fused_logits", o.fused_logits), ("probs", o.probs)]
+        }
+        FusionKind::AttentionGate => {
+            let xs = modalities()?;
+            let m = AttentionGate::load(&w, prefix, &device)?;
+            let o = m.forward(&xs.iter().collect::<Vec<_>>())?;
+            vec![
+                ("output", o.output),
+                ("modality_weights", o.modality_weights),
+            ]
+        }
+        // The two attention modules take `--heads`; each becomes one arm here.
+        FusionKind::CrossAttention | FusionKind::Middle => {
+            heads.ok_or_else(|| CliError::Usage(format!("mlmf fusion {kind} needs --heads N")))?;
+            return Err(CliError::Usage(format!(
+                "mlmf fusion {kind} is not available in this build yet"
+            )));
+        }
+    };
+    let mut writer = SafetensorsWriter::new(Default::default());
+    for (name, t) in &outputs {
+        writer.add_tensor(*name, DType::F32, t.shape().dims(), TensorSource::Tensor(t));
+    }
+    writer.write(output)?;
+    for (name, t) in &outputs {
+        outln!(out, "{name} {} -> {}", t.shape(), output.display());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //
 // Binary (add, mul): out[i] = a[a_offset + i] op b[j], j = b_offset + i, or (b_offset + i) % b_len
 // when BROADCAST is set in flags (b's shape is a trailing part of a's: a bias [n] over [.., n]).
-// Unary (scale, gelu, gelu_tanh, relu6): out[i] = f(a[a_offset + i]); binding 2 is unused.
+// Unary (scale, gelu, gelu_tanh, relu6, tanh): out[i] = f(a[a_offset + i]); binding 2 is unused.
 // One dispatch per page of the output; each workgroup covers WG * EPT consecutive elements.
 
 struct Params {
@@ -134,5 +134,14 @@ fn relu6(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let start = run_start(wg, nwg);
     for (var i = start + l; i < run_end(start); i += WG) {
         out[params.out_offset + i] = min(max(a[params.a_offset + i], 0.0), 6.0);
+    }
+}
+
+// tanh(x) through tanh_f32 (above).
+@compute @workgroup_size(WG)
+fn tanh(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) l: u32) {
+    let start = run_start(wg, nwg);
+    for (var i = start + l; i < run_end(start); i += WG) {
+        out[params.out_offset + i] = tanh_f32(a[params.a_offset + i]);
     }
 }

@@ -568,6 +568,31 @@ fn check_gelu_tanh(what: &str, x: &[f32], got: &[f32], gpu_exp: bool) {
     }
 }
 
+/// tanh as `1 - 2 / (exp(2x) + 1)` within `r 2 slope + 5 u` of the exact value: exp(2x)'s
+/// relative error r (twin 1 ulp, GPU `3 + 2|2x|` ulp) through the slope `2E / (E + 1)²`, then
+/// the roundings of `E + 1` and of the quotient (each at most u of a quotient below 2) and of
+/// `1 - q` (at most u).
+fn check_tanh(what: &str, x: &[f32], got: &[f32], gpu_exp: bool) {
+    let u = f64::from(f32::EPSILON) / 2.0;
+    for (&x, &g) in x.iter().zip(got) {
+        let x64 = f64::from(x);
+        let want = x64.tanh();
+        let e = (2.0 * x64).exp();
+        let ulps = if gpu_exp { 3.0 + 4.0 * x64.abs() } else { 1.0 };
+        let slope = if e.is_finite() {
+            2.0 * e / ((e + 1.0) * (e + 1.0))
+        } else {
+            0.0
+        };
+        let bound = ulps * 2.0 * u * slope + 5.0 * u;
+        let err = (f64::from(g) - want).abs();
+        assert!(
+            err <= bound,
+            "{what}: tanh({x:e}) = {g:e}, want {want:e}, error {err:e} > {bound:e}"
+        );
+    }
+}
+
 #[test]
 fn activations_against_f64_and_twin() {
     let gpu = Device::gpu().unwrap();
@@ -593,6 +618,7 @@ fn activations_against_f64_and_twin() {
             &f32s(&elementwise::gelu_tanh(&t).unwrap()),
             on_gpu,
         );
+        check_tanh(&what, &x, &f32s(&elementwise::tanh(&t).unwrap()), on_gpu);
         // One correctly rounded operation: exact against f64 and the twin (relu6 up to the sign
         // of zero, which WGSL's max leaves open: `+ 0.0` makes both zeros +0).
         let relu6: Vec<f32> = f32s(&elementwise::relu6(&t).unwrap())

@@ -1,8 +1,9 @@
 //! Image + text search with two separately trained real models, joined by late fusion (this is
 //! not CLIP): MobileNetV2 names each photo's most likely ImageNet classes; all-MiniLM-L6-v2
 //! embeds those class names and the text queries; a photo is represented by the embeddings of
-//! its top classes weighted by their probabilities, and photos and queries are ranked by cosine.
-//! Both models run on the GPU (lavapipe on machines without one).
+//! its top classes weighted by their probabilities (late fusion: `mlmf::fusion::late::LateFusion`
+//! with the probabilities as its weights, on the GPU), and photos and queries are ranked by
+//! cosine. Both models and the fusion run on the GPU (lavapipe on machines without one).
 //!
 //! `bash scripts/demo.sh`, or
 //! `cargo run --release --example image_text_search -- [--json] [--html OUT] [--image PATH]...
@@ -13,11 +14,12 @@
 use std::path::{Path, PathBuf};
 
 use mlmf::checkpoint::AtomicFile;
+use mlmf::fusion::late::LateFusion;
 use mlmf::models::bert::BertEmbedder;
 use mlmf::models::cache_dir;
 use mlmf::models::mobilenet_v2::MobileNetV2;
 use mlmf::multimodal::{imagenet_labels, top_k, Class, ImagePreprocess};
-use mlmf::{Device, ModelFile, Result};
+use mlmf::{Device, ModelFile, Result, Tensor};
 
 /// Classes per photo that go into its embedding.
 const TOP: usize = 5;
@@ -104,15 +106,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let x = pre.load(path)?.reshape(vec![1, 3, 224, 224])?;
         let logits = mobilenet.forward(&x)?.to_f32_vec()?;
         let classes = top_k(&logits, &labels, TOP);
-        // The photo: its class names' embeddings weighted by their probabilities.
+        // The photo: its class names' embeddings weighted by their probabilities, fused on the
+        // device (sum_c p_c * e_c, in class order).
         let names: Vec<String> = classes.iter().map(|c| c.label.clone()).collect();
         let embedded = minilm.embed(&names)?.sentence_embeddings;
-        let mut embedding = vec![0f32; embedded[0].len()];
-        for (c, e) in classes.iter().zip(&embedded) {
-            for (acc, v) in embedding.iter_mut().zip(e) {
-                *acc += c.prob * v;
-            }
-        }
+        let probs: Vec<f32> = classes.iter().map(|c| c.prob).collect();
+        let fusion = LateFusion::new(
+            Tensor::from_f32("class probabilities", vec![probs.len()], &probs)?
+                .to_device(&device)?,
+        )?;
+        let embedded = embedded
+            .iter()
+            .map(|e| Tensor::from_f32("class embedding", vec![1, e.len()], e)?.to_device(&device))
+            .collect::<Result<Vec<_>>>()?;
+        let embedding = fusion
+            .fuse(&embedded.iter().collect::<Vec<_>>())?
+            .to_f32_vec()?;
         photos.push(Photo {
             path: path.clone(),
             classes,

@@ -50,6 +50,8 @@ pub(crate) struct GpuInner {
     /// The first error wgpu reported outside an error scope. wgpu's default is to panic; we
     /// keep it and return it as `Error::Gpu` at the next wait instead.
     pub uncaptured: Arc<Mutex<Option<String>>>,
+    /// Tensors read back to the host so far ([`Gpu::readbacks`]).
+    pub readbacks: std::sync::atomic::AtomicU64,
 }
 
 impl Gpu {
@@ -117,6 +119,7 @@ impl Gpu {
                 pipelines: Default::default(),
                 disk_cache,
                 uncaptured,
+                readbacks: Default::default(),
             }),
         })
     }
@@ -140,6 +143,21 @@ impl Gpu {
     /// Largest page (one buffer) a tensor is split into.
     pub fn page_bytes(&self) -> u64 {
         self.inner.page_bytes
+    }
+
+    /// How many times a tensor (or part of one) has been read back from this device to the
+    /// host, for tests that check work stays on the device (a copy to another device through
+    /// the host counts).
+    pub fn readbacks(&self) -> u64 {
+        self.inner
+            .readbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `other` is this very device (clones share it; two `Gpu::new` of one adapter are
+    /// two devices).
+    pub fn same_device(&self, other: &Gpu) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     pub fn wgpu_device(&self) -> &wgpu::Device {

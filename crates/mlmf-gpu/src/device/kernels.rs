@@ -107,6 +107,9 @@ families! {
     /// Whisper's log-mel spectrogram of one padded 30 s window: the signal, the windowed DFT
     /// table, the mel filters, the power spectrum (scratch), the output.
     Mel = "mel" after ["common", "reduce"], params 32, binds [U, R, R, R, W, W];
+    /// Concatenation along the last axis and weighted sums over modalities (the fusion
+    /// modules): an input, the weights (a placeholder for concat), the output.
+    Fusion = "fusion" after ["common"], params 32, binds [U, R, R, W];
 }
 
 /// A text variant of a family's source, for what an `override` cannot express (STYLE, "WGSL

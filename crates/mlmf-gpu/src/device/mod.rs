@@ -31,6 +31,16 @@ impl Device {
         Ok(Device::Gpu(Gpu::new(options)?))
     }
 
+    /// Whether tensors on `self` and `other` are on the same device: both the CPU, or the same
+    /// GPU device (two devices opened on one adapter are different).
+    pub fn same_as(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            (Device::Gpu(a), Device::Gpu(b)) => a.same_device(b),
+            _ => false,
+        }
+    }
+
     pub fn is_gpu(&self) -> bool {
         matches!(self, Device::Gpu(_))
     }

@@ -1,7 +1,7 @@
 //! Element-wise arithmetic and activations on F32 tensors: [`add`], [`mul`] (of two tensors of
 //! one shape, or with the smaller one's shape a trailing part of the other's, like a bias `[n]`
 //! over `[..., n]`), [`scale`] by a scalar, and the activations [`gelu`] (torch's default, with
-//! erf), [`gelu_tanh`] (torch's `approximate="tanh"`) and [`relu6`]. Each returns a new F32
+//! erf), [`gelu_tanh`] (torch's `approximate="tanh"`), [`relu6`] and [`tanh`]. Each returns a new F32
 //! tensor on the operands' device.
 //!
 //! GPU: `shaders/elementwise.wgsl`, one dispatch per page of the result. The operand that is
@@ -66,6 +66,7 @@ impl Op {
             Op::Unary(cpu::Unary::Gelu) => "gelu",
             Op::Unary(cpu::Unary::GeluTanh) => "gelu_tanh",
             Op::Unary(cpu::Unary::Relu6) => "relu6",
+            Op::Unary(cpu::Unary::Tanh) => "tanh",
         }
     }
 }
@@ -107,6 +108,12 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// `min(max(x, 0), 6)`, torch's `relu6` (MobileNetV2's activation); the errors of [`scale`].
 pub fn relu6(x: &Tensor) -> Result<Tensor> {
     unary(cpu::Unary::Relu6, x)
+}
+
+/// `tanh(x)` as `1 - 2 / (exp(2x) + 1)` (accuracy in the module doc; never NaN for a finite or
+/// infinite x); the errors of [`scale`].
+pub fn tanh(x: &Tensor) -> Result<Tensor> {
+    unary(cpu::Unary::Tanh, x)
 }
 
 fn unary(f: cpu::Unary, x: &Tensor) -> Result<Tensor> {
@@ -242,6 +249,7 @@ pub(crate) mod cpu {
         Gelu,
         GeluTanh,
         Relu6,
+        Tanh,
     }
 
     /// A function of two elements.
@@ -291,6 +299,7 @@ pub(crate) mod cpu {
             }
             // NaN stays NaN, as in torch (f32::clamp would keep it too; max/min would not).
             Unary::Relu6 => x.clamp(0.0, 6.0),
+            Unary::Tanh => tanh(x),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod dequant;
 pub mod elementwise;
 pub mod embedding;
+pub mod fusion;
 pub(crate) mod launch;
 pub mod lora;
 pub mod matmul;

@@ -13,6 +13,9 @@ pub(crate) fn for_each_chunk(
     mut f: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let gpu = storage.gpu();
+    gpu.inner
+        .readbacks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let half = gpu.inner.staging_half;
     let len = storage.byte_len();
     let make = |i: usize| {

@@ -195,6 +195,10 @@ impl BertEmbedder {
         &self.device
     }
 
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
     /// Tokenize `texts` (padded to the longest) and embed them.
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
         let encoded = self.tokenizer.encode_batch(texts)?;

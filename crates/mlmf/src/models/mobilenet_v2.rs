@@ -152,6 +152,16 @@ impl MobileNetV2 {
 
     /// Logits `[n, 1000]` of a preprocessed batch `[n, 3, 224, 224]` on the model's device.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        matmul::linear(
+            &self.features(x)?,
+            &self.classifier_weight,
+            Some(&self.classifier_bias),
+        )
+    }
+
+    /// The pooled features `[n, 1280]` the classifier reads (after the last ReLU6 and global
+    /// average pooling) of a preprocessed batch `[n, 3, h, w]`, on the model's device.
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.to_device(&self.device)?;
         for block in &self.blocks {
             let input = if block.residual {
@@ -169,12 +179,7 @@ impl MobileNetV2 {
                 x = elementwise::add(&x, &input)?;
             }
         }
-        let pooled = conv::avg_pool_global(&x)?;
-        matmul::linear(
-            &pooled,
-            &self.classifier_weight,
-            Some(&self.classifier_bias),
-        )
+        conv::avg_pool_global(&x)
     }
 }
 

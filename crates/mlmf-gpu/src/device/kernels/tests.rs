@@ -186,7 +186,10 @@ fn matmul_and_elementwise_mirror_their_launchers() {
     assert_eq!(entry_points(Kernel::Matmul), ["matmul"]);
     let mut names = entry_points(Kernel::Elementwise);
     names.sort();
-    assert_eq!(names, ["add", "gelu", "gelu_tanh", "mul", "relu6", "scale"]);
+    assert_eq!(
+        names,
+        ["add", "gelu", "gelu_tanh", "mul", "relu6", "scale", "tanh"]
+    );
 }
 
 /// The shared decoders (`shaders/quant_decode.wgsl`) are part of every family that reads weight
@@ -398,7 +401,7 @@ fn lora_mirrors_its_launcher() {
 }
 
 /// The neural-network families have the entry points their launchers name
-/// (`src/ops/{norm,softmax,attention,conv}.rs`).
+/// (`src/ops/{norm,softmax,attention,conv,fusion}.rs`).
 #[test]
 fn nn_families_mirror_their_launchers() {
     for (kernel, entries) in [
@@ -409,6 +412,7 @@ fn nn_families_mirror_their_launchers() {
             &["attention_scores", "attention_weighted"][..],
         ),
         (Kernel::Conv, &["avg_pool", "conv2d", "conv2d_rows"][..]),
+        (Kernel::Fusion, &["concat", "weighted_sum"][..]),
     ] {
         let mut names = entry_points(kernel);
         names.sort();
