@@ -4,5 +4,6 @@
 pub mod attention;
 pub mod early;
 pub mod gate;
+pub mod heatmap;
 pub mod late;
 pub mod middle;
