@@ -17,11 +17,18 @@
 // and no score that is kept is below ABOVE_LOWEST, so the softmax pass (with its
 // ZERO_MASKED_ROWS override) can tell them apart and give rows with no key left all zeros.
 //   mha_scores: the masked scores, for the three-pass path (then softmax, attention_weighted);
-//   mha_fused:  the whole attention of one query row (one chunk of FUSED_DIMS output columns)
-//               in one invocation with an online softmax: the scores are never stored, so
-//               [batch, heads, seq_q, seq_k] need not fit anywhere. Per kept key j in order:
+//   mha_fused:  the attention of one query row over one piece of the keys (one chunk of
+//               FUSED_DIMS output columns) in one invocation with an online softmax: the scores
+//               are never stored, so [batch, heads, seq_q, seq_k] need not fit anywhere. Per
+//               kept key j in order:
 //               if s_j > m { c = exp(m - s_j) (0 for the first); l *= c; acc *= c; m = s_j }
-//               e = exp(s_j - m); l += e; acc += e * v_j; finally out = acc / l (0 if l = 0).
+//               e = exp(s_j - m); l += e; acc += e * v_j;
+//               then out = acc / l (0 if l = 0) when the keys are one piece, else the record
+//               (m, l, acc) of the piece;
+//   mha_fused_combine: per output element, the pieces' records merged in order: M = max m_s
+//               over pieces with l_s > 0, f_s = exp(m_s - M), out = sum acc_s f_s / sum l_s f_s.
+// Cutting the keys (split-K, as flash-decoding) gives a few query rows (a decoder's one token)
+// enough invocations to fill a device.
 
 struct Params {
     batch: u32,
@@ -38,9 +45,11 @@ struct Params {
     // The mha_* entry points' masks: FLAG_KEY_MASK, FLAG_CAUSAL, FLAG_ADD_SHARED (an additive
     // mask [seq_q, seq_k]), FLAG_ADD_PER_HEAD (an additive mask [batch * heads, seq_q, seq_k]).
     flags: u32,
+    // mha_fused: the key range is cut into `splits` pieces of `split_len` keys; with more than
+    // one, each invocation writes a partial record that mha_fused_combine merges.
+    splits: u32,
+    split_len: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 const FLAG_KEY_MASK: u32 = 1u;
@@ -165,8 +174,9 @@ fn mha_scores(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     dst[i] = mha_score(t / params.heads, t % params.heads, qi, j);
 }
 
-// Consecutive invocations are consecutive query rows of one head and column chunk, so they read
-// the same keys and values at the same time.
+// Consecutive invocations are consecutive query rows of one head, piece and column chunk, so
+// they read the same keys and values at the same time. A record is 2 + head_dim floats: m, l,
+// then the accumulators.
 @compute @workgroup_size(WG)
 fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let i = flat_index(wg, nwg, li, WG);
@@ -176,6 +186,8 @@ fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let chunks = (params.head_dim + FUSED_DIMS - 1u) / FUSED_DIMS;
     let qi = i % params.seq_q;
     var t = i / params.seq_q;
+    let piece = t % params.splits;
+    t /= params.splits;
     let chunk = t % chunks;
     t /= chunks;
     let h = t % params.heads;
@@ -183,10 +195,12 @@ fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let d0 = chunk * FUSED_DIMS;
     let dn = min(FUSED_DIMS, params.head_dim - d0);
     let hidden = params.heads * params.head_dim;
+    let j0 = piece * params.split_len;
+    let j1 = min(params.seq_k, j0 + params.split_len);
     var acc: array<f32, FUSED_DIMS>;
     var m = F32_LOWEST;
     var l = 0.0;
-    for (var j = 0u; j < params.seq_k; j++) {
+    for (var j = j0; j < j1; j++) {
         let s = mha_score(bb, h, qi, j);
         if s == F32_LOWEST {
             continue;
@@ -209,12 +223,62 @@ fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
             acc[d] += e * c[vbase + d];
         }
     }
-    let obase = (bb * params.seq_q + qi) * hidden + h * params.head_dim + d0;
-    for (var d = 0u; d < dn; d++) {
-        if l > 0.0 {
-            dst[obase + d] = acc[d] / l;
-        } else {
-            dst[obase + d] = 0.0;
+    if params.splits == 1u {
+        let obase = (bb * params.seq_q + qi) * hidden + h * params.head_dim + d0;
+        for (var d = 0u; d < dn; d++) {
+            if l > 0.0 {
+                dst[obase + d] = acc[d] / l;
+            } else {
+                dst[obase + d] = 0.0;
+            }
         }
+        return;
+    }
+    let record = (((bb * params.heads + h) * params.seq_q + qi) * params.splits + piece) * (params.head_dim + 2u);
+    if chunk == 0u {
+        dst[record] = m;
+        dst[record + 1u] = l;
+    }
+    for (var d = 0u; d < dn; d++) {
+        dst[record + 2u + d0 + d] = acc[d];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn mha_fused_combine(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let i = flat_index(wg, nwg, li, WG);
+    if i >= params.count {
+        return;
+    }
+    let hidden = params.heads * params.head_dim;
+    let col = i % hidden;
+    let h = col / params.head_dim;
+    let d = col % params.head_dim;
+    let t = i / hidden;
+    let qi = t % params.seq_q;
+    let bb = t / params.seq_q;
+    let size = params.head_dim + 2u;
+    let first = ((bb * params.heads + h) * params.seq_q + qi) * params.splits;
+    var m = F32_LOWEST;
+    for (var p = 0u; p < params.splits; p++) {
+        let r = (first + p) * size;
+        if a[r + 1u] > 0.0 {
+            m = max(m, a[r]);
+        }
+    }
+    var l = 0.0;
+    var acc = 0.0;
+    for (var p = 0u; p < params.splits; p++) {
+        let r = (first + p) * size;
+        if a[r + 1u] > 0.0 {
+            let f = exp(max(a[r] - m, EXP_FLOOR));
+            l += a[r + 1u] * f;
+            acc += a[r + 2u + d] * f;
+        }
+    }
+    if l > 0.0 {
+        dst[i] = acc / l;
+    } else {
+        dst[i] = 0.0;
     }
 }

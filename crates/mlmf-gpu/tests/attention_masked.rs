@@ -324,6 +324,30 @@ fn masked_paths_within_their_bounds() {
             "per-head additive",
         );
     }
+    // Few query rows over many keys: the fused path cuts the keys into pieces, some of them
+    // with no key left (padding, causal).
+    let d = Dims {
+        batch: 2,
+        heads: 2,
+        seq_q: 4,
+        seq_k: 300,
+        head_dim: 16,
+    };
+    let case = Case::new(d, 225);
+    let mut padding = vec![false; 600];
+    padding[300 + 100..].fill(true);
+    for device in devices() {
+        let m = Masks {
+            key_padding: Some(&padding),
+            ..Default::default()
+        };
+        case.run(&device, m, "pieces, padding");
+        case.run(
+            &device,
+            Masks { causal: true, ..m },
+            "pieces, padding + causal",
+        );
+    }
     // Heads wider than one fused chunk (64 columns), and a workgroup's worth of keys.
     let d = Dims {
         batch: 1,

@@ -48,7 +48,9 @@ struct Params {
     scale: f32,
     count: u32,
     flags: u32,
-    _pad: [u32; 3],
+    splits: u32,
+    split_len: u32,
+    _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Attention.params_bytes());
 
@@ -173,7 +175,9 @@ fn gpu_attention(
             scale,
             count: u32_of(score_elems, "the score count")?,
             flags: 0,
-            _pad: [0; 3],
+            splits: 1,
+            split_len: 0,
+            _pad: 0,
         };
         let [qb, kb, vb] = [(q, gs[0]), (k, gs[1]), (v, gs[2])]
             .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()));
@@ -327,7 +331,10 @@ impl MaskSpec<'_> {
 /// last term `(2n + 4) eps sum_j p_j |v_j|`. (Each `e_j` is exp'd once and rescaled at most n
 /// times, each rescale an exp of `m_old - m_new` and a product, `(5 + 3|m_old - m_new|) eps`;
 /// the rises sum to at most `|t_j|`, so `e_j` is within `(5n + 4 + 3|t_j|) eps` relative; the
-/// sum `l` adds n additions and n rescales, the accumulators the same and the division.)
+/// sum `l` adds n additions and n rescales, the accumulators the same and the division.) With
+/// few query rows the fused path cuts the keys into pieces of at least [`MIN_SPLIT_KEYS`] (as
+/// flash-decoding does) so that enough invocations run, and merges the pieces' `(m, l, acc)`
+/// in order: one more rescale per term and one addition per piece, within the same counts.
 ///
 /// Errors: as [`attention`], plus a key padding mask not `batch * seq_k` long or an additive
 /// mask of another shape ([`Error::ShapeMismatch`]), weights asked of the fused path
@@ -431,7 +438,9 @@ pub fn masked(
                 launch::f32s(bytes[2]),
             );
             if fused {
-                let out = cpu::fused(&qf, &kf, &vf, spec, d, scale);
+                let rows = (d.batch * d.heads * d.seq_q * d.head_dim.div_ceil(FUSED_DIMS)) as u64;
+                let pieces = fused_splits(rows, d.seq_k, CPU_INVOCATIONS);
+                let out = cpu::fused(&qf, &kf, &vf, spec, d, scale, pieces);
                 (Storage::Cpu(launch::f32_bytes(&out)), None)
             } else {
                 let (out, w) = cpu::masked(&qf, &kf, &vf, spec, d, scale);
@@ -507,7 +516,9 @@ fn gpu_masked(
         scale: l.scale,
         count: 0,
         flags: spec.flags(),
-        _pad: [0; 3],
+        splits: 1,
+        split_len: 0,
+        _pad: 0,
     };
     // Every index in the kernels is u32.
     u32_of(k.shape().elem_count(), "k's element count")?;
@@ -525,19 +536,58 @@ fn gpu_masked(
         let key =
             |entry| PipelineKey::new(Kernel::Attention, entry).with("WG", f64::from(WORKGROUP));
         if l.fused {
-            let rows = (d.batch as u64 * d.heads as u64)
-                .checked_mul(chunks * d.seq_q as u64)
+            let rows = d.batch as u64 * d.heads as u64 * d.seq_q as u64;
+            let target = match Reduce::for_gpu(gpu) {
+                Reduce::PerInvocation => CPU_INVOCATIONS,
+                Reduce::Workgroup => GPU_INVOCATIONS,
+            };
+            let (splits, split_len) = fused_splits(rows * chunks, d.seq_k, target);
+            params.splits = u32_of(splits as u64, "the key pieces")?;
+            params.split_len = u32_of(split_len as u64, "the key piece length")?;
+            let invocations = (rows * chunks)
+                .checked_mul(splits as u64)
                 .unwrap_or(u64::MAX);
-            params.count = u32_of(rows, "the fused row count")?;
+            params.count = u32_of(invocations, "the fused invocation count")?;
             let pipeline = gpu.pipeline(&key("mha_fused"))?;
+            let records = if splits > 1 {
+                let floats = rows * splits as u64 * (d.head_dim as u64 + 2);
+                u32_of(floats, "the partial records")?;
+                launch::check_binding(gpu, q, "the partial records", floats * 4)?;
+                Some(launch::scratch(
+                    gpu,
+                    "attention partial records",
+                    floats * 4,
+                ))
+            } else {
+                None
+            };
             let group = launch::bind(
                 gpu,
                 &pipeline,
                 "attention fused",
                 bytemuck::bytes_of(&params),
-                &[&qb, &kb, &vb, &mask_buf, &add_buf, out.buffer()],
+                &[
+                    &qb,
+                    &kb,
+                    &vb,
+                    &mask_buf,
+                    &add_buf,
+                    records.as_ref().unwrap_or(out.buffer()),
+                ],
             );
-            gpu.dispatch(&mut encoder, &pipeline, &group, rows, WORKGROUP);
+            gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
+            if let Some(records) = records {
+                params.count = u32_of(out_elems, "the output element count")?;
+                let pipeline = gpu.pipeline(&key("mha_fused_combine"))?;
+                let group = launch::bind(
+                    gpu,
+                    &pipeline,
+                    "attention fused combine",
+                    bytemuck::bytes_of(&params),
+                    &[&records, &none, &none, &mask_buf, &none, out.buffer()],
+                );
+                gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
+            }
         } else {
             u32_of(score_elems, "the score count")?;
             launch::check_binding(gpu, q, "the scores", score_elems * 4)?;
@@ -596,6 +646,24 @@ fn gpu_masked(
 
 /// Output columns one fused invocation accumulates (the shader's `FUSED_DIMS`).
 pub const FUSED_DIMS: usize = 64;
+
+/// The fewest keys in one piece of the fused path's split.
+pub const MIN_SPLIT_KEYS: usize = 64;
+/// Invocations the fused path aims for on CPU-based adapters (and the CPU twin, so that both
+/// cut the keys alike) and on other GPUs: fewer query rows than this get their keys cut.
+const CPU_INVOCATIONS: u64 = 256;
+const GPU_INVOCATIONS: u64 = 8192;
+
+/// How the fused path cuts `seq_k` keys for `rows` (query rows times column chunks): `(pieces,
+/// keys per piece)`, pieces of at least [`MIN_SPLIT_KEYS`], as many as bring the invocations
+/// to `target`; one piece when the rows alone reach it.
+pub(crate) fn fused_splits(rows: u64, seq_k: usize, target: u64) -> (usize, usize) {
+    let most = seq_k.div_ceil(MIN_SPLIT_KEYS).max(1) as u64;
+    let want = target.div_ceil(rows.max(1)).clamp(1, most) as usize;
+    let len = seq_k.div_ceil(want).max(1);
+    // Pieces of `len` keys; the last may be shorter, none empty.
+    (seq_k.div_ceil(len).max(1), len)
+}
 
 /// The f32 just above `f32::MIN`: no kept score is below it, so `f32::MIN` marks the masked
 /// ones alone (the shader's `ABOVE_LOWEST`).
@@ -701,9 +769,11 @@ pub(crate) mod cpu {
         (out, weights)
     }
 
-    /// The fused path ([`super::masked`], the shader's `mha_fused`): per query row, one pass
-    /// over the keys with a running maximum `m`, sum `l` and accumulators. Empty when a slice
-    /// is shorter than `d` says.
+    /// The fused path ([`super::masked`], the shaders' `mha_fused` and `mha_fused_combine`): per
+    /// query row and piece of the keys (`(pieces, keys per piece)` as [`super::fused_splits`]
+    /// cuts them),
+    /// one pass with a running maximum `m`, sum `l` and accumulators; then, with more than one
+    /// piece, the pieces merged in order. Empty when a slice is shorter than `d` says.
     pub(crate) fn fused(
         q: &[f32],
         k: &[f32],
@@ -711,46 +781,73 @@ pub(crate) mod cpu {
         m: MaskSpec,
         d: Dims,
         scale: f32,
+        (splits, len): (usize, usize),
     ) -> Vec<f32> {
         if !fits(q, k, v, m, d) {
             return Vec::new();
         }
         let hidden = d.heads * d.head_dim;
+        let splits = splits.max(1);
         let mut out = vec![0.0f32; d.batch * d.seq_q * hidden];
-        let mut acc = vec![0.0f32; d.head_dim];
+        // (m, l, accumulators) of each piece of one row.
+        let mut records: Vec<(f32, f32, Vec<f32>)> = Vec::with_capacity(splits);
         for b in 0..d.batch {
             for h in 0..d.heads {
                 for i in 0..d.seq_q {
-                    acc.fill(0.0);
-                    let (mut mx, mut l) = (f32::MIN, 0.0f32);
-                    for j in 0..d.seq_k {
-                        let s = score(q, k, m, d, scale, (b, h, i, j));
-                        if s == f32::MIN {
-                            continue;
-                        }
-                        if s > mx {
-                            let f = if l > 0.0 {
-                                (mx - s).max(EXP_FLOOR).exp()
-                            } else {
-                                0.0
-                            };
-                            l *= f;
-                            for a in acc.iter_mut() {
-                                *a *= f;
+                    records.clear();
+                    for piece in 0..splits {
+                        let j0 = (piece * len).min(d.seq_k);
+                        let j1 = (j0 + len).min(d.seq_k);
+                        let mut acc = vec![0.0f32; d.head_dim];
+                        let (mut mx, mut l) = (f32::MIN, 0.0f32);
+                        for j in j0..j1 {
+                            let s = score(q, k, m, d, scale, (b, h, i, j));
+                            if s == f32::MIN {
+                                continue;
                             }
-                            mx = s;
+                            if s > mx {
+                                let f = if l > 0.0 {
+                                    (mx - s).max(EXP_FLOOR).exp()
+                                } else {
+                                    0.0
+                                };
+                                l *= f;
+                                for a in acc.iter_mut() {
+                                    *a *= f;
+                                }
+                                mx = s;
+                            }
+                            let e = (s - mx).max(EXP_FLOOR).exp();
+                            l += e;
+                            let vrow =
+                                &v[(b * d.seq_k + j) * hidden + h * d.head_dim..][..d.head_dim];
+                            for (a, x) in acc.iter_mut().zip(vrow) {
+                                *a += e * x;
+                            }
                         }
-                        let e = (s - mx).max(EXP_FLOOR).exp();
-                        l += e;
-                        let vrow = &v[(b * d.seq_k + j) * hidden + h * d.head_dim..][..d.head_dim];
-                        for (a, x) in acc.iter_mut().zip(vrow) {
-                            *a += e * x;
-                        }
+                        records.push((mx, l, acc));
                     }
                     let orow =
                         &mut out[(b * d.seq_q + i) * hidden + h * d.head_dim..][..d.head_dim];
-                    for (o, a) in orow.iter_mut().zip(&acc) {
-                        *o = if l > 0.0 { a / l } else { 0.0 };
+                    if splits == 1 {
+                        let (_, l, acc) = &records[0];
+                        for (o, a) in orow.iter_mut().zip(acc) {
+                            *o = if *l > 0.0 { a / l } else { 0.0 };
+                        }
+                        continue;
+                    }
+                    let mut mx = f32::MIN;
+                    for r in records.iter().filter(|r| r.1 > 0.0) {
+                        mx = mx.max(r.0);
+                    }
+                    for (e, o) in orow.iter_mut().enumerate() {
+                        let (mut l, mut acc) = (0.0f32, 0.0f32);
+                        for r in records.iter().filter(|r| r.1 > 0.0) {
+                            let f = (r.0 - mx).max(EXP_FLOOR).exp();
+                            l += r.1 * f;
+                            acc += r.2[e] * f;
+                        }
+                        *o = if l > 0.0 { acc / l } else { 0.0 };
                     }
                 }
             }

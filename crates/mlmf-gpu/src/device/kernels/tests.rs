@@ -410,6 +410,7 @@ fn nn_families_mirror_their_launchers() {
                 "attention_scores",
                 "attention_weighted",
                 "mha_fused",
+                "mha_fused_combine",
                 "mha_scores",
             ][..],
         ),
