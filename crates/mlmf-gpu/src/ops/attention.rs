@@ -323,11 +323,11 @@ impl MaskSpec<'_> {
 /// keep a padded batch item from poisoning anything computed after it.
 ///
 /// GPU: three passes (`mha_scores`, softmax, `attention_weighted`) or one (`mha_fused`), as
-/// [`MaskedOptions::path`] says; the CPU twins are [`cpu::masked`] and [`cpu::fused`]. Both
+/// [`MaskedOptions::path`] says; the CPU twins are `cpu::masked` and `cpu::fused`. Both
 /// paths keep the three-pass bound of the module doc, with each score's `ds_j` widened by
 /// `2 eps |s_j|` for the additive mask; the fused path's softmax error is larger, because every
-/// rise of the running maximum rescales what was summed before: with n kept keys and `t_j = s_j
-/// - max s`, its `dp_j` is `eps p_j (7n + 4 + 3|t_j| + sum_k p_k (5n + 4 + 3|t_k|))` and its
+/// rise of the running maximum rescales what was summed before: with n = seq_k and
+/// `t_j = s_j - max s`, its `dp_j` is `eps p_j (7n + 4 + 3|t_j| + sum_k p_k (5n + 4 + 3|t_k|))` and its
 /// last term `(2n + 4) eps sum_j p_j |v_j|`. (Each `e_j` is exp'd once and rescaled at most n
 /// times, each rescale an exp of `m_old - m_new` and a product, `(5 + 3|m_old - m_new|) eps`;
 /// the rises sum to at most `|t_j|`, so `e_j` is within `(5n + 4 + 3|t_j|) eps` relative; the
@@ -544,9 +544,7 @@ fn gpu_masked(
             let (splits, split_len) = fused_splits(rows * chunks, d.seq_k, target);
             params.splits = u32_of(splits as u64, "the key pieces")?;
             params.split_len = u32_of(split_len as u64, "the key piece length")?;
-            let invocations = (rows * chunks)
-                .checked_mul(splits as u64)
-                .unwrap_or(u64::MAX);
+            let invocations = (rows * chunks).saturating_mul(splits as u64);
             params.count = u32_of(invocations, "the fused invocation count")?;
             let pipeline = gpu.pipeline(&key("mha_fused"))?;
             let records = if splits > 1 {
