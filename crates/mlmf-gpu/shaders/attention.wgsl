@@ -130,26 +130,37 @@ fn attention_weighted(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgro
     dst[i] = s;
 }
 
-// The score of query qi against key j of head h in batch item bb, or F32_LOWEST where masked.
-fn mha_score(bb: u32, h: u32, qi: u32, j: u32) -> f32 {
+// What the masks say of query qi and key j of head h in batch item bb: left out, or the value
+// added to the score.
+struct Bias {
+    out: bool,
+    add: f32,
+}
+
+fn mha_bias(bb: u32, h: u32, qi: u32, j: u32) -> Bias {
     let f = params.flags;
     if (f & FLAG_KEY_MASK) != 0u && mask[bb * params.seq_k + j] != 0u {
-        return F32_LOWEST;
+        return Bias(true, 0.0);
     }
     if (f & FLAG_CAUSAL) != 0u && j > qi {
-        return F32_LOWEST;
+        return Bias(true, 0.0);
     }
-    var add = 0.0;
     if (f & (FLAG_ADD_SHARED | FLAG_ADD_PER_HEAD)) != 0u {
         var at = qi * params.seq_k + j;
         if (f & FLAG_ADD_PER_HEAD) != 0u {
             at += (bb * params.heads + h) * params.seq_q * params.seq_k;
         }
         let bits = amask[at];
-        if bits == NEG_INF_BITS {
-            return F32_LOWEST;
-        }
-        add = bitcast<f32>(bits);
+        return Bias(bits == NEG_INF_BITS, bitcast<f32>(bits));
+    }
+    return Bias(false, 0.0);
+}
+
+// The score of query qi against key j of head h in batch item bb, or F32_LOWEST where masked.
+fn mha_score(bb: u32, h: u32, qi: u32, j: u32) -> f32 {
+    let bias = mha_bias(bb, h, qi, j);
+    if bias.out {
+        return F32_LOWEST;
     }
     let hidden = params.heads * params.head_dim;
     let qbase = (bb * params.seq_q + qi) * hidden + h * params.head_dim;
@@ -158,7 +169,7 @@ fn mha_score(bb: u32, h: u32, qi: u32, j: u32) -> f32 {
     for (var d = 0u; d < params.head_dim; d++) {
         s += a[qbase + d] * b[kbase + d];
     }
-    return max(s * params.scale + add, ABOVE_LOWEST);
+    return max(s * params.scale + bias.add, ABOVE_LOWEST);
 }
 
 @compute @workgroup_size(WG)
@@ -198,12 +209,35 @@ fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let j0 = piece * params.split_len;
     let j1 = min(params.seq_k, j0 + params.split_len);
     var acc: array<f32, FUSED_DIMS>;
+    // The query row, held privately when it fits (the same sums as mha_score's).
+    let qbase = (bb * params.seq_q + qi) * hidden + h * params.head_dim;
+    let held = params.head_dim <= FUSED_DIMS;
+    var qr: array<f32, FUSED_DIMS>;
+    if held {
+        for (var d = 0u; d < params.head_dim; d++) {
+            qr[d] = a[qbase + d];
+        }
+    }
     var m = F32_LOWEST;
     var l = 0.0;
     for (var j = j0; j < j1; j++) {
-        let s = mha_score(bb, h, qi, j);
-        if s == F32_LOWEST {
-            continue;
+        var s = F32_LOWEST;
+        if held {
+            let bias = mha_bias(bb, h, qi, j);
+            if bias.out {
+                continue;
+            }
+            let kbase = (bb * params.seq_k + j) * hidden + h * params.head_dim;
+            var dot = 0.0;
+            for (var d = 0u; d < params.head_dim; d++) {
+                dot += qr[d] * b[kbase + d];
+            }
+            s = max(dot * params.scale + bias.add, ABOVE_LOWEST);
+        } else {
+            s = mha_score(bb, h, qi, j);
+            if s == F32_LOWEST {
+                continue;
+            }
         }
         if s > m {
             var f = 0.0;
