@@ -17,6 +17,10 @@
 //! sums (one invocation per output element). Each operand and the scores must fit in one
 //! storage binding.
 //!
+//! [`masked`] is the same family with PyTorch's semantics (`nn.MultiheadAttention` after its
+//! projections): key padding, causal and additive masks with `-inf`, the weights returned, and
+//! a fused one-pass path whose scores are never stored; its doc gives its bounds.
+//!
 //! CPU twin: `cpu`, the same three steps in index order. With `eps = f32::EPSILON`,
 //! `ds_j = (head_dim + 2) eps |scale| sum_d |q_d k_jd|` (the rounding bound of each score), the
 //! softmax bound `dp_j` of [`super::softmax`] and n = seq_k, both stay within
@@ -332,7 +336,7 @@ impl MaskSpec<'_> {
 /// times, each rescale an exp of `m_old - m_new` and a product, `(5 + 3|m_old - m_new|) eps`;
 /// the rises sum to at most `|t_j|`, so `e_j` is within `(5n + 4 + 3|t_j|) eps` relative; the
 /// sum `l` adds n additions and n rescales, the accumulators the same and the division.) With
-/// few query rows the fused path cuts the keys into pieces of at least [`MIN_SPLIT_KEYS`] (as
+/// few query rows the fused path cuts the keys into pieces of about [`MIN_SPLIT_KEYS`] (as
 /// flash-decoding does) so that enough invocations run, and merges the pieces' `(m, l, acc)`
 /// in order: one more rescale per term and one addition per piece, within the same counts.
 ///
@@ -645,7 +649,7 @@ fn gpu_masked(
 /// Output columns one fused invocation accumulates (the shader's `FUSED_DIMS`).
 pub const FUSED_DIMS: usize = 64;
 
-/// The fewest keys in one piece of the fused path's split.
+/// The fused path cuts the keys into at most `ceil(seq_k / MIN_SPLIT_KEYS)` pieces.
 pub const MIN_SPLIT_KEYS: usize = 64;
 /// Invocations the fused path aims for on CPU-based adapters (and the CPU twin, so that both
 /// cut the keys alike) and on other GPUs: fewer query rows than this get their keys cut.
@@ -653,8 +657,8 @@ const CPU_INVOCATIONS: u64 = 256;
 const GPU_INVOCATIONS: u64 = 8192;
 
 /// How the fused path cuts `seq_k` keys for `rows` (query rows times column chunks): `(pieces,
-/// keys per piece)`, pieces of at least [`MIN_SPLIT_KEYS`], as many as bring the invocations
-/// to `target`; one piece when the rows alone reach it.
+/// keys per piece)`, as many pieces as bring the invocations to `target` but at most
+/// `ceil(seq_k / MIN_SPLIT_KEYS)`; one piece when the rows alone reach it.
 pub(crate) fn fused_splits(rows: u64, seq_k: usize, target: u64) -> (usize, usize) {
     let most = seq_k.div_ceil(MIN_SPLIT_KEYS).max(1) as u64;
     let want = target.div_ceil(rows.max(1)).clamp(1, most) as usize;
