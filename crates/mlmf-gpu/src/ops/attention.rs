@@ -323,8 +323,9 @@ impl MaskSpec<'_> {
 /// [`AttnMask::Causal`], or where the additive mask is `-inf`. A query row with every key left
 /// out gives zeros in the output and the weights. PyTorch differs there: its softmax over a row
 /// of `-inf` gives NaN (what `nn.MultiheadAttention` returns with `need_weights=True`), while
-/// `scaled_dot_product_attention`'s math path gives zeros since 2.5; we take the zeros, which
-/// keep a padded batch item from poisoning anything computed after it.
+/// `scaled_dot_product_attention`'s math path gives zeros (its `_safe_softmax`, pytorch/pytorch
+/// pull request 133882), as flash kernels do; we take the zeros, which keep a padded batch item
+/// from poisoning anything computed after it.
 ///
 /// GPU: three passes (`mha_scores`, softmax, `attention_weighted`) or one (`mha_fused`), as
 /// [`MaskedOptions::path`] says; the CPU twins are `cpu::masked` and `cpu::fused`. Both
