@@ -518,3 +518,37 @@ fn bad_masks_are_typed_errors() {
         assert!(r.is_ok(), "{r:?}");
     }
 }
+
+/// No queries: an empty output; no keys: zeros (every row has all of its keys left out), on
+/// both paths and devices.
+#[test]
+fn empty_shapes() {
+    for device in [Device::gpu().unwrap(), Device::Cpu] {
+        let t = |name: &str, dims: Vec<usize>| {
+            let n = dims.iter().product();
+            on(&device, name, dims, &random_f32(n, 260))
+        };
+        for path in [AttnPath::ThreePass, AttnPath::Fused] {
+            let options = MaskedOptions {
+                weights: path == AttnPath::ThreePass,
+                path,
+                ..Default::default()
+            };
+            let (q, k) = (t("q", vec![2, 0, 8]), t("k", vec![2, 5, 8]));
+            let a = attention::masked(&q, &k, &k, 2, &options).unwrap();
+            assert_eq!(a.output.shape().dims(), &[2, 0, 8]);
+            assert!(values(&a.output).is_empty());
+            let (q, k) = (t("q", vec![2, 3, 8]), t("k", vec![2, 0, 8]));
+            let a = attention::masked(&q, &k, &k, 2, &options).unwrap();
+            assert_eq!(
+                values(&a.output),
+                vec![0.0; 48],
+                "{path:?} on {}",
+                device.describe()
+            );
+            if let Some(w) = a.weights {
+                assert_eq!(w.shape().dims(), &[2, 2, 3, 0]);
+            }
+        }
+    }
+}
