@@ -19,6 +19,9 @@ struct Params {
 
 override WG: u32 = 64u;
 override ROW_PER_INVOCATION: bool = false;
+// Attention's masked rows (src/ops/attention.rs): a row whose maximum is F32_LOWEST has every
+// entry masked and becomes all zeros instead of uniform.
+override ZERO_MASKED_ROWS: bool = false;
 
 // Below this, exp(x - m) is 0 in f32 (the smallest subnormal is exp(-103.3)).
 const EXP_FLOOR: f32 = -200.0;
@@ -45,8 +48,9 @@ fn softmax_alone(r: u32) {
         dst[base + k] = e;
         s += e;
     }
+    let empty = ZERO_MASKED_ROWS && m == F32_LOWEST;
     for (var k = 0u; k < n; k++) {
-        dst[base + k] = dst[base + k] / s;
+        dst[base + k] = select(dst[base + k] / s, 0.0, empty);
     }
 }
 
@@ -74,7 +78,8 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         s += e;
     }
     s = workgroup_sum(s, l);
+    let empty = ZERO_MASKED_ROWS && m == F32_LOWEST;
     for (var k = l; k < n; k += WG) {
-        dst[base + k] = dst[base + k] / s;
+        dst[base + k] = select(dst[base + k] / s, 0.0, empty);
     }
 }

@@ -93,9 +93,10 @@ families! {
     Softmax = "softmax" after ["common", "reduce"], params 16, binds [U, R, W];
     /// Rows of an embedding table in any decodable type gathered by id.
     Embedding = "embedding" after ["common", "quant_decode"], params 32, binds [U, R, R, W, R];
-    /// Scaled dot-product attention with a key padding mask (its softmax pass is Softmax's):
-    /// q (or probabilities), k (or v), mask, output.
-    Attention = "attention" after ["common"], params 32, binds [U, R, R, R, W];
+    /// Scaled dot-product attention with key padding, causal and additive masks, in three
+    /// passes (the softmax pass is Softmax's) or fused: q (or probabilities), k (or v), v (fused;
+    /// else a placeholder), key mask, additive mask, output.
+    Attention = "attention" after ["common"], params 48, binds [U, R, R, R, R, R, W];
     /// 2-D convolution and global average pooling, NCHW: x, weights, bias, output.
     Conv = "conv" after ["common"], params 64, binds [U, R, R, R, W];
     /// Tiled f32 matrix products, batched, with transposed operands and a fused bias: A, B, the

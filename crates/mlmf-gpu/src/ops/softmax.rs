@@ -9,7 +9,8 @@
 //! follows IEEE: `-inf` entries get 0, and a row with no finite maximum gives NaN, as torch.
 //!
 //! GPU: one workgroup per row (workgroup max and sum), or one invocation per row on CPU-based
-//! adapters ([`Reduce`]); `record` is the pass [`super::attention`] reuses.
+//! adapters ([`Reduce`]); `record` is the pass [`super::attention`] reuses (with rows of only
+//! masked entries set to zeros for its PyTorch-style masks).
 //!
 //! CPU twin: `cpu`, in index order. With `eps = f32::EPSILON`, `t_k = x[k] - m`, `p` the exact
 //! result and n = cols, both stay within
@@ -81,7 +82,12 @@ pub fn softmax_with(x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
                     launch::to_u32(x, rows, "the row count")?,
                     launch::to_u32(x, cols as u64, "the row length")?,
                 );
-                record(gpu, &mut encoder, &input, out.buffer(), rows, cols, reduce)?;
+                let rows = Rows {
+                    rows,
+                    cols,
+                    zero_masked: false,
+                };
+                record(gpu, &mut encoder, &input, out.buffer(), rows, reduce)?;
             }
             let storage: GpuStorage = out.finish(&mut encoder);
             gpu.wgpu_queue().submit([encoder.finish()]);
@@ -96,20 +102,34 @@ pub fn softmax_with(x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
     ))
 }
 
-/// Record a softmax of `rows` rows of `cols` f32 from `input` into `output` (distinct buffers,
-/// `rows * cols` elements each) in `encoder`.
+/// The rows [`record`] turns into probabilities.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rows {
+    pub rows: u32,
+    pub cols: u32,
+    /// A row whose maximum is the f32 minimum (every entry masked, as attention's `mha_scores`
+    /// writes them) becomes all zeros ([`cpu::softmax_zero_masked`]) instead of uniform.
+    pub zero_masked: bool,
+}
+
+/// Record a softmax of `rows.rows` rows of `rows.cols` f32 from `input` into `output`
+/// (distinct buffers, `rows * cols` elements each) in `encoder`.
 pub(crate) fn record(
     gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     input: &wgpu::Buffer,
     output: &wgpu::Buffer,
-    rows: u32,
-    cols: u32,
+    Rows {
+        rows,
+        cols,
+        zero_masked,
+    }: Rows,
     reduce: Reduce,
 ) -> Result<()> {
     let key = PipelineKey::new(Kernel::Softmax, "softmax")
         .with("WG", f64::from(WORKGROUP))
-        .with("ROW_PER_INVOCATION", reduce.flag());
+        .with("ROW_PER_INVOCATION", reduce.flag())
+        .with("ZERO_MASKED_ROWS", f64::from(u8::from(zero_masked)));
     let pipeline = gpu.pipeline(&key)?;
     let params = Params {
         rows,
@@ -135,6 +155,16 @@ pub(crate) mod cpu {
 
     /// Softmax of the rows of `x` (`cols` long each; a partial last row is dropped).
     pub fn softmax(x: &[f32], cols: usize) -> Vec<f32> {
+        softmax_rows(x, cols, false)
+    }
+
+    /// [`softmax`], except that a row whose maximum is `f32::MIN` (every entry masked) becomes
+    /// all zeros: the kernel's `ZERO_MASKED_ROWS`.
+    pub fn softmax_zero_masked(x: &[f32], cols: usize) -> Vec<f32> {
+        softmax_rows(x, cols, true)
+    }
+
+    fn softmax_rows(x: &[f32], cols: usize, zero_masked: bool) -> Vec<f32> {
         let mut y = Vec::with_capacity(x.len());
         if cols == 0 {
             return y;
@@ -153,8 +183,9 @@ pub(crate) mod cpu {
                 y.push(e);
                 s += e;
             }
+            let empty = zero_masked && m == f32::MIN;
             for e in &mut y[start..] {
-                *e /= s;
+                *e = if empty { 0.0 } else { *e / s };
             }
         }
         y

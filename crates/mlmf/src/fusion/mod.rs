@@ -16,6 +16,7 @@
 pub mod attention;
 pub mod early;
 pub mod gate;
+pub mod heatmap;
 pub mod late;
 pub mod middle;
 

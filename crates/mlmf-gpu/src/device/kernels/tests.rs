@@ -409,7 +409,13 @@ fn nn_families_mirror_their_launchers() {
         (Kernel::Softmax, &["softmax"][..]),
         (
             Kernel::Attention,
-            &["attention_scores", "attention_weighted"][..],
+            &[
+                "attention_scores",
+                "attention_weighted",
+                "mha_fused",
+                "mha_fused_combine",
+                "mha_scores",
+            ][..],
         ),
         (Kernel::Conv, &["avg_pool", "conv2d", "conv2d_rows"][..]),
         (Kernel::Fusion, &["concat", "weighted_sum"][..]),
@@ -418,6 +424,9 @@ fn nn_families_mirror_their_launchers() {
         names.sort();
         assert_eq!(names, entries, "{}", kernel.name());
     }
+    let constants = u32_constants(Kernel::Attention);
+    let fused = crate::ops::attention::FUSED_DIMS as u32;
+    assert!(constants.contains(&("FUSED_DIMS".to_string(), fused)));
 }
 
 /// The families that read weight blocks, and only they, end with the `grids` binding, and
