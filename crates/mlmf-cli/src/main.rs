@@ -1003,6 +1003,8 @@ fn fusion(
     output: &Path,
     out: &mut dyn Write,
 ) -> Result<()> {
+    use mlmf::fusion::attention::{ForwardOptions, MultiheadAttention};
+    use mlmf::fusion::middle::Middle;
     use mlmf::fusion::{early::EarlyFusion, gate::AttentionGate, late::LateFusion, MODALITIES};
     use mlmf::{DType, SafetensorsWriter, Tensor, TensorSource};
     let w = ModelFile::open(weights)?;
@@ -1021,6 +1023,25 @@ fn fusion(
             mlmf::ops::convert::to_f32(&t)?
         };
         Ok(t.to_device(&device)?)
+    };
+    // The attention modules' head count is not part of a state dict.
+    let heads =
+        || heads.ok_or_else(|| CliError::Usage(format!("mlmf fusion {kind} needs --heads N")));
+    // PyTorch's `key_padding_mask` (U8 or BOOL, non-zero = padded key), when the inputs hold one;
+    // its shape is checked against the keys by the module.
+    let key_padding_mask = || -> Result<Option<Vec<bool>>> {
+        let Ok(info) = i.tensor("key_padding_mask") else {
+            return Ok(None);
+        };
+        if !matches!(info.dtype, DType::U8 | DType::Bool) {
+            return Err(mlmf::Error::BadShape {
+                path: i.path().to_path_buf(),
+                tensor: info.name.clone(),
+                reason: format!("a key padding mask is U8 or BOOL, not {}", info.dtype),
+            }
+            .into());
+        }
+        Ok(Some(i.bytes(info).iter().map(|&b| b != 0).collect()))
     };
     // One tensor per modality of the early, late and gated modules, in their order.
     let modalities = || -> Result<Vec<Tensor>> {
@@ -1050,12 +1071,28 @@ fn fusion(
                 ("modality_weights", o.modality_weights),
             ]
         }
-        // The two attention modules take `--heads`; each becomes one arm here.
-        FusionKind::CrossAttention | FusionKind::Middle => {
-            heads.ok_or_else(|| CliError::Usage(format!("mlmf fusion {kind} needs --heads N")))?;
-            return Err(CliError::Usage(format!(
-                "mlmf fusion {kind} is not available in this build yet"
-            )));
+        FusionKind::CrossAttention => {
+            let m = MultiheadAttention::load(&w, prefix, heads()?, &device)?;
+            let mask = key_padding_mask()?;
+            let o = m.forward(
+                &input("query")?,
+                &input("key")?,
+                &input("value")?,
+                &ForwardOptions {
+                    key_padding_mask: mask.as_deref(),
+                    need_weights: true,
+                    ..Default::default()
+                },
+            )?;
+            let mut outs = vec![("output", o.output)];
+            outs.extend(o.attn_weights.map(|a| ("attn_weights", a)));
+            outs
+        }
+        FusionKind::Middle => {
+            let m = Middle::load(&w, prefix, heads()?, &device)?;
+            let mask = key_padding_mask()?;
+            let y = m.forward(&input("x")?, &input("memory")?, mask.as_deref())?;
+            vec![("output", y)]
         }
     };
     let mut writer = SafetensorsWriter::new(Default::default());

@@ -55,6 +55,12 @@ fn assert_outputs(what: &str, out: &Path, expected: &Path, keys: &[&str]) {
 fn fusion_kinds_match_the_fixtures_on_gpu_and_cpu() {
     let dir = tempfile::tempdir().unwrap();
     for (kind, file, keys) in [
+        (
+            "cross-attention",
+            "cross_attention.safetensors",
+            &["output", "attn_weights"][..],
+        ),
+        ("middle", "middle.safetensors", &["output"][..]),
         ("early", "early.safetensors", &["output"][..]),
         ("late", "late.safetensors", &["fused_logits", "probs"][..]),
         (
@@ -75,6 +81,9 @@ fn fusion_kinds_match_the_fixtures_on_gpu_and_cpu() {
                 f.to_str().unwrap(),
                 "--device",
                 device,
+                // The fixtures' attention modules have 4 heads (info.json); the others ignore it.
+                "--heads",
+                "4",
                 "-o",
                 out.to_str().unwrap(),
             ];
@@ -221,6 +230,44 @@ fn bad_state_dicts_and_inputs_fail_naming_the_tensor() {
 
     let o = fusion("cross-attention", &early, &early, &out);
     assert_fails(&o, &out, "--heads");
+
+    let cross = fixture("cross_attention.safetensors");
+    let no_k = write_from(
+        dir.path(),
+        "no_k.safetensors",
+        "cross_attention.safetensors",
+        |n| (n.starts_with("weights.") && n != "weights.k_proj_weight").then(|| n.to_string()),
+        &[],
+    );
+    let args = |w: &Path, i: &Path| {
+        let mut a: Vec<String> = ["fusion", "cross-attention", "--heads", "4", "--weights"]
+            .map(String::from)
+            .to_vec();
+        a.push(w.display().to_string());
+        a.push("--inputs".into());
+        a.push(i.display().to_string());
+        a.push("-o".into());
+        a.push(out.display().to_string());
+        a
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .args(args(&no_k, &cross))
+        .output()
+        .unwrap();
+    assert_fails(&o, &out, "k_proj_weight");
+    // A mask stored as F32 (write_from widens every tensor) is refused by name.
+    let f32_mask = write_from(
+        dir.path(),
+        "f32_mask.safetensors",
+        "cross_attention.safetensors",
+        |n| (!n.starts_with("weights.")).then(|| n.to_string()),
+        &[],
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_mlmf"))
+        .args(args(&cross, &f32_mask))
+        .output()
+        .unwrap();
+    assert_fails(&o, &out, "'key_padding_mask'");
     let o = run(&[
         "fusion",
         "sideways",
