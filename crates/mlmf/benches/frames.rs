@@ -4,7 +4,9 @@
 //!   `--features video`);
 //! - `ffmpeg_cli`: `ffmpeg -loglevel error -i FILE -fps_mode passthrough -f rawvideo -pix_fmt
 //!   rgb24 -` as a subprocess, its output read and dropped (process start included). Skipped
-//!   with a note when no `ffmpeg` command is installed.
+//!   with a note when no `ffmpeg` command is installed;
+//! - `ffmpeg_cli_1_frame`: the same command with `-frames:v 1`, i.e. what starting ffmpeg and
+//!   opening the file cost, to be subtracted from `ffmpeg_cli` for its decoding rate.
 //!
 //! `cargo bench -p mlmf --features video --bench frames` (numbers in BENCHMARKS.md).
 
@@ -28,10 +30,11 @@ fn decode_all(path: &Path) -> u64 {
     n
 }
 
-fn ffmpeg_cli(path: &Path) -> u64 {
+fn ffmpeg_cli(path: &Path, limit: &[&str]) -> u64 {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-loglevel", "error", "-i"])
         .arg(path)
+        .args(limit)
         .args([
             "-fps_mode",
             "passthrough",
@@ -78,7 +81,10 @@ fn bench(c: &mut Criterion) {
         group.measurement_time(Duration::from_secs(3));
         group.bench_function("mlmf", |b| b.iter(|| decode_all(&path)));
         if ffmpeg {
-            group.bench_function("ffmpeg_cli", |b| b.iter(|| ffmpeg_cli(&path)));
+            group.bench_function("ffmpeg_cli", |b| b.iter(|| ffmpeg_cli(&path, &[])));
+            group.bench_function("ffmpeg_cli_1_frame", |b| {
+                b.iter(|| ffmpeg_cli(&path, &["-frames:v", "1"]))
+            });
         }
         group.finish();
     }

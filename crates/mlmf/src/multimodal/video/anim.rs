@@ -111,7 +111,7 @@ fn open_png(path: &Path) -> Result<Box<dyn FrameSource>> {
         path: path.into(),
         width,
         height,
-        frame_count: Some(if animated { declared.unwrap_or(0) } else { 1 }),
+        frame_count: if animated { declared } else { Some(1) },
     };
     if !animated {
         let image =

@@ -48,8 +48,9 @@ pub struct VideoInfo {
     pub path: PathBuf,
     pub width: u32,
     pub height: u32,
-    /// The frame count where the container states it reliably (APNG's `acTL`, a directory's file
-    /// count); `None` where only decoding every frame tells (GIF, WebP, most MP4s).
+    /// The frame count where the container states it reliably (APNG's `acTL`, an animated WebP's
+    /// `ANMF` chunks, a directory's file count, 1 for a still image); `None` where only decoding
+    /// every frame tells (GIF, FFmpeg's formats).
     pub frame_count: Option<usize>,
 }
 

@@ -60,7 +60,7 @@ pub(super) fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
         path: path.into(),
         width,
         height,
-        frame_count: None,
+        frame_count: count_frames(&mut r, first_chunk, riff_end.min(file_len)),
     };
     Ok(Box::new(AnimatedWebP {
         info,
@@ -76,6 +76,22 @@ pub(super) fn open(path: &Path) -> Result<Box<dyn FrameSource>> {
         pts_ms: 0,
         done: false,
     }))
+}
+
+/// The number of `ANMF` chunks from `pos` to `end`, from their headers alone (a seek per chunk);
+/// `None` when a chunk runs past `end` (a cut file: decoding reports it).
+fn count_frames(r: &mut BufReader<File>, mut pos: u64, end: u64) -> Option<usize> {
+    let mut count = 0;
+    while pos < end {
+        r.seek(SeekFrom::Start(pos)).ok()?;
+        let (fourcc, size) = read_chunk_header(r).ok()?;
+        if pos + 8 + u64::from(size) > end {
+            return None;
+        }
+        count += usize::from(&fourcc == b"ANMF");
+        pos += 8 + pad(size);
+    }
+    Some(count)
 }
 
 /// Refuses a canvas over the limits before it is allocated (two RGBA canvases are kept).
