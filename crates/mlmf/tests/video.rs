@@ -521,3 +521,39 @@ fn mp4_without_frame_data_is_a_typed_error() {
     assert_names(&e, &path);
     println!("{e}");
 }
+
+/// Transparency, partial rectangles and disposal 2/3 (which `newtonscradle.gif` does not use)
+/// against Pillow 13 (`tests/data/video/README.md`).
+#[test]
+fn gif_disposal_and_transparency_equal_pillow() {
+    let data = common::workspace_dir().join("crates/mlmf/tests/data/video");
+    let text = std::fs::read_to_string(data.join("gifs.json")).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let mut bad = Vec::new();
+    for name in [
+        "disposal2_transparent.gif",
+        "disposal3_transparent.gif",
+        "disposal_mixed.gif",
+    ] {
+        let frames = all_frames(open_video(data.join(name)).unwrap().as_mut());
+        let expected = want[name]["frames"].as_array().unwrap();
+        assert_eq!(frames.len(), expected.len(), "{name}");
+        for (f, e) in frames.iter().zip(expected) {
+            if hex(&f.rgb) != e["sha256"].as_str().unwrap() {
+                bad.push(format!("{name} frame {}", f.index));
+            }
+            let (pts, dur) = (
+                e["pts_ms"].as_u64().unwrap(),
+                e["duration_ms"].as_u64().unwrap(),
+            );
+            assert_eq!(f.pts_s, pts as f64 / 1000.0, "{name} frame {}", f.index);
+            assert_eq!(
+                f.duration_s,
+                dur as f64 / 1000.0,
+                "{name} frame {}",
+                f.index
+            );
+        }
+    }
+    assert!(bad.is_empty(), "{bad:?}");
+}

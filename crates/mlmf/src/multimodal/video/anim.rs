@@ -1,18 +1,20 @@
-//! Animated GIF and APNG (and their still forms) through the `image` crate, one frame at a time:
-//! `AnimationDecoder::into_frames()` decodes a frame per `next()` and composites it onto the
-//! canvas (GIF disposal, APNG dispose/blend ops). On the fixtures (GIF disposal 1, APNG dispose
-//! NONE / blend SOURCE) its frames equal Pillow's byte for byte. Animated WebP is in `webp`: the
-//! crate's WebP compositing is not libwebp's.
+//! Recognising GIF, PNG and WebP by content, and APNG (and still PNG) through the `image` crate,
+//! one frame at a time: `AnimationDecoder::into_frames()` decodes a frame per `next()` and
+//! composites it onto the canvas (APNG dispose/blend ops). On the fixture (dispose NONE / blend
+//! SOURCE) its frames equal Pillow's byte for byte. GIF is in `gif` and WebP in `webp`: the
+//! crate's compositing of those is not Pillow's (GIF transparency and disposal) nor libwebp's
+//! (WebP blending).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use image::codecs::gif::GifDecoder;
 use image::codecs::png::PngDecoder;
 use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError};
 
-use super::{image_limits, rgba_to_rgb, webp, Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE};
+use super::{
+    gif, image_limits, rgba_to_rgb, webp, Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE,
+};
 use crate::error::{Error, Result};
 
 /// A container recognised by its first bytes.
@@ -39,7 +41,7 @@ pub(super) fn sniff(head: &[u8]) -> Option<Kind> {
 /// Opens a file whose content [`sniff`] recognised.
 pub(super) fn open(path: &Path, kind: Kind) -> Result<Box<dyn FrameSource>> {
     match kind {
-        Kind::Gif => open_gif(path),
+        Kind::Gif => gif::open(path),
         Kind::Png => open_png(path),
         Kind::WebP => webp::open(path),
     }
@@ -81,23 +83,6 @@ fn check_canvas(path: &Path, width: u32, height: u32) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn open_gif(path: &Path) -> Result<Box<dyn FrameSource>> {
-    let mut decoder = GifDecoder::new(reader(path)?).map_err(|e| image_error(path, None, e))?;
-    // Checks the header's canvas size against the limits before any canvas exists.
-    decoder
-        .set_limits(image_limits())
-        .map_err(|e| image_error(path, None, e))?;
-    let (width, height) = decoder.dimensions();
-    check_canvas(path, width, height)?;
-    let info = VideoInfo {
-        path: path.into(),
-        width,
-        height,
-        frame_count: None,
-    };
-    Ok(Box::new(Animation::new(info, decoder.into_frames())))
 }
 
 fn open_png(path: &Path) -> Result<Box<dyn FrameSource>> {

@@ -1,7 +1,7 @@
 //! Video file -> RGB8 frames in presentation order, one at a time, so that a long clip never sits
-//! in memory as frames. Sources: animated GIF, APNG and animated WebP (the `image` crate, composited
-//! as Pillow composites them), a directory of numbered image files, and whatever the system's
-//! FFmpeg decodes (feature `video`, through `ffmpeg-next`).
+//! in memory as frames. Sources: animated GIF (`gif`), APNG (`image`) and animated WebP
+//! (`image-webp`), composited as Pillow composites them; a directory of numbered image files; and
+//! whatever the system's FFmpeg decodes (feature `video`, through `ffmpeg-next`).
 //!
 //! [`open_video`] picks the source by content (a directory by being one); sampling over a source
 //! is in `sample`.
@@ -15,6 +15,7 @@ mod anim;
 mod dir;
 #[cfg(feature = "video")]
 mod ffmpeg;
+mod gif;
 mod webp;
 
 pub use dir::{open_frame_dir, DEFAULT_DIR_FPS};
