@@ -522,19 +522,14 @@ fn mp4_without_frame_data_is_a_typed_error() {
     println!("{e}");
 }
 
-/// Transparency, partial rectangles and disposal 2/3 (which `newtonscradle.gif` does not use)
-/// against Pillow 13 (`tests/data/video/README.md`).
-#[test]
-fn gif_disposal_and_transparency_equal_pillow() {
+/// Each file of `tests/data/video/<json>` (made and decoded with Pillow 13, see the README
+/// there) against Pillow's frames: sha256 of every frame (all mismatches listed) and exact times.
+fn check_pillow_set(json_name: &str, files: &[&str]) {
     let data = common::workspace_dir().join("crates/mlmf/tests/data/video");
-    let text = std::fs::read_to_string(data.join("gifs.json")).unwrap();
+    let text = std::fs::read_to_string(data.join(json_name)).unwrap();
     let want: Value = serde_json::from_str(&text).unwrap();
     let mut bad = Vec::new();
-    for name in [
-        "disposal2_transparent.gif",
-        "disposal3_transparent.gif",
-        "disposal_mixed.gif",
-    ] {
+    for name in files {
         let frames = all_frames(open_video(data.join(name)).unwrap().as_mut());
         let expected = want[name]["frames"].as_array().unwrap();
         assert_eq!(frames.len(), expected.len(), "{name}");
@@ -542,18 +537,42 @@ fn gif_disposal_and_transparency_equal_pillow() {
             if hex(&f.rgb) != e["sha256"].as_str().unwrap() {
                 bad.push(format!("{name} frame {}", f.index));
             }
+            // Whole milliseconds (APNG's come as floats from Pillow).
             let (pts, dur) = (
-                e["pts_ms"].as_u64().unwrap(),
-                e["duration_ms"].as_u64().unwrap(),
+                e["pts_ms"].as_f64().unwrap(),
+                e["duration_ms"].as_f64().unwrap(),
             );
-            assert_eq!(f.pts_s, pts as f64 / 1000.0, "{name} frame {}", f.index);
-            assert_eq!(
-                f.duration_s,
-                dur as f64 / 1000.0,
-                "{name} frame {}",
-                f.index
-            );
+            assert_eq!(f.pts_s, pts / 1000.0, "{name} frame {}", f.index);
+            assert_eq!(f.duration_s, dur / 1000.0, "{name} frame {}", f.index);
         }
     }
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+/// Transparency, partial rectangles and disposal 2/3 (which `newtonscradle.gif` does not use).
+#[test]
+fn gif_disposal_and_transparency_equal_pillow() {
+    check_pillow_set(
+        "gifs.json",
+        &[
+            "disposal2_transparent.gif",
+            "disposal3_transparent.gif",
+            "disposal_mixed.gif",
+        ],
+    );
+}
+
+/// Blend OVER with partial alpha and dispose NONE/BACKGROUND/PREVIOUS, and PREVIOUS with SOURCE
+/// (`clip.apng` uses blend SOURCE and dispose NONE only).
+#[test]
+fn apng_blend_and_dispose_equal_pillow() {
+    check_pillow_set(
+        "apngs.json",
+        &[
+            "blend_over.apng",
+            "dispose_background.apng",
+            "dispose_previous.apng",
+            "dispose_previous_source.apng",
+        ],
+    );
 }

@@ -1,20 +1,17 @@
-//! Recognising GIF, PNG and WebP by content, and APNG (and still PNG) through the `image` crate,
-//! one frame at a time: `AnimationDecoder::into_frames()` decodes a frame per `next()` and
-//! composites it onto the canvas (APNG dispose/blend ops). On the fixture (dispose NONE / blend
-//! SOURCE) its frames equal Pillow's byte for byte. GIF is in `gif` and WebP in `webp`: the
-//! crate's compositing of those is not Pillow's (GIF transparency and disposal) nor libwebp's
-//! (WebP blending).
+//! Recognising GIF, PNG and WebP by content and opening them: still images through the `image`
+//! crate (a 1-frame video), animations in `gif`, `apng` and `webp`, which composite frames as
+//! Pillow does (the `image` crate's compositing differs on GIF transparency and disposal, APNG
+//! partial alpha, and WebP blending).
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use image::codecs::png::PngDecoder;
-use image::{AnimationDecoder, DynamicImage, ImageDecoder, ImageError};
+use image::{DynamicImage, ImageDecoder, ImageError};
 
-use super::{
-    gif, image_limits, rgba_to_rgb, webp, Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE,
-};
+use super::apng::ApngSource;
+use super::{gif, image_limits, webp, Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE};
 use crate::error::{Error, Result};
 
 /// A container recognised by its first bytes.
@@ -91,32 +88,39 @@ fn open_png(path: &Path) -> Result<Box<dyn FrameSource>> {
         .map_err(|e| image_error(path, None, e))?;
     let (width, height) = decoder.dimensions();
     check_canvas(path, width, height)?;
-    let animated = decoder.is_apng().map_err(|e| image_error(path, None, e))?;
+    if let Some(total) = declared {
+        // The canvas and one subframe buffer (at most 4 bytes a pixel).
+        let bytes = u64::from(width) * u64::from(height) * (3 + 4);
+        if width > MAX_SIDE || height > MAX_SIDE || bytes > MAX_ALLOC {
+            return Err(Error::UnsupportedVideo {
+                path: path.into(),
+                reason: format!(
+                    "canvas of {width}x{height} pixels (frames may be at most {MAX_SIDE} pixels \
+                     a side and {MAX_ALLOC} bytes of canvas)"
+                ),
+            });
+        }
+        drop(decoder);
+        return Ok(Box::new(ApngSource::open(path, total, width, height)?));
+    }
     let info = VideoInfo {
         path: path.into(),
         width,
         height,
-        frame_count: if animated { declared } else { Some(1) },
+        frame_count: Some(1),
     };
-    if !animated {
-        let image =
-            DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, Some(0), e))?;
-        return Ok(Box::new(Still::new(info, image.into_rgb8().into_raw())));
-    }
-    let frames = decoder
-        .apng()
-        .map_err(|e| image_error(path, None, e))?
-        .into_frames();
-    Ok(Box::new(Animation::new(info, frames)))
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| image_error(path, Some(0), e))?;
+    Ok(Box::new(Still::new(info, image.into_rgb8().into_raw())))
 }
 
 /// The smallest number of bytes one APNG frame takes: its `fcTL` chunk (length, type, 26 bytes
 /// of data, CRC).
 const FCTL_CHUNK_BYTES: u64 = 38;
 
-/// The frame count of an APNG's `acTL` chunk (`None` for a still PNG), refused when the file is
-/// too short to hold that many frames: the count is reported in [`VideoInfo`] and sampling
-/// trusts it.
+/// The frame count of an APNG (`None` for a still PNG): its `acTL` count, plus one when the IDAT
+/// image is a default image outside the animation (no `fcTL` before it; Pillow shows it as frame
+/// 0). Refused when the file is too short to hold that many frames: the count is reported in
+/// [`VideoInfo`] and sampling trusts it.
 fn apng_frame_count(path: &Path) -> Result<Option<usize>> {
     let corrupt = |reason: String| Error::CorruptVideo {
         path: path.into(),
@@ -130,6 +134,8 @@ fn apng_frame_count(path: &Path) -> Result<Option<usize>> {
         .map_err(|e| Error::io(path, e))?
         .len();
     let mut pos = 8u64; // after the signature
+    let mut actl: Option<usize> = None;
+    let mut fctl_before_idat = false;
     loop {
         let mut head = [0u8; 8];
         r.seek(SeekFrom::Start(pos))
@@ -152,101 +158,19 @@ fn apng_frame_count(path: &Path) -> Result<Option<usize>> {
                          at most {room}"
                     )));
                 }
-                return Ok(usize::try_from(frames).ok());
+                actl = usize::try_from(frames).ok();
             }
+            b"fcTL" => fctl_before_idat = true,
             // acTL must come before the image data; none by then means a still PNG.
-            b"IDAT" | b"IEND" => return Ok(None),
+            b"IDAT" | b"IEND" => {
+                return Ok(actl.map(|n| n + usize::from(!fctl_before_idat)));
+            }
             _ => {}
         }
         pos = pos
             .checked_add(12 + len)
             .filter(|&p| p <= file_len)
             .ok_or_else(|| corrupt(format!("chunk at byte {pos} runs past the end of the file")))?;
-    }
-}
-
-/// An `image` crate animation, one composited frame per call.
-struct Animation {
-    info: VideoInfo,
-    frames: image::Frames<'static>,
-    index: usize,
-    /// Start of the next frame, in milliseconds (GIF delays are whole centiseconds, APNG delays
-    /// fractions: exact in f64 for any realistic clip).
-    pts_ms: f64,
-    done: bool,
-}
-
-impl Animation {
-    fn new(info: VideoInfo, frames: image::Frames<'static>) -> Self {
-        Animation {
-            info,
-            frames,
-            index: 0,
-            pts_ms: 0.0,
-            done: false,
-        }
-    }
-}
-
-impl FrameSource for Animation {
-    fn info(&self) -> &VideoInfo {
-        &self.info
-    }
-
-    fn next_frame(&mut self) -> Result<Option<Frame>> {
-        if self.done {
-            return Ok(None);
-        }
-        let path: PathBuf = self.info.path.clone();
-        let frame = match self.frames.next() {
-            None => {
-                self.done = true;
-                if self.index == 0 {
-                    return Err(Error::EmptyVideo { path });
-                }
-                if let Some(n) = self.info.frame_count.filter(|&n| n != self.index) {
-                    return Err(Error::CorruptVideo {
-                        path,
-                        frame: Some(self.index),
-                        reason: format!("the file declares {n} frames but holds {}", self.index),
-                    });
-                }
-                return Ok(None);
-            }
-            Some(Err(e)) => {
-                self.done = true;
-                return Err(image_error(&path, Some(self.index), e));
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let (num, den) = frame.delay().numer_denom_ms();
-        let duration_ms = f64::from(num) / f64::from(den.max(1));
-        let buffer = frame.into_buffer();
-        if buffer.dimensions() != (self.info.width, self.info.height) {
-            self.done = true;
-            return Err(Error::CorruptVideo {
-                path,
-                frame: Some(self.index),
-                reason: format!(
-                    "frame of {}x{} on a {}x{} canvas",
-                    buffer.width(),
-                    buffer.height(),
-                    self.info.width,
-                    self.info.height
-                ),
-            });
-        }
-        let out = Frame {
-            index: self.index,
-            width: self.info.width,
-            height: self.info.height,
-            rgb: rgba_to_rgb(buffer.as_raw()),
-            pts_s: self.pts_ms / 1000.0,
-            duration_s: duration_ms / 1000.0,
-        };
-        self.index += 1;
-        self.pts_ms += duration_ms;
-        Ok(Some(out))
     }
 }
 

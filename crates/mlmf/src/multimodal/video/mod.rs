@@ -1,5 +1,5 @@
 //! Video file -> RGB8 frames in presentation order, one at a time, so that a long clip never sits
-//! in memory as frames. Sources: animated GIF (`gif`), APNG (`image`) and animated WebP
+//! in memory as frames. Sources: animated GIF (`gif`), APNG (`png`) and animated WebP
 //! (`image-webp`), composited as Pillow composites them; a directory of numbered image files; and
 //! whatever the system's FFmpeg decodes (feature `video`, through `ffmpeg-next`).
 //!
@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 mod anim;
+mod apng;
 mod dir;
 #[cfg(feature = "video")]
 mod ffmpeg;
