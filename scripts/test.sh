@@ -24,5 +24,7 @@ fi
 export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --workspace --all-targets
-cargo test --workspace --doc
+# The `video` feature (FFmpeg through ffmpeg-next; scripts/setup.sh installs what it needs) is on
+# for the whole run: the same features for every command, so the workspace is built once.
+cargo test --workspace --all-targets --features mlmf/video,mlmf-cli/video
+cargo test --workspace --doc --features mlmf/video,mlmf-cli/video
