@@ -6,9 +6,18 @@
 //! [`open_video`] picks the source by content (a directory by being one); sampling over a source
 //! is in `sample`.
 
+pub mod sample;
+pub mod sheet;
+
 use std::path::{Path, PathBuf};
 
 use crate::error::Result;
+
+pub use sample::{
+    sample_frames, sample_preprocessed, sample_video, sample_video_frames, SampledFrames,
+    SampledTensor, Samples, Sampling,
+};
+pub use sheet::{contact_sheet, write_png, SheetOptions};
 
 /// One decoded frame: `rgb` is row-major `[height, width, 3]` u8 (R, G, B; no row padding).
 #[derive(Clone, Debug, PartialEq)]
