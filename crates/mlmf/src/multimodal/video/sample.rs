@@ -207,7 +207,8 @@ struct PreprocessConvert<'a> {
 impl Convert for PreprocessConvert<'_> {
     fn slot_bytes_hint(&self, _: &VideoInfo) -> Option<usize> {
         let c = self.pre.crop as usize;
-        c.checked_mul(c)?.checked_mul(3 * 4)
+        // An overflow is a slot no limit admits.
+        Some(c.checked_mul(c).and_then(|v| v.checked_mul(3 * 4)).unwrap_or(usize::MAX))
     }
 
     fn convert(&mut self, frame: &Frame, _: &Path) -> Result<Vec<u8>> {
@@ -419,6 +420,11 @@ fn uniform(
     conv: &mut dyn Convert,
 ) -> Result<(Vec<u8>, Samples)> {
     let path = src.info().path.clone();
+    let mut slots = Slots::new(path.clone());
+    // Refuse an absurd T before decoding when the slot size is already known.
+    if let Some(b) = conv.slot_bytes_hint(src.info()) {
+        slots.check(num, b)?;
+    }
     let n = match src.info().frame_count {
         Some(n) => n,
         None => {
@@ -435,11 +441,6 @@ fn uniform(
     };
     if n == 0 {
         return Err(Error::EmptyVideo { path });
-    }
-    let mut slots = Slots::new(path.clone());
-    // Refuse an absurd T before decoding when the slot size is already known.
-    if let Some(b) = conv.slot_bytes_hint(src.info()) {
-        slots.check(num, b)?;
     }
     let mut next = 0usize; // next output slot to fill
     let mut j = 0usize; // position of the frame just read
@@ -473,6 +474,10 @@ fn rate(
 ) -> Result<(Vec<u8>, Samples)> {
     let path = src.info().path.clone();
     let mut slots = Slots::new(path.clone());
+    if let Some(b) = conv.slot_bytes_hint(src.info()) {
+        // At least one output; refuse a slot too large for the limit before converting.
+        slots.check(1, b)?;
+    }
     // Output k has time (k0 + k) / fps; k0 is the first output time at or after the first pts.
     let mut k0 = 0f64;
     let mut k = 0usize;
