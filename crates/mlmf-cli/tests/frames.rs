@@ -137,7 +137,11 @@ fn frames_raw_writes_the_fixture_frames_and_times() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| j["frames"][i.as_u64().unwrap() as usize]["pts_s"].as_f64().unwrap())
+            .map(|i| {
+                j["frames"][i.as_u64().unwrap() as usize]["pts_s"]
+                    .as_f64()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(back["pts"]["values"], serde_json::json!(pts), "{name}");
         assert_eq!(
@@ -170,11 +174,7 @@ fn frames_preprocesses_with_imagenet_by_default_and_clip_on_request() {
     let out = tmp.path().join("pre.safetensors");
     for (extra, pre, size) in [
         (vec![], ImagePreprocess::imagenet(), 224usize),
-        (
-            vec!["--preset", "clip"],
-            ImagePreprocess::clip(),
-            224,
-        ),
+        (vec!["--preset", "clip"], ImagePreprocess::clip(), 224),
         (
             vec!["--size", "112"],
             ImagePreprocess {
@@ -215,7 +215,14 @@ fn frames_writes_a_contact_sheet_png() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("sheet.png");
     let gif = video("newtonscradle.gif");
-    mlmf(&["frames", gif.to_str().unwrap(), "--num", "8", "-o", png.to_str().unwrap()]);
+    mlmf(&[
+        "frames",
+        gif.to_str().unwrap(),
+        "--num",
+        "8",
+        "-o",
+        png.to_str().unwrap(),
+    ]);
     let sheet = decode_rgb(&png).unwrap();
     // 8 frames of 200 x 150: 3 columns, 3 rows, 4-pixel gaps.
     assert_eq!(sheet.dimensions(), (3 * 200 + 4 * 4, 3 * 150 + 4 * 4));
@@ -254,7 +261,10 @@ fn frames_windows_and_rate() {
     };
     // 36 frames, windows of 16 every 8: starts 0, 8, 16, 24; the last padded with frame 35.
     let back = args(&["--window", "16", "--stride", "8"]);
-    assert_eq!(back["frames"]["shape"], serde_json::json!([4, 16, 150, 200, 3]));
+    assert_eq!(
+        back["frames"]["shape"],
+        serde_json::json!([4, 16, 150, 200, 3])
+    );
     assert_eq!(back["pts"]["shape"], serde_json::json!([4, 16]));
     let want: Vec<_> = (0..4)
         .flat_map(|w| (0..16).map(move |t| (w * 8 + t).min(35)))
@@ -263,6 +273,9 @@ fn frames_windows_and_rate() {
     assert_eq!(back["frames"]["sha256"], serde_json::json!(want));
     // 10 fps: ffmpeg's fps=10:round=up picks frames 0, 3, 8, 12, 17, 21, 26, 30, 35.
     let back = args(&["--fps", "10"]);
-    let want: Vec<_> = [0, 3, 8, 12, 17, 21, 26, 30, 35].into_iter().map(sha).collect();
+    let want: Vec<_> = [0, 3, 8, 12, 17, 21, 26, 30, 35]
+        .into_iter()
+        .map(sha)
+        .collect();
     assert_eq!(back["frames"]["sha256"], serde_json::json!(want));
 }

@@ -57,7 +57,11 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
 
 /// The counter sees what `f` allocates: its result at least.
 fn assert_counted(peak: usize, kept: usize) {
-    assert!(peak >= kept, "peak {peak} below the {kept} bytes the result holds");
+    eprintln!("peak heap {peak} bytes, result {kept} bytes");
+    assert!(
+        peak >= kept,
+        "peak {peak} below the {kept} bytes the result holds"
+    );
 }
 
 const N: usize = 100_000;
@@ -126,14 +130,18 @@ fn sampling_a_long_source_keeps_only_the_selected_frames() {
     }
 
     // A rate of 1 frame per second over 3333 s of video: 3334 outputs, grown as they come.
-    let (s, peak) =
-        peak_during(|| sample_frames(&mut || Many::open(false), Sampling::Rate { fps: 1.0 }).unwrap());
+    let (s, peak) = peak_during(|| {
+        sample_frames(&mut || Many::open(false), Sampling::Rate { fps: 1.0 }).unwrap()
+    });
     let k = s.samples.indices.len();
     assert_eq!(k, N.div_ceil(30));
     assert_counted(peak, s.rgb.len());
     // Amortised growth may reserve up to twice the output, and copy it once.
     let bound = 4 * k * (FRAME_BYTES + 16) + 4 * FRAME_BYTES + 4096;
-    assert!(peak <= bound, "rate: peak heap {peak} bytes, bound {bound}, all frames {all}");
+    assert!(
+        peak <= bound,
+        "rate: peak heap {peak} bytes, bound {bound}, all frames {all}"
+    );
 
     // Windows of 4 every 25,000 frames: 4 windows.
     let (s, peak) = peak_during(|| {
@@ -149,7 +157,10 @@ fn sampling_a_long_source_keeps_only_the_selected_frames() {
     assert_eq!(s.samples.lead, vec![4, 4]);
     assert_counted(peak, s.rgb.len());
     let bound = 4 * 16 * (FRAME_BYTES + 16) + 4 * FRAME_BYTES + 4096;
-    assert!(peak <= bound, "windows: peak heap {peak} bytes, bound {bound}, all frames {all}");
+    assert!(
+        peak <= bound,
+        "windows: peak heap {peak} bytes, bound {bound}, all frames {all}"
+    );
 }
 
 #[test]
@@ -161,13 +172,21 @@ fn preprocessing_and_the_contact_sheet_keep_only_the_selected_frames() {
     };
     let slot = 3 * 16 * 16 * 4;
     let (s, peak) = peak_during(|| {
-        sample_preprocessed(&mut || Many::open(false), Sampling::Uniform { num: 8 }, &pre).unwrap()
+        sample_preprocessed(
+            &mut || Many::open(false),
+            Sampling::Uniform { num: 8 },
+            &pre,
+        )
+        .unwrap()
     });
     assert_eq!(s.tensor.shape().dims(), &[8, 3, 16, 16]);
     assert_counted(peak, 8 * slot);
     // The output (and its copy into the tensor), plus one frame being preprocessed.
     let bound = 3 * 8 * (slot + 16) + 8 * FRAME_BYTES + 4 * slot + 8192;
-    assert!(peak <= bound, "preprocessed: peak heap {peak} bytes, bound {bound}");
+    assert!(
+        peak <= bound,
+        "preprocessed: peak heap {peak} bytes, bound {bound}"
+    );
 
     let (sheet, peak) = peak_during(|| {
         contact_sheet(
@@ -182,5 +201,8 @@ fn preprocessing_and_the_contact_sheet_keep_only_the_selected_frames() {
     let sheet_bytes = (3 * 24 + 4 * 4) * (3 * 16 + 4 * 4) * 3;
     assert_counted(peak, sheet_bytes);
     let bound = 8 * (FRAME_BYTES + 16) + sheet_bytes + 4 * FRAME_BYTES + 4096;
-    assert!(peak <= bound, "sheet: peak heap {peak} bytes, bound {bound}");
+    assert!(
+        peak <= bound,
+        "sheet: peak heap {peak} bytes, bound {bound}"
+    );
 }

@@ -20,7 +20,9 @@ use mlmf::multimodal::preprocess::image::{resize, Filter, ImagePreprocess};
 use mlmf::multimodal::video::sample::{
     sample_frames, sample_preprocessed, SampledFrames, Sampling, MAX_SAMPLED_BYTES,
 };
-use mlmf::multimodal::video::{contact_sheet, write_png, Frame, FrameSource, SheetOptions, VideoInfo};
+use mlmf::multimodal::video::{
+    contact_sheet, write_png, Frame, FrameSource, SheetOptions, VideoInfo,
+};
 use mlmf::Error;
 use sha2::{Digest, Sha256};
 
@@ -91,7 +93,12 @@ impl Clip {
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| (f["pts_s"].as_f64().unwrap(), f["duration_s"].as_f64().unwrap()))
+            .map(|f| {
+                (
+                    f["pts_s"].as_f64().unwrap(),
+                    f["duration_s"].as_f64().unwrap(),
+                )
+            })
             .collect();
         Clip {
             path: video_dir().join(clip),
@@ -108,8 +115,7 @@ impl Clip {
     /// Only the frames the fixture stores, as a clip of their own, 0.1 s apart.
     fn stored(clip: &str) -> Clip {
         let mut c = Clip::fixture(clip, true);
-        let frames: BTreeMap<usize, Vec<u8>> =
-            c.pixels.values().cloned().enumerate().collect();
+        let frames: BTreeMap<usize, Vec<u8>> = c.pixels.values().cloned().enumerate().collect();
         c.times = (0..frames.len()).map(|i| (i as f64 / 10.0, 0.1)).collect();
         c.pixels = Rc::new(frames);
         c
@@ -211,7 +217,11 @@ fn uniform_sampling_selects_the_fixture_indices() {
                 if known {
                     assert_eq!((clip.opens.get(), clip.read.get()), (1, last + 1), "{name}");
                 } else {
-                    assert_eq!((clip.opens.get(), clip.read.get()), (2, n + last + 1), "{name}");
+                    assert_eq!(
+                        (clip.opens.get(), clip.read.get()),
+                        (2, n + last + 1),
+                        "{name}"
+                    );
                 }
             }
         }
@@ -233,7 +243,11 @@ fn uniform_sampling_repeats_frames_of_a_short_clip() {
 /// `ffmpeg -i FILE -an -fps_mode passthrough -f framemd5 -`. The same commands with the default
 /// `round=near` give other frames, and fewer for the GIF at 10 fps (8).
 const FFMPEG_FPS_ROUND_UP: &[(&str, f64, &[usize])] = &[
-    ("newtonscradle.gif", 10.0, &[0, 3, 8, 12, 17, 21, 26, 30, 35]),
+    (
+        "newtonscradle.gif",
+        10.0,
+        &[0, 3, 8, 12, 17, 21, 26, 30, 35],
+    ),
     (
         "newtonscradle.gif",
         25.0,
@@ -439,9 +453,15 @@ fn bad_sampling_input_is_a_typed_error() {
     }
     // An absurd T with a preprocessed output: refused before a frame is decoded.
     let read = clip.read.get();
-    for num in [usize::MAX, (MAX_SAMPLED_BYTES / (3 * 224 * 224 * 4)) as usize + 1] {
+    for num in [
+        usize::MAX,
+        (MAX_SAMPLED_BYTES / (3 * 224 * 224 * 4)) as usize + 1,
+    ] {
         let e = sample_preprocessed(&mut clip.opener(), Sampling::Uniform { num }, &pre).err();
-        assert!(matches!(e, Some(Error::BadSampling { .. })), "T {num}: {e:?}");
+        assert!(
+            matches!(e, Some(Error::BadSampling { .. })),
+            "T {num}: {e:?}"
+        );
     }
     assert_eq!(clip.read.get(), read, "no frame decoded");
     // Raw frames: the first frame tells the size; refused before anything sized by T.
@@ -461,14 +481,22 @@ fn bad_sampling_input_is_a_typed_error() {
 
     let uniform = Sampling::Uniform { num: 4 };
     // No frames.
-    for s in [uniform, Sampling::Rate { fps: 5.0 }, Sampling::Windows { len: 2, stride: 1 }] {
+    for s in [
+        uniform,
+        Sampling::Rate { fps: 5.0 },
+        Sampling::Windows { len: 2, stride: 1 },
+    ] {
         for count in [None, Some(0)] {
             let e = broken(count, vec![], s);
             assert!(matches!(e, Some(Error::EmptyVideo { .. })), "{s:?}: {e:?}");
         }
     }
     // Fewer frames than the container states.
-    let e = broken(Some(10), (0..3).map(|i| frame(i, 8, 8, i as f64)).collect(), uniform);
+    let e = broken(
+        Some(10),
+        (0..3).map(|i| frame(i, 8, 8, i as f64)).collect(),
+        uniform,
+    );
     assert!(
         matches!(e, Some(Error::CorruptVideo { frame: Some(3), .. })),
         "{e:?}"
@@ -595,6 +623,9 @@ fn sample_video_preprocesses_the_middle_frame_of_the_real_clips() {
         .unwrap();
         assert_eq!(s.tensor.shape().dims(), &[1, 3, 224, 224], "{name}");
         assert_eq!(s.samples.indices, vec![n / 2], "{name}");
-        assert!(f32s(&s.tensor) == want, "{name}: not the middle frame preprocessed");
+        assert!(
+            f32s(&s.tensor) == want,
+            "{name}: not the middle frame preprocessed"
+        );
     }
 }

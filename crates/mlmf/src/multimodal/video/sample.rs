@@ -208,7 +208,11 @@ impl Convert for PreprocessConvert<'_> {
     fn slot_bytes_hint(&self, _: &VideoInfo) -> Option<usize> {
         let c = self.pre.crop as usize;
         // An overflow is a slot no limit admits.
-        Some(c.checked_mul(c).and_then(|v| v.checked_mul(3 * 4)).unwrap_or(usize::MAX))
+        Some(
+            c.checked_mul(c)
+                .and_then(|v| v.checked_mul(3 * 4))
+                .unwrap_or(usize::MAX),
+        )
     }
 
     fn convert(&mut self, frame: &Frame, _: &Path) -> Result<Vec<u8>> {
@@ -449,9 +453,7 @@ fn uniform(
             return Err(Error::CorruptVideo {
                 path,
                 frame: Some(j),
-                reason: format!(
-                    "the stream ended after {j} frames; its frame count says {n}"
-                ),
+                reason: format!("the stream ended after {j} frames; its frame count says {n}"),
             });
         };
         if uniform_index(next, n, num) == j {
@@ -670,7 +672,9 @@ mod tests {
         );
         // Every slot's pixels are its frame's.
         for (slot, &i) in s.samples.indices.iter().enumerate() {
-            assert!(s.rgb[slot * 24..(slot + 1) * 24].iter().all(|&b| b == i as u8));
+            assert!(s.rgb[slot * 24..(slot + 1) * 24]
+                .iter()
+                .all(|&b| b == i as u8));
         }
         // Shorter than a window: one window, padded.
         let s = sample(2, true, Sampling::Windows { len: 4, stride: 1 }).unwrap();
@@ -706,7 +710,10 @@ mod tests {
             Sampling::Rate { fps: f64::NAN },
             Sampling::Rate { fps: f64::INFINITY },
             Sampling::Uniform { num: usize::MAX },
-            Sampling::Windows { len: usize::MAX, stride: 1 },
+            Sampling::Windows {
+                len: usize::MAX,
+                stride: 1,
+            },
             Sampling::Rate { fps: 1e300 },
         ] {
             let e = sample(5, false, s).err();
