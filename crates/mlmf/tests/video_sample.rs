@@ -392,6 +392,23 @@ fn contact_sheet_lays_the_frames_out_in_order() {
         }
     }
     assert_eq!(sheet.get_pixel(150, 100).0, [255, 0, 255]);
+
+    // Windows: one row per window. Windows of 2 every 2 over 3 frames: [0, 1], [2, 2].
+    let options = SheetOptions {
+        gap: 0,
+        ..SheetOptions::default()
+    };
+    let windows = Sampling::Windows { len: 2, stride: 2 };
+    let sheet = contact_sheet(&mut clip.opener(), windows, &options).unwrap();
+    assert_eq!(sheet.dimensions(), (400, 300));
+    for (k, i) in [0usize, 1, 2, 2].into_iter().enumerate() {
+        let (x0, y0) = ((k as u32 % 2) * 200, (k as u32 / 2) * 150);
+        let cell: Vec<u8> = (0..150)
+            .flat_map(|y| (0..200).map(move |x| (x, y)))
+            .flat_map(|(x, y)| sheet.get_pixel(x0 + x, y0 + y).0)
+            .collect();
+        assert!(cell == clip.frame(i), "window cell {k} is not frame {i}");
+    }
 }
 
 /// A source that misbehaves in one way.
