@@ -128,6 +128,11 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Sample frames of a video (animated GIF, APNG, WebP, a directory of numbered images;
+    /// MP4 and more with the `video` feature) into a model input: OUT.safetensors gets `frames`
+    /// (F32 [T, 3, S, S] preprocessed, or U8 [T, H, W, 3] with --raw) and `pts` (F64 [T],
+    /// seconds); OUT.png gets a contact sheet of the frames in order.
+    Frames(FramesArgs),
     /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
     Lora {
         #[command(subcommand)]
@@ -198,6 +203,45 @@ struct ConvertArgs {
     /// converted to GGUF with nothing else changed is then the same file byte for byte.
     #[arg(long)]
     no_provenance: bool,
+}
+
+#[derive(clap::Args)]
+struct FramesArgs {
+    video: PathBuf,
+    /// T frames spread evenly over the clip, idx_i = floor((i + 0.5) * n / T) (frames repeat
+    /// when the clip has fewer than T).
+    #[arg(long)]
+    num: Option<usize>,
+    /// Instead of --num: the frame on screen every 1/FPS seconds (ffmpeg's fps=FPS:round=up).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Instead of --num: windows of LEN consecutive frames (every --stride frames, default LEN),
+    /// the last padded with the last frame; shapes become [windows, LEN, ...].
+    #[arg(long, value_name = "LEN")]
+    window: Option<usize>,
+    #[arg(long, requires = "window")]
+    stride: Option<usize>,
+    /// Side of the square crop (default 224). ImageNet resizes the shorter side to S * 256 / 224
+    /// first (256 for 224), CLIP to S. For a .png OUT: a cell's longer side (default 320;
+    /// frames are only scaled down).
+    #[arg(long)]
+    size: Option<u32>,
+    /// The image preprocessing (Pillow-exact, as torchvision computes it).
+    #[arg(long, value_enum, default_value_t = PresetArg::Imagenet)]
+    preset: PresetArg,
+    /// The decoded pixels, not resized: `frames` U8 [T, H, W, 3].
+    #[arg(long)]
+    raw: bool,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PresetArg {
+    /// torchvision's ImageNet transforms: bilinear resize, ImageNet mean and std.
+    Imagenet,
+    /// OpenAI CLIP: bicubic resize, CLIP's mean and std.
+    Clip,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +354,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             json,
             images,
         } => classify(model, device, top, json, &images, out),
+        Command::Frames(args) => frames(&args, out),
         Command::Lora {
             command:
                 LoraCommand::Merge {
@@ -802,6 +847,135 @@ fn classify(
         }
     }
     Ok(())
+}
+
+fn frames(args: &FramesArgs, out: &mut dyn Write) -> Result<()> {
+    use mlmf::multimodal::video::{self, sample::Sampling, SheetOptions};
+    let sampling = match (args.num, args.fps, args.window) {
+        (Some(0), ..) => return Err(CliError::Usage("--num must be at least 1".into())),
+        (Some(num), None, None) => Sampling::Uniform { num },
+        (None, Some(fps), None) => Sampling::Rate { fps },
+        (None, None, Some(len)) => Sampling::Windows {
+            len,
+            stride: args.stride.unwrap_or(len),
+        },
+        _ => {
+            return Err(CliError::Usage(
+                "give one of --num T, --fps F, --window LEN".into(),
+            ))
+        }
+    };
+    let path = args.video.as_path();
+    let mut open = || video::open_video(path);
+    let ext = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("png") => {
+            let options = SheetOptions {
+                max_side: args.size.unwrap_or(SheetOptions::default().max_side),
+                ..SheetOptions::default()
+            };
+            let sheet = video::contact_sheet(&mut open, sampling, &options)?;
+            video::write_png(&args.output, &sheet)?;
+            outln!(
+                out,
+                "contact sheet {} x {} of {} -> {}",
+                sheet.width(),
+                sheet.height(),
+                path.display(),
+                args.output.display()
+            );
+        }
+        Some("safetensors") => {
+            let mut metadata = std::collections::BTreeMap::new();
+            metadata.insert("file".to_string(), path.display().to_string());
+            metadata.insert("sampling".to_string(), format!("{sampling:?}"));
+            // The frames: raw pixels with their shape, or the preprocessed tensor.
+            enum Frames {
+                Raw(Vec<u8>, Vec<usize>),
+                Preprocessed(mlmf::Tensor),
+            }
+            let (frames, samples) = if args.raw {
+                let s = video::sample_frames(&mut open, sampling)?;
+                let mut dims = s.samples.lead.clone();
+                dims.extend([s.height as usize, s.width as usize, 3]);
+                (Frames::Raw(s.rgb, dims), s.samples)
+            } else {
+                let pre = preset(args.preset, args.size.unwrap_or(224))?;
+                metadata.insert("preprocess".to_string(), format!("{pre:?}"));
+                let s = video::sample_preprocessed(&mut open, sampling, &pre)?;
+                (Frames::Preprocessed(s.tensor), s.samples)
+            };
+            metadata.insert(
+                "indices".to_string(),
+                serde_json::to_string(&samples.indices).unwrap_or_default(),
+            );
+            let pts: Vec<u8> = samples.pts_s.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut writer = mlmf::SafetensorsWriter::new(metadata);
+            let (dtype, dims) = match &frames {
+                Frames::Raw(rgb, dims) => {
+                    writer.add_tensor("frames", mlmf::DType::U8, dims, rgb.as_slice());
+                    (mlmf::DType::U8, dims.clone())
+                }
+                Frames::Preprocessed(t) => {
+                    writer.add_tensor("frames", t.dtype(), t.shape().dims(), t);
+                    (t.dtype(), t.shape().dims().to_vec())
+                }
+            };
+            writer.add_tensor("pts", mlmf::DType::F64, &samples.lead, pts.as_slice());
+            writer.write(&args.output)?;
+            outln!(
+                out,
+                "{} frames of {} (indices {}) -> {}: frames {dtype} {dims:?}, pts F64 {:?}",
+                samples.indices.len(),
+                path.display(),
+                short_list(&samples.indices),
+                args.output.display(),
+                samples.lead
+            );
+        }
+        _ => {
+            return Err(CliError::Usage(format!(
+                "{}: OUT must end in .safetensors or .png",
+                args.output.display()
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// A list of indices for a person: all of them up to 12, else the first and last few.
+fn short_list(v: &[usize]) -> String {
+    let join = |s: &[usize]| {
+        s.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if v.len() <= 12 {
+        join(v)
+    } else {
+        format!("{}, ..., {}", join(&v[..5]), join(&v[v.len() - 3..]))
+    }
+}
+
+/// The image pipeline of `--preset` with a crop of `size`.
+fn preset(arg: PresetArg, size: u32) -> Result<mlmf::multimodal::ImagePreprocess> {
+    use mlmf::multimodal::ImagePreprocess;
+    let (base, resize) = match arg {
+        // torchvision's ratio: resize 256 for a crop of 224.
+        PresetArg::Imagenet => (ImagePreprocess::imagenet(), u64::from(size) * 256 / 224),
+        PresetArg::Clip => (ImagePreprocess::clip(), u64::from(size)),
+    };
+    let resize_shorter = u32::try_from(resize)
+        .map_err(|_| CliError::Usage(format!("--size {size} is too large")))?;
+    Ok(ImagePreprocess {
+        resize_shorter,
+        crop: size,
+        ..base
+    })
 }
 
 fn lora_merge(

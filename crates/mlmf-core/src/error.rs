@@ -508,6 +508,12 @@ pub enum Error {
     #[error("{path}: video holds no frames")]
     EmptyVideo { path: PathBuf },
 
+    /// Frame sampling that cannot run on this clip: no frames, a window or stride of 0, a rate
+    /// that is not a positive number, raw frames of different sizes, or an output larger than
+    /// the sampler's memory limit (checked before it is allocated).
+    #[error("{path}: frame sampling: {reason}")]
+    BadSampling { path: PathBuf, reason: String },
+
     /// A class-name file that is not what the loader expects.
     #[error("{path}: class labels: {reason}")]
     BadLabels { path: PathBuf, reason: String },

@@ -6,6 +6,9 @@
 //! [`open_video`] picks the source by content (a directory by being one); sampling over a source
 //! is in `sample`.
 
+pub mod sample;
+pub mod sheet;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,12 @@ pub const MAX_SIDE: u32 = 16384;
 /// 512 MiB), passed to the `image` crate as its allocation limit and checked before our own
 /// canvases are allocated.
 pub const MAX_ALLOC: u64 = 1 << 29;
+
+pub use sample::{
+    sample_frames, sample_preprocessed, sample_video, sample_video_frames, SampledFrames,
+    SampledTensor, Samples, Sampling,
+};
+pub use sheet::{contact_sheet, write_png, SheetOptions};
 
 /// One decoded frame: `rgb` is row-major `[height, width, 3]` u8 (R, G, B; no row padding).
 #[derive(Clone, Debug, PartialEq)]
