@@ -235,7 +235,10 @@ fn long_audio_matches_faster_whisper_both_ways() {
     }
     let gpu = Device::gpu().unwrap();
     // Windows per way: ceil(samples / 480000), and ceil((samples / 160) / 3000).
-    for (name, samples, counts) in [("75 s", &long, [3, 3]), ("60 s + loud end", &loud_end, [3, 2])] {
+    for (name, samples, counts) in [
+        ("75 s", &long, [3, 3]),
+        ("60 s + loud end", &loud_end, [3, 2]),
+    ] {
         for (windowing, mode, windows) in [
             (Windowing::PerWindow, "per-window", counts[0]),
             (Windowing::Continuous, "continuous", counts[1]),
@@ -245,14 +248,20 @@ fn long_audio_matches_faster_whisper_both_ways() {
             if name != "75 s" && mode == "continuous" {
                 // The extra frame's maximum (2.27, against 2.05 in the windows) sets the floor.
                 let floor = expected.iter().copied().fold(f32::MAX, f32::min);
-                assert!((floor - (2.2731879 - 4.0) / 4.0).abs() < 1e-4, "floor {floor}");
+                assert!(
+                    (floor - (2.2731879 - 4.0) / 4.0).abs() < 1e-4,
+                    "floor {floor}"
+                );
             }
             for device in [&Device::Cpu, &gpu] {
                 let got = mel::log_mel_with(samples, 80, windowing, device).unwrap();
                 assert_eq!(got.shape().dims(), [windows, 80, FRAMES]);
                 let got = values(&got);
                 let err = max_abs(&got, &expected);
-                println!("{name}, {mode}, {}: max abs error {err:e}", device.describe());
+                println!(
+                    "{name}, {mode}, {}: max abs error {err:e}",
+                    device.describe()
+                );
                 assert!(err <= 1e-4, "{name} {mode} {}: {err:e}", device.describe());
             }
         }
@@ -265,6 +274,7 @@ fn long_audio_matches_faster_whisper_both_ways() {
     let near_end = |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).map(|r| r[FRAMES - 1]).collect() };
     assert!(max_abs(&a, &b) > 1e-3);
     assert_ne!(near_end(&a), near_end(&b));
-    let head = |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).flat_map(|r| r[..2990].to_vec()).collect() };
+    let head =
+        |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).flat_map(|r| r[..2990].to_vec()).collect() };
     assert!(max_abs(&head(&a), &head(&b)) <= 1e-6);
 }

@@ -359,17 +359,36 @@ pub fn log_mel_with(
                 params.window = w as u32;
                 let signal = f32_buffer(gpu, "mel window", &padded_window(samples, w, windowing));
                 let all = [&signal, &table_buf, &filters_buf, &maxes, out.buffer()];
-                let group = launch::bind(gpu, &frames_log_mel, OP, bytemuck::bytes_of(&params), &all);
+                let group =
+                    launch::bind(gpu, &frames_log_mel, OP, bytemuck::bytes_of(&params), &all);
                 let invocations = fft_groups * u64::from(FFT_WORKGROUP);
-                gpu.dispatch(&mut encoder, &frames_log_mel, &group, invocations, FFT_WORKGROUP);
+                gpu.dispatch(
+                    &mut encoder,
+                    &frames_log_mel,
+                    &group,
+                    invocations,
+                    FFT_WORKGROUP,
+                );
                 let group = launch::bind(gpu, &window_max, OP, bytemuck::bytes_of(&params), &all);
-                gpu.dispatch(&mut encoder, &window_max, &group, u64::from(WORKGROUP), WORKGROUP);
+                gpu.dispatch(
+                    &mut encoder,
+                    &window_max,
+                    &group,
+                    u64::from(WORKGROUP),
+                    WORKGROUP,
+                );
             }
             // A placeholder signal for the passes that do not read one.
             let none = launch::scratch(gpu, "mel no signal", 4);
             let all = [&none, &table_buf, &filters_buf, &maxes, out.buffer()];
             let group = launch::bind(gpu, &global_max, OP, bytemuck::bytes_of(&params), &all);
-            gpu.dispatch(&mut encoder, &global_max, &group, u64::from(WORKGROUP), WORKGROUP);
+            gpu.dispatch(
+                &mut encoder,
+                &global_max,
+                &group,
+                u64::from(WORKGROUP),
+                WORKGROUP,
+            );
             let group = launch::bind(gpu, &finish, OP, bytemuck::bytes_of(&params), &all);
             let count = (windows * mels * FRAMES) as u64;
             gpu.dispatch(&mut encoder, &finish, &group, count, WORKGROUP);
