@@ -263,13 +263,13 @@ fn padded_window(samples: &[f32], w: usize, windowing: Windowing) -> Vec<f32> {
 /// The largest log-mel value (before the clamp to `m - 8`) of the frames that enter the maximum
 /// but lie in no window (the extractor's extra frame when the content fills its last window),
 /// or the lowest f32. Computed by the twin's code on every device: one frame.
-fn extra_max(samples: &[f32], plan: &Plan, table: &[f32], filters: &[f32], mels: usize) -> f32 {
+fn extra_max(samples: &[f32], plan: &Plan, filters: &[f32], mels: usize) -> f32 {
     if !plan.global || plan.content < plan.windows * FRAMES {
         return f32::MIN;
     }
     // The frame at index `content`: the first frame of the window after the last.
     let signal = padded_window(samples, plan.windows, Windowing::Continuous);
-    let raw = cpu::raw_log_mel(&signal[..N_FFT], 1, table, filters, mels);
+    let raw = cpu::raw_log_mel(&signal[..N_FFT], 1, &dft_table(), filters, mels);
     raw.into_iter().fold(f32::MIN, f32::max)
 }
 
@@ -307,10 +307,10 @@ pub fn log_mel_with(
         expected: "an output [windows, mels, 3000] whose size fits in u64",
     })?;
     let filters = mel_filters(mels);
-    let table = dft_table();
-    let extra = extra_max(samples, &plan, &table, &filters, mels);
+    let extra = extra_max(samples, &plan, &filters, mels);
     let storage = match device {
         Device::Cpu => {
+            let table = dft_table();
             let mut out = Vec::with_capacity(windows * mels * FRAMES);
             for w in 0..windows {
                 let signal = padded_window(samples, w, windowing);
