@@ -278,3 +278,33 @@ fn long_audio_matches_faster_whisper_both_ways() {
         |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).flat_map(|r| r[..2990].to_vec()).collect() };
     assert!(max_abs(&head(&a), &head(&b)) <= 1e-6);
 }
+
+/// Nine windows (more than the launcher records before it submits and waits): the GPU against
+/// faster-whisper's extractor, continuous (one maximum across all nine) and per window.
+#[test]
+fn nine_windows_on_the_gpu_match_faster_whisper() {
+    use mel::Windowing;
+    let jfk = wav_samples(&audio().join("jfk.wav"));
+    let n = 8 * WINDOW_SAMPLES + 20_000;
+    // jfk.wav repeated, louder in each window, so each window's own maximum differs.
+    let samples: Vec<f32> = jfk
+        .iter()
+        .copied()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, v)| v * (0.2 + 0.1 * (i / WINDOW_SAMPLES) as f32))
+        .collect();
+    let gpu = Device::gpu().unwrap();
+    for (windowing, mode) in [
+        (Windowing::Continuous, "continuous"),
+        (Windowing::PerWindow, "per-window"),
+    ] {
+        let expected = faster_whisper(&samples, 80, mode);
+        let got = mel::log_mel_with(&samples, 80, windowing, &gpu).unwrap();
+        assert_eq!(got.shape().dims(), [9, 80, FRAMES]);
+        let err = max_abs(&values(&got), &expected);
+        println!("nine windows, {mode}, GPU: max abs error {err:e}");
+        assert!(err <= 1e-4, "{mode}: {err:e}");
+    }
+}

@@ -58,6 +58,8 @@ const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Mel.params_bytes(
 /// Frames per workgroup of the FFT entry point, and its invocations (see `shaders/mel.wgsl`).
 const FFT_FRAMES: u32 = 2;
 const FFT_WORKGROUP: u32 = 40;
+/// Windows whose commands are recorded before the encoder is submitted and waited for.
+const WINDOWS_PER_SUBMIT: usize = 8;
 
 /// How samples become 30 s windows: both give `[windows, mels, 3000]` and agree on a single
 /// window of exactly 30 s; they differ at the windows' edges and in the normalisation.
@@ -330,9 +332,7 @@ pub fn log_mel_with(
             let table_buf = launch::words_buffer(gpu, "mel table", &gpu_table(&filters, mels));
             let filters_buf = f32_buffer(gpu, "mel filters", &filters);
             let maxes = launch::scratch(gpu, "mel maxima", (windows as u64 + 1) * 4);
-            let mut encoder = gpu
-                .wgpu_device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+            let mut encoder = new_encoder(gpu);
             let key = |entry| {
                 PipelineKey::new(Kernel::Mel, entry)
                     .with("WG", f64::from(WORKGROUP))
@@ -356,6 +356,13 @@ pub fn log_mel_with(
             };
             let fft_groups = FRAMES.div_ceil(FFT_FRAMES as usize) as u64;
             for w in 0..windows {
+                if w > 0 && w % WINDOWS_PER_SUBMIT == 0 {
+                    // Long audio: the windows' signals (1.9 MB each) live until their commands
+                    // are done; submit and wait every few windows so they do not all pile up.
+                    let done = std::mem::replace(&mut encoder, new_encoder(gpu));
+                    gpu.wgpu_queue().submit([done.finish()]);
+                    gpu.wait(OP)?;
+                }
                 params.window = w as u32;
                 let signal = f32_buffer(gpu, "mel window", &padded_window(samples, w, windowing));
                 let all = [&signal, &table_buf, &filters_buf, &maxes, out.buffer()];
@@ -398,6 +405,11 @@ pub fn log_mel_with(
         }
     };
     Ok(Tensor::new(OP.to_string(), DType::F32, shape, storage))
+}
+
+fn new_encoder(gpu: &crate::device::Gpu) -> wgpu::CommandEncoder {
+    gpu.wgpu_device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) })
 }
 
 /// A read-only storage buffer holding `values`.
