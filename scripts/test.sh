@@ -15,11 +15,15 @@ models="${MLMF_MODELS:-${XDG_CACHE_HOME:-$HOME/.cache}/mlmf}"
 venv="$models/venv"
 gguf_version=0.19.0
 safetensors_version=0.6.2
-if ! "$venv/bin/python" -c "import importlib.metadata as m, numpy; assert m.version('gguf') == '$gguf_version'; assert m.version('safetensors') == '$safetensors_version'" 2>/dev/null; then
-    echo "making $venv with gguf==$gguf_version and safetensors==$safetensors_version" >&2
+# Baselines of the audio bench (crates/mlmf/benches/audio.rs), as the fixtures were made with.
+soundfile_version=0.14.0
+soxr_version=1.1.0
+if ! "$venv/bin/python" -c "import importlib.metadata as m, numpy; assert m.version('gguf') == '$gguf_version'; assert m.version('safetensors') == '$safetensors_version'; assert m.version('soundfile') == '$soundfile_version'; assert m.version('soxr') == '$soxr_version'" 2>/dev/null; then
+    echo "making $venv with gguf==$gguf_version, safetensors==$safetensors_version, soundfile==$soundfile_version, soxr==$soxr_version" >&2
     mkdir -p "$models"
     python3 -m venv --clear "$venv"
-    "$venv/bin/python" -m pip install -q "gguf==$gguf_version" "safetensors==$safetensors_version"  # gguf pulls numpy
+    "$venv/bin/python" -m pip install -q "gguf==$gguf_version" "safetensors==$safetensors_version" \
+        "soundfile==$soundfile_version" "soxr==$soxr_version"  # gguf pulls numpy
 fi
 export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.

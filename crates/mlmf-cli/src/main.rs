@@ -45,6 +45,8 @@ macro_rules! note {
     }};
 }
 
+mod audio;
+
 #[derive(Parser)]
 #[command(
     name = "mlmf",
@@ -133,6 +135,35 @@ enum Command {
     /// (F32 [T, 3, S, S] preprocessed, or U8 [T, H, W, 3] with --raw) and `pts` (F64 [T],
     /// seconds); OUT.png gets a contact sheet of the frames in order.
     Frames(FramesArgs),
+    /// Decode an audio file (WAV, FLAC, MP3, Ogg Vorbis; detected by content) into
+    /// safetensors: key `samples` F32 [channels, n], metadata `sample_rate`.
+    Audio {
+        file: PathBuf,
+        /// Resample every channel to this rate (Hz).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Mix the channels to one by their mean: [1, n].
+        #[arg(long)]
+        mono: bool,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Whisper's log-mel spectrogram of an audio file (mixed to mono, resampled to 16 kHz):
+    /// key `mel` F32 [mels, 3000] for up to 30 s, [windows, mels, 3000] when longer.
+    Mel {
+        file: PathBuf,
+        #[arg(long, default_value_t = 80)]
+        mels: usize,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// How longer audio is cut into 30 s windows: each window padded on its own (Whisper's
+        /// pad_or_trim), or one spectrogram of the whole input cut every 3000 frames, the last
+        /// window's frames past the audio 0 (faster-whisper's transcribe).
+        #[arg(long, value_enum, default_value_t = WindowingArg::PerWindow)]
+        windowing: WindowingArg,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
     Lora {
         #[command(subcommand)]
@@ -289,6 +320,12 @@ enum QuantizedArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum WindowingArg {
+    PerWindow,
+    Continuous,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DeviceArg {
     Gpu,
     Cpu,
@@ -355,6 +392,25 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             images,
         } => classify(model, device, top, json, &images, out),
         Command::Frames(args) => frames(&args, out),
+        Command::Audio {
+            file,
+            rate,
+            mono,
+            output,
+        } => audio::audio(&file, rate, mono, &output, out),
+        Command::Mel {
+            file,
+            mels,
+            device,
+            windowing,
+            output,
+        } => {
+            let windowing = match windowing {
+                WindowingArg::PerWindow => mlmf::ops::mel::Windowing::PerWindow,
+                WindowingArg::Continuous => mlmf::ops::mel::Windowing::Continuous,
+            };
+            audio::log_mel(&file, mels, windowing, device, &output, out)
+        }
         Command::Lora {
             command:
                 LoraCommand::Merge {

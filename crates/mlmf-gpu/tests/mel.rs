@@ -195,3 +195,116 @@ fn zero_mels_is_refused() {
         })
     ));
 }
+
+/// faster-whisper's extractor (`scripts/mel_faster_whisper.py`, which runs faster-whisper
+/// 1.2.1's `feature_extractor.py` unmodified) on `samples` in `mode`: `[windows, mels, 3000]`.
+fn faster_whisper(samples: &[f32], mels: usize, mode: &str) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.f32"), dir.path().join("out.f32"));
+    let bytes: Vec<u8> = samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).unwrap();
+    let out = std::process::Command::new(common::python())
+        .arg(common::workspace_dir().join("scripts/mel_faster_whisper.py"))
+        .args([&input, std::path::Path::new(&mels.to_string())])
+        .arg(mode)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::f32s(&std::fs::read(&output).unwrap())
+}
+
+/// Audio longer than 30 s, both ways of cutting it, GPU and twin against faster-whisper's own
+/// extractor: 75 s (the last window half content: zeros after it in `Continuous`) and 60 s plus
+/// 100 samples, loudest at its very end (6000 content frames fill two windows exactly; the
+/// extractor's extra frame, in no window, holds the maximum; per window: 3 windows, the last of
+/// 100 samples).
+#[test]
+fn long_audio_matches_faster_whisper_both_ways() {
+    use mel::Windowing;
+    let jfk = wav_samples(&audio().join("jfk.wav"));
+    let long: Vec<f32> = jfk.iter().copied().cycle().take(75 * 16_000).collect();
+    let mut loud_end: Vec<f32> = jfk.iter().copied().cycle().take(960_100).collect();
+    // A full-scale 1 kHz tone over the last 300 samples.
+    for (i, v) in loud_end.iter_mut().rev().take(300).enumerate() {
+        *v = 0.99 * (std::f32::consts::TAU * i as f32 / 16.0).sin();
+    }
+    let gpu = Device::gpu().unwrap();
+    // Windows per way: ceil(samples / 480000), and ceil((samples / 160) / 3000).
+    for (name, samples, counts) in [
+        ("75 s", &long, [3, 3]),
+        ("60 s + loud end", &loud_end, [3, 2]),
+    ] {
+        for (windowing, mode, windows) in [
+            (Windowing::PerWindow, "per-window", counts[0]),
+            (Windowing::Continuous, "continuous", counts[1]),
+        ] {
+            let expected = faster_whisper(samples, 80, mode);
+            assert_eq!(expected.len(), windows * 80 * FRAMES, "{name} {mode}");
+            if name != "75 s" && mode == "continuous" {
+                // The extra frame's maximum (2.27, against 2.05 in the windows) sets the floor.
+                let floor = expected.iter().copied().fold(f32::MAX, f32::min);
+                assert!(
+                    (floor - (2.2731879 - 4.0) / 4.0).abs() < 1e-4,
+                    "floor {floor}"
+                );
+            }
+            for device in [&Device::Cpu, &gpu] {
+                let got = mel::log_mel_with(samples, 80, windowing, device).unwrap();
+                assert_eq!(got.shape().dims(), [windows, 80, FRAMES]);
+                let got = values(&got);
+                let err = max_abs(&got, &expected);
+                println!(
+                    "{name}, {mode}, {}: max abs error {err:e}",
+                    device.describe()
+                );
+                assert!(err <= 1e-4, "{name} {mode} {}: {err:e}", device.describe());
+            }
+        }
+    }
+    // The two ways differ where they should: not at all on exactly 30 s of one window...
+    let exact = &long[..WINDOW_SAMPLES];
+    let a = values(&mel::log_mel_with(exact, 80, Windowing::PerWindow, &Device::Cpu).unwrap());
+    let b = values(&mel::log_mel_with(exact, 80, Windowing::Continuous, &Device::Cpu).unwrap());
+    // ...but for the frames near the end, which see the appended zeros instead of a reflection.
+    let near_end = |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).map(|r| r[FRAMES - 1]).collect() };
+    assert!(max_abs(&a, &b) > 1e-3);
+    assert_ne!(near_end(&a), near_end(&b));
+    let head =
+        |v: &[f32]| -> Vec<f32> { v.chunks(FRAMES).flat_map(|r| r[..2990].to_vec()).collect() };
+    assert!(max_abs(&head(&a), &head(&b)) <= 1e-6);
+}
+
+/// Nine windows (more than the launcher records before it submits and waits): the GPU against
+/// faster-whisper's extractor, continuous (one maximum across all nine) and per window.
+#[test]
+fn nine_windows_on_the_gpu_match_faster_whisper() {
+    use mel::Windowing;
+    let jfk = wav_samples(&audio().join("jfk.wav"));
+    let n = 8 * WINDOW_SAMPLES + 20_000;
+    // jfk.wav repeated, louder in each window, so each window's own maximum differs.
+    let samples: Vec<f32> = jfk
+        .iter()
+        .copied()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, v)| v * (0.2 + 0.1 * (i / WINDOW_SAMPLES) as f32))
+        .collect();
+    let gpu = Device::gpu().unwrap();
+    for (windowing, mode) in [
+        (Windowing::Continuous, "continuous"),
+        (Windowing::PerWindow, "per-window"),
+    ] {
+        let expected = faster_whisper(&samples, 80, mode);
+        let got = mel::log_mel_with(&samples, 80, windowing, &gpu).unwrap();
+        assert_eq!(got.shape().dims(), [9, 80, FRAMES]);
+        let err = max_abs(&values(&got), &expected);
+        println!("nine windows, {mode}, GPU: max abs error {err:e}");
+        assert!(err <= 1e-4, "{mode}: {err:e}");
+    }
+}

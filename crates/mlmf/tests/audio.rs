@@ -288,3 +288,149 @@ fn resampling_keeps_a_pass_band_sine() {
         assert!(max < 1e-4, "{from} -> {to}: max abs {max}");
     }
 }
+
+/// WAV files of every PCM width (8-bit unsigned, 16, 24, 32) and float32, mono and up to six
+/// channels, plain and WAVE_FORMAT_EXTENSIBLE, written by `scripts/write_test_wavs.py` (Python's
+/// `wave` and `struct`, not mlmf) under a `.bin` extension, with the samples they hold
+/// (`int / 2^(bits-1)`, 8-bit `(u - 128) / 128`): every sample equal.
+#[test]
+fn wav_of_every_width_and_layout_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::python())
+        .arg(common::workspace_dir().join("scripts/write_test_wavs.py"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let channels = case["channels"].as_u64().unwrap() as usize;
+        let n = case["n"].as_u64().unwrap() as usize;
+        let got = decode_audio(&tmp.path().join(format!("{name}.bin")))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(u64::from(got.sample_rate), case["rate"].as_u64().unwrap());
+        assert_eq!((got.num_channels(), got.len()), (channels, n), "{name}");
+        let want = common::f32s(&std::fs::read(tmp.path().join(format!("{name}.f32"))).unwrap());
+        for (c, (g, w)) in got.channels.iter().zip(want.chunks(n)).enumerate() {
+            // Bit-exact, compared as bits (a -0.0 would be a difference too).
+            let g: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+            let w: Vec<u32> = w.iter().map(|v| v.to_bits()).collect();
+            assert!(g == w, "{name}: channel {c} differs");
+        }
+        println!("{name}: {channels} ch x {n}, exact");
+    }
+}
+
+/// A RIFF/WAVE file: the 16-byte PCM fmt chunk given by its fields, then `chunks` (whole, with
+/// their headers), the RIFF size as `riff_len` (or the true size).
+fn riff(fmt: [u32; 6], chunks: &[u8], riff_len: Option<u32>) -> Vec<u8> {
+    let [tag, channels, rate, byte_rate, block, bits] = fmt;
+    let mut body = b"WAVEfmt ".to_vec();
+    body.extend_from_slice(&16u32.to_le_bytes());
+    body.extend_from_slice(&(tag as u16).to_le_bytes());
+    body.extend_from_slice(&(channels as u16).to_le_bytes());
+    body.extend_from_slice(&rate.to_le_bytes());
+    body.extend_from_slice(&byte_rate.to_le_bytes());
+    body.extend_from_slice(&(block as u16).to_le_bytes());
+    body.extend_from_slice(&(bits as u16).to_le_bytes());
+    body.extend_from_slice(chunks);
+    let mut v = b"RIFF".to_vec();
+    v.extend_from_slice(&riff_len.unwrap_or(body.len() as u32).to_le_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+fn chunk(tag: &[u8; 4], declared: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = tag.to_vec();
+    v.extend_from_slice(&declared.to_le_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// Broken WAV files: every one a typed error naming the file, no panic; sizes the header claims
+/// (a data chunk or a LIST chunk of nearly 4 GiB in a file of a hundred bytes) are checked
+/// against the file before anything is read or allocated by them.
+#[test]
+fn broken_wav_files_are_typed_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pcm16 = [1, 1, 16000, 32000, 2, 16];
+    let data = chunk(b"data", 8, &[1, 0, 2, 0, 3, 0, 4, 0]);
+    let good = riff(pcm16, &data, None);
+    assert_eq!(
+        decode_audio(&write(tmp.path(), "good.bin", &good))
+            .unwrap()
+            .len(),
+        4
+    );
+    let huge_list = [
+        chunk(b"LIST", 0xFFFF_FF00, b"INFOINAM"),
+        0xFFFF_FE00u32.to_le_bytes().to_vec(),
+        b"title".to_vec(),
+        data.clone(),
+    ]
+    .concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("cut_in_riff_header.bin", good[..10].to_vec()),
+        ("cut_in_fmt.bin", good[..30].to_vec()),
+        ("cut_in_data_header.bin", good[..40].to_vec()),
+        ("cut_mid_sample.bin", good[..good.len() - 1].to_vec()),
+        (
+            "data_claims_4gib.bin",
+            riff(pcm16, &chunk(b"data", 0xFFFF_FFF0, &[1, 0, 2, 0]), None),
+        ),
+        (
+            "riff_and_data_claim_4gib.bin",
+            riff(
+                pcm16,
+                &chunk(b"data", 0xFFFF_FFF0, &[1, 0]),
+                Some(0xFFFF_FFF0),
+            ),
+        ),
+        (
+            "list_claims_4gib.bin",
+            riff(pcm16, &huge_list, Some(0xFFFF_FFFF)),
+        ),
+        (
+            "zero_channels.bin",
+            riff([1, 0, 16000, 32000, 2, 16], &data, None),
+        ),
+        (
+            "65535_channels.bin",
+            riff([1, 65535, 16000, 32000, 2, 16], &data, None),
+        ),
+        ("zero_rate.bin", riff([1, 1, 0, 0, 2, 16], &data, None)),
+        (
+            "zero_block_align.bin",
+            riff([1, 1, 16000, 32000, 0, 16], &data, None),
+        ),
+        ("12_bit.bin", riff([1, 1, 16000, 32000, 2, 12], &data, None)),
+        (
+            "float_16_bit.bin",
+            riff([3, 1, 16000, 32000, 2, 16], &data, None),
+        ),
+        (
+            "unknown_tag.bin",
+            riff([0x1234, 1, 16000, 32000, 2, 16], &data, None),
+        ),
+        ("no_data_chunk.bin", riff(pcm16, &[], None)),
+    ];
+    for (name, bytes) in cases {
+        let p = write(tmp.path(), name, &bytes);
+        let err = decode_audio(&p).unwrap_err();
+        let typed = match &err {
+            Error::CorruptAudio { path, .. }
+            | Error::UnsupportedAudio { path, .. }
+            | Error::EmptyAudio { path } => *path == p,
+            _ => false,
+        };
+        assert!(typed, "{name}: {err:?}");
+        println!("{name}: {err}");
+    }
+}

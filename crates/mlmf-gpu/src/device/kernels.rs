@@ -105,8 +105,9 @@ families! {
     /// Element-wise arithmetic and activations on f32 tensors (unary entry points bind a
     /// placeholder as the second operand).
     Elementwise = "elementwise" after ["common"], params 32, binds [U, R, R, W];
-    /// Whisper's log-mel spectrogram of one padded 30 s window: the signal, the windowed DFT
-    /// table, the mel filters, the power spectrum (scratch), the output.
+    /// Whisper's log-mel spectrogram, 30 s window by window: the window's padded signal, the
+    /// table (Hann window, FFT twiddles, band ranges), the mel filters, the window maxima, the
+    /// output.
     Mel = "mel" after ["common", "reduce"], params 32, binds [U, R, R, R, W, W];
     /// Concatenation along the last axis and weighted sums over modalities (the fusion
     /// modules): an input, the weights (a placeholder for concat), the output.

@@ -102,6 +102,9 @@ pub fn decode_audio(path: &Path) -> Result<Audio> {
     if let Some(reason) = ogg_cut(&file, file_len).map_err(|e| Error::io(path, e))? {
         return Err(corrupt(reason));
     }
+    if let Some(reason) = wav_header_problem(&file, file_len).map_err(|e| Error::io(path, e))? {
+        return Err(corrupt(reason));
+    }
 
     let mss = MediaSourceStream::new(Box::new(file), MediaSourceStreamOptions::default());
     let format_opts = FormatOptions {
@@ -223,4 +226,58 @@ fn ogg_cut(mut file: &File, file_len: u64) -> std::io::Result<Option<String>> {
     };
     file.seek(SeekFrom::Start(0))?;
     Ok(result.map(|r| format!("truncated: {r}")))
+}
+
+/// For a RIFF/WAVE file: why its chunk headers cannot be trusted, or None. symphonia 0.5.5 reads
+/// a `LIST`/`INFO` entry into a buffer of the size the entry declares (checked only against the
+/// declared RIFF size, itself from the file: a 100-byte file can ask for 4 GiB), and panics on a
+/// sample rate of 0 (`TimeBase::new`). So before it parses anything, every chunk up to `data`
+/// must fit in the file (`data` may not: a cut file is reported from the decoded count), and the
+/// `fmt ` chunk's sample rate must not be 0. Leaves the file positioned at 0.
+fn wav_header_problem(mut file: &File, file_len: u64) -> std::io::Result<Option<String>> {
+    // At most this many chunk headers are looked at (each costs a read and a seek).
+    const MAX_CHUNKS: usize = 1024;
+    let mut head = [0u8; 12];
+    let is_wav =
+        file.read_exact(&mut head).is_ok() && &head[..4] == b"RIFF" && &head[8..] == b"WAVE";
+    let mut problem = None;
+    let mut pos = 12u64;
+    for _ in 0..MAX_CHUNKS {
+        if !is_wav {
+            break;
+        }
+        let mut header = [0u8; 8];
+        file.seek(SeekFrom::Start(pos))?;
+        if file.read_exact(&mut header).is_err() {
+            break;
+        }
+        let tag = &header[..4];
+        let len = u64::from(u32::from_le_bytes([
+            header[4], header[5], header[6], header[7],
+        ]));
+        if tag == b"data" {
+            break;
+        }
+        let left = file_len.saturating_sub(pos + 8);
+        if len > left {
+            problem = Some(format!(
+                "the {:?} chunk at byte {pos} declares {len} bytes, the file has {left} after its header",
+                String::from_utf8_lossy(tag)
+            ));
+            break;
+        }
+        if tag == b"fmt " && len >= 8 {
+            let mut fmt = [0u8; 8];
+            file.read_exact(&mut fmt)?;
+            let rate = u32::from_le_bytes([fmt[4], fmt[5], fmt[6], fmt[7]]);
+            if rate == 0 {
+                problem = Some("a sample rate of 0 in the fmt chunk".to_string());
+                break;
+            }
+        }
+        // Chunks are padded to an even length.
+        pos += 8 + len + (len & 1);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(problem)
 }
