@@ -84,34 +84,8 @@ pub fn attention(
     mask: Option<&[u32]>,
     scale: Option<f32>,
 ) -> Result<Tensor> {
-    let expected = "a tensor [batch, seq, heads * head_dim]";
-    let [batch, seq_q, hidden] = launch::dims(OP, q, expected)?;
-    let [k_batch, seq_k, k_hidden] = launch::dims(OP, k, expected)?;
-    let v_dims = launch::dims::<3>(OP, v, expected)?;
-    for t in [q, k, v] {
-        launch::require_f32(OP, t)?;
-    }
-    if k_batch != batch || k_hidden != hidden {
-        return Err(launch::shape_error(OP, q, k));
-    }
-    if v_dims != [batch, seq_k, hidden] {
-        return Err(launch::shape_error(OP, k, v));
-    }
-    if heads == 0 || !hidden.is_multiple_of(heads) {
-        return Err(Error::OpArgument {
-            op: OP,
-            argument: "heads",
-            value: heads as u64,
-            expected: "a positive divisor of the width heads * head_dim",
-        });
-    }
-    let dims = Dims {
-        batch,
-        heads,
-        seq_q,
-        seq_k,
-        head_dim: hidden / heads,
-    };
+    let dims = operands(q, k, v, heads)?;
+    let (batch, seq_k) = (dims.batch, dims.seq_k);
     if let Some(m) = mask {
         if m.len() as u64 != batch as u64 * seq_k as u64 {
             return Err(Error::ShapeMismatch {
@@ -141,6 +115,39 @@ pub fn attention(
         q.shape().clone(),
         storage,
     ))
+}
+
+/// The sizes of q, k and v, checked: f32 `[batch, seq_q, hidden]`, `[batch, seq_k, hidden]`
+/// twice, `heads` dividing `hidden`.
+fn operands(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Dims> {
+    let expected = "a tensor [batch, seq, heads * head_dim]";
+    let [batch, seq_q, hidden] = launch::dims(OP, q, expected)?;
+    let [k_batch, seq_k, k_hidden] = launch::dims(OP, k, expected)?;
+    let v_dims = launch::dims::<3>(OP, v, expected)?;
+    for t in [q, k, v] {
+        launch::require_f32(OP, t)?;
+    }
+    if k_batch != batch || k_hidden != hidden {
+        return Err(launch::shape_error(OP, q, k));
+    }
+    if v_dims != [batch, seq_k, hidden] {
+        return Err(launch::shape_error(OP, k, v));
+    }
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(Error::OpArgument {
+            op: OP,
+            argument: "heads",
+            value: heads as u64,
+            expected: "a positive divisor of the width heads * head_dim",
+        });
+    }
+    Ok(Dims {
+        batch,
+        heads,
+        seq_q,
+        seq_k,
+        head_dim: hidden / heads,
+    })
 }
 
 /// The launcher: scores, softmax, weighted sums in one command encoder. Submitted, not waited
@@ -352,34 +359,8 @@ pub fn masked(
     heads: usize,
     options: &MaskedOptions,
 ) -> Result<Attended> {
-    let expected = "a tensor [batch, seq, heads * head_dim]";
-    let [batch, seq_q, hidden] = launch::dims(OP, q, expected)?;
-    let [k_batch, seq_k, k_hidden] = launch::dims(OP, k, expected)?;
-    let v_dims = launch::dims::<3>(OP, v, expected)?;
-    for t in [q, k, v] {
-        launch::require_f32(OP, t)?;
-    }
-    if k_batch != batch || k_hidden != hidden {
-        return Err(launch::shape_error(OP, q, k));
-    }
-    if v_dims != [batch, seq_k, hidden] {
-        return Err(launch::shape_error(OP, k, v));
-    }
-    if heads == 0 || !hidden.is_multiple_of(heads) {
-        return Err(Error::OpArgument {
-            op: OP,
-            argument: "heads",
-            value: heads as u64,
-            expected: "a positive divisor of the width heads * head_dim",
-        });
-    }
-    let d = Dims {
-        batch,
-        heads,
-        seq_q,
-        seq_k,
-        head_dim: hidden / heads,
-    };
+    let d = operands(q, k, v, heads)?;
+    let (batch, seq_q, seq_k) = (d.batch, d.seq_q, d.seq_k);
     let fused = match options.path {
         AttnPath::Auto => !options.weights,
         AttnPath::ThreePass => false,

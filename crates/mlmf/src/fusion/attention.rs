@@ -37,11 +37,12 @@
 //! # Ok::<(), mlmf::Error>(())
 //! ```
 
+use super::{f32_tensor, weight_dims, weight_values};
 use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::ops::attention::{self, AttnMask, AttnPath, MaskedOptions};
-use crate::ops::{convert, elementwise, matmul};
-use crate::{DType, Device, Tensor};
+use crate::ops::{elementwise, matmul};
+use crate::{Device, Tensor};
 
 /// What [`MultiheadAttention::forward`] does besides attending.
 #[derive(Clone, Copy, Debug, Default)]
@@ -93,46 +94,6 @@ pub struct MultiheadAttention {
     out: Linear,
 }
 
-/// A tensor of `file` as f32 values after checking its shape against `dims`: the values, or
-/// [`Error::TensorNotFound`] / [`Error::BadShape`] naming it.
-pub(crate) fn read_f32(file: &ModelFile, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
-    let info = file.tensor(name)?;
-    let bad = |reason: String| Error::BadShape {
-        path: file.path().to_path_buf(),
-        tensor: name.to_string(),
-        reason,
-    };
-    if info.shape.dims() != dims {
-        return Err(bad(format!(
-            "shape {:?}; expected {dims:?}",
-            info.shape.dims()
-        )));
-    }
-    if !matches!(info.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(bad(format!(
-            "dtype {}; expected F32, F16 or BF16",
-            info.dtype
-        )));
-    }
-    let host = Device::Cpu.load(file, name)?;
-    Ok(convert::bytes_to_f32(info.dtype, &host.to_bytes()?))
-}
-
-/// The dims of a tensor of `file`, or [`Error::TensorNotFound`].
-pub(crate) fn dims_of(file: &ModelFile, name: &str) -> Result<Vec<usize>> {
-    Ok(file.tensor(name)?.shape.dims().to_vec())
-}
-
-/// `values` as an F32 tensor named `name` on `device`.
-pub(crate) fn f32_tensor(
-    name: &str,
-    dims: Vec<usize>,
-    values: &[f32],
-    device: &Device,
-) -> Result<Tensor> {
-    Tensor::from_f32(name, dims, values)?.to_device(device)
-}
-
 impl MultiheadAttention {
     /// Read `{prefix}in_proj_weight` (or `{prefix}q_proj_weight`, `k_proj_weight`,
     /// `v_proj_weight`), `{prefix}in_proj_bias`, `{prefix}out_proj.weight`,
@@ -161,7 +122,7 @@ impl MultiheadAttention {
             }
         }
         let out_w = name("out_proj.weight");
-        let e = *dims_of(file, &out_w)?.first().unwrap_or(&0);
+        let e = *weight_dims(file, "", &out_w)?.first().unwrap_or(&0);
         if e == 0 || num_heads == 0 || !e.is_multiple_of(num_heads) {
             return Err(bad_model(format!(
                 "{out_w}: embed_dim {e} does not split into {num_heads} heads"
@@ -169,26 +130,26 @@ impl MultiheadAttention {
         }
         let packed = name("in_proj_weight");
         let (wq, wk, wv, kdim, vdim) = if file.tensor(&packed).is_ok() {
-            let w = read_f32(file, &packed, &[3 * e, e])?;
+            let w = weight_values(file, "", &packed, &[3 * e, e])?;
             let (q, rest) = w.split_at(e * e);
             let (k, v) = rest.split_at(e * e);
             (q.to_vec(), k.to_vec(), v.to_vec(), e, e)
         } else {
             let kn = name("k_proj_weight");
             let vn = name("v_proj_weight");
-            let kdim = *dims_of(file, &kn)?.get(1).unwrap_or(&0);
-            let vdim = *dims_of(file, &vn)?.get(1).unwrap_or(&0);
+            let kdim = *weight_dims(file, "", &kn)?.get(1).unwrap_or(&0);
+            let vdim = *weight_dims(file, "", &vn)?.get(1).unwrap_or(&0);
             (
-                read_f32(file, &name("q_proj_weight"), &[e, e])?,
-                read_f32(file, &kn, &[e, kdim])?,
-                read_f32(file, &vn, &[e, vdim])?,
+                weight_values(file, "", &name("q_proj_weight"), &[e, e])?,
+                weight_values(file, "", &kn, &[e, kdim])?,
+                weight_values(file, "", &vn, &[e, vdim])?,
                 kdim,
                 vdim,
             )
         };
         let bias = name("in_proj_bias");
         let (bq, bk, bv) = if file.tensor(&bias).is_ok() {
-            let b = read_f32(file, &bias, &[3 * e])?;
+            let b = weight_values(file, "", &bias, &[3 * e])?;
             (
                 Some(b[..e].to_vec()),
                 Some(b[e..2 * e].to_vec()),
@@ -199,11 +160,11 @@ impl MultiheadAttention {
         };
         let out_b = name("out_proj.bias");
         let bo = if file.tensor(&out_b).is_ok() {
-            Some(read_f32(file, &out_b, &[e])?)
+            Some(weight_values(file, "", &out_b, &[e])?)
         } else {
             None
         };
-        let wo = read_f32(file, &out_w, &[e, e])?;
+        let wo = weight_values(file, "", &out_w, &[e, e])?;
         let linear = |n: &str, w: &[f32], cols: usize, b: Option<Vec<f32>>| -> Result<Linear> {
             Ok(Linear {
                 weight: f32_tensor(&name(n), vec![e, cols], w, device)?,

@@ -13,7 +13,8 @@
 //! [`crate::ops::elementwise::gelu`] (the erf form, torch's default), the attention's fused
 //! kernel (no weights are needed here).
 
-use super::attention::{f32_tensor, read_f32, ForwardOptions, MultiheadAttention};
+use super::attention::{ForwardOptions, MultiheadAttention};
+use super::{f32_tensor, weight_values};
 use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::ops::{elementwise, matmul, norm};
@@ -78,7 +79,7 @@ impl Middle {
             });
         }
         let vector = |n: String, len: usize| -> Result<Tensor> {
-            f32_tensor(&n, vec![len], &read_f32(file, &n, &[len])?, device)
+            f32_tensor(&n, vec![len], &weight_values(file, "", &n, &[len])?, device)
         };
         let layer_norm = |n: &str, len: usize| -> Result<LayerNorm> {
             Ok(LayerNorm {
@@ -94,7 +95,7 @@ impl Middle {
                 weight: f32_tensor(
                     &w,
                     vec![out, inp],
-                    &read_f32(file, &w, &[out, inp])?,
+                    &weight_values(file, "", &w, &[out, inp])?,
                     device,
                 )?,
                 bias: vector(format!("{prefix}{n}.bias"), out)?,

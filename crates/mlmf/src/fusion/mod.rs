@@ -101,16 +101,15 @@ pub(crate) fn weight_dims(file: &ModelFile, prefix: &str, name: &str) -> Result<
         .to_vec())
 }
 
-/// `{prefix}{name}` of `file` as an F32 tensor on `device` (F16 and BF16 are widened exactly),
-/// after checking that its shape is `dims`: [`Error::TensorNotFound`] when it is missing,
+/// The values of `{prefix}{name}` of `file` as f32 (F16 and BF16 are widened exactly), after
+/// checking that its shape is `dims`: [`Error::TensorNotFound`] when it is missing,
 /// [`Error::BadShape`] for another shape or a dtype that is not a float, naming the tensor.
-pub(crate) fn weight(
+pub(crate) fn weight_values(
     file: &ModelFile,
     prefix: &str,
     name: &str,
     dims: &[usize],
-    device: &Device,
-) -> Result<Tensor> {
+) -> Result<Vec<f32>> {
     let full = format!("{prefix}{name}");
     let info = file.tensor(&full)?;
     let bad = |reason: String| Error::BadShape {
@@ -131,12 +130,29 @@ pub(crate) fn weight(
         )));
     }
     let host = Device::Cpu.load(file, &full)?;
-    let host = if info.dtype == DType::F32 {
-        host
-    } else {
-        convert::to_f32(&host)?
-    };
-    host.to_device(device)
+    Ok(convert::bytes_to_f32(info.dtype, &host.to_bytes()?))
+}
+
+/// [`weight_values`] as an F32 tensor on `device`.
+pub(crate) fn weight(
+    file: &ModelFile,
+    prefix: &str,
+    name: &str,
+    dims: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
+    let values = weight_values(file, prefix, name, dims)?;
+    f32_tensor(&format!("{prefix}{name}"), dims.to_vec(), &values, device)
+}
+
+/// `values` as an F32 tensor named `name` on `device`.
+pub(crate) fn f32_tensor(
+    name: &str,
+    dims: Vec<usize>,
+    values: &[f32],
+    device: &Device,
+) -> Result<Tensor> {
+    Tensor::from_f32(name, dims, values)?.to_device(device)
 }
 
 /// An `nn.Linear` with its bias: `y = x · Wᵀ + b`, W `[out, in]`.
