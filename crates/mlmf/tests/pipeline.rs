@@ -367,3 +367,45 @@ fn encoders_on_two_devices_of_one_adapter() {
     // The same kernels on the same adapter: the same numbers.
     assert_close("two devices against one", &split_out, &want, 0.0);
 }
+
+/// The file inputs go through each modality's preprocessing: a video file sampled (uniform, one
+/// frame: index 6 of the 12 of clip.apng) gives the features of the fixture's frame_6 (Pillow's
+/// decode) preprocessed as an image; an audio file gives the fixture's samples (ffmpeg's decode)
+/// at the file's rate.
+#[test]
+fn file_inputs_are_preprocessed_by_modality() {
+    use mlmf::multimodal::video::sample::Sampling;
+    use mlmf::multimodal::ImagePreprocess;
+
+    let gpu = Device::gpu().expect("a GPU adapter (lavapipe in CI)");
+    let pth = ModelFile::open(common::model(common::MOBILENET)).unwrap();
+    let video = common::fixtures().join("media/video");
+    let frames = ModelFile::open(video.join("clip.apng.frames.safetensors")).unwrap();
+    let info = frames.tensor("frame_6").unwrap();
+    let [h, w, 3] = info.shape.dims()[..] else {
+        panic!("frame_6 is [H, W, 3]")
+    };
+    let rgb = image::RgbImage::from_raw(w as u32, h as u32, frames.bytes(info).to_vec()).unwrap();
+    let x = ImagePreprocess::imagenet().apply(&rgb).unwrap();
+    let dims = [&[1][..], x.shape().dims()].concat();
+    let x = x.reshape(dims).unwrap();
+    let image = ImageEncoder::new(MobileNetV2::load(&pth, &gpu).unwrap())
+        .encode(&Input::Image(x))
+        .unwrap();
+    let clip = VideoEncoder::new(MobileNetV2::load(&pth, &gpu).unwrap())
+        .encode(&Input::VideoFile {
+            path: video.join("clip.apng"),
+            sampling: Sampling::Uniform { num: 1 },
+        })
+        .unwrap();
+    assert_eq!(clip.shape().dims(), [1, 1280]);
+    assert_eq!(clip.to_f32_vec().unwrap(), image.to_f32_vec().unwrap());
+
+    let audio = common::fixtures().join("media/audio");
+    let Input::Audio { samples, rate } = Input::audio_file(audio.join("jfk.flac")).unwrap() else {
+        panic!("an audio file is Input::Audio")
+    };
+    assert_eq!(rate, 16000);
+    let expected = ModelFile::open(audio.join("jfk.flac.samples.safetensors")).unwrap();
+    assert_eq!(samples, values(&expected, "samples"));
+}

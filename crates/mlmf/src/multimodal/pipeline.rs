@@ -39,7 +39,7 @@
 //! ```
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::fusion::early::EarlyFusion;
@@ -47,7 +47,8 @@ use crate::fusion::gate::AttentionGate;
 use crate::fusion::late::LateFusion;
 use crate::models::bert::BertEmbedder;
 use crate::models::mobilenet_v2::MobileNetV2;
-use crate::multimodal::ImagePreprocess;
+use crate::multimodal::video::sample::{sample_video, Sampling};
+use crate::multimodal::{decode_audio, ImagePreprocess};
 use crate::ops::matmul::{self, MatmulOptions};
 use crate::ops::norm;
 use crate::{Device, Tensor};
@@ -92,6 +93,23 @@ pub enum Input {
     /// Sampled, preprocessed frames of one clip `[T, 3, H, W]`, or of a batch of clips
     /// `[batch, T, 3, H, W]` (as the video sampler produces them).
     Video(Tensor),
+    /// A video file (anything [`crate::multimodal::open_video`] opens), sampled by the video
+    /// encoder with `sampling` and preprocessed as its model expects; windows become a batch of
+    /// clips.
+    VideoFile { path: PathBuf, sampling: Sampling },
+}
+
+impl Input {
+    /// An audio file decoded ([`crate::multimodal::decode_audio`]: WAV, FLAC, MP3, Ogg Vorbis)
+    /// and mixed to mono by the mean, at its own rate ([`Input::Audio`]; an audio encoder
+    /// resamples to what its model takes).
+    pub fn audio_file(path: impl AsRef<Path>) -> Result<Input> {
+        let audio = decode_audio(path.as_ref())?;
+        Ok(Input::Audio {
+            samples: audio.mono(),
+            rate: audio.sample_rate,
+        })
+    }
 }
 
 impl Input {
@@ -102,6 +120,7 @@ impl Input {
             Input::Image(_) => "an image tensor",
             Input::Audio { .. } => "audio samples",
             Input::Video(_) => "video frames",
+            Input::VideoFile { .. } => "a video file",
         }
     }
 }
@@ -221,15 +240,20 @@ impl Encoder for ImageEncoder {
 }
 
 /// MobileNetV2 over the frames of a clip: [`Input::Video`] `[T, 3, H, W]` (one clip) or
-/// `[batch, T, 3, H, W]` to `[batch, 1280]`, each clip's frame features averaged over T on the
-/// device (a matrix product with `1/T`).
+/// `[batch, T, 3, H, W]`, or [`Input::VideoFile`] (sampled, ImageNet preprocessing), to
+/// `[batch, 1280]`, each clip's frame features averaged over T on the device (a matrix product
+/// with `1/T`).
 pub struct VideoEncoder {
     model: MobileNetV2,
+    preprocess: ImagePreprocess,
 }
 
 impl VideoEncoder {
     pub fn new(model: MobileNetV2) -> VideoEncoder {
-        VideoEncoder { model }
+        VideoEncoder {
+            model,
+            preprocess: ImagePreprocess::imagenet(),
+        }
     }
 }
 
@@ -239,8 +263,14 @@ impl Encoder for VideoEncoder {
     }
 
     fn encode(&self, input: &Input) -> Result<Tensor> {
-        let Input::Video(frames) = input else {
-            return Err(wrong_input("VideoEncoder", input));
+        let sampled;
+        let frames = match input {
+            Input::Video(frames) => frames,
+            Input::VideoFile { path, sampling } => {
+                sampled = sample_video(path, *sampling, &self.preprocess)?.tensor;
+                &sampled
+            }
+            _ => return Err(wrong_input("VideoEncoder", input)),
         };
         let (batch, t, chw) = match frames.shape().dims() {
             [t, c, h, w] => (1, *t, [*c, *h, *w]),
