@@ -21,8 +21,8 @@
 //               FUSED_DIMS output columns) in one invocation with an online softmax: the scores
 //               are never stored, so [batch, heads, seq_q, seq_k] need not fit anywhere. Per
 //               kept key j in order:
-//               if s_j > m { c = exp(m - s_j) (0 for the first); l *= c; acc *= c; m = s_j }
-//               e = exp(s_j - m); l += e; acc += e * v_j;
+//               m' = max(m, s_j); c = exp(m - m') (0 for the first, 1 while the maximum
+//               stays); m = m'; e = exp(s_j - m); l = l c + e; acc = acc c + e v_j;
 //               then out = acc / l (0 if l = 0) when the keys are one piece, else the record
 //               (m, l, acc) of the piece;
 //   mha_fused_combine: per output element, the pieces' records merged in order: M = max m_s
@@ -239,22 +239,21 @@ fn mha_fused(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
                 continue;
             }
         }
-        if s > m {
-            var f = 0.0;
-            if l > 0.0 {
-                f = exp(max(m - s, EXP_FLOOR));
-            }
-            l *= f;
-            for (var d = 0u; d < dn; d++) {
-                acc[d] *= f;
-            }
-            m = s;
+        // Without a branch on s > m (f is exactly 1 while the maximum stays, 0 before the first
+        // kept key), so that every key costs the same loop iterations: lavapipe ends the loops
+        // of an invocation after 65535 iterations in all, and fused_splits keeps a piece within
+        // that (see LOOP_ITERATIONS in ops/attention.rs).
+        let m_new = max(m, s);
+        var f = 0.0;
+        if l > 0.0 {
+            f = exp(max(m - m_new, EXP_FLOOR));
         }
+        m = m_new;
         let e = exp(max(s - m, EXP_FLOOR));
-        l += e;
+        l = l * f + e;
         let vbase = (bb * params.seq_k + j) * hidden + h * params.head_dim + d0;
         for (var d = 0u; d < dn; d++) {
-            acc[d] += e * c[vbase + d];
+            acc[d] = acc[d] * f + e * c[vbase + d];
         }
     }
     if params.splits == 1u {

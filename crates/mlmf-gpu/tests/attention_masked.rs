@@ -552,3 +552,42 @@ fn empty_shapes() {
         }
     }
 }
+
+/// Query rows enough that the fused path keeps the keys in one piece, over more keys than one
+/// lavapipe invocation may loop over (llvmpipe ends an invocation's loops after 65535 iterations
+/// in all; before the pieces were bounded, these shapes came back with most columns 0): GPU and
+/// twin within the fused bound of exact attention.
+#[test]
+fn fused_keys_past_one_invocations_loop_budget() {
+    let gpu = Device::gpu().unwrap();
+    for (heads, head_dim, seq_q, seq_k) in [(6, 64, 64, 512), (1, 64, 64, 4096), (2, 128, 32, 2000)]
+    {
+        let d = Dims {
+            batch: 1,
+            heads,
+            seq_q,
+            seq_k,
+            head_dim,
+        };
+        let case = Case::new(d, 31);
+        let hidden = heads * head_dim;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let r = reference(&case.q, &case.k, &case.v, Masks::default(), d, scale, true);
+        for device in [gpu.clone(), Device::Cpu] {
+            let q = on(&device, "q", vec![1, seq_q, hidden], &case.q);
+            let k = on(&device, "k", vec![1, seq_k, hidden], &case.k);
+            let v = on(&device, "v", vec![1, seq_k, hidden], &case.v);
+            let options = MaskedOptions {
+                path: AttnPath::Fused,
+                ..Default::default()
+            };
+            let out = attention::masked(&q, &k, &v, heads, &options).unwrap();
+            check(
+                &format!("fused {heads}x{head_dim}, {seq_q} over {seq_k} keys on {device:?}"),
+                &values(&out.output),
+                &r.out,
+                &r.out_bound,
+            );
+        }
+    }
+}

@@ -425,7 +425,7 @@ pub fn masked(
             );
             if fused {
                 let rows = (d.batch * d.heads * d.seq_q * d.head_dim.div_ceil(FUSED_DIMS)) as u64;
-                let pieces = fused_splits(rows, d.seq_k, CPU_INVOCATIONS);
+                let pieces = fused_splits(rows, d.seq_k, d.head_dim, CPU_INVOCATIONS);
                 let out = cpu::fused(&qf, &kf, &vf, spec, d, scale, pieces);
                 (Storage::Cpu(launch::f32_bytes(&out)), None)
             } else {
@@ -527,7 +527,7 @@ fn gpu_masked(
                 Reduce::PerInvocation => CPU_INVOCATIONS,
                 Reduce::Workgroup => GPU_INVOCATIONS,
             };
-            let (splits, split_len) = fused_splits(rows * chunks, d.seq_k, target);
+            let (splits, split_len) = fused_splits(rows * chunks, d.seq_k, d.head_dim, target);
             params.splits = u32_of(splits as u64, "the key pieces")?;
             params.split_len = u32_of(split_len as u64, "the key piece length")?;
             let invocations = (rows * chunks).saturating_mul(splits as u64);
@@ -638,13 +638,35 @@ pub const MIN_SPLIT_KEYS: usize = 64;
 const CPU_INVOCATIONS: u64 = 256;
 const GPU_INVOCATIONS: u64 = 8192;
 
+/// llvmpipe (lavapipe) ends the loops of an invocation, silently, once all of them together have
+/// run 65535 iterations (gallivm's `LP_MAX_TGSI_LOOP_ITERATIONS`, one counter shared by every
+/// loop of a shader): a fused invocation past it returned partial sums. One piece of the keys
+/// stays within half of it (measured: pieces of 507 keys of 64 columns, which our count puts
+/// just under 65535, still failed).
+const LOOP_ITERATIONS: usize = 65535 / 2;
+
+/// The most keys one fused invocation takes: each costs one iteration of the key loop,
+/// `head_dim` of the score's and up to [`FUSED_DIMS`] of the accumulators'; the query row and
+/// the output cost `head_dim + FUSED_DIMS` once.
+fn max_piece_keys(head_dim: usize) -> usize {
+    let per_key = 1 + head_dim + head_dim.min(FUSED_DIMS);
+    (LOOP_ITERATIONS.saturating_sub(head_dim + FUSED_DIMS) / per_key).max(1)
+}
+
 /// How the fused path cuts `seq_k` keys for `rows` (query rows times column chunks): `(pieces,
 /// keys per piece)`, as many pieces as bring the invocations to `target` but at most
-/// `ceil(seq_k / MIN_SPLIT_KEYS)`; one piece when the rows alone reach it.
-pub(crate) fn fused_splits(rows: u64, seq_k: usize, target: u64) -> (usize, usize) {
+/// `ceil(seq_k / MIN_SPLIT_KEYS)`, and none longer than [`max_piece_keys`]; one piece when the
+/// rows alone reach the target and the keys fit. The same cut on every adapter, so that the
+/// twin's sums are the GPU's.
+pub(crate) fn fused_splits(
+    rows: u64,
+    seq_k: usize,
+    head_dim: usize,
+    target: u64,
+) -> (usize, usize) {
     let most = seq_k.div_ceil(MIN_SPLIT_KEYS).max(1) as u64;
     let want = target.div_ceil(rows.max(1)).clamp(1, most) as usize;
-    let len = seq_k.div_ceil(want).max(1);
+    let len = seq_k.div_ceil(want).clamp(1, max_piece_keys(head_dim));
     // Pieces of `len` keys; the last may be shorter, none empty.
     (seq_k.div_ceil(len).max(1), len)
 }
@@ -789,24 +811,21 @@ pub(crate) mod cpu {
                             if s == f32::MIN {
                                 continue;
                             }
-                            if s > mx {
-                                let f = if l > 0.0 {
-                                    (mx - s).max(EXP_FLOOR).exp()
-                                } else {
-                                    0.0
-                                };
-                                l *= f;
-                                for a in acc.iter_mut() {
-                                    *a *= f;
-                                }
-                                mx = s;
-                            }
+                            // The shader's update, without a branch: f is 1 while the
+                            // maximum stays, 0 before the first kept key.
+                            let m_new = mx.max(s);
+                            let f = if l > 0.0 {
+                                (mx - m_new).max(EXP_FLOOR).exp()
+                            } else {
+                                0.0
+                            };
+                            mx = m_new;
                             let e = (s - mx).max(EXP_FLOOR).exp();
-                            l += e;
+                            l = l * f + e;
                             let vrow =
                                 &v[(b * d.seq_k + j) * hidden + h * d.head_dim..][..d.head_dim];
                             for (a, x) in acc.iter_mut().zip(vrow) {
-                                *a += e * x;
+                                *a = *a * f + e * x;
                             }
                         }
                         records.push((mx, l, acc));
