@@ -2049,7 +2049,7 @@ fn ctranslate2_seeds_parse() {
         let bytes = small_ct2(version);
         let p = formats::parse(&bytes, Path::new("seed")).unwrap();
         assert_eq!(p.format, mlmf_core::Format::CTranslate2);
-        let expected = if version >= 4 { 9 } else { 4 };
+        let expected = if version >= 4 { 7 } else { 3 };
         assert_eq!(p.tensors.len(), expected, "version {version}");
     }
 }

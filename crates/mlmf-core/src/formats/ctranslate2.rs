@@ -14,10 +14,12 @@
 //!
 //! Nothing is aligned: a variable's data starts right after its byte count, so f16 tensors lie
 //! at odd offsets. Views are byte slices (`&[u8]`); readers decode them with `from_le_bytes`,
-//! never by casting the pointer. An alias becomes a tensor of its own name over its target's
-//! bytes, as CTranslate2's `register_variable_alias` makes both names find one variable.
+//! never by casting the pointer. Aliases are listed in the metadata ([`KEY_ALIASES`]) and not as
+//! tensors (the bytes are stored once); [`super::ModelFile::tensor`] finds an alias's target by
+//! the alias's name, as CTranslate2's `register_variable_alias` makes both names find one
+//! variable.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 
 use super::reader::ByteReader;
@@ -156,35 +158,33 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Parsed> {
     }
 
     if version >= 3 {
-        let mut by_name: HashMap<String, usize> = HashMap::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            by_name.insert(t.name.clone(), i);
-        }
+        let mut names: HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
         let count_at = r.pos();
         let count = r.u32("alias count")?;
         let count = r.check_count(count.into(), MIN_ALIAS_BYTES, "alias count", count_at)?;
         let mut aliases = Vec::with_capacity(count);
         for _ in 0..count {
             let at = r.pos();
-            let alias = string(&mut r, "alias name")?.to_string();
-            let target = string(&mut r, "alias target")?.to_string();
+            let alias = string(&mut r, "alias name")?;
+            let target = string(&mut r, "alias target")?;
             // Like `register_variable_alias`: the target may be a variable or an earlier alias.
-            let Some(&i) = by_name.get(&target) else {
+            if !names.contains(target) {
                 return Err(Error::BadAlias {
                     path: path.to_path_buf(),
-                    alias,
-                    target,
+                    alias: alias.to_string(),
+                    target: target.to_string(),
                     offset: at as u64,
                 });
-            };
-            let mut t = tensors[i].clone();
-            t.name.clone_from(&alias);
-            // The index keeps the first name; a clash is reported by `ModelFile` as a duplicate.
-            by_name.entry(alias.clone()).or_insert(tensors.len());
-            tensors.push(t);
+            }
+            if !names.insert(alias) {
+                return Err(Error::DuplicateTensor {
+                    path: path.to_path_buf(),
+                    tensor: alias.to_string(),
+                });
+            }
             aliases.push(Value::Array(vec![
-                Value::String(alias),
-                Value::String(target),
+                Value::String(alias.to_string()),
+                Value::String(target.to_string()),
             ]));
         }
         metadata
@@ -307,6 +307,23 @@ fn string<'a>(r: &mut ByteReader<'a>, what: &str) -> Result<&'a str> {
 /// `None` for a version-1 file, which has none.
 pub fn spec(metadata: &Metadata) -> Option<&str> {
     metadata.get(KEY_SPEC).and_then(Value::as_str)
+}
+
+/// The aliases of a parsed CTranslate2 file's metadata, `(alias, target)` in file order.
+pub fn aliases(metadata: &Metadata) -> Vec<(&str, &str)> {
+    let Some(Value::Array(items)) = metadata.get(KEY_ALIASES) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(a), Value::String(t)] => Some((a.as_str(), t.as_str())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 /// Refuse a model file unless it is a CTranslate2 file of `expected` spec.

@@ -148,6 +148,15 @@ impl ModelFile {
                 });
             }
         }
+        if parsed.format == Format::CTranslate2 {
+            // An alias finds its target (the parser checked that it names a variable or an
+            // earlier alias, and clashes with no name).
+            for (alias, target) in super::ctranslate2::aliases(&parsed.metadata) {
+                if let Some(&i) = by_name.get(target) {
+                    by_name.entry(alias.to_string()).or_insert(i);
+                }
+            }
+        }
         Ok(ModelFile {
             path,
             format: parsed.format,
@@ -178,6 +187,7 @@ impl ModelFile {
         &self.tensors
     }
 
+    /// The tensor called `name`; for a CTranslate2 alias, its target (whose name it keeps).
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.by_name
             .get(name)
