@@ -183,14 +183,6 @@ fn whisper_file_agrees_with_an_independent_reading() {
     assert!(odd_checked);
 }
 
-#[test]
-fn a_model_directory_opens_its_model_bin() {
-    let path = common::model(common::WHISPER_CT2);
-    let dir = ModelFile::open(path.parent().unwrap()).unwrap();
-    assert_eq!(dir.format(), Format::CTranslate2);
-    assert_eq!(dir.path(), path);
-}
-
 // ---- synthetic files ------------------------------------------------------------------------
 
 /// Offsets of one variable record's fields.

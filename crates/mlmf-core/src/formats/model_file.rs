@@ -8,13 +8,8 @@ use memmap2::Mmap;
 use super::{detect, index, safetensors, Format, Metadata, Parsed, TensorInfo};
 use crate::error::{Error, Result};
 
-/// What [`ModelFile::open`] looks for in a directory, in this order (Hugging Face's names, then
-/// CTranslate2's, the name faster-whisper's model directories use).
-const DIRECTORY_MODELS: [&str; 3] = [
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "model.bin",
-];
+/// What [`ModelFile::open`] looks for in a directory, in this order (Hugging Face's names).
+const DIRECTORY_MODELS: [&str; 2] = ["model.safetensors.index.json", "model.safetensors"];
 
 /// A model file (or a sharded set of them) opened for reading. Tensor bytes are views into the
 /// memory map: nothing is copied until a tensor is loaded.
@@ -49,8 +44,7 @@ impl MappedFile {
 
 impl ModelFile {
     /// Open a safetensors, GGUF, PyTorch or CTranslate2 file, a `model.safetensors.index.json`,
-    /// or a directory holding one of `model.safetensors.index.json` / `model.safetensors` /
-    /// `model.bin`.
+    /// or a directory holding one of `model.safetensors.index.json` / `model.safetensors`.
     /// The format is found from the first bytes, never from the file name.
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile> {
         let mut path = path.as_ref().to_path_buf();
