@@ -96,7 +96,7 @@ enum Command {
         keep: Vec<String>,
     },
     /// Convert between safetensors (OUT ending in .safetensors), GGUF (.gguf) and sharded
-    /// safetensors (any other OUT: a directory); PyTorch is read only. Metadata is kept, and
+    /// safetensors (any other OUT: a directory); PyTorch and CTranslate2 are read only. Metadata is kept, and
     /// a provenance record (mlmf.provenance) is added unless --no-provenance.
     Convert(ConvertArgs),
     /// Sentence embeddings with a BERT sentence-transformers model (all-MiniLM-L6-v2):
