@@ -93,7 +93,8 @@ pub enum Error {
         offset: u64,
     },
 
-    /// A CTranslate2 file written from another model spec than the one asked for.
+    /// A CTranslate2 file written from another model spec than the one asked for (or a file
+    /// that is not CTranslate2 at all, which `found` then says).
     #[error("{path}: a CTranslate2 model of spec '{found}', expected '{expected}'")]
     WrongSpec {
         path: PathBuf,

@@ -372,6 +372,12 @@ fn unaligned_f16_view_reads_through_model_file() {
         msg.contains("weights.data") && msg.contains("TestSpecs"),
         "{msg}"
     );
+    // A file of another format is refused by the same check.
+    let st = ModelFile::open(common::model(common::MINILM)).unwrap();
+    let msg = ctranslate2::expect_spec(&st, "WhisperSpec")
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("a safetensors file, not CTranslate2"), "{msg}");
 }
 
 #[test]

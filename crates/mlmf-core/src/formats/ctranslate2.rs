@@ -329,17 +329,18 @@ pub fn aliases(metadata: &Metadata) -> Vec<(&str, &str)> {
 /// Refuse a model file unless it is a CTranslate2 file of `expected` spec.
 pub fn expect_spec(file: &super::ModelFile, expected: &str) -> Result<()> {
     let found = if file.format() == Format::CTranslate2 {
-        spec(file.metadata()).unwrap_or("(none: binary version 1)")
+        match spec(file.metadata()) {
+            Some(spec) if spec == expected => return Ok(()),
+            Some(spec) => spec.to_string(),
+            None => "(none: binary version 1 names no spec)".to_string(),
+        }
     } else {
-        file.format().name()
+        format!("(none: a {} file, not CTranslate2)", file.format())
     };
-    if found == expected {
-        return Ok(());
-    }
     Err(Error::WrongSpec {
         path: file.path().to_path_buf(),
         expected: expected.to_string(),
-        found: found.to_string(),
+        found,
     })
 }
 
