@@ -96,7 +96,7 @@ enum Command {
         keep: Vec<String>,
     },
     /// Convert between safetensors (OUT ending in .safetensors), GGUF (.gguf) and sharded
-    /// safetensors (any other OUT: a directory); PyTorch is read only. Metadata is kept, and
+    /// safetensors (any other OUT: a directory); PyTorch and CTranslate2 are read only. Metadata is kept, and
     /// a provenance record (mlmf.provenance) is added unless --no-provenance.
     Convert(ConvertArgs),
     /// Sentence embeddings with a BERT sentence-transformers model (all-MiniLM-L6-v2):
@@ -640,11 +640,12 @@ fn short(v: &Value) -> String {
 fn dump(path: &PathBuf, name: &str, device_arg: DeviceArg, output: &PathBuf) -> Result<()> {
     let file = ModelFile::open(path)?;
     let device = device(device_arg)?;
-    file.tensor(name)?;
+    // A CTranslate2 alias names its target, whose tensor is the one loaded.
+    let target = file.tensor(name)?.name.clone();
     let bar = progress_bar();
     bar.set_message(format!("loading {name}"));
     let mut loaded =
-        device.load_where_with_progress(&file, |t| t.name == name, &mut |done, total| {
+        device.load_where_with_progress(&file, |t| t.name == target, &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })?;

@@ -292,3 +292,62 @@ fn strided_views_and_scalars_load_as_their_own_bytes() {
         }
     }
 }
+
+/// Whisper tiny.en's CTranslate2 file: f16 tensors at odd file offsets, 1- and 2-byte scalars,
+/// an alias. Every tensor loads bit-identical on the GPU and the CPU; f16 stays f16 on both
+/// (kernels read 16-bit operands as u32 words and widen them in the shader, so they need no
+/// shader-f16), and its widening to f32 on the GPU equals half's exact widening.
+#[test]
+fn whisper_ctranslate2_loads_bit_identical() {
+    let file = ModelFile::open(common::model(common::WHISPER_CT2)).unwrap();
+    let device = gpu();
+    assert_roundtrip(&device, &file);
+    assert_roundtrip(&Device::Cpu, &file);
+    for name in [
+        // The alias of the token embedding, stored at byte 187.
+        "decoder/projection/weight",
+        "encoder/conv1/weight",
+        "encoder/layer_0/self_attention/linear_0/bias",
+        "encoder/num_heads",
+        "decoder/activation",
+    ] {
+        let info = file.tensor(name).unwrap();
+        let bytes = file.bytes(info);
+        let want: Vec<f32> = match info.dtype {
+            DType::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::I16 => bytes
+                .chunks_exact(2)
+                .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            DType::I8 => bytes.iter().map(|&b| f32::from(b as i8)).collect(),
+            other => panic!("{name}: {other}"),
+        };
+        for device in [&device, &Device::Cpu] {
+            let t = device.load(&file, name).unwrap();
+            assert_eq!(t.dtype(), info.dtype, "{name}: loaded as stored");
+            assert_eq!(t.shape(), &info.shape, "{name}");
+            let got = t.to_f32_vec().unwrap();
+            assert_eq!(got.len(), want.len(), "{name}");
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(
+                same,
+                "{name} on {}: widened values differ",
+                device.describe()
+            );
+        }
+    }
+    assert_eq!(
+        file.tensor("decoder/projection/weight")
+            .unwrap()
+            .range
+            .start
+            % 2,
+        1
+    );
+}

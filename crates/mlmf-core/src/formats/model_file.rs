@@ -43,8 +43,8 @@ impl MappedFile {
 }
 
 impl ModelFile {
-    /// Open a safetensors, GGUF or PyTorch file, a `model.safetensors.index.json`, or a
-    /// directory holding one of `model.safetensors.index.json` / `model.safetensors`.
+    /// Open a safetensors, GGUF, PyTorch or CTranslate2 file, a `model.safetensors.index.json`,
+    /// or a directory holding one of `model.safetensors.index.json` / `model.safetensors`.
     /// The format is found from the first bytes, never from the file name.
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile> {
         let mut path = path.as_ref().to_path_buf();
@@ -142,6 +142,15 @@ impl ModelFile {
                 });
             }
         }
+        if parsed.format == Format::CTranslate2 {
+            // An alias finds its target (the parser checked that it names a variable or an
+            // earlier alias, and clashes with no name).
+            for (alias, target) in super::ctranslate2::aliases(&parsed.metadata) {
+                if let Some(&i) = by_name.get(target) {
+                    by_name.entry(alias.to_string()).or_insert(i);
+                }
+            }
+        }
         Ok(ModelFile {
             path,
             format: parsed.format,
@@ -172,6 +181,7 @@ impl ModelFile {
         &self.tensors
     }
 
+    /// The tensor called `name`; for a CTranslate2 alias, its target (whose name it keeps).
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.by_name
             .get(name)
