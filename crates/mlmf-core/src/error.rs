@@ -22,7 +22,7 @@ pub enum Error {
     #[error("{path} is a {kind}, not a regular file; mlmf reads and replaces only regular files")]
     NotAFile { path: PathBuf, kind: &'static str },
 
-    #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF or a PyTorch checkpoint")]
+    #[error("{path}: not a known model file (first bytes {magic:02x?}); expected safetensors, GGUF, a PyTorch checkpoint or a CTranslate2 model.bin")]
     UnknownFormat { path: PathBuf, magic: Vec<u8> },
 
     /// A directory was given as the model and holds none of the files a model directory is
@@ -73,6 +73,32 @@ pub enum Error {
         path: PathBuf,
         format: &'static str,
         version: u64,
+    },
+
+    /// A CTranslate2 variable record whose dims, dtype and byte count disagree.
+    #[error("{path}: variable '{tensor}' (at offset {offset}): {reason}")]
+    BadVariable {
+        path: PathBuf,
+        tensor: String,
+        offset: u64,
+        reason: String,
+    },
+
+    /// A CTranslate2 alias whose target is neither a variable nor an earlier alias.
+    #[error("{path}: alias '{alias}' at offset {offset} names '{target}', which is not a variable of the file")]
+    BadAlias {
+        path: PathBuf,
+        alias: String,
+        target: String,
+        offset: u64,
+    },
+
+    /// A CTranslate2 file written from another model spec than the one asked for.
+    #[error("{path}: a CTranslate2 model of spec '{found}', expected '{expected}'")]
+    WrongSpec {
+        path: PathBuf,
+        expected: String,
+        found: String,
     },
 
     #[error("{path}: tensor '{tensor}': unknown dtype {dtype}")]

@@ -1,11 +1,13 @@
 //! A bounded mutation fuzzer over the wgpu-free parsers: safetensors, GGUF, PyTorch zip and
-//! legacy pickle, and the sharded-safetensors index (through `ModelFile::open`).
+//! legacy pickle, CTranslate2, and the sharded-safetensors index (through `ModelFile::open`).
 //!
 //! **Seeds**: the real files in the model cache (SmolLM2 and gemma-3 GGUF, MiniLM safetensors,
 //! MobileNetV2 legacy `.pth`, pocketnet zip `.pt`), the PyTorch corpus in `tests/data` (views
 //! with gaps, expanded views, tied storages and 0-d tensors among them), gguf-py's GGUFs with 0-d
 //! tensors and with one tensor of every block type there, the safetensors and GGUF files in `../shared/fixtures`, a small GGUF written here with every
-//! metadata type, and a shard index over three shards made from a fixture. Each seed is walked
+//! metadata type, Whisper tiny.en's CTranslate2 `model.bin` and two CTranslate2 files written
+//! here (version 6 with every dtype, scalars and aliases; version 3 with item sizes), and a
+//! shard index over three shards made from a fixture. Each seed is walked
 //! once to find its fields (header lengths, counts, dims, offsets, string lengths, zip records,
 //! pickle opcodes and their arguments; number and string tokens of JSON headers).
 //!
@@ -46,14 +48,14 @@
 //! asks for far more (a u32 count of 8-byte items is 32 GiB); any single request over 1 GiB
 //! while a case runs aborts the process after printing the case's replay line.
 //!
-//! **Budget**: `MLMF_FUZZ_SECS` seconds in all (default 60, split evenly over the five targets,
-//! which run as five tests in parallel), at most `MLMF_FUZZ_ITERS` cases per target (default
+//! **Budget**: `MLMF_FUZZ_SECS` seconds in all (default 60, split evenly over the six targets,
+//! which run as six tests in parallel), at most `MLMF_FUZZ_ITERS` cases per target (default
 //! unbounded). Cases are deterministic given `MLMF_FUZZ_SEED` (default 1): case `i` of a target
 //! depends only on the seed, the target and `i`. A failure is reported with its seed file, its
 //! mutations, a hex dump of its first bytes and the path of the input written under
 //! `target/tmp/fuzz-failures/`, and `MLMF_FUZZ_REPLAY=<target>:<seed>:<case>` reruns that one
 //! case. A run stops at its first failure unless `MLMF_FUZZ_KEEP_GOING` is set (then at ten).
-//! Long local run (1800 s of fuzzing over the five targets, another seed):
+//! Long local run (1800 s of fuzzing over the six targets, another seed):
 //!
 //! ```text
 //! MLMF_FUZZ_SECS=1800 MLMF_FUZZ_SEED=2 cargo test -p mlmf-core --test fuzz -- --nocapture
@@ -256,6 +258,7 @@ enum Target {
     PyTorchZip,
     PyTorchLegacy,
     ShardIndex,
+    CTranslate2,
 }
 
 impl Target {
@@ -266,6 +269,7 @@ impl Target {
             Target::PyTorchZip => "pytorch-zip",
             Target::PyTorchLegacy => "pytorch-legacy",
             Target::ShardIndex => "shard-index",
+            Target::CTranslate2 => "ctranslate2",
         }
     }
 
@@ -274,12 +278,13 @@ impl Target {
     }
 }
 
-const ALL_TARGETS: [Target; 5] = [
+const ALL_TARGETS: [Target; 6] = [
     Target::Safetensors,
     Target::Gguf,
     Target::PyTorchZip,
     Target::PyTorchLegacy,
     Target::ShardIndex,
+    Target::CTranslate2,
 ];
 
 /// A place in a seed worth mutating.
@@ -386,6 +391,7 @@ fn seed(name: String, bytes: Bytes, target: Target) -> Seed {
         Target::PyTorchZip => zip_fields(bytes.as_slice()),
         Target::PyTorchLegacy => legacy_fields(bytes.as_slice()),
         Target::ShardIndex => json_fields(bytes.as_slice(), 0),
+        Target::CTranslate2 => ct2_fields(bytes.as_slice()),
     };
     assert!(!regions.is_empty(), "{name}: no header found");
     Seed {
@@ -463,6 +469,7 @@ fn seeds(target: Target, shard_dir: &Path) -> Vec<Seed> {
             p
         }
         Target::ShardIndex => vec![write_shards(shard_dir)],
+        Target::CTranslate2 => vec![common::model(common::WHISPER_CT2)],
     };
     let mut out: Vec<Seed> = paths
         .iter()
@@ -474,6 +481,15 @@ fn seeds(target: Target, shard_dir: &Path) -> Vec<Seed> {
             Bytes::Owned(every_value_type_gguf()),
             target,
         ));
+    }
+    if target == Target::CTranslate2 {
+        for version in [6, 3] {
+            out.push(seed(
+                format!("ctranslate2 version {version} (written here)"),
+                Bytes::Owned(small_ct2(version)),
+                target,
+            ));
+        }
     }
     out
 }
@@ -951,6 +967,124 @@ fn every_value_type_gguf() -> Vec<u8> {
     out.resize(out.len().next_multiple_of(64), 0);
     let data = out.len();
     out.resize(data + 128 + 68, 0x11);
+    out
+}
+
+/// A CTranslate2 file's fields: version, spec name length and revision, the variable count,
+/// each record's name length, rank, dims, dtype and byte count, the alias count and the alias
+/// strings' lengths. Regions: the header and each record up to its data, and the aliases.
+fn ct2_fields(b: &[u8]) -> (Vec<Field>, Vec<Range<usize>>) {
+    let version = u32_at(b, 0).unwrap();
+    let mut f = vec![Field::Int { at: 0, width: 4 }];
+    let mut regions = Vec::new();
+    let mut pos = 4;
+    let string = |pos: &mut usize, f: &mut Vec<Field>| {
+        f.push(Field::Int { at: *pos, width: 2 });
+        *pos += 2 + u16_at(b, *pos).unwrap() as usize;
+    };
+    if version >= 2 {
+        string(&mut pos, &mut f);
+        f.push(Field::Int { at: pos, width: 4 });
+        pos += 4;
+    }
+    f.push(Field::Int { at: pos, width: 4 });
+    let count = u32_at(b, pos).unwrap();
+    pos += 4;
+    regions.push(0..pos);
+    for _ in 0..count {
+        let start = pos;
+        string(&mut pos, &mut f);
+        f.push(Field::Int { at: pos, width: 1 });
+        let rank = usize::from(b[pos]);
+        pos += 1;
+        for _ in 0..rank {
+            f.push(Field::Int { at: pos, width: 4 });
+            pos += 4;
+        }
+        f.push(Field::Int { at: pos, width: 1 });
+        pos += 1;
+        f.push(Field::Int { at: pos, width: 4 });
+        let stored = u32_at(b, pos).unwrap();
+        pos += 4;
+        regions.push(start..pos);
+        // Before version 4 it counts elements, and the dtype byte is their size.
+        pos += if version >= 4 {
+            stored as usize
+        } else {
+            stored as usize * usize::from(b[pos - 5])
+        };
+    }
+    if version >= 3 {
+        let start = pos;
+        f.push(Field::Int { at: pos, width: 4 });
+        let aliases = u32_at(b, pos).unwrap();
+        pos += 4;
+        for _ in 0..2 * aliases {
+            string(&mut pos, &mut f);
+        }
+        regions.push(start..pos);
+    }
+    assert_eq!(pos, b.len(), "CTranslate2 seed not walked to its end");
+    (f, regions)
+}
+
+/// A small CTranslate2 file: from version 4, one variable of every dtype (type ids 0..5), a
+/// scalar, an empty tensor and two aliases (one of an alias); version 3 uses item sizes.
+fn small_ct2(version: u32) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, text: &str) {
+        out.extend_from_slice(&(text.len() as u16 + 1).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+        out.push(0);
+    }
+    // (name, dims, type id, item size)
+    let vars: &[(&str, &[u32], u8, u8)] = if version >= 4 {
+        &[
+            ("a/f32", &[2, 3], 0, 4),
+            ("b/i8", &[], 1, 1),
+            ("c/i16", &[3], 2, 2),
+            ("d/i32", &[2, 1, 2], 3, 4),
+            ("e/f16", &[5], 4, 2),
+            ("f/bf16", &[2, 2], 5, 2),
+            ("g/empty", &[0, 4], 4, 2),
+        ]
+    } else {
+        &[
+            ("a/f32", &[2, 3], 4, 4),
+            ("b/i8", &[], 1, 1),
+            ("c/i16", &[3], 2, 2),
+        ]
+    };
+    let mut out = version.to_le_bytes().to_vec();
+    s(&mut out, "SmallSpec");
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(vars.len() as u32).to_le_bytes());
+    for (i, &(name, dims, code, item)) in vars.iter().enumerate() {
+        s(&mut out, name);
+        out.push(dims.len() as u8);
+        let mut elems = 1u32;
+        for d in dims {
+            out.extend_from_slice(&d.to_le_bytes());
+            elems *= d;
+        }
+        out.push(code);
+        let stored = if version >= 4 {
+            elems * u32::from(item)
+        } else {
+            elems
+        };
+        out.extend_from_slice(&stored.to_le_bytes());
+        out.extend((0..elems * u32::from(item)).map(|j| (i as u32 * 31 + j) as u8));
+    }
+    let aliases: &[(&str, &str)] = if version >= 4 {
+        &[("h/tied", "e/f16"), ("i/tied2", "h/tied")]
+    } else {
+        &[("h/tied", "a/f32")]
+    };
+    out.extend_from_slice(&(aliases.len() as u32).to_le_bytes());
+    for (alias, target) in aliases {
+        s(&mut out, alias);
+        s(&mut out, target);
+    }
     out
 }
 
@@ -1901,4 +2035,21 @@ fn fuzz_pytorch_legacy() {
 #[test]
 fn fuzz_shard_index() {
     fuzz(Target::ShardIndex);
+}
+
+#[test]
+fn fuzz_ctranslate2() {
+    fuzz(Target::CTranslate2);
+}
+
+/// The CTranslate2 seeds written here are valid files, so the fuzzer starts from what parses.
+#[test]
+fn ctranslate2_seeds_parse() {
+    for version in [6, 3] {
+        let bytes = small_ct2(version);
+        let p = formats::parse(&bytes, Path::new("seed")).unwrap();
+        assert_eq!(p.format, mlmf_core::Format::CTranslate2);
+        let expected = if version >= 4 { 7 } else { 3 };
+        assert_eq!(p.tensors.len(), expected, "version {version}");
+    }
 }

@@ -7,6 +7,7 @@ use std::ops::Range;
 use crate::dtype::DType;
 use crate::shape::Shape;
 
+pub mod ctranslate2;
 pub mod gguf;
 pub mod index;
 mod model_file;
@@ -32,6 +33,8 @@ pub enum Format {
     PyTorchZip,
     /// `torch.save` legacy sequential-pickle layout (torch < 1.6, or `_use_new_zipfile_serialization=False`).
     PyTorchLegacy,
+    /// CTranslate2's `model.bin` (faster-whisper's and OpenNMT's models).
+    CTranslate2,
 }
 
 impl Format {
@@ -42,6 +45,7 @@ impl Format {
             Format::Gguf => "gguf",
             Format::PyTorchZip => "pytorch-zip",
             Format::PyTorchLegacy => "pytorch-legacy",
+            Format::CTranslate2 => "ctranslate2",
         }
     }
 
@@ -49,13 +53,15 @@ impl Format {
     /// strings (`BOOL`, `F8_E4M3`, ...) for safetensors files; for GGUF, the GGML type names
     /// as gguf-py's `GGMLQuantizationType` and llama.cpp's tools print them (`Q4_K`, `BF16`,
     /// `I8`; [`DType::name`] for every type with a ggml id); for PyTorch, torch's dtype names
-    /// without the `torch.` prefix (`float32`, `bfloat16`, `int64`, `bool`, `float8_e4m3fn`).
+    /// without the `torch.` prefix (`float32`, `bfloat16`, `int64`, `bool`, `float8_e4m3fn`);
+    /// for CTranslate2, its own names (`float16`, `int8`).
     /// A dtype the format has no name for (none that a parser returns) gets [`DType::name`].
     pub fn dtype_name(self, dtype: DType) -> &'static str {
         let named = match self {
             Format::Safetensors | Format::ShardedSafetensors => dtype.info().safetensors,
             Format::Gguf => dtype.info().ggml_id.map(|_| dtype.name()),
             Format::PyTorchZip | Format::PyTorchLegacy => pytorch::torch_name(dtype),
+            Format::CTranslate2 => ctranslate2::ct2_name(dtype),
         };
         named.unwrap_or(dtype.name())
     }
@@ -215,6 +221,7 @@ pub fn parse(bytes: &[u8], path: &std::path::Path) -> crate::Result<Parsed> {
         Some(Format::Safetensors) => safetensors::parse(bytes, path),
         Some(Format::Gguf) => gguf::parse(bytes, path),
         Some(Format::PyTorchZip | Format::PyTorchLegacy) => pytorch::parse(bytes, path),
+        Some(Format::CTranslate2) => ctranslate2::parse(bytes, path),
         Some(Format::ShardedSafetensors) | None => Err(crate::Error::UnknownFormat {
             path: path.to_path_buf(),
             magic: head.to_vec(),
@@ -236,6 +243,12 @@ pub fn detect(head: &[u8]) -> Option<Format> {
     // safetensors: u64 header length, then a JSON object.
     if head.len() >= 9 && head[8] == b'{' {
         return Some(Format::Safetensors);
+    }
+    // After safetensors: from version 2 a CTranslate2 file has its spec name (an identifier,
+    // never `{`) at byte 8; a version-1 file could have `{` there (a name length), and is then
+    // taken for safetensors.
+    if ctranslate2::detect(head) {
+        return Some(Format::CTranslate2);
     }
     // A shard index is JSON text.
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {

@@ -8,8 +8,13 @@ use memmap2::Mmap;
 use super::{detect, index, safetensors, Format, Metadata, Parsed, TensorInfo};
 use crate::error::{Error, Result};
 
-/// What [`ModelFile::open`] looks for in a directory, in this order (Hugging Face's names).
-const DIRECTORY_MODELS: [&str; 2] = ["model.safetensors.index.json", "model.safetensors"];
+/// What [`ModelFile::open`] looks for in a directory, in this order (Hugging Face's names, then
+/// CTranslate2's, the name faster-whisper's model directories use).
+const DIRECTORY_MODELS: [&str; 3] = [
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "model.bin",
+];
 
 /// A model file (or a sharded set of them) opened for reading. Tensor bytes are views into the
 /// memory map: nothing is copied until a tensor is loaded.
@@ -43,8 +48,9 @@ impl MappedFile {
 }
 
 impl ModelFile {
-    /// Open a safetensors, GGUF or PyTorch file, a `model.safetensors.index.json`, or a
-    /// directory holding one of `model.safetensors.index.json` / `model.safetensors`.
+    /// Open a safetensors, GGUF, PyTorch or CTranslate2 file, a `model.safetensors.index.json`,
+    /// or a directory holding one of `model.safetensors.index.json` / `model.safetensors` /
+    /// `model.bin`.
     /// The format is found from the first bytes, never from the file name.
     pub fn open(path: impl AsRef<Path>) -> Result<ModelFile> {
         let mut path = path.as_ref().to_path_buf();
@@ -142,6 +148,15 @@ impl ModelFile {
                 });
             }
         }
+        if parsed.format == Format::CTranslate2 {
+            // An alias finds its target (the parser checked that it names a variable or an
+            // earlier alias, and clashes with no name).
+            for (alias, target) in super::ctranslate2::aliases(&parsed.metadata) {
+                if let Some(&i) = by_name.get(target) {
+                    by_name.entry(alias.to_string()).or_insert(i);
+                }
+            }
+        }
         Ok(ModelFile {
             path,
             format: parsed.format,
@@ -172,6 +187,7 @@ impl ModelFile {
         &self.tensors
     }
 
+    /// The tensor called `name`; for a CTranslate2 alias, its target (whose name it keeps).
     pub fn tensor(&self, name: &str) -> Result<&TensorInfo> {
         self.by_name
             .get(name)
