@@ -107,14 +107,50 @@ fn encoder_matches_ctranslate2_on_the_cpu_twins() {
 
 // ---- bad files and inputs ---------------------------------------------------------------------
 
-/// A tiny encoder (mels 4, width 8, 2 heads, 1 layer, FFN 16, 5 positions) as a safetensors file
-/// with the CTranslate2 names, with `edit` applied to the variables first.
-fn tiny_file(
-    dir: &Path,
-    edit: impl FnOnce(&mut HashMap<String, (Vec<usize>, Dtype, Vec<u8>)>),
-) -> PathBuf {
+type Vars = HashMap<String, (Vec<usize>, Dtype, Vec<u8>)>;
+
+/// `vars` as a CTranslate2 `model.bin` of binary version 6 with spec `spec` (the layout of the
+/// fixture README: variables sorted by name, no aliases), written here byte by byte.
+fn ct2_file(dir: &Path, spec: &str, vars: &Vars) -> PathBuf {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u16 + 1).to_le_bytes());
+        out.extend(s.as_bytes());
+        out.push(0);
+    }
+    let mut out = Vec::new();
+    out.extend(6u32.to_le_bytes());
+    string(&mut out, spec);
+    out.extend(3u32.to_le_bytes());
+    out.extend((vars.len() as u32).to_le_bytes());
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let (dims, dtype, bytes) = &vars[name];
+        string(&mut out, name);
+        out.push(dims.len() as u8);
+        for d in dims {
+            out.extend((*d as u32).to_le_bytes());
+        }
+        out.push(match dtype {
+            Dtype::F32 => 0,
+            Dtype::I16 => 2,
+            Dtype::I32 => 3,
+            other => panic!("no CTranslate2 id for {other:?} here"),
+        });
+        out.extend((bytes.len() as u32).to_le_bytes());
+        out.extend(bytes);
+    }
+    out.extend(0u32.to_le_bytes());
+    let path = dir.join("model.bin");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// The variables of a tiny encoder (mels 4, width 8, 2 heads, 1 layer, FFN 16, 5 positions)
+/// with the CTranslate2 names, with `edit` applied.
+fn tiny_vars(edit: impl FnOnce(&mut Vars)) -> Vars {
     let (mels, d, ffn, positions) = (4usize, 8usize, 16usize, 5usize);
-    let mut vars: HashMap<String, (Vec<usize>, Dtype, Vec<u8>)> = HashMap::new();
+    let mut vars: Vars = HashMap::new();
     let mut seed = 1;
     let mut f32s = |name: &str, dims: Vec<usize>| {
         let n = dims.iter().product();
@@ -153,6 +189,12 @@ fn tiny_file(
         (vec![], Dtype::I16, 2i16.to_le_bytes().to_vec()),
     );
     edit(&mut vars);
+    vars
+}
+
+/// [`tiny_vars`] as a safetensors file.
+fn tiny_file(dir: &Path, edit: impl FnOnce(&mut Vars)) -> PathBuf {
+    let vars = tiny_vars(edit);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = vars
         .iter()
         .map(|(k, (dims, dtype, bytes))| {
@@ -198,6 +240,16 @@ fn bad_files_and_inputs_are_typed_errors() {
     }
     let err = encoder.forward(&mel(vec![4, 10])).err().unwrap();
     assert!(matches!(err, Error::OpRank { .. }), "{err}");
+
+    // The same variables in a CTranslate2 file load when its spec is Whisper's, and are a
+    // BadModel naming the spec otherwise.
+    let encoder = load(&ct2_file(dir.path(), "WhisperSpec", &tiny_vars(|_| {}))).unwrap();
+    assert_eq!(encoder.config().d_model, 8);
+    let err = load(&ct2_file(dir.path(), "TransformerSpec", &tiny_vars(|_| {})))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::BadModel { .. }), "{err}");
+    assert!(err.to_string().contains("TransformerSpec"), "{err}");
 
     // A missing variable.
     let path = tiny_file(dir.path(), |v| {

@@ -33,7 +33,7 @@ fn bad(file: &ModelFile, reason: String) -> Error {
 /// The file's CTranslate2 spec must be Whisper's, where the file records one (a safetensors
 /// file of the same variables has none, and is taken as it is).
 pub(crate) fn check_spec(file: &ModelFile) -> Result<()> {
-    match file.metadata().get("ctranslate2.spec") {
+    match file.metadata().get(crate::formats::ctranslate2::KEY_SPEC) {
         None => Ok(()),
         Some(v) if v.as_str() == Some(SPEC) => Ok(()),
         Some(v) => Err(bad(file, format!("spec {v:?}: expected {SPEC}"))),
