@@ -1,10 +1,12 @@
 // 2-D convolution and global average pooling, NCHW f32 (torch.nn.functional.conv2d with
 // dilation 1, and adaptive_avg_pool2d(x, 1) flattened):
 //   conv2d: y[n][o][oy][ox] = bias[o] + sum_{c, ky, kx} w[o][c][ky][kx]
-//             * x[n][g * cin_g + c][oy * stride + ky - pad][ox * stride + kx - pad]
+//             * x[n][g * cin_g + c][oy * stride + ky - pad_h][ox * stride + kx - pad]
 //     with g = o / cout_g the group of output channel o, cin_g = c_in / groups, cout_g =
-//     c_out / groups, w [c_out, cin_g, kh, kw], and zero outside the input (symmetric padding).
-//     Summed over c, then ky, then kx, in index order.
+//     c_out / groups, w [c_out, cin_g, kh, kw], and zero outside the input (symmetric padding:
+//     pad_h rows, pad columns). Summed over c, then ky, then kx, in index order.
+//   conv1d (torch's conv1d) is conv2d with h = kh = 1 and pad_h = 0: the launcher passes x
+//     [n, c_in, l] as [n, c_in, 1, l] and w [c_out, c_in, k] as [c_out, c_in, 1, k].
 //   avg_pool: y[n][c] = (sum of x[n][c] over h * w in index order) / (h * w).
 // One invocation per output element. The CPU twin is `cpu` in src/ops/conv.rs. Pointwise (1x1)
 // convolutions do not come here: the launcher runs them as matrix products (matmul.wgsl).
@@ -25,8 +27,12 @@ struct Params {
     has_bias: u32,
     // Invocations in this dispatch.
     count: u32,
-    _pad0: u32,
-    _pad1: u32,
+    // Zero rows above and below (`pad` is the columns'): conv2d pads both alike, conv1d (one
+    // row, a 1 x k kernel) pads only the columns.
+    pad_h: u32,
+    // 1: the output is stored channels last, [n, oh, ow, c_out], what Whisper's encoder feeds its
+    // transformer ([1500, 384] from a conv1d); 0: [n, c_out, oh, ow].
+    channels_last: u32,
 }
 
 override WG: u32 = 64u;
@@ -48,6 +54,20 @@ struct OutputRow {
     g: u32,
 }
 
+// Where output `i` (numbered in [n, c_out, oh, ow] order) is stored.
+fn out_index(i: u32) -> u32 {
+    if params.channels_last == 0u {
+        return i;
+    }
+    let ox = i % params.ow;
+    let t = i / params.ow;
+    let oy = t % params.oh;
+    let t2 = t / params.oh;
+    let o = t2 % params.c_out;
+    let n = t2 / params.c_out;
+    return ((n * params.oh + oy) * params.ow + ox) * params.c_out + o;
+}
+
 fn output_row(row: u32) -> OutputRow {
     let oy = row % params.oh;
     let t = row / params.oh;
@@ -65,7 +85,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let r = output_row(i / params.ow);
     let cin_g = params.c_in / params.groups;
     // Signed: the window's top-left corner lies outside the input where padding applies.
-    let y0 = i32(r.oy * params.stride) - i32(params.pad);
+    let y0 = i32(r.oy * params.stride) - i32(params.pad_h);
     let x0 = i32(ox * params.stride) - i32(params.pad);
     let h = i32(params.h);
     let w = i32(params.w);
@@ -90,7 +110,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if params.has_bias != 0u {
         s += bias[r.o];
     }
-    dst[i] = s;
+    dst[out_index(i)] = s;
 }
 
 // conv2d_rows: the same sums, ROW_BLOCK horizontally adjacent outputs of one output row per
@@ -115,7 +135,7 @@ fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let ox0 = (i % blocks) * ROW_BLOCK;
     let r = output_row(i / blocks);
     let cin_g = params.c_in / params.groups;
-    let y0 = i32(r.oy * STRIDE) - i32(params.pad);
+    let y0 = i32(r.oy * STRIDE) - i32(params.pad_h);
     let x0 = i32(ox0 * STRIDE) - i32(params.pad);
     let h = i32(params.h);
     let w = i32(params.w);
@@ -157,7 +177,7 @@ fn conv2d_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             if params.has_bias != 0u {
                 v += bias[r.o];
             }
-            dst[out + ox0 + q] = v;
+            dst[out_index(out + ox0 + q)] = v;
         }
     }
 }

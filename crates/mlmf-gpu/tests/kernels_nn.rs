@@ -678,6 +678,161 @@ fn conv2d_within_its_bound() {
     );
 }
 
+/// Exact 1-D convolution `[n, c_out, l_out]` (torch's conv1d, written plainly in f64) and its
+/// bound `(K + 2) eps (sum |w x| + |bias|)`, K = c_in * k terms.
+#[allow(clippy::too_many_arguments)]
+fn conv1d_reference(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    (n, c_in, l): (usize, usize, usize),
+    (c_out, k): (usize, usize),
+    stride: usize,
+    padding: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let l_out = (l + 2 * padding - k) / stride + 1;
+    let terms = (c_in * k) as f64;
+    let (mut want, mut bound) = (Vec::new(), Vec::new());
+    for b_i in 0..n {
+        for o in 0..c_out {
+            for t in 0..l_out {
+                let (mut s, mut abs) = (0.0f64, 0.0f64);
+                for i in 0..c_in {
+                    for j in 0..k {
+                        let pos = (stride * t + j) as i64 - padding as i64;
+                        if pos < 0 || pos >= l as i64 {
+                            continue;
+                        }
+                        let p = f64::from(w[(o * c_in + i) * k + j])
+                            * f64::from(x[(b_i * c_in + i) * l + pos as usize]);
+                        s += p;
+                        abs += p.abs();
+                    }
+                }
+                let bo = b.map_or(0.0, |b| f64::from(b[o]));
+                want.push(s + bo);
+                bound.push((terms + 2.0) * EPS * (abs + bo.abs()));
+            }
+        }
+    }
+    (want, bound)
+}
+
+/// `[n, c, l]` to `[n, l, c]`.
+fn channels_last(v: &[f64], n: usize, c: usize, l: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for b in 0..n {
+        for o in 0..c {
+            for t in 0..l {
+                out[(b * l + t) * c + o] = v[(b * c + o) * l + t];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn conv1d_within_its_bound() {
+    // (n, c_in, l), (c_out, k), stride, padding: Whisper's two layers (kernel 3, padding 1,
+    // strides 1 and 2) at small sizes with lengths that are not multiples of the eight outputs
+    // per invocation, a pointwise k = 1 (the matrix-product path when channels come first), a
+    // kernel of 5 with stride 3, and Whisper's second layer at its own size on the GPU below.
+    let cases = [
+        ((1, 5, 23), (7, 3), 1, 1),
+        ((2, 6, 19), (4, 3), 2, 1),
+        ((1, 3, 8), (5, 1), 1, 0),
+        ((2, 4, 30), (3, 5), 3, 2),
+        ((1, 70, 41), (9, 3), 2, 1),
+    ];
+    for device in [Device::gpu().unwrap(), Device::Cpu, paged_gpu()] {
+        for (i, &((n, c_in, l), (c_out, k), stride, padding)) in cases.iter().enumerate() {
+            for (bias, last) in [(true, false), (false, false), (true, true), (false, true)] {
+                let seed = 300 + 10 * i as u64;
+                let x = random_f32(n * c_in * l, seed);
+                let w = random_f32(c_out * c_in * k, seed + 1);
+                let b = random_f32(c_out, seed + 2);
+                let conv = conv::Conv1d {
+                    stride,
+                    padding,
+                    channels_last: last,
+                };
+                let run = |dev: &Device| {
+                    let bias_t = on(dev, "b", vec![c_out], &b);
+                    conv::conv1d(
+                        &on(dev, "x", vec![n, c_in, l], &x),
+                        &on(dev, "w", vec![c_out, c_in, k], &w),
+                        bias.then_some(&bias_t),
+                        conv,
+                    )
+                    .unwrap()
+                };
+                let y = run(&device);
+                let l_out = (l + 2 * padding - k) / stride + 1;
+                let dims = if last {
+                    [n, l_out, c_out]
+                } else {
+                    [n, c_out, l_out]
+                };
+                assert_eq!(y.shape().dims(), &dims);
+                let (mut want, mut bound) = conv1d_reference(
+                    &x,
+                    &w,
+                    bias.then_some(&b[..]),
+                    (n, c_in, l),
+                    (c_out, k),
+                    stride,
+                    padding,
+                );
+                if last {
+                    want = channels_last(&want, n, c_out, l_out);
+                    bound = channels_last(&bound, n, c_out, l_out);
+                }
+                let what = format!(
+                    "conv1d case {i} {conv:?} bias {bias} on {}",
+                    device.describe()
+                );
+                let got = values(&y);
+                check(&what, &got, &want, &bound);
+                if !matches!(device, Device::Cpu) && !fma::fuses_multiply_add(&device) {
+                    let twin = values(&run(&Device::Cpu));
+                    let differ = got
+                        .iter()
+                        .zip(&twin)
+                        .filter(|(a, b)| a.to_bits() != b.to_bits());
+                    assert_eq!(differ.count(), 0, "{what}: GPU and twin differ");
+                }
+            }
+        }
+    }
+    // Whisper tiny's second layer as it runs: [1, 384, 3000] -> [1500, 384], stride 2, pad 1.
+    let (c, l) = (384, 3000);
+    let x = random_f32(c * l, 350);
+    let w = random_f32(c * c * 3, 351);
+    let b = random_f32(c, 352);
+    let gpu = Device::gpu().unwrap();
+    let y = conv::conv1d(
+        &on(&gpu, "x", vec![1, c, l], &x),
+        &on(&gpu, "w", vec![c, c, 3], &w),
+        Some(&on(&gpu, "b", vec![c], &b)),
+        conv::Conv1d {
+            stride: 2,
+            padding: 1,
+            channels_last: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(y.shape().dims(), &[1, 1500, c]);
+    let (want, bound) = conv1d_reference(&x, &w, Some(&b), (1, c, l), (c, 3), 2, 1);
+    let want = channels_last(&want, 1, c, 1500);
+    let bound = channels_last(&bound, 1, c, 1500);
+    check(
+        "conv1d Whisper conv2 on lavapipe",
+        &values(&y),
+        &want,
+        &bound,
+    );
+}
+
 #[test]
 fn avg_pool_within_its_bound() {
     for device in [Device::gpu().unwrap(), Device::Cpu, paged_gpu()] {
@@ -910,6 +1065,47 @@ fn bad_inputs_are_typed_errors() {
         assert!(matches!(
             conv(&t(vec![2, 4, 3]), None, dense),
             Err(Error::OpRank { .. })
+        ));
+        // conv1d: channels that differ, a bias of the wrong length, a kernel longer than the
+        // padded input, stride 0, wrong ranks.
+        let x1 = t(vec![1, 4, 5]);
+        let c1 = conv::Conv1d {
+            stride: 1,
+            padding: 1,
+            channels_last: false,
+        };
+        let conv1 = |x: &Tensor, w: &Tensor, b: Option<&Tensor>, c| conv::conv1d(x, w, b, c);
+        assert!(matches!(
+            conv1(&x1, &t(vec![2, 3, 3]), None, c1),
+            Err(Error::ShapeMismatch { op: "conv1d", .. })
+        ));
+        assert!(matches!(
+            conv1(&x1, &t(vec![2, 4, 3]), Some(&t(vec![3])), c1),
+            Err(Error::ShapeMismatch { op: "conv1d", .. })
+        ));
+        assert!(matches!(
+            conv1(&x1, &t(vec![2, 4, 8]), None, c1),
+            Err(Error::ShapeMismatch { op: "conv1d", .. })
+        ));
+        assert!(matches!(
+            conv1(
+                &x1,
+                &t(vec![2, 4, 3]),
+                None,
+                conv::Conv1d { stride: 0, ..c1 }
+            ),
+            Err(Error::OpArgument {
+                argument: "stride",
+                ..
+            })
+        ));
+        assert!(matches!(
+            conv1(&t(vec![4, 5]), &t(vec![2, 4, 3]), None, c1),
+            Err(Error::OpRank { op: "conv1d", .. })
+        ));
+        assert!(matches!(
+            conv1(&x1, &t(vec![2, 4, 1, 3]), None, c1),
+            Err(Error::OpRank { op: "conv1d", .. })
         ));
         assert!(matches!(
             conv::avg_pool_global(&t(vec![2, 3, 4])),

@@ -97,7 +97,8 @@ families! {
     /// passes (the softmax pass is Softmax's) or fused: q (or probabilities), k (or v), v (fused;
     /// else a placeholder), key mask, additive mask, output.
     Attention = "attention" after ["common"], params 48, binds [U, R, R, R, R, R, W];
-    /// 2-D convolution and global average pooling, NCHW: x, weights, bias, output.
+    /// 2-D convolution (1-D as its one-row case) and global average pooling, NCHW (or the
+    /// output channels last): x, weights, bias, output.
     Conv = "conv" after ["common"], params 64, binds [U, R, R, R, W];
     /// Tiled f32 matrix products, batched, with transposed operands and a fused bias: A, B, the
     /// bias (a placeholder without one), C.

@@ -6,6 +6,12 @@
 //!   symmetric zero padding, dilation 1; output `[n, c_out, (h + 2 pad - kh) / stride + 1,
 //!   (w + 2 pad - kw) / stride + 1]`. `groups == c_in == c_out` is a depthwise convolution.
 //!   Each output is `bias + sum over (channel, ky, kx) in index order`.
+//! - [`conv1d`]: `torch.nn.functional.conv1d(x, weight, bias, stride, padding)` with one group:
+//!   x `[n, c_in, l]`, weight `[c_out, c_in, k]`, output `[n, c_out, (l + 2 pad - k) / stride +
+//!   1]`, or `[n, l_out, c_out]` with [`Conv1d::channels_last`] (Whisper's encoder: its
+//!   transformer takes `[frames, d_model]`). It is the 2-D convolution of x as `[n, c_in, 1, l]`
+//!   with weight `[c_out, c_in, 1, k]`, padded along the width only, so it runs on the same
+//!   kernels and twin (no family of its own): the same sums in the same order, the same bound.
 //! - [`avg_pool_global`]: `adaptive_avg_pool2d(x, 1)` flattened: `[n, c, h, w]` to `[n, c]`,
 //!   the sum of each plane in index order divided by `h * w`.
 //!
@@ -36,6 +42,7 @@ use mlmf_core::Shape;
 use mlmf_core::{Error, Result};
 
 const CONV: &str = "conv2d";
+const CONV1D: &str = "conv1d";
 const POOL: &str = "avg_pool_global";
 const WORKGROUP: u32 = 64;
 /// Outputs along a row per invocation of `conv2d_rows`, and the most input columns one kernel row
@@ -62,7 +69,8 @@ struct Params {
     groups: u32,
     has_bias: u32,
     count: u32,
-    _pad: [u32; 2],
+    pad_h: u32,
+    channels_last: u32,
 }
 const _: () = assert!(std::mem::size_of::<Params>() == Kernel::Conv.params_bytes());
 
@@ -83,6 +91,16 @@ impl Default for Conv2d {
             groups: 1,
         }
     }
+}
+
+/// Stride and padding of a [`conv1d`]; the default is torch's (1, 0), output channels first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conv1d {
+    pub stride: usize,
+    /// Zeros added at both ends.
+    pub padding: usize,
+    /// Store the output `[n, l_out, c_out]` instead of `[n, c_out, l_out]`.
+    pub channels_last: bool,
 }
 
 /// The sizes of one convolution, input and output.
@@ -165,17 +183,111 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, conv: Conv2d) 
         groups: g,
     };
     let out_shape = launch::f32_shape(x, vec![n, c_out, d.oh, d.ow])?;
-    let storage = match launch::place(CONV, &all)? {
+    let layout = Layout {
+        pad_h: d.padding,
+        channels_last: false,
+    };
+    run(CONV, &all, d, layout, out_shape)
+}
+
+/// The 1-D convolution of `x` `[n, c_in, l]` with `weight` `[c_out, c_in, k]` (and `bias`
+/// `[c_out]`) as `torch.nn.functional.conv1d` with one group (see the module doc): a new f32
+/// tensor named like x on x's device. Errors: x or weight not of rank 3, bias not a vector
+/// ([`Error::OpRank`]), a tensor not F32 ([`Error::OpDType`]), a stride of 0
+/// ([`Error::OpArgument`]), channels that differ between x and the weight, a bias not `c_out`
+/// long, or a kernel longer than the padded input ([`Error::ShapeMismatch`]), tensors on
+/// different devices ([`Error::DeviceMismatch`]), an operand or the output larger than one
+/// storage binding ([`Error::DeviceLimit`]).
+pub fn conv1d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, conv: Conv1d) -> Result<Tensor> {
+    let [n, c_in, l] = launch::dims(CONV1D, x, "a tensor [n, c, l]")?;
+    let [c_out, w_in, k] = launch::dims(CONV1D, weight, "a weight [c_out, c_in, k]")?;
+    let mut all = vec![x, weight];
+    if let Some(b) = bias {
+        let [len] = launch::dims(CONV1D, b, "a vector [c_out]")?;
+        if len != c_out {
+            return Err(launch::shape_error(CONV1D, weight, b));
+        }
+        all.push(b);
+    }
+    for t in &all {
+        launch::require_f32(CONV1D, t)?;
+    }
+    if conv.stride == 0 {
+        return Err(Error::OpArgument {
+            op: CONV1D,
+            argument: "stride",
+            value: 0,
+            expected: "a positive integer",
+        });
+    }
+    let Some(padded) = l.checked_add(2 * conv.padding) else {
+        return Err(Error::OpArgument {
+            op: CONV1D,
+            argument: "padding",
+            value: conv.padding as u64,
+            expected: "a padding that fits the length",
+        });
+    };
+    if w_in != c_in || padded < k {
+        return Err(launch::shape_error(CONV1D, x, weight));
+    }
+    let ow = (padded - k) / conv.stride + 1;
+    let d = ConvDims {
+        n,
+        c_in,
+        h: 1,
+        w: l,
+        c_out,
+        kh: 1,
+        kw: k,
+        oh: 1,
+        ow,
+        stride: conv.stride,
+        padding: conv.padding,
+        groups: 1,
+    };
+    let dims = if conv.channels_last {
+        vec![n, ow, c_out]
+    } else {
+        vec![n, c_out, ow]
+    };
+    let out_shape = launch::f32_shape(x, dims)?;
+    let layout = Layout {
+        pad_h: 0,
+        channels_last: conv.channels_last,
+    };
+    run(CONV1D, &all, d, layout, out_shape)
+}
+
+/// The row padding and output order of one convolution, beyond [`ConvDims`] (whose `padding`
+/// is the columns').
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    pad_h: usize,
+    channels_last: bool,
+}
+
+/// A checked convolution on its operands' device.
+fn run(
+    op: &'static str,
+    all: &[&Tensor],
+    d: ConvDims,
+    layout: Layout,
+    out_shape: Shape,
+) -> Result<Tensor> {
+    let x = all[0];
+    let storage = match launch::place(op, all)? {
         Place::Cpu(bytes) => {
             let b = bytes.get(2).map(|b| launch::f32s(b));
-            Storage::Cpu(launch::f32_bytes(&cpu::conv2d(
+            Storage::Cpu(launch::f32_bytes(&cpu::conv(
                 &launch::f32s(bytes[0]),
                 &launch::f32s(bytes[1]),
                 b.as_deref(),
                 d,
+                layout,
             )))
         }
-        Place::Gpu(gs) => Storage::Gpu(gpu_conv(&all, &gs, d, &out_shape)?),
+        Place::Gpu(gs) => Storage::Gpu(gpu_conv(all, &gs, d, layout, &out_shape)?),
     };
     Ok(Tensor::new(
         x.name().to_string(),
@@ -186,7 +298,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, conv: Conv2d) 
 }
 
 /// The parameters `conv.wgsl` takes for `d`, every size checked to fit in u32.
-fn params(x: &Tensor, d: &ConvDims, has_bias: bool, count: u64) -> Result<Params> {
+fn params(x: &Tensor, d: &ConvDims, layout: Layout, has_bias: bool, count: u64) -> Result<Params> {
     let u = |v: usize, what: &str| launch::to_u32(x, v as u64, what);
     Ok(Params {
         n: u(d.n, "the batch")?,
@@ -203,7 +315,8 @@ fn params(x: &Tensor, d: &ConvDims, has_bias: bool, count: u64) -> Result<Params
         groups: u(d.groups, "the groups")?,
         has_bias: u32::from(has_bias),
         count: launch::to_u32(x, count, "the invocation count")?,
-        _pad: [0; 2],
+        pad_h: u(layout.pad_h, "the padding")?,
+        channels_last: u32::from(layout.channels_last),
     })
 }
 
@@ -212,11 +325,13 @@ fn gpu_conv(
     ts: &[&Tensor],
     gs: &[&GpuStorage],
     d: ConvDims,
+    layout: Layout,
     out_shape: &Shape,
 ) -> Result<GpuStorage> {
     let x = ts[0];
     let gpu = gs[0].gpu();
-    if d.kh == 1 && d.kw == 1 && d.stride == 1 && d.padding == 0 && d.groups == 1 {
+    let pointwise = d.kh == 1 && d.kw == 1 && d.stride == 1 && d.padding == 0;
+    if pointwise && layout.pad_h == 0 && d.groups == 1 && !layout.channels_last {
         // Per image, C [c_out, h w] = W [c_out, c_in] · x [c_in, h w] + bias per row; the
         // weights serve every image.
         let plane = d.h * d.w;
@@ -255,7 +370,7 @@ fn gpu_conv(
             (PipelineKey::new(Kernel::Conv, "conv2d"), elems)
         };
         let key = key.with("WG", f64::from(WORKGROUP));
-        let p = params(x, &d, ts.len() > 2, count)?;
+        let p = params(x, &d, layout, ts.len() > 2, count)?;
         let pipeline = gpu.pipeline(&key)?;
         let bufs = launch::wholes(&mut encoder, ts, gs)?;
         // No bias: its binding holds the weights again, unread.
@@ -319,7 +434,11 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
                     padding: 0,
                     groups: 1,
                 };
-                let p = params(x, &d, false, planes)?;
+                let layout = Layout {
+                    pad_h: 0,
+                    channels_last: false,
+                };
+                let p = params(x, &d, layout, false, planes)?;
                 let key =
                     PipelineKey::new(Kernel::Conv, "avg_pool").with("WG", f64::from(WORKGROUP));
                 let pipeline = gpu.pipeline(&key)?;
@@ -348,11 +467,19 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
 
 /// The CPU twin: plain loops in the kernels' order.
 pub(crate) mod cpu {
-    use super::ConvDims;
+    use super::{ConvDims, Layout};
 
     /// The convolution of x `[n, c_in, h, w]` with weight `[c_out, c_in / groups, kh, kw]` and
-    /// `bias` (see the module doc). Empty when a slice is shorter than `d` says.
-    pub fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, d: ConvDims) -> Vec<f32> {
+    /// `bias` (see the module doc), `layout.pad_h` rows and `d.padding` columns of padding, the
+    /// output in `[n, oh, ow, c_out]` order when `layout.channels_last`. Empty when a slice is
+    /// shorter than `d` says.
+    pub fn conv(
+        x: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        d: ConvDims,
+        layout: Layout,
+    ) -> Vec<f32> {
         let cin_g = d.c_in / d.groups.max(1);
         let cout_g = d.c_out / d.groups.max(1);
         if x.len() < d.n * d.c_in * d.h * d.w
@@ -374,7 +501,7 @@ pub(crate) mod cpu {
                             for ky in 0..d.kh {
                                 // Rows and columns outside the input are the zero padding.
                                 let Some(iy) = (oy * d.stride + ky)
-                                    .checked_sub(d.padding)
+                                    .checked_sub(layout.pad_h)
                                     .filter(|&iy| iy < d.h)
                                 else {
                                     continue;
@@ -397,6 +524,16 @@ pub(crate) mod cpu {
                     }
                 }
             }
+        }
+        if layout.channels_last {
+            // [n, c_out, oh * ow] to [n, oh * ow, c_out].
+            let plane = d.oh * d.ow;
+            let mut t = vec![0f32; out.len()];
+            for (i, v) in out.iter().enumerate() {
+                let (p, o, n) = (i % plane, i / plane % d.c_out, i / plane / d.c_out);
+                t[(n * plane + p) * d.c_out + o] = *v;
+            }
+            return t;
         }
         out
     }
