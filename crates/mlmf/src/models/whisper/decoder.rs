@@ -167,8 +167,8 @@ impl WhisperDecoder {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let [embeddings] = l.row_blocks("decoder/embeddings/weight", vocab, d)?;
-        let [positions] = l.row_blocks("decoder/position_encodings/encodings", positions, d)?;
+        let embeddings = l.matrix("decoder/embeddings/weight", vocab, d)?;
+        let positions = l.matrix("decoder/position_encodings/encodings", positions, d)?;
         Ok(WhisperDecoder {
             embeddings,
             positions,

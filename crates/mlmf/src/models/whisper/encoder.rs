@@ -7,22 +7,25 @@
 //!    3.2e-2 off the reference.
 //! 2. `+ encoder/position_encodings/encodings` (the sinusoids as the file stores them).
 //! 3. Each layer, pre-norm: `x += W_o Attn(LN(x))`, `x += FFN(LN(x))`, FFN =
-//!    `linear_1(GELU(linear_0(h)))`, LayerNorm epsilon 1e-5 with biased variance. The fused
-//!    `self_attention/linear_0` (`[Wq; Wk; Wv]`, bias `[bq; 0; bv]`) is split into its three
-//!    row blocks at load; q is not pre-scaled in the file, so the scores take `1 / sqrt(64)` at
-//!    run time (the attention's default scale). Heads are consecutive blocks of `d / heads`.
-//!    Attention takes [`attention::masked`]'s three-pass path (see the note in `forward`).
+//!    `linear_1(GELU(linear_0(h)))`, LayerNorm epsilon 1e-5 with biased variance. Heads are
+//!    consecutive blocks of `d / heads` features, so the fused `self_attention/linear_0`
+//!    (`[Wq; Wk; Wv]`, bias `[bq; 0; bv]`) is cut at load into one q, k and v projection per
+//!    head, each giving that head's `[frames, 64]` contiguous. q is not pre-scaled in the
+//!    file: it is multiplied by `1 / sqrt(64)` at run time (a power of two, so exactly what
+//!    CTranslate2's scaled product gives). Each head's attention is then two matrix products
+//!    and a softmax over the stored `[frames, frames]` scores (see `attend`), and the heads
+//!    are joined in order before the output projection.
 //! 4. The final `encoder/layer_norm`.
 //!
-//! Weights are widened to f32 on the host at load (exact: every f16 is an f32) and kept in f32 on
-//! the device; all arithmetic is f32. Everything runs on the device of the weights (the CPU
-//! twins on [`Device::Cpu`]); nothing is read back.
+//! Matrices stay in the file's dtype on the device (`layers.rs`); all arithmetic is f32.
+//! Everything runs on the device of the weights (the CPU twins on [`Device::Cpu`]); nothing is
+//! read back.
 
 use crate::error::{Error, Result};
 use crate::formats::ModelFile;
-use crate::ops::attention::{self, MaskedOptions};
 use crate::ops::conv::{self, Conv1d};
-use crate::ops::elementwise;
+use crate::ops::matmul::{self, MatmulOptions};
+use crate::ops::{elementwise, fusion, softmax};
 use crate::Device;
 use crate::Tensor;
 
@@ -48,11 +51,16 @@ pub struct EncoderConfig {
     pub positions: usize,
 }
 
-struct Layer {
-    attn_norm: LayerNorm,
+/// One head's projections: `[head_dim, d]` row blocks of the fused `[Wq; Wk; Wv]`.
+struct Head {
     q: Linear,
     k: Linear,
     v: Linear,
+}
+
+struct Layer {
+    attn_norm: LayerNorm,
+    heads: Vec<Head>,
     out: Linear,
     ffn_norm: LayerNorm,
     fc1: Linear,
@@ -143,12 +151,19 @@ impl WhisperEncoder {
         let layers = (0..layers)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
-                let [q, k, v] = l.linears(&format!("{p}/self_attention/linear_0"), 3 * d, d)?;
+                let qkv = format!("{p}/self_attention/linear_0");
+                let mut blocks = l.linear_blocks(&qkv, 3 * d, d, 3 * heads)?;
+                let v = blocks.split_off(2 * heads);
+                let k = blocks.split_off(heads);
+                let heads = blocks
+                    .into_iter()
+                    .zip(k)
+                    .zip(v)
+                    .map(|((q, k), v)| Head { q, k, v })
+                    .collect();
                 Ok(Layer {
                     attn_norm: l.layer_norm(&format!("{p}/self_attention/layer_norm"), d)?,
-                    q,
-                    k,
-                    v,
+                    heads,
                     out: l.linear(&format!("{p}/self_attention/linear_1"), d, d)?,
                     ffn_norm: l.layer_norm(&format!("{p}/ffn/layer_norm"), d)?,
                     fc1: l.linear(&format!("{p}/ffn/linear_0"), ffn, d)?,
@@ -205,14 +220,13 @@ impl WhisperEncoder {
         let mut x = elementwise::add(&x, &self.positions)?;
         for layer in &self.layers {
             let h = layer.attn_norm.forward(&x)?;
-            let (q, k, v) = (
-                layer.q.forward(&h)?,
-                layer.k.forward(&h)?,
-                layer.v.forward(&h)?,
-            );
-            // The default scale, 1 / sqrt(head_dim): q is not pre-scaled in the file. No weights
-            // asked for, so the fused path: the 1500 x 1500 scores per head are never stored.
-            let a = attention::masked(&q, &k, &v, c.heads, &MaskedOptions::default())?.output;
+            let scale = 1.0 / ((c.d_model / c.heads) as f32).sqrt();
+            let heads = layer
+                .heads
+                .iter()
+                .map(|head| attend(&h, head, scale))
+                .collect::<Result<Vec<_>>>()?;
+            let a = fusion::concat(&heads.iter().collect::<Vec<_>>())?;
             x = elementwise::add(&x, &layer.out.forward(&a)?)?;
             let h = layer.ffn_norm.forward(&x)?;
             let h = elementwise::gelu(&layer.fc1.forward(&h)?)?;
@@ -220,4 +234,22 @@ impl WhisperEncoder {
         }
         self.norm.forward(&x)
     }
+}
+
+/// One head's self-attention of `h` `[windows, frames, d]`: `softmax(scale q k^T) v`, as
+/// `[windows, frames, head_dim]`. Through the tiled matmul rather than
+/// [`crate::ops::attention::masked`]: on lavapipe its fused path took several times longer for
+/// these 1500 x 1500 scores than the two products and the softmax (BENCHMARKS.md, Whisper),
+/// while the stored scores are only `frames^2` f32 per window (9 MB).
+fn attend(h: &Tensor, head: &Head, scale: f32) -> Result<Tensor> {
+    let q = elementwise::scale(&head.q.forward(h)?, scale)?;
+    let k = head.k.forward(h)?;
+    let v = head.v.forward(h)?;
+    let transposed = MatmulOptions {
+        trans_b: true,
+        ..MatmulOptions::default()
+    };
+    let scores = matmul::matmul(&q, &k, transposed)?;
+    let p = softmax::softmax(&scores)?;
+    matmul::matmul(&p, &v, MatmulOptions::default())
 }

@@ -54,19 +54,27 @@ impl Loader<'_> {
         Tensor::from_f32(name, dims.to_vec(), &values(self.file, info)?)?.to_device(self.device)
     }
 
-    /// The matrix `name` `[rows, cols]` cut into `N` equal row blocks, each in the file's dtype
-    /// (see the module doc).
-    pub(crate) fn row_blocks<const N: usize>(
+    /// The matrix `name` `[rows, cols]` in the file's dtype (see the module doc).
+    pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
+        let mut blocks = self.row_blocks(name, rows, cols, 1)?;
+        blocks
+            .pop()
+            .ok_or_else(|| bad(self.file, format!("{name}: no rows")))
+    }
+
+    /// The matrix `name` `[rows, cols]` cut into `parts` equal row blocks, each in the file's
+    /// dtype.
+    fn row_blocks(
         &self,
         name: &str,
         rows: usize,
         cols: usize,
-    ) -> Result<[Tensor; N]> {
-        let parts = N;
+        parts: usize,
+    ) -> Result<Vec<Tensor>> {
         let info = variable(self.file, name, &[Some(rows), Some(cols)])?;
         let bytes = self.file.bytes(info);
         let total = info.dtype.byte_len(info.shape.elem_count());
-        if total != Some(bytes.len() as u64) || !rows.is_multiple_of(parts) {
+        if total != Some(bytes.len() as u64) || parts == 0 || !rows.is_multiple_of(parts) {
             return Err(bad(
                 self.file,
                 format!(
@@ -78,7 +86,7 @@ impl Loader<'_> {
             ));
         }
         let block = bytes.len() / parts;
-        let blocks = (0..parts)
+        (0..parts)
             .map(|i| {
                 let shape = Shape::new(vec![rows / parts, cols]).ok_or_else(|| {
                     bad(
@@ -86,64 +94,53 @@ impl Loader<'_> {
                         format!("{name}: shape [{rows}, {cols}] overflows"),
                     )
                 })?;
-                let part_name = if parts == 1 {
-                    name.to_string()
-                } else {
-                    format!("{name}[{i}/{parts}]")
-                };
                 Tensor::from_bytes(
-                    part_name,
+                    part_name(name, i, parts),
                     info.dtype,
                     shape,
                     bytes[i * block..(i + 1) * block].to_vec(),
                 )?
                 .to_device(self.device)
             })
-            .collect::<Result<Vec<_>>>()?;
-        <[Tensor; N]>::try_from(blocks).map_err(|b| {
-            bad(
-                self.file,
-                format!("{name}: {} blocks, expected {N}", b.len()),
-            )
-        })
+            .collect()
     }
 
-    /// The vector `name` `[len]` cut into `parts` equal pieces, widened to f32.
-    fn pieces(&self, name: &str, len: usize, parts: usize) -> Result<Vec<Tensor>> {
-        let v = values(self.file, variable(self.file, name, &[Some(len)])?)?;
-        let n = len / parts;
-        (0..parts)
-            .map(|i| {
-                let part_name = if parts == 1 {
-                    name.to_string()
-                } else {
-                    format!("{name}[{i}/{parts}]")
-                };
-                Tensor::from_f32(&part_name, vec![n], &v[i * n..(i + 1) * n])?
-                    .to_device(self.device)
+    /// The linear layer `name` (`weight` `[out, inp]`, `bias` `[out]`) cut into `parts` equal
+    /// blocks of outputs, in order: the fused `[Wq; Wk; Wv]` of self-attention in three (or in
+    /// three times the heads), `[Wk; Wv]` of cross-attention in two.
+    pub(crate) fn linear_blocks(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        parts: usize,
+    ) -> Result<Vec<Linear>> {
+        let weights = self.row_blocks(&format!("{name}/weight"), out, inp, parts)?;
+        let name = format!("{name}/bias");
+        let v = values(self.file, variable(self.file, &name, &[Some(out)])?)?;
+        let n = out / parts;
+        weights
+            .into_iter()
+            .enumerate()
+            .map(|(i, weight)| {
+                let bias =
+                    Tensor::from_f32(&part_name(&name, i, parts), vec![n], &v[i * n..(i + 1) * n])?;
+                Ok(Linear {
+                    weight,
+                    bias: Some(bias.to_device(self.device)?),
+                })
             })
             .collect()
     }
 
-    /// The linear layer `name` (`weight` `[out, inp]`, `bias` `[out]`) cut into `N` along its
-    /// outputs: the fused `[Wq; Wk; Wv]` of self-attention gives three, `[Wk; Wv]` of
-    /// cross-attention two.
+    /// [`Loader::linear_blocks`] into `N` blocks.
     pub(crate) fn linears<const N: usize>(
         &self,
         name: &str,
         out: usize,
         inp: usize,
     ) -> Result<[Linear; N]> {
-        let weights = self.row_blocks::<N>(&format!("{name}/weight"), out, inp)?;
-        let biases = self.pieces(&format!("{name}/bias"), out, N)?;
-        let parts: Vec<Linear> = weights
-            .into_iter()
-            .zip(biases)
-            .map(|(weight, bias)| Linear {
-                weight,
-                bias: Some(bias),
-            })
-            .collect();
+        let parts = self.linear_blocks(name, out, inp, N)?;
         <[Linear; N]>::try_from(parts).map_err(|p| {
             bad(
                 self.file,
@@ -162,5 +159,14 @@ impl Loader<'_> {
             gamma: self.f32(&format!("{name}/gamma"), &[d])?,
             beta: self.f32(&format!("{name}/beta"), &[d])?,
         })
+    }
+}
+
+/// The name of block `i` of `parts` cut from `name`.
+fn part_name(name: &str, i: usize, parts: usize) -> String {
+    if parts == 1 {
+        name.to_string()
+    } else {
+        format!("{name}[{i}/{parts}]")
     }
 }
