@@ -54,12 +54,11 @@ impl Loader<'_> {
         Tensor::from_f32(name, dims.to_vec(), &values(self.file, info)?)?.to_device(self.device)
     }
 
-    /// The matrix `name` `[rows, cols]` in the file's dtype (see the module doc).
+    /// The matrix `name` `[rows, cols]` in the file's dtype (see the module doc), streamed onto
+    /// the device by the loader every format uses.
     pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor> {
-        let mut blocks = self.row_blocks(name, rows, cols, 1)?;
-        blocks
-            .pop()
-            .ok_or_else(|| bad(self.file, format!("{name}: no rows")))
+        variable(self.file, name, &[Some(rows), Some(cols)])?;
+        self.device.load(self.file, name)
     }
 
     /// The matrix `name` `[rows, cols]` cut into `parts` equal row blocks, each in the file's
