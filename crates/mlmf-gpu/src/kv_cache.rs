@@ -101,10 +101,11 @@ impl KvCache {
 
     /// Append `keys` and `values` (F32 `[1, n, width]` or `[n, width]`, on the cache's device)
     /// to `layer`, and return views of all of that layer's rows so far, `[1, len, width]` each
-    /// (GPU: the cache's own buffers, no copy). Errors: `layer` past the end or more rows than
-    /// the capacity ([`Error::OpIndex`]), operands of another width or row count
-    /// ([`Error::ShapeMismatch`]), another dtype ([`Error::OpDType`]), another device
-    /// ([`Error::DeviceMismatch`]).
+    /// (GPU: the cache's own buffers, no copy; after [`KvCache::clear`] the next appends
+    /// overwrite what earlier views show). Nothing is written when it fails. Errors: `layer`
+    /// past the end or more rows than the capacity ([`Error::OpIndex`]), operands of another
+    /// width or row count ([`Error::ShapeMismatch`]), another dtype ([`Error::OpDType`]), another
+    /// device ([`Error::DeviceMismatch`]).
     pub fn append(
         &mut self,
         layer: usize,
@@ -141,8 +142,10 @@ impl KvCache {
         }
         let row_bytes = self.width as u64 * 4;
         let at = *len as u64 * row_bytes;
-        write(k_rows, at, keys)?;
-        write(v_rows, at, values)?;
+        check_device(k_rows, keys)?;
+        check_device(v_rows, values)?;
+        write(k_rows, at, keys);
+        write(v_rows, at, values);
         *len = end;
         let shape = Shape::new(vec![1, end, self.width]).ok_or(Error::DeviceLimit {
             tensor: self.name.clone(),
@@ -181,25 +184,31 @@ impl KvCache {
     }
 }
 
-/// Copy all of `src` into `rows` at byte `at` (checked by the caller to fit).
-fn write(rows: &mut Rows, at: u64, src: &Tensor) -> Result<()> {
-    let mismatch = |expected: &str| Error::DeviceMismatch {
+/// `src` is where `rows` can copy from: both on the CPU, or on the same GPU device.
+fn check_device(rows: &Rows, src: &Tensor) -> Result<()> {
+    let cache_device = match (rows, src.storage()) {
+        (Rows::Gpu(dst), Storage::Gpu(s)) if dst.same_device(s) => return Ok(()),
+        (Rows::Cpu(_), Storage::Cpu(_)) => return Ok(()),
+        (Rows::Gpu(dst), _) => Device::Gpu(dst.gpu().clone()),
+        (Rows::Cpu(_), _) => Device::Cpu,
+    };
+    Err(Error::DeviceMismatch {
         op: OP,
         left: src.name().to_string(),
         left_device: src.device().describe(),
         right: "the cache".to_string(),
-        right_device: expected.to_string(),
-    };
+        right_device: cache_device.describe(),
+    })
+}
+
+/// Copy all of `src` (checked by [`check_device`]) into `rows` at byte `at` (checked by the
+/// caller to fit).
+fn write(rows: &mut Rows, at: u64, src: &Tensor) {
     match (rows, src.storage()) {
-        (Rows::Gpu(dst), Storage::Gpu(s)) if dst.same_device(s) => {
-            dst.write_from(at, s);
-            Ok(())
-        }
+        (Rows::Gpu(dst), Storage::Gpu(s)) => dst.write_from(at, s),
         (Rows::Cpu(dst), Storage::Cpu(s)) => {
             dst[at as usize..at as usize + s.len()].copy_from_slice(s);
-            Ok(())
         }
-        (Rows::Gpu(dst), _) => Err(mismatch(&Device::Gpu(dst.gpu().clone()).describe())),
-        (Rows::Cpu(_), _) => Err(mismatch(&Device::Cpu.describe())),
+        _ => {}
     }
 }
