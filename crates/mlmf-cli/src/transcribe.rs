@@ -141,7 +141,7 @@ fn write_attention(png: &Path, a: &CrossAttention) -> Result<(usize, usize)> {
     let per_label = FRAMES_PER_SECOND / FRAMES_PER_COLUMN;
     let column_labels: Vec<String> = (0..columns)
         .map(|c| {
-            if c % per_label == 0 {
+            if c.is_multiple_of(per_label) {
                 format!("{}s", c / per_label)
             } else {
                 String::new()
@@ -161,4 +161,31 @@ fn write_attention(png: &Path, a: &CrossAttention) -> Result<(usize, usize)> {
         &options,
     )?;
     Ok((a.rows, columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Columns sum 10 frames each, the last the 5 that are left; rows stay apart.
+    #[test]
+    fn pool_sums_ten_frames_per_column() {
+        let frames = 25;
+        let values: Vec<f32> = (0..2 * frames).map(|i| i as f32).collect();
+        let a = CrossAttention {
+            rows: 2,
+            frames,
+            values,
+            labels: vec!["a".into(), "b".into()],
+        };
+        let (pooled, columns) = pool(&a).unwrap();
+        assert_eq!(columns, 3);
+        // Row 0: 0..=9, 10..=19, 20..=24; row 1: the same plus 25 each.
+        assert_eq!(pooled, [45.0, 145.0, 110.0, 295.0, 395.0, 235.0]);
+        let short = CrossAttention {
+            values: vec![0.0; 49],
+            ..a
+        };
+        assert!(pool(&short).is_err());
+    }
 }

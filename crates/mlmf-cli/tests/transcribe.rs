@@ -134,7 +134,7 @@ fn text_and_attention_png_on_gpu() {
     let fixed = columns * cell + 3 * margin;
     let left_labels = img.width() - fixed;
     assert!(
-        left_labels % glyph == 0 && (1..=16).contains(&(left_labels / glyph)),
+        left_labels.is_multiple_of(glyph) && (1..=16).contains(&(left_labels / glyph)),
         "width {}",
         img.width()
     );
