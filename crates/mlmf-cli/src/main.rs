@@ -180,7 +180,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Write the last decoder layer's cross-attention (mean over heads) as a heatmap PNG:
-        /// a row per token, a column per 0.2 s of its 30 s window. One audio file only.
+        /// a row per token, a column per 0.2 s of audio (from the start of the token's 30 s
+        /// window). One audio file only.
         #[arg(long, value_name = "OUT")]
         attention_png: Option<PathBuf>,
         #[arg(required = true)]

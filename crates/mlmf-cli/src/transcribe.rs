@@ -13,7 +13,7 @@ use crate::{device, json_line, CliError, DeviceArg, Result};
 
 /// Whisper's encoder gives 50 frames a second (hop 160 at 16 kHz, then the stride-2 conv).
 const FRAMES_PER_SECOND: usize = 50;
-/// Encoder frames summed into one heatmap column (0.2 s): 1500 one-pixel columns could carry no
+/// Encoder frames summed into one heatmap column (0.2 s): one-pixel columns could carry no
 /// labels, and a row must be a glyph (8 px) tall for its token to be read, so a cell of 8 px per
 /// frame would make a 30 s window 12000 px wide. A sum keeps each row's attention mass.
 const FRAMES_PER_COLUMN: usize = 10;
@@ -134,8 +134,8 @@ fn pool(a: &CrossAttention) -> Result<(Vec<f32>, usize)> {
 }
 
 /// The heatmap of `a` written to `png` (see `mlmf::fusion::heatmap`): one row per token, labelled
-/// with it, one column per 0.2 s of the token's 30 s window, labelled every second. Returns
-/// `(rows, columns)`.
+/// with it, one column per 0.2 s of audio (time from the start of the token's 30 s window; the
+/// library keeps the frames that hold audio), labelled every second. Returns `(rows, columns)`.
 fn write_attention(png: &Path, a: &CrossAttention) -> Result<(usize, usize)> {
     let (values, columns) = pool(a)?;
     let per_label = FRAMES_PER_SECOND / FRAMES_PER_COLUMN;

@@ -115,7 +115,8 @@ fn json_on_gpu_lists_each_file_in_order_with_the_fixture_tokens() {
 
 /// On lavapipe: the text line of one file, and the cross-attention heatmap of the layout
 /// `mlmf::fusion::heatmap` documents: 8 px cells, a row per generated token, a column per 10
-/// encoder frames (0.2 s) of the 1500-frame window, a column label ("0s" .. "29s") every 5.
+/// encoder frames (0.2 s) of the audio (jfk.wav: 176000 samples, one frame per 320), a column
+/// label ("0s" .. "10s") every 5.
 #[test]
 fn text_and_attention_png_on_gpu() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,8 +128,8 @@ fn text_and_attention_png_on_gpu() {
     let img = image::open(&png).unwrap().to_rgb8();
     let (cell, margin, glyph) = (8u32, 4u32, 8u32);
     let rows = fixture_tokens().len() as u32;
-    let columns = 1500u32 / 10;
-    let top = glyph * 3 + 2 * margin; // the longest column label, "29s"
+    let columns = 176000u32.div_ceil(320).div_ceil(10);
+    let top = glyph * 3 + 2 * margin; // the longest column label, "10s"
     assert_eq!(img.height(), top + rows * cell + margin);
     // The left margin holds the longest token label: 1 to 16 glyphs.
     let fixed = columns * cell + 3 * margin;
@@ -139,14 +140,32 @@ fn text_and_attention_png_on_gpu() {
         img.width()
     );
     let left = left_labels + 2 * margin;
-    // Each row's 1500 weights sum to 1, so its largest column holds at least 1/150 of the largest
-    // weight in the picture: no row of cells is all white.
+    let at = |r: u32, c: u32| {
+        img.get_pixel(left + c * cell + cell / 2, top + r * cell + cell / 2)
+            .0
+    };
+    // Colours are scaled to the largest weight: its cell is the darkest blue, and no cell is
+    // darker in any channel.
+    let cells: Vec<[u8; 3]> = (0..rows)
+        .flat_map(|r| (0..columns).map(move |c| (r, c)))
+        .map(|(r, c)| at(r, c))
+        .collect();
+    assert!(cells.contains(&[8, 48, 107]));
+    assert!(cells.iter().all(|p| p[0] >= 8 && p[1] >= 48 && p[2] >= 107));
+    // Every token attends somewhere in the audio, and the speech runs forward: the last token's
+    // darkest column lies after the first token's.
+    let darkest = |r: u32| {
+        (0..columns)
+            .min_by_key(|&c| at(r, c).iter().map(|&v| u32::from(v)).sum::<u32>())
+            .unwrap()
+    };
     for r in 0..rows {
-        let y = top + r * cell + cell / 2;
-        let inked =
-            (0..columns).any(|c| img.get_pixel(left + c * cell + cell / 2, y).0 != [255; 3]);
-        assert!(inked, "row {r} is white");
+        assert!(
+            (0..columns).any(|c| at(r, c) != [255; 3]),
+            "row {r} is white"
+        );
     }
+    assert!(darkest(0) < darkest(rows - 1));
 }
 
 /// On the CPU twins: several files print one line each, after the path.
