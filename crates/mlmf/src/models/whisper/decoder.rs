@@ -9,8 +9,9 @@
 //!    `linear_0` (`[Wq; Wk; Wv]`) and cross-attention `linear_1` (`[Wk; Wv]`, applied to the
 //!    encoder output once per utterance: [`WhisperDecoder::cross_kv`]) are split at load. q is
 //!    not pre-scaled in the file: the scores take `1 / sqrt(64)`, the attention's default.
-//! 3. `decoder/layer_norm`, then logits `x E^T` by the embedding matrix itself (the file's
-//!    `decoder/projection/weight` is an alias of `decoder/embeddings/weight`), no bias.
+//! 3. `decoder/layer_norm`, then logits `E x` by the embedding matrix itself (the file's
+//!    `decoder/projection/weight` is an alias of `decoder/embeddings/weight`), no bias, through
+//!    the matrix-vector kernel [`qmatmul`].
 //!
 //! Matrices stay f16 on the device and are widened as the kernels read them; the arithmetic is
 //! f32 (see `layers.rs`).
@@ -18,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::ops::attention::{self, AttnMask, MaskedOptions};
-use crate::ops::{elementwise, embedding};
+use crate::ops::{elementwise, embedding, qmatmul};
 use crate::{Device, KvCache, Tensor};
 
 use super::layers::{LayerNorm, Linear, Loader};
@@ -317,8 +318,10 @@ impl WhisperDecoder {
             let h = elementwise::gelu(&layer.fc1.forward(&h)?)?;
             x = elementwise::add(&x, &layer.fc2.forward(&h)?)?;
         }
-        let h = self.norm.forward(&x)?;
-        let logits = crate::ops::matmul::linear(&h, &self.embeddings, None)?;
+        let h = self.norm.forward(&x)?.reshape(vec![n, c.d_model])?;
+        // The matrix-vector kernel: with one row per step, the tiled matmul would compute a
+        // whole tile of rows for it (it measured slower on lavapipe for this 51864 x 384 product).
+        let logits = qmatmul::matmul(&self.embeddings, &h)?.reshape(vec![1, n, c.vocab])?;
         Ok(Step {
             logits,
             cross_attention: weights,
