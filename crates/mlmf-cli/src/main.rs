@@ -46,6 +46,7 @@ macro_rules! note {
 }
 
 mod audio;
+mod transcribe;
 
 #[derive(Parser)]
 #[command(
@@ -163,6 +164,28 @@ enum Command {
         windowing: WindowingArg,
         #[arg(short, long)]
         output: PathBuf,
+    },
+    /// Speech to text with Whisper tiny.en (a CTranslate2 model directory): the transcript of
+    /// each audio file (WAV, FLAC, MP3, Ogg Vorbis, any length: cut into 30 s windows), one line
+    /// each, after the path when there are several.
+    Transcribe {
+        /// The model directory (model.bin, config.json, tokenizer.json); default: the cached
+        /// whisper-tiny.en-ct2.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Print a JSON list, one object per audio file in argument order: {"audio", "text",
+        /// "tokens" (no prompt, no end-of-text), "audio_seconds", "seconds" (wall time)}.
+        #[arg(long)]
+        json: bool,
+        /// Write the last decoder layer's cross-attention (mean over heads) as a heatmap PNG:
+        /// a row per token, a column per 0.2 s of audio (from the start of the token's 30 s
+        /// window). One audio file only.
+        #[arg(long, value_name = "OUT")]
+        attention_png: Option<PathBuf>,
+        #[arg(required = true)]
+        audio: Vec<PathBuf>,
     },
     /// LoRA adapters (PEFT directories or llama.cpp GGUF adapter files).
     Lora {
@@ -411,6 +434,13 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             };
             audio::log_mel(&file, mels, windowing, device, &output, out)
         }
+        Command::Transcribe {
+            model,
+            device,
+            json,
+            attention_png,
+            audio,
+        } => transcribe::transcribe(model, device, json, attention_png.as_deref(), &audio, out),
         Command::Lora {
             command:
                 LoraCommand::Merge {
