@@ -44,7 +44,10 @@ pub(crate) fn check_spec(file: &ModelFile) -> Result<()> {
     match file.metadata().get(crate::formats::ctranslate2::KEY_SPEC) {
         None => Ok(()),
         Some(v) if v.as_str() == Some(SPEC) => Ok(()),
-        Some(v) => Err(bad(file, format!("spec {v:?}: expected {SPEC}"))),
+        Some(v) => {
+            let spec = v.as_str().map_or_else(|| format!("{v:?}"), str::to_string);
+            Err(bad(file, format!("spec {spec}: expected {SPEC}")))
+        }
     }
 }
 
