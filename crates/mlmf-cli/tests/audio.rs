@@ -3,26 +3,11 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod run;
 
+use run::{mlmf, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlmf"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn mlmf(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "mlmf {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use std::process::Command;
 
 /// The F32 tensor `key` of a safetensors file: shape, values, and the file's metadata.
 fn read(

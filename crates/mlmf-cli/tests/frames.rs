@@ -3,29 +3,14 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod run;
 
+use run::{mlmf, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use mlmf::multimodal::preprocess::image::{decode_rgb, ImagePreprocess};
 use sha2::{Digest, Sha256};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlmf"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn mlmf(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "mlmf {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn video(name: &str) -> PathBuf {
     common::fixtures().join("media/video").join(name)

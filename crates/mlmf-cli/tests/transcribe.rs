@@ -5,29 +5,13 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+mod run;
 
+use run::{mlmf, run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 /// The fixture's transcript (`whisper/README.md`).
 const TEXT: &str = "And so my fellow Americans ask not what your country can do for you, ask what you can do for your country.";
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mlmf"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn mlmf(args: &[&str]) -> Output {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "mlmf {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// A failing run: non-zero exit, a message on stderr (returned), no panic.
 fn fails(args: &[&str]) -> String {

@@ -23,7 +23,7 @@ use crate::ops::{elementwise, embedding, qmatmul};
 use crate::{Device, KvCache, Tensor};
 
 use super::layers::{LayerNorm, Linear, Loader};
-use super::{bad, check_spec, scalar, variable};
+use super::{bad, check_spec, scalar, stack_sizes, variable};
 
 const OP: &str = "WhisperDecoder::step";
 
@@ -97,16 +97,7 @@ impl WhisperDecoder {
             &[None, Some(d)],
         )?;
         let positions = pos.shape.dims()[0];
-        let heads = scalar(file, "decoder/num_heads")?;
-        let heads = usize::try_from(heads)
-            .ok()
-            .filter(|&h| h > 0 && d.is_multiple_of(h))
-            .ok_or_else(|| {
-                bad(
-                    file,
-                    format!("decoder/num_heads {heads} does not divide {d}"),
-                )
-            })?;
+        let (heads, ffn, layers) = stack_sizes(file, "decoder", d)?;
         // The settings this implementation follows; a file that asks for others is refused
         // rather than run wrongly.
         for (name, want) in [
@@ -124,18 +115,6 @@ impl WhisperDecoder {
                 }
             }
         }
-        let fc1 = variable(
-            file,
-            "decoder/layer_0/ffn/linear_0/weight",
-            &[None, Some(d)],
-        )?;
-        let ffn = fc1.shape.dims()[0];
-        let layers = (0..)
-            .take_while(|i| {
-                file.tensor(&format!("decoder/layer_{i}/self_attention/linear_0/weight"))
-                    .is_ok()
-            })
-            .count();
         let config = DecoderConfig {
             d_model: d,
             heads,

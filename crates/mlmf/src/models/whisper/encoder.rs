@@ -30,7 +30,7 @@ use crate::Device;
 use crate::Tensor;
 
 use super::layers::{LayerNorm, Linear, Loader};
-use super::{bad, check_spec, scalar, variable};
+use super::{check_spec, stack_sizes, variable};
 
 const OP: &str = "WhisperEncoder::forward";
 /// The convolutions' kernel width and padding.
@@ -117,28 +117,7 @@ impl WhisperEncoder {
             &[None, Some(d)],
         )?;
         let positions = pos.shape.dims()[0];
-        let heads = scalar(file, "encoder/num_heads")?;
-        let heads = usize::try_from(heads)
-            .ok()
-            .filter(|&h| h > 0 && d.is_multiple_of(h))
-            .ok_or_else(|| {
-                bad(
-                    file,
-                    format!("encoder/num_heads {heads} does not divide {d}"),
-                )
-            })?;
-        let fc1 = variable(
-            file,
-            "encoder/layer_0/ffn/linear_0/weight",
-            &[None, Some(d)],
-        )?;
-        let ffn = fc1.shape.dims()[0];
-        let layers = (0..)
-            .take_while(|i| {
-                file.tensor(&format!("encoder/layer_{i}/self_attention/linear_0/weight"))
-                    .is_ok()
-            })
-            .count();
+        let (heads, ffn, layers) = stack_sizes(file, "encoder", d)?;
         let config = EncoderConfig {
             mels,
             d_model: d,

@@ -127,3 +127,38 @@ pub(crate) fn scalar(file: &ModelFile, name: &str) -> Result<i64> {
     };
     Ok(v)
 }
+
+/// The sizes of a stack of transformer layers under `prefix` (`encoder` or `decoder`) of width
+/// `d`: `(heads, ffn, layers)`, from `{prefix}/num_heads` (which must divide `d`), the inner
+/// width of `{prefix}/layer_0/ffn/linear_0`, and the count of `{prefix}/layer_N` present.
+pub(crate) fn stack_sizes(
+    file: &ModelFile,
+    prefix: &str,
+    d: usize,
+) -> Result<(usize, usize, usize)> {
+    let heads = scalar(file, &format!("{prefix}/num_heads"))?;
+    let heads = usize::try_from(heads)
+        .ok()
+        .filter(|&h| h > 0 && d.is_multiple_of(h))
+        .ok_or_else(|| {
+            bad(
+                file,
+                format!("{prefix}/num_heads {heads} does not divide {d}"),
+            )
+        })?;
+    let fc1 = variable(
+        file,
+        &format!("{prefix}/layer_0/ffn/linear_0/weight"),
+        &[None, Some(d)],
+    )?;
+    let ffn = fc1.shape.dims()[0];
+    let layers = (0..)
+        .take_while(|i| {
+            file.tensor(&format!(
+                "{prefix}/layer_{i}/self_attention/linear_0/weight"
+            ))
+            .is_ok()
+        })
+        .count();
+    Ok((heads, ffn, layers))
+}
