@@ -10,9 +10,10 @@ model loading and the warm-up are not timed):
 - transcribe: model.transcribe(FILE, beam_size=1, temperature=0, without_timestamps=True,
   language="en", condition_on_previous_text=False, vad_filter=False) with its segments generator
   consumed (WAV decoding included, as faster-whisper does it);
-- encode: model.model.encode on the first 30-s window of the features faster-whisper computes for
-  FILE (its feature extractor, then pad_or_trim of the log-mel, as transcribe does), to_cpu=True
-  so the output is complete when it returns;
+- features: faster-whisper's log-mel of FILE's samples (in memory) and pad_or_trim of its first
+  30-s window, as transcribe does (mlmf's Whisper::encode includes this step);
+- encode: model.model.encode on those features, to_cpu=True so the output is complete when it
+  returns;
 - decode: model.model.generate on that encoder output with prompt [50257, 50362] (start of
   transcript, no timestamps), beam_size=1, max_length=448, the model's config.json suppress_ids
   (equal to faster-whisper's get_suppressed_tokens(tokenizer, [-1])), suppress_blank=True;
@@ -26,15 +27,19 @@ Note that faster-whisper pads the log-mel (with 0.0) to 30 s where Whisper pads 
 jfk.wav it emits 23 tokens (no comma) where mlmf and the fixture emit 24
 (/work/shared/fixtures/whisper/README.md).
 
-Usage: bench_whisper_fw.py FILE ITERS [--model DIR]
+Usage: bench_whisper_fw.py FILE ITERS [--model DIR] [--serve]
    (DIR defaults to $MLMF_MODELS or ~/.cache/mlmf, then whisper-tiny.en-ct2)
 Prints one JSON line: {"iters", "audio_seconds", "seconds": {part: all ITERS}, "per_run":
 {part: seconds per run}, "text", "tokens" (ids of the decode part), "n_tokens",
 "transcribe_text", "faster_whisper", "ctranslate2", "cpu_threads", "model"}.
+With --serve it then reads lines "PART N" from stdin and answers each with one JSON line
+{"part", "iters": N, "seconds"} (N runs of PART in their own loop), so one process, with its
+model loaded once, serves every sample of the Rust bench.
 """
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -59,6 +64,7 @@ def main():
     ap.add_argument("file")
     ap.add_argument("iters", type=int)
     ap.add_argument("--model", default=default_model())
+    ap.add_argument("--serve", action="store_true")
     args = ap.parse_args()
 
     model = WhisperModel(args.model, device="cpu", compute_type="float32", cpu_threads=2)
@@ -90,18 +96,22 @@ def main():
     encoded = encode(feats)
     parts = {
         "transcribe": transcribe,
+        "features": features,
         "encode": lambda: encode(feats),
         "decode": lambda: generate(encoded, 448),
         "first_token_decode": lambda: generate(encoded, 2),
         "first_token": lambda: generate(encode(features()), 2),
     }
+    def timed(run, iters):
+        start = time.perf_counter()
+        for _ in range(iters):
+            run()
+        return time.perf_counter() - start
+
     seconds, results = {}, {}
     for name, run in parts.items():
         results[name] = run()  # warm-up
-        start = time.perf_counter()
-        for _ in range(args.iters):
-            run()
-        seconds[name] = time.perf_counter() - start
+        seconds[name] = timed(run, args.iters)
     assert len(results["first_token_decode"]) == 1, results["first_token_decode"]
 
     tokens = results["decode"]
@@ -112,7 +122,14 @@ def main():
         "tokens": tokens, "n_tokens": len(tokens), "transcribe_text": results["transcribe"],
         "faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__,
         "cpu_threads": 2, "model": args.model,
-    }))
+    }), flush=True)
+    if args.serve:
+        for line in sys.stdin:
+            part, iters = line.split()
+            iters = int(iters)
+            print(json.dumps({
+                "part": part, "iters": iters, "seconds": timed(parts[part], iters),
+            }), flush=True)
 
 
 if __name__ == "__main__":
