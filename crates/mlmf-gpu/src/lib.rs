@@ -4,11 +4,13 @@
 //! [`mlmf_core::ModelFile`] onto a device. Users add the `mlmf` crate, which re-exports it.
 
 mod device;
+mod kv_cache;
 mod load;
 pub mod ops;
 mod storage;
 mod tensor;
 
 pub use device::{adapters, AdapterReport, Device, Gpu, GpuOptions};
+pub use kv_cache::KvCache;
 pub use storage::GpuStorage;
 pub use tensor::{Storage, Tensor};

@@ -146,4 +146,4 @@ pub use mlmf_core::{
     Arch, DType, Error, Format, Metadata, ModelFile, NameMap, Result, Rule, Shape, TensorInfo,
     Value,
 };
-pub use mlmf_gpu::{adapters, AdapterReport, Device, Gpu, GpuOptions, Storage, Tensor};
+pub use mlmf_gpu::{adapters, AdapterReport, Device, Gpu, GpuOptions, KvCache, Storage, Tensor};

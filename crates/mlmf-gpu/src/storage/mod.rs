@@ -115,6 +115,43 @@ impl GpuStorage {
         out
     }
 
+    /// The first `len` bytes (at most [`GpuStorage::byte_len`]) as storage of their own that
+    /// shares these pages: no copy. Kernels submitted later see writes made to either.
+    pub(crate) fn prefix(&self, len: u64) -> GpuStorage {
+        let len = len.min(self.byte_len);
+        let pages = len.div_ceil(self.page_bytes).max(1) as usize;
+        GpuStorage {
+            gpu: self.gpu.clone(),
+            pages: self.pages[..pages.min(self.pages.len())].to_vec(),
+            page_bytes: self.page_bytes,
+            byte_len: len,
+        }
+    }
+
+    /// Queue a device-side copy of all of `src` (on the same device) into these pages at byte
+    /// `at`. The caller checks that `at + src.byte_len()` fits and that both are multiples of 4.
+    pub(crate) fn write_from(&self, at: u64, src: &GpuStorage) {
+        let mut encoder =
+            self.gpu
+                .inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("mlmf write rows"),
+                });
+        for (src_page, src_off, pos, count) in src.spans(0, src.byte_len) {
+            for (dst_page, dst_off, dst_at, n) in self.spans(at + pos, count) {
+                let from = src_off + (dst_at - at - pos);
+                encoder.copy_buffer_to_buffer(src_page, from, dst_page, dst_off, n);
+            }
+        }
+        self.gpu.inner.queue.submit([encoder.finish()]);
+    }
+
+    /// Whether `other` lives on the same wgpu device.
+    pub(crate) fn same_device(&self, other: &GpuStorage) -> bool {
+        std::sync::Arc::ptr_eq(&self.gpu.inner, &other.gpu.inner)
+    }
+
     /// A copy on `gpu`: a device-side copy on the same device, chunk by chunk through host
     /// memory between different devices.
     pub(crate) fn copy_to(&self, gpu: &Gpu, name: &str, unit: u64) -> Result<GpuStorage> {

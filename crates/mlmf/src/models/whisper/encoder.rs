@@ -22,15 +22,14 @@ use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::ops::attention::{self, MaskedOptions};
 use crate::ops::conv::{self, Conv1d};
-use crate::ops::{elementwise, matmul, norm};
+use crate::ops::elementwise;
 use crate::Device;
 use crate::Tensor;
 
-use super::{bad, check_spec, scalar, values, variable};
+use super::layers::{LayerNorm, Linear, Loader};
+use super::{bad, check_spec, scalar, variable};
 
 const OP: &str = "WhisperEncoder::forward";
-/// CTranslate2's LayerNorm epsilon when the norm has a beta and config.json names none.
-const LAYER_NORM_EPS: f32 = 1e-5;
 /// The convolutions' kernel width and padding.
 const KERNEL: usize = 3;
 
@@ -49,16 +48,6 @@ pub struct EncoderConfig {
     pub positions: usize,
 }
 
-struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-struct LayerNorm {
-    gamma: Tensor,
-    beta: Tensor,
-}
-
 struct Layer {
     attn_norm: LayerNorm,
     q: Linear,
@@ -74,73 +63,34 @@ struct Layer {
 pub struct WhisperEncoder {
     config: EncoderConfig,
     device: Device,
-    conv1: Linear,
-    conv2: Linear,
+    conv1: Conv,
+    conv2: Conv,
     positions: Tensor,
     layers: Vec<Layer>,
     norm: LayerNorm,
 }
 
-/// Loads checked variables as f32 tensors on one device.
-struct Loader<'f> {
-    file: &'f ModelFile,
-    device: &'f Device,
+/// A conv1d layer: weight `[out, in, KERNEL]` and bias, in f32 (the conv kernels' only dtype).
+struct Conv {
+    weight: Tensor,
+    bias: Tensor,
 }
 
-impl Loader<'_> {
-    fn tensor(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
-        let want: Vec<Option<usize>> = dims.iter().map(|&d| Some(d)).collect();
-        let info = variable(self.file, name, &want)?;
-        Tensor::from_f32(name, dims.to_vec(), &values(self.file, info)?)?.to_device(self.device)
-    }
-
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.tensor(&format!("{name}/weight"), &[out, inp])?,
-            bias: self.tensor(&format!("{name}/bias"), &[out])?,
+impl Conv {
+    fn load(l: &Loader, name: &str, out: usize, inp: usize) -> Result<Conv> {
+        Ok(Conv {
+            weight: l.f32(&format!("{name}/weight"), &[out, inp, KERNEL])?,
+            bias: l.f32(&format!("{name}/bias"), &[out])?,
         })
     }
 
-    fn conv(&self, name: &str, out: usize, inp: usize) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.tensor(&format!("{name}/weight"), &[out, inp, KERNEL])?,
-            bias: self.tensor(&format!("{name}/bias"), &[out])?,
-        })
-    }
-
-    fn layer_norm(&self, name: &str, d: usize) -> Result<LayerNorm> {
-        Ok(LayerNorm {
-            gamma: self.tensor(&format!("{name}/gamma"), &[d])?,
-            beta: self.tensor(&format!("{name}/beta"), &[d])?,
-        })
-    }
-
-    /// The fused `[Wq; Wk; Wv]` projection split into its three row blocks.
-    fn qkv(&self, name: &str, d: usize) -> Result<[Linear; 3]> {
-        let w_name = format!("{name}/weight");
-        let b_name = format!("{name}/bias");
-        let w = values(
-            self.file,
-            variable(self.file, &w_name, &[Some(3 * d), Some(d)])?,
-        )?;
-        let b = values(self.file, variable(self.file, &b_name, &[Some(3 * d)])?)?;
-        let part = |i: usize, what: &str| -> Result<Linear> {
-            let weight = Tensor::from_f32(
-                &format!("{w_name}[{what}]"),
-                vec![d, d],
-                &w[i * d * d..(i + 1) * d * d],
-            )?;
-            let bias = Tensor::from_f32(
-                &format!("{b_name}[{what}]"),
-                vec![d],
-                &b[i * d..(i + 1) * d],
-            )?;
-            Ok(Linear {
-                weight: weight.to_device(self.device)?,
-                bias: bias.to_device(self.device)?,
-            })
+    fn forward(&self, x: &Tensor, stride: usize, channels_last: bool) -> Result<Tensor> {
+        let conv = Conv1d {
+            stride,
+            padding: 1,
+            channels_last,
         };
-        Ok([part(0, "q")?, part(1, "k")?, part(2, "v")?])
+        conv::conv1d(x, &self.weight, Some(&self.bias), conv)
     }
 }
 
@@ -193,7 +143,7 @@ impl WhisperEncoder {
         let layers = (0..layers)
             .map(|i| {
                 let p = format!("encoder/layer_{i}");
-                let [q, k, v] = l.qkv(&format!("{p}/self_attention/linear_0"), d)?;
+                let [q, k, v] = l.linears(&format!("{p}/self_attention/linear_0"), 3 * d, d)?;
                 Ok(Layer {
                     attn_norm: l.layer_norm(&format!("{p}/self_attention/layer_norm"), d)?,
                     q,
@@ -207,9 +157,9 @@ impl WhisperEncoder {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(WhisperEncoder {
-            conv1: l.conv("encoder/conv1", d, mels)?,
-            conv2: l.conv("encoder/conv2", d, d)?,
-            positions: l.tensor("encoder/position_encodings/encodings", &[positions, d])?,
+            conv1: Conv::load(&l, "encoder/conv1", d, mels)?,
+            conv2: Conv::load(&l, "encoder/conv2", d, d)?,
+            positions: l.f32("encoder/position_encodings/encodings", &[positions, d])?,
             layers,
             norm: l.layer_norm("encoder/layer_norm", d)?,
             config,
@@ -250,52 +200,24 @@ impl WhisperEncoder {
                 right_shape: vec![dims[0], c.mels, frames],
             });
         }
-        let x = conv::conv1d(
-            mel,
-            &self.conv1.weight,
-            Some(&self.conv1.bias),
-            Conv1d {
-                stride: 1,
-                padding: 1,
-                channels_last: false,
-            },
-        )?;
-        let x = elementwise::gelu(&x)?;
-        let x = conv::conv1d(
-            &x,
-            &self.conv2.weight,
-            Some(&self.conv2.bias),
-            Conv1d {
-                stride: 2,
-                padding: 1,
-                channels_last: true,
-            },
-        )?;
-        let x = elementwise::gelu(&x)?;
+        let x = elementwise::gelu(&self.conv1.forward(mel, 1, false)?)?;
+        let x = elementwise::gelu(&self.conv2.forward(&x, 2, true)?)?;
         let mut x = elementwise::add(&x, &self.positions)?;
         for layer in &self.layers {
-            let h = layer_norm(&x, &layer.attn_norm)?;
+            let h = layer.attn_norm.forward(&x)?;
             let (q, k, v) = (
-                linear(&h, &layer.q)?,
-                linear(&h, &layer.k)?,
-                linear(&h, &layer.v)?,
+                layer.q.forward(&h)?,
+                layer.k.forward(&h)?,
+                layer.v.forward(&h)?,
             );
             // The default scale, 1 / sqrt(head_dim): q is not pre-scaled in the file. No weights
             // asked for, so the fused path: the 1500 x 1500 scores per head are never stored.
             let a = attention::masked(&q, &k, &v, c.heads, &MaskedOptions::default())?.output;
-            x = elementwise::add(&x, &linear(&a, &layer.out)?)?;
-            let h = layer_norm(&x, &layer.ffn_norm)?;
-            let h = elementwise::gelu(&linear(&h, &layer.fc1)?)?;
-            x = elementwise::add(&x, &linear(&h, &layer.fc2)?)?;
+            x = elementwise::add(&x, &layer.out.forward(&a)?)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            let h = elementwise::gelu(&layer.fc1.forward(&h)?)?;
+            x = elementwise::add(&x, &layer.fc2.forward(&h)?)?;
         }
-        layer_norm(&x, &self.norm)
+        self.norm.forward(&x)
     }
-}
-
-fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
-    matmul::linear(x, &l.weight, Some(&l.bias))
-}
-
-fn layer_norm(x: &Tensor, n: &LayerNorm) -> Result<Tensor> {
-    norm::layer_norm(x, &n.gamma, &n.beta, LAYER_NORM_EPS)
 }

@@ -1,7 +1,8 @@
 //! OpenAI's Whisper as faster-whisper users have it on disk: a CTranslate2 `model.bin` (spec
 //! `WhisperSpec`), read through [`crate::ModelFile`]. The model's facts (fused projections,
 //! scales, epsilon, GELU) are in `../shared/fixtures/whisper/README.md`; each part's module doc
-//! says which it relies on. So far: the audio encoder ([`encoder`]).
+//! says which it relies on: the audio encoder ([`encoder`]), the text decoder ([`decoder`]) and
+//! greedy transcription ([`Whisper`]).
 
 use std::path::{Path, PathBuf};
 
@@ -9,9 +10,16 @@ use crate::error::{Error, Result};
 use crate::formats::{ModelFile, TensorInfo};
 use crate::DType;
 
+pub mod decoder;
 pub mod encoder;
+mod layers;
+mod transcribe;
 
+pub use decoder::{CrossKv, DecoderConfig, Step, WhisperDecoder};
 pub use encoder::{EncoderConfig, WhisperEncoder};
+pub use transcribe::{
+    CrossAttention, Decoded, Timing, TranscribeOptions, Transcript, Whisper, SAMPLE_RATE,
+};
 
 /// The spec name a CTranslate2 Whisper model carries.
 pub const SPEC: &str = "WhisperSpec";
