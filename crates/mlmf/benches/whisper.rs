@@ -143,6 +143,9 @@ struct Row {
     encode: Tally,
     decode: Tally,
     first_token: Tally,
+    /// The decoder's first step alone (`Decoded::first_token`; faster-whisper's
+    /// `first_token_decode`).
+    first_step: Tally,
     transcribe: Tally,
     tokens: usize,
     text: String,
@@ -150,8 +153,8 @@ struct Row {
 
 fn cell(seconds: Option<f64>, audio: f64) -> String {
     match seconds {
-        Some(s) => format!("{:>9.1} ms  RTF {:.4}", s * 1e3, s / audio),
-        None => format!("{:>26}", "-"),
+        Some(s) => format!("{:>8.3} s (RTF {:>6.3})", s, s / audio),
+        None => format!("{:>22}", "-"),
     }
 }
 
@@ -257,10 +260,16 @@ fn whisper(c: &mut Criterion) {
         group.bench_function(*label, |b| {
             b.iter_custom(|iters| {
                 let started = Instant::now();
+                let mut first_step = Duration::ZERO;
                 for _ in 0..iters {
-                    model.decode(&encoded, &options).expect("decode");
+                    first_step += model
+                        .decode(&encoded, &options)
+                        .expect("decode")
+                        .first_token;
                 }
-                row.decode.add(iters, started.elapsed())
+                let elapsed = started.elapsed();
+                row.first_step.add(iters, first_step);
+                row.decode.add(iters, elapsed)
             })
         });
     }
@@ -294,6 +303,7 @@ fn whisper(c: &mut Criterion) {
             b.iter_custom(|iters| fw_row.transcribe.add(iters, fw.time("transcribe", iters)))
         });
         fw_row.first_token.add(5, fw.time("first_token", 5));
+        fw_row.first_step.add(5, fw.time("first_token_decode", 5));
         fw_row.tokens = fw.summary["n_tokens"].as_u64().unwrap_or(0) as usize;
         fw_row.text = fw.summary["text"].as_str().unwrap_or("?").to_string();
     }
@@ -304,7 +314,7 @@ fn whisper(c: &mut Criterion) {
          above (warm-up included); RTF = seconds of compute per second of audio"
     );
     println!(
-        "{:<16} {:>26} {:>26} {:>26} {:>26}  tokens",
+        "{:<16} {:>22} {:>22} {:>22} {:>22}  tokens",
         "", "encode", "decode", "first token", "transcribe"
     );
     let print = |label: &str, row: &Row| {
@@ -337,6 +347,16 @@ fn whisper(c: &mut Criterion) {
                 }
             }
         }
+    }
+    let mut labelled: Vec<(&str, &Row)> = models.iter().map(|(l, _)| *l).zip(&rows).collect();
+    if fw.is_some() {
+        labelled.push(("faster_whisper", &fw_row));
+    }
+    for (label, row) in &labelled {
+        println!(
+            "{label}: decoder's first step alone {:.1} ms",
+            row.first_step.mean().unwrap_or(f64::NAN) * 1e3
+        );
     }
     for ((label, _), row) in models.iter().zip(&rows) {
         println!("{label}: {:?}", row.text);
