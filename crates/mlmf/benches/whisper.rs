@@ -309,6 +309,15 @@ fn whisper(c: &mut Criterion) {
     }
     group.finish();
 
+    // Rows that ran (a criterion filter may leave some out), faster-whisper last.
+    let mut labelled: Vec<(&str, &Row)> = models.iter().map(|(l, _)| *l).zip(&rows).collect();
+    if fw.is_some() {
+        labelled.push(("faster_whisper", &fw_row));
+    }
+    labelled.retain(|(_, row)| row.encode.runs + row.decode.runs + row.transcribe.runs > 0);
+    if labelled.is_empty() {
+        return;
+    }
     println!(
         "\nwhisper tiny.en, jfk.wav ({seconds:.2} s of audio): mean per run over every run \
          above (warm-up included); RTF = seconds of compute per second of audio"
@@ -317,7 +326,7 @@ fn whisper(c: &mut Criterion) {
         "{:<16} {:>22} {:>22} {:>22} {:>22}  tokens",
         "", "encode", "decode", "first token", "transcribe"
     );
-    let print = |label: &str, row: &Row| {
+    for (label, row) in &labelled {
         println!(
             "{label:<16} {} {} {} {}  {}",
             cell(row.encode.mean(), seconds),
@@ -326,43 +335,33 @@ fn whisper(c: &mut Criterion) {
             cell(row.transcribe.mean(), seconds),
             row.tokens
         );
-    };
-    for ((label, _), row) in models.iter().zip(&rows) {
-        print(label, row);
+    }
+    for (label, row) in &labelled {
+        if let Some(s) = row.first_step.mean() {
+            println!("{label}: decoder's first step alone {:.1} ms", s * 1e3);
+        }
     }
     if fw.is_some() {
-        print("faster_whisper", &fw_row);
         println!(
             "faster_whisper's encode excludes its log-mel ({:.1} ms per run, numpy); mlmf's \
              includes it",
             fw_features.mean().unwrap_or(f64::NAN) * 1e3
         );
-        if let Some(fw_total) = fw_row.transcribe.mean() {
-            for ((label, _), row) in models.iter().zip(&rows) {
-                if let Some(total) = row.transcribe.mean() {
-                    println!(
-                        "{label}: transcribe {:.2}x faster-whisper's time (target: within 3x)",
-                        total / fw_total
-                    );
-                }
+    }
+    if let Some(fw_total) = fw_row.transcribe.mean() {
+        for ((label, _), row) in models.iter().zip(&rows) {
+            if let Some(total) = row.transcribe.mean() {
+                println!(
+                    "{label}: transcribe {:.2}x faster-whisper's time (target: within 3x)",
+                    total / fw_total
+                );
             }
         }
     }
-    let mut labelled: Vec<(&str, &Row)> = models.iter().map(|(l, _)| *l).zip(&rows).collect();
-    if fw.is_some() {
-        labelled.push(("faster_whisper", &fw_row));
-    }
     for (label, row) in &labelled {
-        println!(
-            "{label}: decoder's first step alone {:.1} ms",
-            row.first_step.mean().unwrap_or(f64::NAN) * 1e3
-        );
-    }
-    for ((label, _), row) in models.iter().zip(&rows) {
-        println!("{label}: {:?}", row.text);
-    }
-    if fw.is_some() {
-        println!("faster_whisper: {:?}", fw_row.text);
+        if !row.text.is_empty() {
+            println!("{label}: {:?}", row.text);
+        }
     }
 }
 
