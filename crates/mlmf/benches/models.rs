@@ -202,6 +202,27 @@ const SENTENCES: [&str; 4] = [
     "Hello, world! How are you today?",
 ];
 
+/// What one run of `f` asks of the GPU (buffers, bind groups, dispatches, submissions, waits),
+/// printed before the timings: issue 15's per-launch overhead, counted.
+fn print_launches(gpu: &Device, what: &str, f: impl FnOnce()) {
+    let Device::Gpu(g) = gpu else { return };
+    let before = g.stats();
+    f();
+    let s = g.stats().since(&before);
+    println!(
+        "{what} on the GPU: {} buffers ({} bytes; {} of them parameters), {} bind groups, {} \
+         dispatches, {} submissions, {} waits, {} readbacks",
+        s.buffers,
+        s.buffer_bytes,
+        s.uniforms,
+        s.bind_groups,
+        s.dispatches,
+        s.submits,
+        s.waits,
+        s.readbacks
+    );
+}
+
 fn models(c: &mut Criterion) {
     use mlmf::models::{bert::BertEmbedder, cache_dir, mobilenet_v2::MobileNetV2};
     let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
@@ -213,6 +234,9 @@ fn models(c: &mut Criterion) {
     for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
         let model = BertEmbedder::open(cache_dir().join("all-MiniLM-L6-v2"), &device)
             .expect("all-MiniLM-L6-v2 (run python3 scripts/fetch_models.py)");
+        print_launches(&device, "MiniLM, one batch of 4 sentences", || {
+            model.embed(&SENTENCES).expect("embed");
+        });
         group.bench_function(label, |b| {
             b.iter(|| model.embed(&SENTENCES).expect("embed"))
         });
@@ -237,6 +261,13 @@ fn models(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
         let model = MobileNetV2::load(&file, &device).expect("load");
+        print_launches(&device, "MobileNetV2, one image to logits", || {
+            model
+                .forward(&x)
+                .expect("forward")
+                .to_f32_vec()
+                .expect("logits");
+        });
         group.bench_function(label, |b| {
             b.iter(|| {
                 model

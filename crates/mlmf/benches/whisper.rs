@@ -257,6 +257,41 @@ fn whisper(c: &mut Criterion) {
     configure(&mut group);
     for ((label, model), row) in models.iter().zip(rows.iter_mut()) {
         let encoded = model.encode(&window).expect("encode");
+        if let Device::Gpu(g) = model.device() {
+            // What each part asks of the GPU: issue 15's per-launch overhead, counted.
+            let before = g.stats();
+            let again = model.encode(&window).expect("encode");
+            model.device().sync().expect("sync");
+            drop(again);
+            let encode = g.stats().since(&before);
+            let before = g.stats();
+            let steps = model
+                .decode(&encoded, &options)
+                .expect("decode")
+                .tokens
+                .len()
+                + 1;
+            let decode = g.stats().since(&before);
+            for (part, s) in [("encode", encode), ("decode", decode)] {
+                println!(
+                    "{label} {part}: {} buffers ({} bytes; {} of them parameters), {} bind \
+                     groups, {} dispatches, {} submissions, {} waits, {} readbacks",
+                    s.buffers,
+                    s.buffer_bytes,
+                    s.uniforms,
+                    s.bind_groups,
+                    s.dispatches,
+                    s.submits,
+                    s.waits,
+                    s.readbacks
+                );
+            }
+            println!(
+                "{label} decode: {steps} steps, {:.0} dispatches and {:.0} submissions per step",
+                decode.dispatches as f64 / steps as f64,
+                decode.submits as f64 / steps as f64
+            );
+        }
         group.bench_function(*label, |b| {
             b.iter_custom(|iters| {
                 let started = Instant::now();

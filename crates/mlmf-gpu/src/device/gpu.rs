@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::adapter;
 use super::pipeline_cache::{self, DiskCache};
+use super::stats::{Counters, Event, GpuStats};
 use mlmf_core::{Error, Result};
 
 /// Tuning knobs for a GPU device. The defaults suit real use; tests shrink them to exercise
@@ -50,8 +51,8 @@ pub(crate) struct GpuInner {
     /// The first error wgpu reported outside an error scope. wgpu's default is to panic; we
     /// keep it and return it as `Error::Gpu` at the next wait instead.
     pub uncaptured: Arc<Mutex<Option<String>>>,
-    /// Tensors read back to the host so far ([`Gpu::readbacks`]).
-    pub readbacks: std::sync::atomic::AtomicU64,
+    /// What the device has been asked to do ([`Gpu::stats`]).
+    pub counters: Counters,
 }
 
 impl Gpu {
@@ -119,7 +120,7 @@ impl Gpu {
                 pipelines: Default::default(),
                 disk_cache,
                 uncaptured,
-                readbacks: Default::default(),
+                counters: Default::default(),
             }),
         })
     }
@@ -149,9 +150,43 @@ impl Gpu {
     /// host, for tests that check work stays on the device (a copy to another device through
     /// the host counts).
     pub fn readbacks(&self) -> u64 {
+        self.inner.counters.readbacks()
+    }
+
+    /// Buffers, bind groups, dispatches, submissions, waits and readbacks so far (see
+    /// [`GpuStats`]).
+    pub fn stats(&self) -> GpuStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// A device buffer, counted.
+    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
+        self.inner.counters.buffer(desc.size);
+        self.inner.device.create_buffer(desc)
+    }
+
+    /// A device buffer holding `desc.contents`, counted.
+    pub(crate) fn create_buffer_init(
+        &self,
+        desc: &wgpu::util::BufferInitDescriptor,
+    ) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.inner.counters.buffer(desc.contents.len() as u64);
+        self.inner.device.create_buffer_init(desc)
+    }
+
+    /// Hand `command_buffers` to the queue (none: flush staged writes), counted.
+    pub(crate) fn submit(&self, command_buffers: impl IntoIterator<Item = wgpu::CommandBuffer>) {
+        let command_buffers: Vec<_> = command_buffers.into_iter().collect();
         self.inner
-            .readbacks
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .counters
+            .submits(command_buffers.len().max(1) as u64);
+        self.inner.queue.submit(command_buffers);
+    }
+
+    /// Count one event (a bind group, a dispatch, a readback).
+    pub(crate) fn count(&self, event: Event) {
+        self.inner.counters.count(event);
     }
 
     /// Whether `other` is this very device (clones share it; two `Gpu::new` of one adapter are
@@ -170,14 +205,12 @@ impl Gpu {
 
     /// A small uniform buffer holding `bytes` (kernel parameters).
     pub(crate) fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        self.inner
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.count(Event::Uniform);
+        self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// Block until all submitted work is done; report any error wgpu raised meanwhile.
@@ -186,6 +219,7 @@ impl Gpu {
             during: during.to_string(),
             reason,
         };
+        self.count(Event::Wait);
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())

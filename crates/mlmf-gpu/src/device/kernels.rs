@@ -338,6 +338,7 @@ impl Gpu {
         invocations: u64,
         workgroup_size: u32,
     ) {
+        self.count(super::Event::Dispatch);
         let groups = invocations.div_ceil(u64::from(workgroup_size)).max(1);
         let max_x = u64::from(
             self.inner

@@ -4,9 +4,12 @@ mod adapter;
 mod gpu;
 pub(crate) mod kernels;
 mod pipeline_cache;
+mod stats;
 
 pub use adapter::{adapters, AdapterReport};
 pub use gpu::{Gpu, GpuOptions};
+pub(crate) use stats::Event;
+pub use stats::GpuStats;
 
 use mlmf_core::Result;
 

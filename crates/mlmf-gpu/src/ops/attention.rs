@@ -239,7 +239,7 @@ fn gpu_attention(
         gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 
@@ -624,7 +624,7 @@ fn gpu_masked(
     }
     let storage = out.finish(&mut encoder);
     let weights = probs_out.map(|p| p.finish(&mut encoder));
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok((storage, weights))
 }
 

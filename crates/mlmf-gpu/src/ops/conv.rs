@@ -385,7 +385,7 @@ fn gpu_conv(
         gpu.dispatch(&mut encoder, &pipeline, &group, count, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 
@@ -453,7 +453,7 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
                 gpu.dispatch(&mut encoder, &pipeline, &group, planes, WORKGROUP);
             }
             let storage = out.finish(&mut encoder);
-            gpu.wgpu_queue().submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
             Storage::Gpu(storage)
         }
     };

@@ -236,7 +236,7 @@ fn launch(
         let invocations = (end - at).div_ceil(u64::from(ELEMS_PER_INVOCATION));
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(out)
 }
 

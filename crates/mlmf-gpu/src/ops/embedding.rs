@@ -156,7 +156,7 @@ fn gpu_embedding(
         }
     }
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 

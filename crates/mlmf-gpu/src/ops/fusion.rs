@@ -115,7 +115,7 @@ pub fn concat(xs: &[&Tensor]) -> Result<Tensor> {
                 offset += n as u32;
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.wgpu_queue().submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
             Storage::Gpu(storage)
         }
     };
@@ -207,7 +207,7 @@ pub fn weighted_sum(xs: &[&Tensor], weights: &Tensor) -> Result<Tensor> {
                 }
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.wgpu_queue().submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
             Storage::Gpu(storage)
         }
     };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::device::kernels::Pipeline;
-use crate::device::Gpu;
+use crate::device::{Event, Gpu};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -166,7 +166,7 @@ pub(crate) fn check_binding(gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Re
 
 /// A storage buffer of at least 4 bytes (no binding may be empty).
 pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.wgpu_device().create_buffer(&wgpu::BufferDescriptor {
+    gpu.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: bytes.next_multiple_of(4).max(4),
         usage: wgpu::BufferUsages::STORAGE
@@ -178,15 +178,13 @@ pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
 
 /// A read-only storage buffer holding `words`.
 pub(crate) fn words_buffer(gpu: &Gpu, label: &str, words: &[u32]) -> wgpu::Buffer {
-    use wgpu::util::DeviceExt;
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     bytes.resize(bytes.len().max(4), 0);
-    gpu.wgpu_device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+    gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    })
 }
 
 /// All of `t` (stored in `s`) in one buffer: its only page, or its pages gathered into a scratch
@@ -284,6 +282,7 @@ pub(crate) fn bind(
             resource: buf.as_entire_binding(),
         });
     }
+    gpu.count(Event::BindGroup);
     gpu.wgpu_device()
         .create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),

@@ -223,7 +223,7 @@ fn gpu_merge(
         let invocations = (end - at).div_ceil(per_invocation);
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(out)
 }
 
@@ -378,15 +378,11 @@ fn gpu_bgmv(
         .flat_map(|w| w.to_le_bytes())
         .collect();
     aux.resize((aux_words * 4).max(4) as usize, 0);
-    let aux_buf = {
-        use wgpu::util::DeviceExt;
-        gpu.wgpu_device()
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("lora rows, scales and bias"),
-                contents: &aux,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            })
-    };
+    let aux_buf = gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("lora rows, scales and bias"),
+        contents: &aux,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    });
     if has_bias {
         let at = ((dims.batch + scales.len()) * 4) as u64;
         for (page, in_page, pos, count) in gs[4].spans(0, gs[4].byte_len()) {
@@ -427,7 +423,7 @@ fn gpu_bgmv(
     );
     gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 
@@ -481,7 +477,7 @@ pub fn write_slot(stack: &Tensor, slot: usize, values: &[f32]) -> Result<()> {
         queue.write_buffer(page, in_page, &bytes[from..from + count as usize]);
     }
     // Flush the staged write now rather than at some later submission.
-    queue.submit([]);
+    g.gpu().submit([]);
     Ok(())
 }
 

@@ -30,6 +30,7 @@ use super::launch::{
     Place,
 };
 use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::Event;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -356,6 +357,7 @@ pub(crate) fn gpu_matmul(
                     bytemuck::bytes_of(&params),
                     &[&a_buf, &b_buf, &bias_buf, out.buffer()],
                 );
+                gpu.count(Event::Dispatch);
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(OP),
                     timestamp_writes: None,
@@ -367,7 +369,7 @@ pub(crate) fn gpu_matmul(
         }
     }
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 

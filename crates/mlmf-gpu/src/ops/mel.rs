@@ -360,7 +360,7 @@ pub fn log_mel_with(
                     // Long audio: the windows' signals (1.9 MB each) live until their commands
                     // are done; submit and wait every few windows so they do not all pile up.
                     let done = std::mem::replace(&mut encoder, new_encoder(gpu));
-                    gpu.wgpu_queue().submit([done.finish()]);
+                    gpu.submit([done.finish()]);
                     gpu.wait(OP)?;
                 }
                 params.window = w as u32;
@@ -400,7 +400,7 @@ pub fn log_mel_with(
             let count = (windows * mels * FRAMES) as u64;
             gpu.dispatch(&mut encoder, &finish, &group, count, WORKGROUP);
             let storage = out.finish(&mut encoder);
-            gpu.wgpu_queue().submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
             Storage::Gpu(storage)
         }
     };

@@ -167,7 +167,7 @@ fn gpu_norm(
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(storage)
 }
 

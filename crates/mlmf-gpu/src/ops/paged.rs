@@ -125,7 +125,7 @@ pub(crate) fn map_elements(
         let invocations = (first + u64::from(params.count)).div_ceil(per) - first / per;
         gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, grid.workgroup);
     }
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(out)
 }
 

@@ -280,7 +280,7 @@ fn gpu_matmul(
         }
         b0 += nb;
     }
-    gpu.wgpu_queue().submit([encoder.finish()]);
+    gpu.submit([encoder.finish()]);
     Ok(out)
 }
 

@@ -90,7 +90,7 @@ pub fn softmax_with(x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
                 record(gpu, &mut encoder, &input, out.buffer(), rows, reduce)?;
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.wgpu_queue().submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
             Storage::Gpu(storage)
         }
     };

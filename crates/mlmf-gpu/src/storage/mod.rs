@@ -48,7 +48,7 @@ impl GpuStorage {
         let pages = (0..count)
             .map(|i| {
                 let n = page_bytes.min(len - i * page_bytes);
-                gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                gpu.create_buffer(&wgpu::BufferDescriptor {
                     label: Some(&format!("{name} page {i}")),
                     size: n.next_multiple_of(4),
                     usage: wgpu::BufferUsages::STORAGE
@@ -144,7 +144,7 @@ impl GpuStorage {
                 encoder.copy_buffer_to_buffer(src_page, from, dst_page, dst_off, n);
             }
         }
-        self.gpu.inner.queue.submit([encoder.finish()]);
+        self.gpu.submit([encoder.finish()]);
     }
 
     /// Whether `other` lives on the same wgpu device.
@@ -167,7 +167,7 @@ impl GpuStorage {
             for (src, dst) in self.pages.iter().zip(&out.pages) {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
             }
-            gpu.inner.queue.submit([encoder.finish()]);
+            gpu.submit([encoder.finish()]);
         } else {
             readback::for_each_chunk(self, |pos, chunk| {
                 let mut padded = chunk.to_vec();
@@ -180,7 +180,7 @@ impl GpuStorage {
                         &padded[from..from + count as usize],
                     );
                 }
-                gpu.inner.queue.submit([]);
+                gpu.submit([]);
                 gpu.wait("copy between devices")
             })?;
         }

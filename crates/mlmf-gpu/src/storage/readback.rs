@@ -2,24 +2,29 @@
 
 use std::sync::mpsc;
 
+use crate::device::Event;
 use crate::storage::GpuStorage;
 use mlmf_core::{Error, Result};
 
 /// Call `f(offset, bytes)` for consecutive chunks of the tensor's bytes, in order. At most two
-/// staging buffers of the device's staging size exist at a time: the next chunk is copied while
-/// the previous one is handed to `f`.
+/// staging buffers of the device's staging size (or the tensor's, when smaller) exist at a time:
+/// the next chunk is copied while the previous one is handed to `f`.
 pub(crate) fn for_each_chunk(
     storage: &GpuStorage,
     mut f: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let gpu = storage.gpu();
-    gpu.inner
-        .readbacks
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let half = gpu.inner.staging_half;
+    gpu.count(Event::Readback);
     let len = storage.byte_len();
+    // Slots no larger than the tensor: a small readback (a decoding step's logits) should not
+    // make two staging halves of the device's full size.
+    let half = gpu
+        .inner
+        .staging_half
+        .min(len.next_multiple_of(256))
+        .max(256);
     let make = |i: usize| {
-        gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+        gpu.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&format!("mlmf readback staging {i}")),
             size: half,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -45,7 +50,7 @@ pub(crate) fn for_each_chunk(
         for (page, page_off, src_off, count) in storage.spans(pos, padded) {
             encoder.copy_buffer_to_buffer(page, page_off, slot, src_off - pos, count);
         }
-        gpu.inner.queue.submit([encoder.finish()]);
+        gpu.submit([encoder.finish()]);
         let (tx, rx) = mpsc::channel();
         slot.map_async(wgpu::MapMode::Read, 0..padded, move |r| {
             let _ = tx.send(r);

@@ -45,7 +45,7 @@ impl Uploader {
             .min(total.next_multiple_of(256))
             .max(256);
         let make = |i: usize| Slot {
-            buffer: gpu.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            buffer: gpu.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(&format!("mlmf upload staging {i}")),
                 size: half,
                 usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
@@ -126,7 +126,7 @@ impl Uploader {
         for (page, page_off, slot_off, count) in slot.copies.drain(..) {
             encoder.copy_buffer_to_buffer(&slot.buffer, slot_off, &page, page_off, count);
         }
-        self.gpu.inner.queue.submit([encoder.finish()]);
+        self.gpu.submit([encoder.finish()]);
         slot.used = 0;
         slot.mapped.store(false, Ordering::Release);
         let flag = slot.mapped.clone();

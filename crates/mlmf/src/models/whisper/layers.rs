@@ -18,14 +18,14 @@ use super::{bad, values, variable};
 const LAYER_NORM_EPS: f32 = 1e-5;
 
 pub(crate) struct Linear {
-    pub(crate) weight: Tensor,
-    pub(crate) bias: Option<Tensor>,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl Linear {
     /// `x W^T + b` (PyTorch's `nn.Linear`).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        matmul::linear(x, &self.weight, self.bias.as_ref())
+        matmul::linear(x, &self.weight, Some(&self.bias))
     }
 }
 
@@ -126,7 +126,7 @@ impl Loader<'_> {
                     Tensor::from_f32(&part_name(&name, i, parts), vec![n], &v[i * n..(i + 1) * n])?;
                 Ok(Linear {
                     weight,
-                    bias: Some(bias.to_device(self.device)?),
+                    bias: bias.to_device(self.device)?,
                 })
             })
             .collect()

@@ -1,0 +1,108 @@
+//! What a GPU device has been asked to do: device buffers created (and their bytes), parameter
+//! buffers, bind groups, compute dispatches, queue submissions, waits and readbacks. Every op
+//! today makes its output and parameter buffers fresh, binds them anew and submits on its own;
+//! these counts say how much of that a forward pass does, the first thing to look at when it is
+//! slower than its arithmetic (issue 15 measures, then removes, that overhead).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counts since the device was made ([`crate::Gpu::stats`]); [`GpuStats::since`] gives what
+/// happened between two snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    /// Device buffers created: tensor pages, scratch and output buffers, parameter buffers,
+    /// staging buffers.
+    pub buffers: u64,
+    /// Their sizes, summed.
+    pub buffer_bytes: u64,
+    /// Of `buffers`, the uniform buffers holding one dispatch's parameters.
+    pub uniforms: u64,
+    pub bind_groups: u64,
+    pub dispatches: u64,
+    /// Command buffers handed to the queue (an empty submission, which only flushes staged
+    /// writes, counts too).
+    pub submits: u64,
+    /// Times the host blocked until the device was idle.
+    pub waits: u64,
+    /// Tensors (or parts of one) read back to the host.
+    pub readbacks: u64,
+}
+
+impl GpuStats {
+    /// What happened after `earlier` (a snapshot of the same device) up to this one.
+    pub fn since(&self, earlier: &GpuStats) -> GpuStats {
+        GpuStats {
+            buffers: self.buffers - earlier.buffers,
+            buffer_bytes: self.buffer_bytes - earlier.buffer_bytes,
+            uniforms: self.uniforms - earlier.uniforms,
+            bind_groups: self.bind_groups - earlier.bind_groups,
+            dispatches: self.dispatches - earlier.dispatches,
+            submits: self.submits - earlier.submits,
+            waits: self.waits - earlier.waits,
+            readbacks: self.readbacks - earlier.readbacks,
+        }
+    }
+}
+
+/// The live counters of one device.
+#[derive(Default)]
+pub(crate) struct Counters {
+    buffers: AtomicU64,
+    buffer_bytes: AtomicU64,
+    uniforms: AtomicU64,
+    bind_groups: AtomicU64,
+    dispatches: AtomicU64,
+    submits: AtomicU64,
+    waits: AtomicU64,
+    readbacks: AtomicU64,
+}
+
+/// Which counter an event adds to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Event {
+    Uniform,
+    BindGroup,
+    Dispatch,
+    Wait,
+    Readback,
+}
+
+impl Counters {
+    pub(crate) fn buffer(&self, bytes: u64) {
+        self.buffers.fetch_add(1, Ordering::Relaxed);
+        self.buffer_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn submits(&self, command_buffers: u64) {
+        self.submits.fetch_add(command_buffers, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count(&self, event: Event) {
+        let counter = match event {
+            Event::Uniform => &self.uniforms,
+            Event::BindGroup => &self.bind_groups,
+            Event::Dispatch => &self.dispatches,
+            Event::Wait => &self.waits,
+            Event::Readback => &self.readbacks,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn readbacks(&self) -> u64 {
+        self.readbacks.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn snapshot(&self) -> GpuStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        GpuStats {
+            buffers: get(&self.buffers),
+            buffer_bytes: get(&self.buffer_bytes),
+            uniforms: get(&self.uniforms),
+            bind_groups: get(&self.bind_groups),
+            dispatches: get(&self.dispatches),
+            submits: get(&self.submits),
+            waits: get(&self.waits),
+            readbacks: get(&self.readbacks),
+        }
+    }
+}
