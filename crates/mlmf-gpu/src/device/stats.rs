@@ -29,17 +29,18 @@ pub struct GpuStats {
 }
 
 impl GpuStats {
-    /// What happened after `earlier` (a snapshot of the same device) up to this one.
+    /// What happened after `earlier` (a snapshot of the same device) up to this one; a count
+    /// that went down (snapshots swapped, or of two devices) gives 0.
     pub fn since(&self, earlier: &GpuStats) -> GpuStats {
         GpuStats {
-            buffers: self.buffers - earlier.buffers,
-            buffer_bytes: self.buffer_bytes - earlier.buffer_bytes,
-            uniforms: self.uniforms - earlier.uniforms,
-            bind_groups: self.bind_groups - earlier.bind_groups,
-            dispatches: self.dispatches - earlier.dispatches,
-            submits: self.submits - earlier.submits,
-            waits: self.waits - earlier.waits,
-            readbacks: self.readbacks - earlier.readbacks,
+            buffers: self.buffers.saturating_sub(earlier.buffers),
+            buffer_bytes: self.buffer_bytes.saturating_sub(earlier.buffer_bytes),
+            uniforms: self.uniforms.saturating_sub(earlier.uniforms),
+            bind_groups: self.bind_groups.saturating_sub(earlier.bind_groups),
+            dispatches: self.dispatches.saturating_sub(earlier.dispatches),
+            submits: self.submits.saturating_sub(earlier.submits),
+            waits: self.waits.saturating_sub(earlier.waits),
+            readbacks: self.readbacks.saturating_sub(earlier.readbacks),
         }
     }
 }

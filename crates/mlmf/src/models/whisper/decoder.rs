@@ -205,8 +205,8 @@ impl WhisperDecoder {
     /// Feed `ids` at the next positions of `cache` (which they are appended to) and return the
     /// logits after each, with the last layer's cross-attention weights when `attention` is set.
     /// Several ids at once are attended causally among themselves (a prompt); the usual step is
-    /// one id. Errors: an id past the vocabulary or a position past
-    /// [`DecoderConfig::positions`] ([`Error::OpIndex`]), a cache or cross keys of another
+    /// one id. Errors: no ids ([`Error::OpArgument`]), an id past the vocabulary or a position
+    /// past [`DecoderConfig::positions`] ([`Error::OpIndex`]), a cache or cross keys of another
     /// decoder, the ops' errors.
     pub fn step(
         &self,
@@ -218,12 +218,20 @@ impl WhisperDecoder {
         let c = &self.config;
         let n = ids.len();
         let offset = cache.len(0);
-        if n == 0 || offset + n > c.positions {
+        if n == 0 {
+            return Err(Error::OpArgument {
+                op: OP,
+                argument: "ids",
+                value: 0,
+                expected: "at least one token id",
+            });
+        }
+        if offset + n > c.positions {
             return Err(Error::OpIndex {
                 op: OP,
                 what: "position",
-                index: (offset + n) as u64,
-                len: c.positions as u64 + 1,
+                index: (offset + n - 1) as u64,
+                len: c.positions as u64,
             });
         }
         if cross.keys.len() != self.layers.len() {
