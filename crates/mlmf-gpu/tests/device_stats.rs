@@ -54,3 +54,24 @@ fn an_add_and_a_readback_are_counted() {
     assert_eq!(read.buffer_bytes, 2 * 1024, "{read:?}");
     assert_eq!(gpu.readbacks(), gpu.stats().readbacks);
 }
+
+#[test]
+fn stats_print_as_one_line_and_subtract_without_underflow() {
+    let a = GpuStats {
+        buffers: 3,
+        buffer_bytes: 4096,
+        uniforms: 1,
+        bind_groups: 1,
+        dispatches: 1,
+        submits: 2,
+        waits: 1,
+        readbacks: 1,
+    };
+    assert_eq!(
+        a.to_string(),
+        "3 buffers (4096 bytes; 1 of them parameters), 1 bind groups, 1 dispatches, 2 \
+         submissions, 1 waits, 1 readbacks"
+    );
+    assert_eq!(a.since(&GpuStats::default()), a);
+    assert_eq!(GpuStats::default().since(&a), GpuStats::default());
+}

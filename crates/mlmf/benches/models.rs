@@ -208,19 +208,7 @@ fn print_launches(gpu: &Device, what: &str, f: impl FnOnce()) {
     let Device::Gpu(g) = gpu else { return };
     let before = g.stats();
     f();
-    let s = g.stats().since(&before);
-    println!(
-        "{what} on the GPU: {} buffers ({} bytes; {} of them parameters), {} bind groups, {} \
-         dispatches, {} submissions, {} waits, {} readbacks",
-        s.buffers,
-        s.buffer_bytes,
-        s.uniforms,
-        s.bind_groups,
-        s.dispatches,
-        s.submits,
-        s.waits,
-        s.readbacks
-    );
+    println!("{what} on the GPU: {}", g.stats().since(&before));
 }
 
 fn models(c: &mut Criterion) {

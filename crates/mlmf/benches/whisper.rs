@@ -272,20 +272,8 @@ fn whisper(c: &mut Criterion) {
                 .len()
                 + 1;
             let decode = g.stats().since(&before);
-            for (part, s) in [("encode", encode), ("decode", decode)] {
-                println!(
-                    "{label} {part}: {} buffers ({} bytes; {} of them parameters), {} bind \
-                     groups, {} dispatches, {} submissions, {} waits, {} readbacks",
-                    s.buffers,
-                    s.buffer_bytes,
-                    s.uniforms,
-                    s.bind_groups,
-                    s.dispatches,
-                    s.submits,
-                    s.waits,
-                    s.readbacks
-                );
-            }
+            println!("{label} encode: {encode}");
+            println!("{label} decode: {decode}");
             println!(
                 "{label} decode: {steps} steps, {:.0} dispatches and {:.0} submissions per step",
                 decode.dispatches as f64 / steps as f64,

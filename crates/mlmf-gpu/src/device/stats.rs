@@ -45,6 +45,26 @@ impl GpuStats {
     }
 }
 
+/// One line: `N buffers (B bytes; U of them parameters), G bind groups, D dispatches, S
+/// submissions, W waits, R readbacks`.
+impl std::fmt::Display for GpuStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} buffers ({} bytes; {} of them parameters), {} bind groups, {} dispatches, {} \
+             submissions, {} waits, {} readbacks",
+            self.buffers,
+            self.buffer_bytes,
+            self.uniforms,
+            self.bind_groups,
+            self.dispatches,
+            self.submits,
+            self.waits,
+            self.readbacks
+        )
+    }
+}
+
 /// The live counters of one device.
 #[derive(Default)]
 pub(crate) struct Counters {
