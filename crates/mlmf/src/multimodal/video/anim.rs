@@ -44,6 +44,15 @@ pub(super) fn open(path: &Path, kind: Kind) -> Result<Box<dyn FrameSource>> {
     }
 }
 
+/// `result`, the decoding of a source's next frame, with `done` set once it is the end or an
+/// error: a source stops there rather than decode on past a broken frame.
+pub(super) fn stop_after(done: &mut bool, result: Result<Option<Frame>>) -> Result<Option<Frame>> {
+    if !matches!(result, Ok(Some(_))) {
+        *done = true;
+    }
+    result
+}
+
 fn reader(path: &Path) -> Result<BufReader<File>> {
     Ok(BufReader::new(mlmf_core::files::open_regular(path)?))
 }

@@ -22,6 +22,7 @@ use std::path::Path;
 
 use png::{BlendOp, ColorType, DisposeOp, Transformations};
 
+use super::anim::stop_after;
 use super::{Frame, FrameSource, VideoInfo, MAX_ALLOC};
 use crate::error::{Error, Result};
 
@@ -243,9 +244,6 @@ impl FrameSource for ApngSource {
             return Ok(None);
         }
         let result = self.decode_next();
-        if !matches!(result, Ok(Some(_))) {
-            self.done = true;
-        }
-        result
+        stop_after(&mut self.done, result)
     }
 }

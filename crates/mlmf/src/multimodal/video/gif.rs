@@ -25,6 +25,7 @@ use std::path::Path;
 
 use gif::{DecodeOptions, DisposalMethod, MemoryLimit};
 
+use super::anim::stop_after;
 use super::{Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE};
 use crate::error::{Error, Result};
 
@@ -301,9 +302,6 @@ impl FrameSource for GifSource {
             return Ok(None);
         }
         let result = self.decode_next();
-        if !matches!(result, Ok(Some(_))) {
-            self.done = true;
-        }
-        result
+        stop_after(&mut self.done, result)
     }
 }

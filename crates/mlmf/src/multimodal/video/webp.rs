@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use image_webp::WebPDecoder;
 
-use super::anim::Still;
+use super::anim::{stop_after, Still};
 use super::{rgba_to_rgb, Frame, FrameSource, VideoInfo, MAX_ALLOC, MAX_SIDE};
 use crate::error::{Error, Result};
 
@@ -335,10 +335,7 @@ impl FrameSource for AnimatedWebP {
             }),
             other => other.map(|_| None),
         };
-        if !matches!(result, Ok(Some(_))) {
-            self.done = true;
-        }
-        result
+        stop_after(&mut self.done, result)
     }
 }
 
