@@ -291,6 +291,14 @@ pub enum Error {
     #[error("GPU error during {during}: {reason}")]
     Gpu { during: String, reason: String },
 
+    /// The device (or its memory limit) refused an allocation; a cache may evict and retry.
+    #[error("'{tensor}' ({bytes} bytes): out of device memory: {reason}")]
+    OutOfMemory {
+        tensor: String,
+        bytes: u64,
+        reason: String,
+    },
+
     #[error("tensor '{tensor}' ({bytes} bytes): the device cannot hold it: {reason}")]
     DeviceLimit {
         tensor: String,

@@ -64,6 +64,7 @@ impl KvCache {
                         &format!("{name} {what}"),
                         bytes,
                         unit,
+                        false,
                     )?)
                 }
             })

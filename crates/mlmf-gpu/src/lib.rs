@@ -10,7 +10,7 @@ pub mod ops;
 mod storage;
 mod tensor;
 
-pub use device::{adapters, AdapterReport, Device, Gpu, GpuOptions, GpuStats};
+pub use device::{adapters, AdapterReport, Device, Gpu, GpuOptions, GpuStats, MemoryStats};
 pub use kv_cache::KvCache;
 pub use storage::GpuStorage;
 pub use tensor::{Storage, Tensor};

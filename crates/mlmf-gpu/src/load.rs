@@ -74,7 +74,7 @@ impl Device {
                 }
             }
             Device::Gpu(gpu) => {
-                let mut up = Uploader::new(gpu, total);
+                let mut up = Uploader::new(gpu, total)?;
                 for info in infos {
                     let storage = up.upload(
                         &info.name,

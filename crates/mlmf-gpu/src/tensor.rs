@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use mlmf_core::{DType, Error, Result, Shape, Source};
+use mlmf_core::{DType, Error, Result, Shape};
 
 use crate::device::Device;
-use crate::storage::{readback, GpuStorage, Uploader};
+use crate::storage::{readback, GpuStorage};
 
 /// A tensor on a device.
 pub struct Tensor {
@@ -176,19 +176,12 @@ impl Tensor {
         let storage = match device {
             Device::Cpu => Storage::Cpu(self.to_bytes()?),
             Device::Gpu(gpu) => match &self.storage {
-                Storage::Cpu(bytes) => {
-                    let src = Source::Contiguous(bytes);
-                    let mut up = Uploader::new(gpu, bytes.len() as u64);
-                    let storage = up.upload(
-                        &self.name,
-                        &src,
-                        bytes.len() as u64,
-                        GpuStorage::page_unit(gpu, self.dtype, &self.shape),
-                        &mut |_| {},
-                    )?;
-                    up.finish()?;
-                    Storage::Gpu(storage)
-                }
+                Storage::Cpu(bytes) => Storage::Gpu(GpuStorage::from_bytes(
+                    gpu,
+                    &self.name,
+                    bytes,
+                    GpuStorage::page_unit(gpu, self.dtype, &self.shape),
+                )?),
                 Storage::Gpu(g) => Storage::Gpu(g.copy_to(
                     gpu,
                     &self.name,

@@ -19,6 +19,7 @@ fn tiny_gpu() -> Device {
     Device::gpu_with(&GpuOptions {
         max_page_bytes: Some(4096),
         staging_bytes: 16384,
+        ..Default::default()
     })
     .expect("a GPU adapter")
 }

@@ -356,6 +356,7 @@ fn gpu_tensor_source() {
     let gpu = Device::gpu_with(&GpuOptions {
         max_page_bytes: Some(4096),
         staging_bytes: 16384,
+        ..Default::default()
     })
     .expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
     let oracle = quant_oracle();

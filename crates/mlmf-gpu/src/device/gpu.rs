@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::adapter;
+use super::batch::Batch;
 use super::pipeline_cache::{self, DiskCache};
+use super::pool::{Block, Kind, MemoryStats, Pool};
 use super::stats::{Counters, Event, GpuStats};
 use mlmf_core::{Error, Result};
 
@@ -18,6 +20,13 @@ pub struct GpuOptions {
     /// Host memory for upload and readback staging, split into two halves so the CPU fills
     /// one while the device copies the other.
     pub staging_bytes: u64,
+    /// Refuse allocations that would take the buffers mlmf holds on the device (in use and
+    /// cached) past this many bytes, as if the device had no more memory. `None`: only the
+    /// driver refuses.
+    pub memory_limit: Option<u64>,
+    /// The caching allocator and batched submission (see `pool.rs`, `batch.rs`). `None`: on
+    /// unless `MLMF_POOL=off`.
+    pub pool: Option<bool>,
 }
 
 impl Default for GpuOptions {
@@ -25,6 +34,8 @@ impl Default for GpuOptions {
         GpuOptions {
             max_page_bytes: None,
             staging_bytes: 32 << 20,
+            memory_limit: None,
+            pool: None,
         }
     }
 }
@@ -53,6 +64,10 @@ pub(crate) struct GpuInner {
     pub uncaptured: Arc<Mutex<Option<String>>>,
     /// What the device has been asked to do ([`Gpu::stats`]).
     pub counters: Counters,
+    /// Where every buffer comes from and goes back to.
+    pub pool: Arc<Pool>,
+    /// Commands recorded and not yet submitted.
+    pub batch: Mutex<Batch>,
 }
 
 impl Gpu {
@@ -121,6 +136,12 @@ impl Gpu {
                 disk_cache,
                 uncaptured,
                 counters: Default::default(),
+                pool: Arc::new(Pool::new(
+                    options.pool.unwrap_or_else(|| env_flag("MLMF_POOL", true)),
+                    env_flag("MLMF_POOL_POISON", cfg!(debug_assertions)),
+                    options.memory_limit,
+                )),
+                batch: Default::default(),
             }),
         })
     }
@@ -159,29 +180,75 @@ impl Gpu {
         self.inner.counters.snapshot()
     }
 
-    /// A device buffer, counted.
-    pub(crate) fn create_buffer(&self, desc: &wgpu::BufferDescriptor) -> wgpu::Buffer {
-        self.inner.counters.buffer(desc.size);
-        self.inner.device.create_buffer(desc)
+    /// A buffer of at least `bytes` for `kind` from the pool; new device buffers are counted.
+    /// `written`: the caller fills every byte before a kernel reads it (see `pool.rs`).
+    pub(crate) fn take(&self, kind: Kind, bytes: u64, label: &str, written: bool) -> Result<Block> {
+        let (block, fresh) = self.inner.pool.take(
+            &self.inner.device,
+            &self.inner.queue,
+            kind,
+            bytes,
+            label,
+            written,
+        )?;
+        if fresh {
+            self.inner.counters.buffer(block.size());
+        }
+        Ok(block)
     }
 
-    /// A device buffer holding `desc.contents`, counted.
-    pub(crate) fn create_buffer_init(
-        &self,
-        desc: &wgpu::util::BufferInitDescriptor,
-    ) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        self.inner.counters.buffer(desc.contents.len() as u64);
-        self.inner.device.create_buffer_init(desc)
+    /// A storage buffer from the pool holding `bytes` (padded to a multiple of 4).
+    pub(crate) fn take_init(&self, label: &str, bytes: &[u8]) -> Result<Block> {
+        let block = self.take(Kind::Storage, bytes.len() as u64, label, true)?;
+        let whole = bytes.len() - bytes.len() % 4;
+        self.inner.queue.write_buffer(&block, 0, &bytes[..whole]);
+        if whole < bytes.len() {
+            let mut tail = [0u8; 4];
+            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+            self.inner.queue.write_buffer(&block, whole as u64, &tail);
+        }
+        Ok(block)
     }
 
-    /// Hand `command_buffers` to the queue (none: flush staged writes), counted.
+    /// Hand `command_buffers` to the queue after the batch (none and an empty batch: flush
+    /// staged writes), counted.
     pub(crate) fn submit(&self, command_buffers: impl IntoIterator<Item = wgpu::CommandBuffer>) {
-        let command_buffers: Vec<_> = command_buffers.into_iter().collect();
+        self.flush_with(command_buffers.into_iter().collect());
+    }
+
+    /// Write `bytes` into `buffer` at `offset` after every command recorded so far (a plain
+    /// `write_buffer` would run before the batch's unsubmitted commands).
+    pub(crate) fn write_after(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.flush_with(Vec::new());
+        self.inner.queue.write_buffer(buffer, offset, bytes);
+        self.flush_with(Vec::new());
+    }
+
+    /// The caching allocator's accounting (see [`MemoryStats`]).
+    pub fn memory(&self) -> MemoryStats {
+        self.inner.pool.stats()
+    }
+
+    /// Give the buffers the pool keeps for reuse back to the driver.
+    pub fn empty_cache(&self) {
+        self.flush_with(Vec::new());
+        self.inner.pool.empty();
+    }
+
+    /// A test hook: refuse the `n`-th buffer request from now (1: the next) as if the device
+    /// were out of memory.
+    #[doc(hidden)]
+    pub fn fail_allocation(&self, n: u64) {
+        self.inner.pool.fail_request(n);
+    }
+
+    /// What the driver's allocator reports holding, where the backend offers a report (Vulkan
+    /// and DX12 through gpu-allocator): `(allocated, reserved)` bytes.
+    pub fn allocator_report(&self) -> Option<(u64, u64)> {
         self.inner
-            .counters
-            .submits(command_buffers.len().max(1) as u64);
-        self.inner.queue.submit(command_buffers);
+            .device
+            .generate_allocator_report()
+            .map(|r| (r.total_allocated_bytes, r.total_reserved_bytes))
     }
 
     /// Count one event (a bind group, a dispatch, a readback).
@@ -203,22 +270,13 @@ impl Gpu {
         &self.inner.queue
     }
 
-    /// A small uniform buffer holding `bytes` (kernel parameters).
-    pub(crate) fn uniform(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        self.count(Event::Uniform);
-        self.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
-    }
-
     /// Block until all submitted work is done; report any error wgpu raised meanwhile.
     pub(crate) fn wait(&self, during: &str) -> Result<()> {
         let gpu_err = |reason: String| Error::Gpu {
             during: during.to_string(),
             reason,
         };
+        self.flush();
         self.count(Event::Wait);
         self.inner
             .device
@@ -228,6 +286,18 @@ impl Gpu {
             Some(reason) => Err(gpu_err(reason)),
             None => Ok(()),
         }
+    }
+}
+
+/// `name` as a switch: `0`, `off`, `false` or `no` turn it off, anything else on; unset gives
+/// `default`.
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name) {
+        Ok(v) => !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false" | "no"
+        ),
+        Err(_) => default,
     }
 }
 

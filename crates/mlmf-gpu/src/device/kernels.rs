@@ -207,7 +207,7 @@ pub(crate) struct PipelineCache {
     modules: Mutex<HashMap<(Kernel, Variant), wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     /// The device's one copy of the i-quant tables (`ops::iq_grids`), made on first use.
-    grids: std::sync::OnceLock<wgpu::Buffer>,
+    grids: std::sync::OnceLock<Arc<super::Block>>,
 }
 
 impl Gpu {
@@ -310,15 +310,18 @@ impl Gpu {
                 reason: e.to_string(),
             });
         }
-        let grids = key.kernel.reads_blocks().then(|| {
-            cache
-                .grids
-                .get_or_init(|| {
+        let grids = match key.kernel.reads_blocks() {
+            false => None,
+            true => {
+                if cache.grids.get().is_none() {
                     let words = crate::ops::iq_grids::gpu_words();
-                    crate::ops::launch::words_buffer(self, "i-quant grids", &words)
-                })
-                .clone()
-        });
+                    let block = crate::ops::launch::words_buffer(self, "i-quant grids", &words)?;
+                    // Another thread may have set it meanwhile; either copy serves.
+                    let _ = cache.grids.set(block);
+                }
+                cache.grids.get().map(|b| (**b).clone())
+            }
+        };
         let p = Arc::new(Pipeline {
             pipeline,
             layout,
@@ -332,13 +335,14 @@ impl Gpu {
     /// per-dimension workgroup limit (kernels use `flat_index` from common.wgsl).
     pub(crate) fn dispatch(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut super::Recording<'_>,
         pipeline: &Pipeline,
         bind_group: &wgpu::BindGroup,
         invocations: u64,
         workgroup_size: u32,
     ) {
         self.count(super::Event::Dispatch);
+        encoder.dispatched();
         let groups = invocations.div_ceil(u64::from(workgroup_size)).max(1);
         let max_x = u64::from(
             self.inner

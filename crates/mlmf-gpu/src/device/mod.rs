@@ -1,13 +1,18 @@
 //! Devices: a wgpu GPU, or the CPU that runs the plain-Rust twins of every kernel.
 
 mod adapter;
+mod batch;
 mod gpu;
 pub(crate) mod kernels;
 mod pipeline_cache;
+mod pool;
 mod stats;
 
 pub use adapter::{adapters, AdapterReport};
+pub(crate) use batch::Recording;
 pub use gpu::{Gpu, GpuOptions};
+pub use pool::MemoryStats;
+pub(crate) use pool::{Block, Kind};
 pub(crate) use stats::Event;
 pub use stats::GpuStats;
 

@@ -1,8 +1,9 @@
-//! What a GPU device has been asked to do: device buffers created (and their bytes), parameter
-//! buffers, bind groups, compute dispatches, queue submissions, waits and readbacks. Every op
-//! today makes its output and parameter buffers fresh, binds them anew and submits on its own;
-//! these counts say how much of that a forward pass does, the first thing to look at when it is
-//! slower than its arithmetic (issue 15 measures, then removes, that overhead).
+//! What a GPU device has been asked to do: device buffers created (and their bytes), kernel
+//! parameter sets, bind groups, compute dispatches, queue submissions, waits and readbacks: the
+//! first thing to look at when a forward pass is slower than its arithmetic. Before issue 15
+//! every op made its output and parameter buffers fresh and submitted on its own; with the pool
+//! and the batch (`pool.rs`, `batch.rs`) a repeated forward pass creates no buffers and submits
+//! once per 64 dispatches or readback.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,17 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// happened between two snapshots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
-    /// Device buffers created: tensor pages, scratch and output buffers, parameter buffers,
-    /// staging buffers.
+    /// Device buffers asked of the driver (the pool's misses): tensor pages, scratch and output
+    /// buffers, parameter blocks, staging buffers.
     pub buffers: u64,
     /// Their sizes, summed.
     pub buffer_bytes: u64,
-    /// Of `buffers`, the uniform buffers holding one dispatch's parameters.
+    /// Kernel parameter sets written, one per dispatch (with the pool on they share 64 KiB
+    /// blocks; off, each is a buffer of its own and counts in `buffers` too).
     pub uniforms: u64,
     pub bind_groups: u64,
     pub dispatches: u64,
-    /// Command buffers handed to the queue (an empty submission, which only flushes staged
-    /// writes, counts too).
+    /// Queue submissions (an empty one, which only flushes staged writes, counts too).
     pub submits: u64,
     /// Times the host blocked until the device was idle.
     pub waits: u64,
@@ -51,7 +52,7 @@ impl std::fmt::Display for GpuStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} buffers ({} bytes; {} of them parameters), {} bind groups, {} dispatches, {} \
+            "{} buffers ({} bytes), {} parameter sets, {} bind groups, {} dispatches, {} \
              submissions, {} waits, {} readbacks",
             self.buffers,
             self.buffer_bytes,
@@ -94,8 +95,8 @@ impl Counters {
         self.buffer_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    pub(crate) fn submits(&self, command_buffers: u64) {
-        self.submits.fetch_add(command_buffers, Ordering::Relaxed);
+    pub(crate) fn submit(&self) {
+        self.submits.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn count(&self, event: Event) {

@@ -161,9 +161,7 @@ fn gpu_attention(
 ) -> Result<GpuStorage> {
     let gpu = gs[0].gpu();
     let out = launch::Output::new(gpu, q, q.shape())?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu.record(OP);
     let out_elems = q.shape().elem_count();
     let score_elems = (d.batch as u64)
         .checked_mul(d.heads as u64)
@@ -193,22 +191,22 @@ fn gpu_attention(
         let [qb, kb, vb] = [(q, gs[0]), (k, gs[1]), (v, gs[2])]
             .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()));
         let (qb, kb, vb) = (qb?, kb?, vb?);
-        let mask_buf = launch::words_buffer(gpu, "attention mask", mask.unwrap_or(&[]));
-        let none = launch::scratch(gpu, "attention placeholder", 4);
-        let scores = launch::scratch(gpu, "attention scores", score_elems * 4);
-        let probs = launch::scratch(gpu, "attention probabilities", score_elems * 4);
+        let mask_buf = launch::words_buffer(gpu, "attention mask", mask.unwrap_or(&[]))?;
+        let none = launch::scratch(gpu, "attention placeholder", 4)?;
+        let scores = launch::scratch(gpu, "attention scores", score_elems * 4)?;
+        let probs = launch::scratch(gpu, "attention probabilities", score_elems * 4)?;
         let key =
             |entry| PipelineKey::new(Kernel::Attention, entry).with("WG", f64::from(WORKGROUP));
 
         if score_elems > 0 {
             let pipeline = gpu.pipeline(&key("attention_scores"))?;
             let group = launch::bind(
-                gpu,
+                &mut encoder,
                 &pipeline,
                 "attention scores",
                 bytemuck::bytes_of(&params),
                 &[&qb, &kb, &none, &mask_buf, &none, &scores],
-            );
+            )?;
             gpu.dispatch(&mut encoder, &pipeline, &group, score_elems, WORKGROUP);
             let rows = softmax::Rows {
                 rows: u32_of(score_elems / d.seq_k as u64, "the score rows")?,
@@ -230,16 +228,16 @@ fn gpu_attention(
             ..params
         };
         let group = launch::bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             "attention weighted sums",
             bytemuck::bytes_of(&params),
             &[&probs, &vb, &none, &mask_buf, &none, out.buffer()],
-        );
+        )?;
         gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 
@@ -480,9 +478,7 @@ fn gpu_masked(
     } else {
         None
     };
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu.record(OP);
     let out_elems = q.shape().elem_count();
     let score_elems = weight_shape.elem_count();
     let u32_of = |v: u64, what: &str| launch::to_u32(q, v, what);
@@ -513,8 +509,8 @@ fn gpu_masked(
         let [qb, kb, vb] = [(q, gs[0]), (k, gs[1]), (v, gs[2])]
             .map(|(t, s)| launch::whole(&mut encoder, t, s, t.name()));
         let (qb, kb, vb) = (qb?, kb?, vb?);
-        let mask_buf = launch::words_buffer(gpu, "key padding mask", l.key_padding.unwrap_or(&[]));
-        let none = launch::scratch(gpu, "attention placeholder", 4);
+        let mask_buf = launch::words_buffer(gpu, "key padding mask", l.key_padding.unwrap_or(&[]))?;
+        let none = launch::scratch(gpu, "attention placeholder", 4)?;
         let add_buf = match l.additive {
             Some((m, s, _)) => launch::whole(&mut encoder, m, s, m.name())?,
             None => none.clone(),
@@ -541,12 +537,12 @@ fn gpu_masked(
                     gpu,
                     "attention partial records",
                     floats * 4,
-                ))
+                )?)
             } else {
                 None
             };
             let group = launch::bind(
-                gpu,
+                &mut encoder,
                 &pipeline,
                 "attention fused",
                 bytemuck::bytes_of(&params),
@@ -556,32 +552,32 @@ fn gpu_masked(
                     &vb,
                     &mask_buf,
                     &add_buf,
-                    records.as_ref().unwrap_or(out.buffer()),
+                    records.as_ref().map_or(out.buffer(), |r| r),
                 ],
-            );
+            )?;
             gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
             if let Some(records) = records {
                 params.count = u32_of(out_elems, "the output element count")?;
                 let pipeline = gpu.pipeline(&key("mha_fused_combine"))?;
                 let group = launch::bind(
-                    gpu,
+                    &mut encoder,
                     &pipeline,
                     "attention fused combine",
                     bytemuck::bytes_of(&params),
                     &[&records, &none, &none, &mask_buf, &none, out.buffer()],
-                );
+                )?;
                 gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
             }
         } else {
             u32_of(score_elems, "the score count")?;
             launch::check_binding(gpu, q, "the scores", score_elems * 4)?;
-            let scores = launch::scratch(gpu, "attention scores", score_elems * 4);
+            let scores = launch::scratch(gpu, "attention scores", score_elems * 4)?;
             let scratch_probs;
             let probs = match &probs_out {
                 Some(p) => p.buffer(),
                 None => {
                     scratch_probs =
-                        launch::scratch(gpu, "attention probabilities", score_elems * 4);
+                        launch::scratch(gpu, "attention probabilities", score_elems * 4)?;
                     &scratch_probs
                 }
             };
@@ -589,12 +585,12 @@ fn gpu_masked(
                 params.count = u32_of(score_elems, "the score count")?;
                 let pipeline = gpu.pipeline(&key("mha_scores"))?;
                 let group = launch::bind(
-                    gpu,
+                    &mut encoder,
                     &pipeline,
                     "attention masked scores",
                     bytemuck::bytes_of(&params),
                     &[&qb, &kb, &none, &mask_buf, &add_buf, &scores],
-                );
+                )?;
                 gpu.dispatch(&mut encoder, &pipeline, &group, score_elems, WORKGROUP);
                 let rows = softmax::Rows {
                     rows: u32_of(score_elems / d.seq_k as u64, "the score rows")?,
@@ -613,18 +609,18 @@ fn gpu_masked(
             params.count = u32_of(out_elems, "the output element count")?;
             let pipeline = gpu.pipeline(&key("attention_weighted"))?;
             let group = launch::bind(
-                gpu,
+                &mut encoder,
                 &pipeline,
                 "attention weighted sums",
                 bytemuck::bytes_of(&params),
                 &[probs, &vb, &none, &mask_buf, &none, out.buffer()],
-            );
+            )?;
             gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
         }
     }
     let storage = out.finish(&mut encoder);
     let weights = probs_out.map(|p| p.finish(&mut encoder));
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok((storage, weights))
 }
 

@@ -352,9 +352,7 @@ fn gpu_conv(
         return matmul::gpu_matmul(&operands, &storages, dims, out_shape, BiasIndex::Row);
     }
     let out = launch::Output::new(gpu, x, out_shape)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(CONV) });
+    let mut encoder = gpu.record(CONV);
     let elems = out_shape.elem_count();
     if elems > 0 {
         // The kernel indexes x and the output with u32.
@@ -376,16 +374,16 @@ fn gpu_conv(
         // No bias: its binding holds the weights again, unread.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             CONV,
             bytemuck::bytes_of(&p),
             &[&bufs[0], &bufs[1], bias, out.buffer()],
-        );
+        )?;
         gpu.dispatch(&mut encoder, &pipeline, &group, count, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 
@@ -414,9 +412,7 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
         Place::Gpu(gs) => {
             let gpu = gs[0].gpu();
             let out = launch::Output::new(gpu, x, &out_shape)?;
-            let mut encoder = gpu
-                .wgpu_device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(POOL) });
+            let mut encoder = gpu.record(POOL);
             let planes = out_shape.elem_count();
             if planes > 0 {
                 launch::to_u32(x, x.shape().elem_count(), "the element count")?;
@@ -444,16 +440,16 @@ pub fn avg_pool_global(x: &Tensor) -> Result<Tensor> {
                 let pipeline = gpu.pipeline(&key)?;
                 let input = launch::whole(&mut encoder, x, gs[0], x.name())?;
                 let group = launch::bind(
-                    gpu,
+                    &mut encoder,
                     &pipeline,
                     POOL,
                     bytemuck::bytes_of(&p),
                     &[&input, &input, &input, out.buffer()],
-                );
+                )?;
                 gpu.dispatch(&mut encoder, &pipeline, &group, planes, WORKGROUP);
             }
             let storage = out.finish(&mut encoder);
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
             Storage::Gpu(storage)
         }
     };

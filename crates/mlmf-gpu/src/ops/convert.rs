@@ -306,6 +306,7 @@ mod tests {
         let gpu = Device::gpu_with(&GpuOptions {
             max_page_bytes: Some(4096),
             staging_bytes: 8192,
+            ..Default::default()
         })
         .unwrap();
         for (k, dtype) in [DType::F64, DType::F16, DType::U8, DType::F32]

@@ -344,6 +344,7 @@ pub(crate) mod testing {
         Device::gpu_with(&crate::device::GpuOptions {
             max_page_bytes: Some(page),
             staging_bytes: 16384,
+            ..Default::default()
         })
         .unwrap()
     }

@@ -168,7 +168,7 @@ fn launch(
     let gpu = ga.gpu();
     let elems = a.shape().elem_count();
     let unit = GpuStorage::page_unit(gpu, DType::F32, a.shape());
-    let out = GpuStorage::allocate(gpu, a.name(), elems * 4, unit)?;
+    let out = GpuStorage::allocate(gpu, a.name(), elems * 4, unit, false)?;
     if elems == 0 {
         return Ok(out);
     }
@@ -176,11 +176,7 @@ fn launch(
         .with("WG", f64::from(WORKGROUP))
         .with("EPT", f64::from(ELEMS_PER_INVOCATION));
     let pipeline = gpu.pipeline(&key)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some(op.name()),
-        });
+    let mut encoder = gpu.record(op.name());
     // b beside a page by page, or whole (a repeated operand, or one paged differently).
     let paired = b.is_some_and(|(bt, gb)| {
         bt.shape() == a.shape() && gb.page_bytes() == ga.page_bytes() && gb.pages().len() > 1
@@ -227,16 +223,16 @@ fn launch(
             _pad: 0,
         };
         let group = bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             op.name(),
             bytemuck::bytes_of(&params),
             &[a_page, b_buf, out.page(op_page as usize)?],
-        );
+        )?;
         let invocations = (end - at).div_ceil(u64::from(ELEMS_PER_INVOCATION));
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(out)
 }
 

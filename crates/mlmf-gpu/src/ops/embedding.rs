@@ -118,9 +118,7 @@ fn gpu_embedding(
     let gpu = ts.gpu();
     let dtype = table.dtype();
     let out = launch::Output::new(gpu, table, out_shape)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu.record(OP);
     let count = out_shape.elem_count();
     if count > 0 {
         let u32_of = |v: u64, what: &str| launch::to_u32(table, v, what);
@@ -133,7 +131,7 @@ fn gpu_embedding(
             .specialise(PipelineKey::new(Kernel::Embedding, "embedding"))
             .with("WG", f64::from(WORKGROUP));
         let pipeline = gpu.pipeline(&key)?;
-        let ids_buf = launch::words_buffer(gpu, "embedding ids", ids);
+        let ids_buf = launch::words_buffer(gpu, "embedding ids", ids)?;
         for (p, page) in ts.pages().iter().enumerate() {
             let params = Params {
                 count: u32_of(count, "the output element count")?,
@@ -146,17 +144,17 @@ fn gpu_embedding(
                 _pad: 0,
             };
             let group = launch::bind(
-                gpu,
+                &mut encoder,
                 &pipeline,
                 OP,
                 bytemuck::bytes_of(&params),
                 &[page, &ids_buf, out.buffer()],
-            );
+            )?;
             gpu.dispatch(&mut encoder, &pipeline, &group, count, WORKGROUP);
         }
     }
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 

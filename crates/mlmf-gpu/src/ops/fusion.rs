@@ -83,9 +83,7 @@ pub fn concat(xs: &[&Tensor]) -> Result<Tensor> {
         Place::Gpu(gs) => {
             let gpu = gs[0].gpu();
             let out = Output::new(gpu, first, &shape)?;
-            let mut encoder = gpu
-                .wgpu_device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+            let mut encoder = gpu.record(OP);
             let out_cols = to_u32(first, total as u64, "the concatenated width")?;
             to_u32(first, shape.elem_count(), "the element count")?;
             let pipeline = gpu.pipeline(
@@ -104,18 +102,18 @@ pub fn concat(xs: &[&Tensor]) -> Result<Tensor> {
                         ..Params::default()
                     };
                     let group = bind(
-                        gpu,
+                        &mut encoder,
                         &pipeline,
                         OP,
                         bytemuck::bytes_of(&params),
                         &[&buf, &buf, out.buffer()],
-                    );
+                    )?;
                     gpu.dispatch(&mut encoder, &pipeline, &group, elems, WORKGROUP);
                 }
                 offset += n as u32;
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
             Storage::Gpu(storage)
         }
     };
@@ -174,9 +172,7 @@ pub fn weighted_sum(xs: &[&Tensor], weights: &Tensor) -> Result<Tensor> {
         Place::Gpu(gs) => {
             let gpu = gs[0].gpu();
             let out = Output::new(gpu, first, first.shape())?;
-            let mut encoder = gpu
-                .wgpu_device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+            let mut encoder = gpu.record(OP);
             let elems = first.shape().elem_count();
             to_u32(first, elems, "the element count")?;
             to_u32(weights, weights.shape().elem_count(), "the element count")?;
@@ -197,17 +193,17 @@ pub fn weighted_sum(xs: &[&Tensor], weights: &Tensor) -> Result<Tensor> {
                         ..Params::default()
                     };
                     let group = bind(
-                        gpu,
+                        &mut encoder,
                         &pipeline,
                         OP,
                         bytemuck::bytes_of(&params),
                         &[&buf, &w_buf, out.buffer()],
-                    );
+                    )?;
                     gpu.dispatch(&mut encoder, &pipeline, &group, elems, WORKGROUP);
                 }
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
             Storage::Gpu(storage)
         }
     };

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::device::kernels::Pipeline;
-use crate::device::{Event, Gpu};
+use crate::device::{Block, Event, Gpu, Kind, Recording};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -164,27 +164,17 @@ pub(crate) fn check_binding(gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Re
     Ok(())
 }
 
-/// A storage buffer of at least 4 bytes (no binding may be empty).
-pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> wgpu::Buffer {
-    gpu.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.next_multiple_of(4).max(4),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
+/// A storage buffer of at least 4 bytes from the pool (no binding may be empty); its contents
+/// are undefined.
+pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> Result<Arc<Block>> {
+    gpu.take(Kind::Storage, bytes, label, false).map(Arc::new)
 }
 
 /// A read-only storage buffer holding `words`.
-pub(crate) fn words_buffer(gpu: &Gpu, label: &str, words: &[u32]) -> wgpu::Buffer {
+pub(crate) fn words_buffer(gpu: &Gpu, label: &str, words: &[u32]) -> Result<Arc<Block>> {
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     bytes.resize(bytes.len().max(4), 0);
-    gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: &bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-    })
+    gpu.take_init(label, &bytes).map(Arc::new)
 }
 
 /// All of `t` (stored in `s`) in one buffer: its only page, or its pages gathered into a scratch
@@ -194,13 +184,13 @@ pub(crate) fn whole(
     t: &Tensor,
     s: &GpuStorage,
     what: &str,
-) -> Result<wgpu::Buffer> {
-    if let [page] = s.pages() {
+) -> Result<Arc<Block>> {
+    if let [page] = s.blocks() {
         return Ok(page.clone());
     }
     let len = s.byte_len().next_multiple_of(4);
     check_binding(s.gpu(), t, what, len)?;
-    let buf = scratch(s.gpu(), what, len);
+    let buf = scratch(s.gpu(), what, len)?;
     for (page, in_page, at, count) in s.spans(0, len) {
         encoder.copy_buffer_to_buffer(page, in_page, &buf, at, count);
     }
@@ -212,7 +202,7 @@ pub(crate) fn wholes(
     encoder: &mut wgpu::CommandEncoder,
     ts: &[&Tensor],
     gs: &[&GpuStorage],
-) -> Result<Vec<wgpu::Buffer>> {
+) -> Result<Vec<Arc<Block>>> {
     ts.iter()
         .zip(gs)
         .map(|(t, s)| whole(encoder, t, s, t.name()))
@@ -220,10 +210,10 @@ pub(crate) fn wholes(
 }
 
 /// A new f32 tensor's pages and the one buffer kernels write it through: its only page, or a
-/// scratch buffer that [`Output::finish`] copies into the pages.
+/// scratch buffer that [`Output::finish`] copies into the pages. Kernels write every element.
 pub(crate) struct Output {
     storage: GpuStorage,
-    buf: wgpu::Buffer,
+    buf: Arc<Block>,
     direct: bool,
     bytes: u64,
 }
@@ -233,11 +223,11 @@ impl Output {
         let bytes = shape.elem_count() * 4;
         check_binding(gpu, t, "the output", bytes)?;
         let unit = GpuStorage::page_unit(gpu, DType::F32, shape);
-        let storage = GpuStorage::allocate(gpu, t.name(), bytes, unit)?;
-        let direct = storage.pages().len() == 1;
-        let buf = match storage.pages() {
+        let storage = GpuStorage::allocate(gpu, t.name(), bytes, unit, false)?;
+        let direct = storage.page_count() == 1;
+        let buf = match storage.blocks() {
             [page] => page.clone(),
-            _ => scratch(gpu, "output", bytes),
+            _ => scratch(gpu, "output", bytes)?,
         };
         Ok(Output {
             storage,
@@ -262,19 +252,20 @@ impl Output {
     }
 }
 
-/// The bind group of one dispatch: the uniform `params` at binding 0, then `buffers` in binding
-/// order from 1, then for the families that read weight blocks the i-quant tables.
+/// The bind group of one dispatch: the uniform `params` at binding 0 (a slice of the batch's
+/// parameter block), then `buffers` in binding order from 1, then for the families that read
+/// weight blocks the i-quant tables.
 pub(crate) fn bind(
-    gpu: &Gpu,
+    rec: &mut Recording<'_>,
     pipeline: &Pipeline,
     label: &str,
     params: &[u8],
     buffers: &[&wgpu::Buffer],
-) -> wgpu::BindGroup {
-    let uniform = gpu.uniform(label, params);
+) -> Result<wgpu::BindGroup> {
+    let uniform = rec.params(label, params)?;
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
-        resource: uniform.as_entire_binding(),
+        resource: uniform.binding(),
     }];
     for (i, buf) in buffers.iter().copied().chain(&pipeline.grids).enumerate() {
         entries.push(wgpu::BindGroupEntry {
@@ -282,13 +273,15 @@ pub(crate) fn bind(
             resource: buf.as_entire_binding(),
         });
     }
+    let gpu = rec.gpu();
     gpu.count(Event::BindGroup);
-    gpu.wgpu_device()
+    Ok(gpu
+        .wgpu_device()
         .create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(label),
             layout: &pipeline.layout,
             entries: &entries,
-        })
+        }))
 }
 
 /// How a reduction over a row is spread over a GPU's invocations.

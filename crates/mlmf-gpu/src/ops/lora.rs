@@ -170,7 +170,7 @@ fn gpu_merge(
     let dtype = w.dtype();
     let elems = w.shape().elem_count();
     let unit = GpuStorage::page_unit(gpu, dtype, w.shape());
-    let out = GpuStorage::allocate(gpu, w.name(), w.byte_len(), unit)?;
+    let out = GpuStorage::allocate(gpu, w.name(), w.byte_len(), unit, false)?;
     if elems == 0 {
         return Ok(out);
     }
@@ -186,12 +186,10 @@ fn gpu_merge(
 
     let key = PipelineKey::new(Kernel::Lora, entry).with("WG", f64::from(WORKGROUP));
     let pipeline = gpu.pipeline(&key)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(MERGE) });
+    let mut encoder = gpu.record(MERGE);
     let a_buf = whole(&mut encoder, a, a_s, "LoRA A")?;
     let b_buf = whole(&mut encoder, b, b_s, "LoRA B")?;
-    let unused = scratch(gpu, "lora unused", 4);
+    let unused = scratch(gpu, "lora unused", 4)?;
     let (in_page_elems, out_page_elems) =
         (ws.page_bytes() / elem_bytes, out.page_bytes() / elem_bytes);
     for (ip, op, at, end) in paged::spans(elems, in_page_elems, out_page_elems) {
@@ -208,7 +206,7 @@ fn gpu_merge(
             ..Params::default()
         };
         let group = bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             MERGE,
             bytemuck::bytes_of(&params),
@@ -219,11 +217,11 @@ fn gpu_merge(
                 &unused,
                 out.page(op as usize)?,
             ],
-        );
+        )?;
         let invocations = (end - at).div_ceil(per_invocation);
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(out)
 }
 
@@ -345,9 +343,7 @@ fn gpu_bgmv(
     let gpu = gs[0].gpu();
     let out_elems = y.shape().elem_count();
     let out = Output::new(gpu, y, y.shape())?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(BGMV) });
+    let mut encoder = gpu.record(BGMV);
     if out_elems == 0 {
         return Ok(out.finish(&mut encoder));
     }
@@ -378,18 +374,14 @@ fn gpu_bgmv(
         .flat_map(|w| w.to_le_bytes())
         .collect();
     aux.resize((aux_words * 4).max(4) as usize, 0);
-    let aux_buf = gpu.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("lora rows, scales and bias"),
-        contents: &aux,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-    });
+    let aux_buf = gpu.take_init("lora rows, scales and bias", &aux)?;
     if has_bias {
         let at = ((dims.batch + scales.len()) * 4) as u64;
         for (page, in_page, pos, count) in gs[4].spans(0, gs[4].byte_len()) {
             encoder.copy_buffer_to_buffer(page, in_page, &aux_buf, at + pos, count);
         }
     }
-    let v_buf = scratch(gpu, "lora v", v_elems * 4);
+    let v_buf = scratch(gpu, "lora v", v_elems * 4)?;
 
     if v_elems > 0 {
         let key = PipelineKey::new(Kernel::Lora, "lora_shrink").with("WG", f64::from(WORKGROUP));
@@ -400,12 +392,12 @@ fn gpu_bgmv(
         };
         // Binding 3 is unused by shrink; any buffer fills it.
         let group = bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             "lora shrink",
             bytemuck::bytes_of(&params),
             &[&x_buf, &a_buf, &b_buf, &aux_buf, &v_buf],
-        );
+        )?;
         gpu.dispatch(&mut encoder, &pipeline, &group, v_elems, WORKGROUP);
     }
     let key = PipelineKey::new(Kernel::Lora, "lora_expand").with("WG", f64::from(WORKGROUP));
@@ -415,15 +407,15 @@ fn gpu_bgmv(
         ..params
     };
     let group = bind(
-        gpu,
+        &mut encoder,
         &pipeline,
         "lora expand",
         bytemuck::bytes_of(&params),
         &[&y_buf, &v_buf, &b_buf, &aux_buf, out.buffer()],
-    );
+    )?;
     gpu.dispatch(&mut encoder, &pipeline, &group, out_elems, WORKGROUP);
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 
@@ -471,13 +463,12 @@ pub fn write_slot(stack: &Tensor, slot: usize, values: &[f32]) -> Result<()> {
     }
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let pos = slot as u64 * slot_elems * 4;
-    let queue = g.gpu().wgpu_queue();
+    // After the commands recorded so far, which may still read the slot's old values.
     for (page, in_page, at, count) in g.spans(pos, bytes.len() as u64) {
         let from = (at - pos) as usize;
-        queue.write_buffer(page, in_page, &bytes[from..from + count as usize]);
+        g.gpu()
+            .write_after(page, in_page, &bytes[from..from + count as usize]);
     }
-    // Flush the staged write now rather than at some later submission.
-    g.gpu().submit([]);
     Ok(())
 }
 

@@ -290,9 +290,7 @@ pub(crate) fn gpu_matmul(
     let gpu = gs[0].gpu();
     let out_elems = out_shape.elem_count();
     let out = Output::new(gpu, a, out_shape)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu.record(OP);
     if out_elems == 0 {
         return Ok(out.finish(&mut encoder));
     }
@@ -330,7 +328,7 @@ pub(crate) fn gpu_matmul(
     let b_buf = whole(&mut encoder, b, gs[1], "the whole tensor")?;
     let bias_buf = match bias {
         Some(t) => whole(&mut encoder, t, gs[2], "the whole tensor")?,
-        None => scratch(gpu, "matmul no bias", 4),
+        None => scratch(gpu, "matmul no bias", 4)?,
     };
 
     let max = u64::from(gpu.limits().max_compute_workgroups_per_dimension.max(1));
@@ -351,12 +349,12 @@ pub(crate) fn gpu_matmul(
                     (dims.batch as u64 - batch0).min(max) as u32,
                 ];
                 let group = bind(
-                    gpu,
+                    &mut encoder,
                     &pipeline,
                     OP,
                     bytemuck::bytes_of(&params),
                     &[&a_buf, &b_buf, &bias_buf, out.buffer()],
-                );
+                )?;
                 gpu.count(Event::Dispatch);
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some(OP),
@@ -369,7 +367,7 @@ pub(crate) fn gpu_matmul(
         }
     }
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 

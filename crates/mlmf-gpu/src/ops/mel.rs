@@ -329,10 +329,10 @@ pub fn log_mel_with(
                 Storage::Cpu(Vec::new()),
             );
             let out = launch::Output::new(gpu, &host, &shape)?;
-            let table_buf = launch::words_buffer(gpu, "mel table", &gpu_table(&filters, mels));
-            let filters_buf = f32_buffer(gpu, "mel filters", &filters);
-            let maxes = launch::scratch(gpu, "mel maxima", (windows as u64 + 1) * 4);
-            let mut encoder = new_encoder(gpu);
+            let table_buf = launch::words_buffer(gpu, "mel table", &gpu_table(&filters, mels))?;
+            let filters_buf = f32_buffer(gpu, "mel filters", &filters)?;
+            let maxes = launch::scratch(gpu, "mel maxima", (windows as u64 + 1) * 4)?;
+            let mut encoder = gpu.record(OP);
             let key = |entry| {
                 PipelineKey::new(Kernel::Mel, entry)
                     .with("WG", f64::from(WORKGROUP))
@@ -359,15 +359,20 @@ pub fn log_mel_with(
                 if w > 0 && w % WINDOWS_PER_SUBMIT == 0 {
                     // Long audio: the windows' signals (1.9 MB each) live until their commands
                     // are done; submit and wait every few windows so they do not all pile up.
-                    let done = std::mem::replace(&mut encoder, new_encoder(gpu));
-                    gpu.submit([done.finish()]);
+                    encoder.submit();
                     gpu.wait(OP)?;
+                    encoder = gpu.record(OP);
                 }
                 params.window = w as u32;
-                let signal = f32_buffer(gpu, "mel window", &padded_window(samples, w, windowing));
+                let signal = f32_buffer(gpu, "mel window", &padded_window(samples, w, windowing))?;
                 let all = [&signal, &table_buf, &filters_buf, &maxes, out.buffer()];
-                let group =
-                    launch::bind(gpu, &frames_log_mel, OP, bytemuck::bytes_of(&params), &all);
+                let group = launch::bind(
+                    &mut encoder,
+                    &frames_log_mel,
+                    OP,
+                    bytemuck::bytes_of(&params),
+                    &all,
+                )?;
                 let invocations = fft_groups * u64::from(FFT_WORKGROUP);
                 gpu.dispatch(
                     &mut encoder,
@@ -376,7 +381,13 @@ pub fn log_mel_with(
                     invocations,
                     FFT_WORKGROUP,
                 );
-                let group = launch::bind(gpu, &window_max, OP, bytemuck::bytes_of(&params), &all);
+                let group = launch::bind(
+                    &mut encoder,
+                    &window_max,
+                    OP,
+                    bytemuck::bytes_of(&params),
+                    &all,
+                )?;
                 gpu.dispatch(
                     &mut encoder,
                     &window_max,
@@ -386,9 +397,15 @@ pub fn log_mel_with(
                 );
             }
             // A placeholder signal for the passes that do not read one.
-            let none = launch::scratch(gpu, "mel no signal", 4);
+            let none = launch::scratch(gpu, "mel no signal", 4)?;
             let all = [&none, &table_buf, &filters_buf, &maxes, out.buffer()];
-            let group = launch::bind(gpu, &global_max, OP, bytemuck::bytes_of(&params), &all);
+            let group = launch::bind(
+                &mut encoder,
+                &global_max,
+                OP,
+                bytemuck::bytes_of(&params),
+                &all,
+            )?;
             gpu.dispatch(
                 &mut encoder,
                 &global_max,
@@ -396,24 +413,23 @@ pub fn log_mel_with(
                 u64::from(WORKGROUP),
                 WORKGROUP,
             );
-            let group = launch::bind(gpu, &finish, OP, bytemuck::bytes_of(&params), &all);
+            let group = launch::bind(&mut encoder, &finish, OP, bytemuck::bytes_of(&params), &all)?;
             let count = (windows * mels * FRAMES) as u64;
             gpu.dispatch(&mut encoder, &finish, &group, count, WORKGROUP);
             let storage = out.finish(&mut encoder);
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
             Storage::Gpu(storage)
         }
     };
     Ok(Tensor::new(OP.to_string(), DType::F32, shape, storage))
 }
 
-fn new_encoder(gpu: &crate::device::Gpu) -> wgpu::CommandEncoder {
-    gpu.wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) })
-}
-
 /// A read-only storage buffer holding `values`.
-fn f32_buffer(gpu: &crate::device::Gpu, label: &str, values: &[f32]) -> wgpu::Buffer {
+fn f32_buffer(
+    gpu: &crate::device::Gpu,
+    label: &str,
+    values: &[f32],
+) -> Result<std::sync::Arc<crate::device::Block>> {
     let words: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
     launch::words_buffer(gpu, label, &words)
 }

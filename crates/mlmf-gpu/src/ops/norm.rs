@@ -136,9 +136,7 @@ fn gpu_norm(
     let x = ts[0];
     let gpu = gs[0].gpu();
     let out = launch::Output::new(gpu, x, x.shape())?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
+    let mut encoder = gpu.record(op);
     if rows > 0 {
         // The kernel indexes elements with u32.
         launch::to_u32(x, x.shape().elem_count(), "the element count")?;
@@ -157,17 +155,17 @@ fn gpu_norm(
         // rms_norm has no bias: its binding holds the weight again.
         let bias = bufs.get(2).unwrap_or(&bufs[1]);
         let group = launch::bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             op,
             bytemuck::bytes_of(&params),
             &[&bufs[0], &bufs[1], bias, out.buffer()],
-        );
+        )?;
         let invocations = reduce.invocations(rows, WORKGROUP);
         gpu.dispatch(&mut encoder, &pipeline, &group, invocations, WORKGROUP);
     }
     let storage = out.finish(&mut encoder);
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(storage)
 }
 

@@ -97,15 +97,13 @@ pub(crate) fn map_elements(
         GpuStorage::page_unit(gpu, out_dtype, t.shape()),
         grid.out_align,
     );
-    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit)?;
+    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit, false)?;
     let out_page_elems = out.page_bytes() / out_size;
     let to_u32 =
         |v: u64| u32::try_from(v).map_err(|_| limit("a page holds more than 2^32 elements"));
 
     let pipeline = gpu.pipeline(key)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(name) });
+    let mut encoder = gpu.record(name);
     for (ip, op, at, end) in spans(elems, in_page_elems, out_page_elems) {
         let params = Params {
             count: to_u32(end - at)?,
@@ -114,18 +112,18 @@ pub(crate) fn map_elements(
             _pad: 0,
         };
         let bind = super::launch::bind(
-            gpu,
+            &mut encoder,
             &pipeline,
             name,
             bytemuck::bytes_of(&params),
             &[src.page(ip as usize)?, out.page(op as usize)?],
-        );
+        )?;
         let per = u64::from(grid.elems_per_invocation.max(1));
         let first = u64::from(params.in_offset);
         let invocations = (first + u64::from(params.count)).div_ceil(per) - first / per;
         gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, grid.workgroup);
     }
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(out)
 }
 

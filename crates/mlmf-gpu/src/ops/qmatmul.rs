@@ -194,9 +194,13 @@ fn gpu_matmul(
     let dtype = w.dtype();
     let out_bytes = out_shape.elem_count() * 4;
     let unit = GpuStorage::page_unit(gpu, DType::F32, out_shape);
-    let out = GpuStorage::allocate(gpu, w.name(), out_bytes, unit)?;
-    // New buffers are zeroed: with no columns Y is zeros, with no rows or batch it is empty.
-    if rows == 0 || cols == 0 || batch == 0 {
+    let out = GpuStorage::allocate(gpu, w.name(), out_bytes, unit, false)?;
+    // With no rows or batch Y is empty; with no columns it is zeros, which pool buffers are not.
+    if rows == 0 || batch == 0 {
+        return Ok(out);
+    }
+    if cols == 0 {
+        out.clear();
         return Ok(out);
     }
     let row_bytes = dtype.byte_len(cols).ok_or_else(|| Error::DeviceLimit {
@@ -221,14 +225,12 @@ fn gpu_matmul(
         .with("MAX_BATCH", MAX_BATCH as f64)
         .with("ROW_PER_INVOCATION", reduce.flag());
     let pipeline = gpu.pipeline(&key)?;
-    let mut encoder = gpu
-        .wgpu_device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+    let mut encoder = gpu.record(OP);
     // Rows straddling pages, copied once for all batch chunks.
     let mut copies = Vec::new();
     for &(_, _, place) in &groups {
         if let Rows::Straddles { start, len, .. } = place {
-            let buf = scratch(gpu, "qmatmul straddling row", len);
+            let buf = scratch(gpu, "qmatmul straddling row", len)?;
             gather(&mut encoder, ws, start, len, &buf);
             copies.push(buf);
         }
@@ -237,15 +239,15 @@ fn gpu_matmul(
     while b0 < batch {
         let nb = chunk.min(batch - b0);
         // Padded to 16 bytes: the kernel reads X as vec4s.
-        let x_buf = scratch(gpu, "qmatmul x", (nb * cols * 4).next_multiple_of(16));
+        let x_buf = scratch(gpu, "qmatmul x", (nb * cols * 4).next_multiple_of(16))?;
         gather(&mut encoder, xs, b0 * cols * 4, nb * cols * 4, &x_buf);
-        let y_buf = scratch(gpu, "qmatmul y", nb * rows * 4);
+        let y_buf = scratch(gpu, "qmatmul y", nb * rows * 4)?;
         let mut copy = copies.iter();
         for &(r0, n, place) in &groups {
             let (w_buf, offset) = match place {
                 Rows::InPage { page, offset } => (ws.page(page)?, offset),
                 Rows::Straddles { offset, .. } => (
-                    copy.next().ok_or_else(|| Error::Gpu {
+                    copy.next().map(|b| &***b).ok_or_else(|| Error::Gpu {
                         during: "binding a row of W".into(),
                         reason: "a straddling row was not copied".into(),
                     })?,
@@ -265,12 +267,12 @@ fn gpu_matmul(
                 _pad: [0; 3],
             };
             let bind = launch::bind(
-                gpu,
+                &mut encoder,
                 &pipeline,
                 OP,
                 bytemuck::bytes_of(&params),
                 &[w_buf, &x_buf, &y_buf],
-            );
+            )?;
             let invocations = reduce.invocations(n, WORKGROUP);
             gpu.dispatch(&mut encoder, &pipeline, &bind, invocations, WORKGROUP);
         }
@@ -280,7 +282,7 @@ fn gpu_matmul(
         }
         b0 += nb;
     }
-    gpu.submit([encoder.finish()]);
+    encoder.finish();
     Ok(out)
 }
 

@@ -23,6 +23,7 @@
 use super::launch::{self, Place, Reduce};
 use crate::device::kernels::{Kernel, PipelineKey};
 use crate::device::Gpu;
+use crate::device::Recording;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -71,9 +72,7 @@ pub fn softmax_with(x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
         Place::Gpu(gs) => {
             let gpu = gs[0].gpu();
             let out = launch::Output::new(gpu, x, x.shape())?;
-            let mut encoder = gpu
-                .wgpu_device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(OP) });
+            let mut encoder = gpu.record(OP);
             if rows > 0 {
                 launch::to_u32(x, x.shape().elem_count(), "the element count")?;
                 let input = launch::whole(&mut encoder, x, gs[0], x.name())?;
@@ -90,7 +89,7 @@ pub fn softmax_with(x: &Tensor, reduce: Option<Reduce>) -> Result<Tensor> {
                 record(gpu, &mut encoder, &input, out.buffer(), rows, reduce)?;
             }
             let storage: GpuStorage = out.finish(&mut encoder);
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
             Storage::Gpu(storage)
         }
     };
@@ -116,7 +115,7 @@ pub(crate) struct Rows {
 /// (distinct buffers, `rows * cols` elements each) in `encoder`.
 pub(crate) fn record(
     gpu: &Gpu,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     input: &wgpu::Buffer,
     output: &wgpu::Buffer,
     Rows {
@@ -137,12 +136,12 @@ pub(crate) fn record(
         _pad: [0; 2],
     };
     let group = launch::bind(
-        gpu,
+        encoder,
         &pipeline,
         OP,
         bytemuck::bytes_of(&params),
         &[input, output],
-    );
+    )?;
     let invocations = reduce.invocations(u64::from(rows), WORKGROUP);
     gpu.dispatch(encoder, &pipeline, &group, invocations, WORKGROUP);
     Ok(())

@@ -9,14 +9,17 @@ pub(crate) use upload::Uploader;
 
 use mlmf_core::{DType, Error, Result, Shape};
 
-use crate::device::Gpu;
+use std::sync::Arc;
+
+use crate::device::{Block, Gpu, Kind};
 
 /// A tensor's bytes in GPU buffers. Page `i` holds bytes `i * page_bytes ..` of the tensor;
 /// every page but the last is exactly `page_bytes` long, which is a multiple of the dtype's
 /// block size and of 4, so no block straddles two pages.
 pub struct GpuStorage {
     gpu: Gpu,
-    pages: Vec<wgpu::Buffer>,
+    /// Shared with [`GpuStorage::prefix`] views; back to the pool when the last one drops.
+    pages: Vec<Arc<Block>>,
     page_bytes: u64,
     byte_len: u64,
 }
@@ -28,8 +31,15 @@ impl GpuStorage {
         dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
     }
 
-    /// Empty pages for `len` bytes, split at multiples of `unit` bytes.
-    pub(crate) fn allocate(gpu: &Gpu, name: &str, len: u64, unit: u64) -> Result<GpuStorage> {
+    /// Pages for `len` bytes, split at multiples of `unit` bytes, from the pool: their contents
+    /// are undefined (0xFF in debug builds unless `written` says the caller fills every byte).
+    pub(crate) fn allocate(
+        gpu: &Gpu,
+        name: &str,
+        len: u64,
+        unit: u64,
+        written: bool,
+    ) -> Result<GpuStorage> {
         let limit = gpu.page_bytes();
         let page_bytes = limit - limit % unit;
         if page_bytes == 0 {
@@ -40,31 +50,23 @@ impl GpuStorage {
             });
         }
         let count = len.div_ceil(page_bytes);
-        // Running out of device memory is an error to return, not a panic.
-        let scope = gpu
-            .inner
-            .device
-            .push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let pages = (0..count)
             .map(|i| {
                 let n = page_bytes.min(len - i * page_bytes);
-                gpu.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(&format!("{name} page {i}")),
-                    size: n.next_multiple_of(4),
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
+                let label = format!("{name} page {i}");
+                gpu.take(Kind::Storage, n, &label, written)
+                    .map(Arc::new)
+                    .map_err(|e| match e {
+                        // Name the tensor and its whole size, not the page.
+                        Error::OutOfMemory { reason, .. } => Error::OutOfMemory {
+                            tensor: name.to_string(),
+                            bytes: len,
+                            reason,
+                        },
+                        e => e,
+                    })
             })
-            .collect();
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::DeviceLimit {
-                tensor: name.to_string(),
-                bytes: len,
-                reason: format!("out of device memory: {e}"),
-            });
-        }
+            .collect::<Result<Vec<_>>>()?;
         Ok(GpuStorage {
             gpu: gpu.clone(),
             pages,
@@ -73,18 +75,61 @@ impl GpuStorage {
         })
     }
 
+    /// New pages holding `bytes` from host memory. The queue writes them before the next
+    /// submission, so ops recorded after this see them; nothing waits. (Loads from a file go
+    /// through the [`Uploader`]'s bounded staging instead.)
+    pub(crate) fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], unit: u64) -> Result<Self> {
+        let len = bytes.len() as u64;
+        let out = GpuStorage::allocate(gpu, name, len, unit, true)?;
+        let whole = len - len % 4;
+        for (page, in_page, at, count) in out.spans(0, whole) {
+            gpu.wgpu_queue().write_buffer(
+                page,
+                in_page,
+                &bytes[at as usize..(at + count) as usize],
+            );
+        }
+        if whole < len {
+            let mut tail = [0u8; 4];
+            tail[..(len - whole) as usize].copy_from_slice(&bytes[whole as usize..]);
+            for (page, in_page, _, _) in out.spans(whole, 4) {
+                gpu.wgpu_queue().write_buffer(page, in_page, &tail);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
     }
 
-    pub fn pages(&self) -> &[wgpu::Buffer] {
+    /// The pages' buffers. Each may be larger than its share of the tensor (the pool rounds
+    /// sizes up); the tensor's bytes start at offset 0 of each.
+    pub fn pages(&self) -> Vec<&wgpu::Buffer> {
+        self.pages.iter().map(|p| &***p).collect()
+    }
+
+    /// The pages as pool blocks, for launchers that keep one alive past a borrow.
+    pub(crate) fn blocks(&self) -> &[Arc<Block>] {
         &self.pages
+    }
+
+    pub fn page_count(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Bytes of the tensor in page `i` (the last may be short), padded to a multiple of 4.
+    fn page_len(&self, i: usize) -> u64 {
+        let start = i as u64 * self.page_bytes;
+        self.page_bytes
+            .min(self.byte_len.saturating_sub(start))
+            .next_multiple_of(4)
     }
 
     /// Page `i`, or [`Error::Gpu`]: launchers ask only for pages their page arithmetic says
     /// exist.
     pub(crate) fn page(&self, i: usize) -> Result<&wgpu::Buffer> {
-        self.pages.get(i).ok_or_else(|| Error::Gpu {
+        self.pages.get(i).map(|p| &***p).ok_or_else(|| Error::Gpu {
             during: "binding a page".into(),
             reason: format!("page {i} of {} does not exist", self.pages.len()),
         })
@@ -107,9 +152,9 @@ impl GpuStorage {
         while at < end {
             let page = (at / self.page_bytes) as usize;
             let in_page = at - page as u64 * self.page_bytes;
-            let page_size = self.pages[page].size();
+            let page_size = self.page_len(page);
             let count = (page_size - in_page).min(end - at);
-            out.push((&self.pages[page], in_page, at, count));
+            out.push((&**self.pages[page], in_page, at, count));
             at += count;
         }
         out
@@ -128,23 +173,26 @@ impl GpuStorage {
         }
     }
 
-    /// Queue a device-side copy of all of `src` (on the same device) into these pages at byte
+    /// Record a device-side copy of all of `src` (on the same device) into these pages at byte
     /// `at`. The caller checks that `at + src.byte_len()` fits and that both are multiples of 4.
     pub(crate) fn write_from(&self, at: u64, src: &GpuStorage) {
-        let mut encoder =
-            self.gpu
-                .inner
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("mlmf write rows"),
-                });
+        let mut encoder = self.gpu.record("mlmf write rows");
         for (src_page, src_off, pos, count) in src.spans(0, src.byte_len) {
             for (dst_page, dst_off, dst_at, n) in self.spans(at + pos, count) {
                 let from = src_off + (dst_at - at - pos);
                 encoder.copy_buffer_to_buffer(src_page, from, dst_page, dst_off, n);
             }
         }
-        self.gpu.submit([encoder.finish()]);
+        encoder.finish();
+    }
+
+    /// Record zeroing every page (pool buffers come with undefined contents).
+    pub(crate) fn clear(&self) {
+        let mut encoder = self.gpu.record("mlmf clear");
+        for (i, page) in self.pages.iter().enumerate() {
+            encoder.clear_buffer(page, 0, Some(self.page_len(i)));
+        }
+        encoder.finish();
     }
 
     /// Whether `other` lives on the same wgpu device.
@@ -155,32 +203,22 @@ impl GpuStorage {
     /// A copy on `gpu`: a device-side copy on the same device, chunk by chunk through host
     /// memory between different devices.
     pub(crate) fn copy_to(&self, gpu: &Gpu, name: &str, unit: u64) -> Result<GpuStorage> {
-        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit)?;
+        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit, true)?;
         if std::sync::Arc::ptr_eq(&self.gpu.inner, &gpu.inner) && out.page_bytes == self.page_bytes
         {
-            let mut encoder =
-                gpu.inner
-                    .device
-                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                        label: Some("mlmf copy"),
-                    });
-            for (src, dst) in self.pages.iter().zip(&out.pages) {
-                encoder.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
+            let mut encoder = gpu.record("mlmf copy");
+            for (i, (src, dst)) in self.pages.iter().zip(&out.pages).enumerate() {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, self.page_len(i));
             }
-            gpu.submit([encoder.finish()]);
+            encoder.finish();
         } else {
             readback::for_each_chunk(self, |pos, chunk| {
                 let mut padded = chunk.to_vec();
                 padded.resize(chunk.len().next_multiple_of(4), 0);
                 for (page, page_off, at, count) in out.spans(pos, padded.len() as u64) {
                     let from = (at - pos) as usize;
-                    gpu.inner.queue.write_buffer(
-                        page,
-                        page_off,
-                        &padded[from..from + count as usize],
-                    );
+                    gpu.write_after(page, page_off, &padded[from..from + count as usize]);
                 }
-                gpu.submit([]);
                 gpu.wait("copy between devices")
             })?;
         }

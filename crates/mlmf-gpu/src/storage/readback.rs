@@ -2,7 +2,7 @@
 
 use std::sync::mpsc;
 
-use crate::device::Event;
+use crate::device::{Event, Kind};
 use crate::storage::GpuStorage;
 use mlmf_core::{Error, Result};
 
@@ -24,14 +24,14 @@ pub(crate) fn for_each_chunk(
         .min(len.next_multiple_of(256))
         .max(256);
     let make = |i: usize| {
-        gpu.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&format!("mlmf readback staging {i}")),
-            size: half,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+        gpu.take(
+            Kind::ReadStaging,
+            half,
+            &format!("mlmf readback staging {i}"),
+            true,
+        )
     };
-    let slots = [make(0), make(1)];
+    let slots = [make(0)?, make(1)?];
     let chunks: Vec<(u64, u64)> = (0..len.div_ceil(half))
         .map(|k| (k * half, half.min(len - k * half)))
         .collect();

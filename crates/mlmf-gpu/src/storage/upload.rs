@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::device::Gpu;
+use crate::device::{Block, Gpu, Kind};
 use crate::storage::GpuStorage;
 use mlmf_core::Source;
 use mlmf_core::{Error, Result};
@@ -17,7 +17,7 @@ use mlmf_core::{Error, Result};
 const MAP_ALIGN: u64 = 8;
 
 struct Slot {
-    buffer: wgpu::Buffer,
+    buffer: Block,
     /// Set by the map callback once the buffer is writable again.
     mapped: Arc<AtomicBool>,
     /// Bytes of the slot filled so far.
@@ -38,29 +38,38 @@ pub(crate) struct Uploader {
 impl Uploader {
     /// A ring for uploading about `total` bytes: each half is the device's staging half, or
     /// less when the whole upload is smaller (small loads then map and fault less memory).
-    pub fn new(gpu: &Gpu, total: u64) -> Uploader {
+    pub fn new(gpu: &Gpu, total: u64) -> Result<Uploader> {
         let half = gpu
             .inner
             .staging_half
             .min(total.next_multiple_of(256))
             .max(256);
-        let make = |i: usize| Slot {
-            buffer: gpu.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(&format!("mlmf upload staging {i}")),
-                size: half,
-                usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: true,
-            }),
-            mapped: Arc::new(AtomicBool::new(true)),
-            used: 0,
-            copies: Vec::new(),
+        let make = |i: usize| -> Result<Slot> {
+            let buffer = gpu.take(
+                Kind::WriteStaging,
+                half,
+                &format!("mlmf upload staging {i}"),
+                true,
+            )?;
+            // Pool buffers come unmapped: map for writing; `wait_mapped` waits for it.
+            let mapped = Arc::new(AtomicBool::new(false));
+            let flag = mapped.clone();
+            buffer.map_async(wgpu::MapMode::Write, .., move |r| {
+                flag.store(r.is_ok(), Ordering::Release);
+            });
+            Ok(Slot {
+                buffer,
+                mapped,
+                used: 0,
+                copies: Vec::new(),
+            })
         };
-        Uploader {
+        Ok(Uploader {
             gpu: gpu.clone(),
-            slots: [make(0), make(1)],
+            slots: [make(0)?, make(1)?],
             current: 0,
             scratch: Vec::new(),
-        }
+        })
     }
 
     /// Queue `len` bytes from `src` into newly made pages for a tensor called `name`, calling
@@ -74,7 +83,7 @@ impl Uploader {
         unit: u64,
         copied: &mut dyn FnMut(u64),
     ) -> Result<GpuStorage> {
-        let storage = GpuStorage::allocate(&self.gpu, name, len, unit)?;
+        let storage = GpuStorage::allocate(&self.gpu, name, len, unit, true)?;
         let half = self.slots[0].buffer.size();
         let mut pos = 0u64;
         while pos < len {
@@ -156,6 +165,21 @@ impl Uploader {
     pub fn finish(&mut self) -> Result<()> {
         self.flush()?;
         self.gpu.wait("upload")
+    }
+}
+
+impl Drop for Uploader {
+    /// Back to the pool unmapped, as the pool hands buffers out. A slot still being mapped
+    /// (an upload abandoned on an error) is waited for first.
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if !slot.mapped.load(Ordering::Acquire) {
+                let _ = self.gpu.wait("upload");
+            }
+            if slot.mapped.load(Ordering::Acquire) {
+                slot.buffer.unmap();
+            }
+        }
     }
 }
 
