@@ -46,7 +46,7 @@ impl GpuStats {
     }
 }
 
-/// One line: `N buffers (B bytes; U of them parameters), G bind groups, D dispatches, S
+/// One line: `N buffers (B bytes), U parameter sets, G bind groups, D dispatches, S
 /// submissions, W waits, R readbacks`.
 impl std::fmt::Display for GpuStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
