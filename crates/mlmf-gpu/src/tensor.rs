@@ -85,6 +85,15 @@ impl Tensor {
         }
     }
 
+    /// Memory the tensor holds on its device: the host bytes, or the GPU pages as the pool sized
+    /// them (each rounded up to its size bucket). What a memory budget counts.
+    pub fn resident_bytes(&self) -> u64 {
+        match &self.storage {
+            Storage::Cpu(bytes) => bytes.len() as u64,
+            Storage::Gpu(g) => g.device_bytes(),
+        }
+    }
+
     /// Check that the bytes are whole blocks that fit the shape: each row (the last dimension)
     /// is a whole number of the dtype's blocks, and the byte length is what the dtype's block
     /// geometry gives for the element count. Kernels rely on this before they index pages.

@@ -114,6 +114,12 @@ impl GpuStorage {
         &self.pages
     }
 
+    /// Bytes of device memory the pages take (the pool's bucket sizes; pages shared with a
+    /// [`GpuStorage::prefix`] view count in both).
+    pub fn device_bytes(&self) -> u64 {
+        self.pages.iter().map(|p| p.size()).sum()
+    }
+
     pub fn page_count(&self) -> usize {
         self.pages.len()
     }
