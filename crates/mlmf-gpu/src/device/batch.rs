@@ -39,18 +39,21 @@ pub(crate) struct Recording<'a> {
     batch: MutexGuard<'a, Batch>,
 }
 
-/// Where one dispatch's parameters are bound from.
+/// Where one dispatch's parameters are bound from: `size` bytes at `offset` of `buffer`. With
+/// the pool on the offset is dynamic (given at dispatch; the bind group binds offset 0).
 pub(crate) struct Params {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    size: u64,
+    pub buffer: wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+    pub dynamic: bool,
 }
 
 impl Params {
+    /// The binding as the bind group holds it.
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
-            offset: self.offset,
+            offset: if self.dynamic { 0 } else { self.offset },
             size: std::num::NonZeroU64::new(self.size),
         })
     }
@@ -119,6 +122,7 @@ impl Recording<'_> {
                 buffer: (*block).clone(),
                 offset: 0,
                 size,
+                dynamic: false,
             });
         }
         let align = u64::from(gpu.inner.limits.min_uniform_buffer_offset_alignment).max(16);
@@ -146,6 +150,7 @@ impl Recording<'_> {
             buffer: (**block).clone(),
             offset,
             size,
+            dynamic: true,
         })
     }
 

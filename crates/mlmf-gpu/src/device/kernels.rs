@@ -272,7 +272,9 @@ impl Gpu {
                         Binding::ReadOnly => wgpu::BufferBindingType::Storage { read_only: true },
                         Binding::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
-                    has_dynamic_offset: false,
+                    // With the pool on, parameters sit at an offset in the batch's uniform block,
+                    // given at dispatch, so a bind group serves every dispatch over its buffers.
+                    has_dynamic_offset: matches!(b, Binding::Uniform) && self.inner.pool.enabled,
                     min_binding_size: None,
                 },
                 count: None,
@@ -337,12 +339,10 @@ impl Gpu {
         &self,
         encoder: &mut super::Recording<'_>,
         pipeline: &Pipeline,
-        bind_group: &wgpu::BindGroup,
+        bind_group: &crate::ops::launch::Bound,
         invocations: u64,
         workgroup_size: u32,
     ) {
-        self.count(super::Event::Dispatch);
-        encoder.dispatched();
         let groups = invocations.div_ceil(u64::from(workgroup_size)).max(1);
         let max_x = u64::from(
             self.inner
@@ -352,13 +352,26 @@ impl Gpu {
         );
         let x = groups.min(max_x) as u32;
         let y = groups.div_ceil(max_x) as u32;
+        self.dispatch_groups(encoder, pipeline, bind_group, [x, y, 1]);
+    }
+
+    /// Dispatch a grid of `groups` workgroups.
+    pub(crate) fn dispatch_groups(
+        &self,
+        encoder: &mut super::Recording<'_>,
+        pipeline: &Pipeline,
+        bind_group: &crate::ops::launch::Bound,
+        [x, y, z]: [u32; 3],
+    ) {
+        self.count(super::Event::Dispatch);
+        encoder.dispatched();
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("mlmf"),
             timestamp_writes: None,
         });
         pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(x, y, 1);
+        pass.set_bind_group(0, &bind_group.group, bind_group.offsets());
+        pass.dispatch_workgroups(x, y, z);
     }
 }
 

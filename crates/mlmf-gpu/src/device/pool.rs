@@ -109,9 +109,25 @@ struct State {
     fail_request: Option<u64>,
 }
 
+/// What a bind group binds: its layout, the parameter block's binding size, and its buffers
+/// in binding order (handles kept, so a buffer's identity cannot be reused while cached).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BindKey {
+    pub layout: wgpu::BindGroupLayout,
+    pub size: u64,
+    pub buffers: Vec<wgpu::Buffer>,
+}
+
+/// Cached bind groups before the cache is cleared and starts again: a forward pass of MiniLM
+/// or MobileNetV2 binds about a hundred.
+const BIND_GROUPS: usize = 4096;
+
 /// One device's pool.
 pub(crate) struct Pool {
     state: Mutex<State>,
+    /// Bind groups over pool buffers. They hold their buffers, so [`trim`] (which destroys
+    /// buffers) clears them.
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     /// Off (`MLMF_POOL=off`): every request is a new buffer and every drop frees it, as before
     /// the pool, for side-by-side benchmarks.
     pub(crate) enabled: bool,
@@ -157,6 +173,7 @@ impl Pool {
                 },
                 ..Default::default()
             }),
+            bind_groups: Default::default(),
             enabled,
             poison,
             limit,
@@ -205,7 +222,7 @@ impl Pool {
             } else if let Some(limit) = self.limit {
                 // Over the limit: give cached buffers back to the driver first.
                 if s.stats.in_use_bytes + s.stats.cached_bytes + size > limit {
-                    trim(&mut s);
+                    self.trim(&mut s);
                 }
                 if s.stats.in_use_bytes + s.stats.cached_bytes + size > limit {
                     return Err(oom(format!(
@@ -295,7 +312,35 @@ impl Pool {
     /// Give every free buffer back to the driver (retired ones stay until their batch is
     /// submitted).
     pub(crate) fn empty(&self) {
-        trim(&mut self.lock());
+        self.trim(&mut self.lock());
+    }
+
+    /// Destroy every free buffer, and forget the bind groups, which may hold them.
+    fn trim(&self, s: &mut State) {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for (_, list) in s.free.drain() {
+            for buffer in list {
+                s.stats.cached_bytes -= buffer.size();
+                s.stats.releases += 1;
+                buffer.destroy();
+            }
+        }
+    }
+
+    pub(crate) fn bind_group(&self, key: &BindKey) -> Option<wgpu::BindGroup> {
+        let groups = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.get(key).cloned()
+    }
+
+    pub(crate) fn keep_bind_group(&self, key: BindKey, group: wgpu::BindGroup) {
+        let mut groups = self.bind_groups.lock().unwrap_or_else(|e| e.into_inner());
+        if groups.len() >= BIND_GROUPS {
+            groups.clear();
+        }
+        groups.insert(key, group);
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {
@@ -306,16 +351,6 @@ impl Pool {
     pub(crate) fn fail_request(&self, n: u64) {
         let mut s = self.lock();
         s.fail_request = Some(s.requests + n.max(1));
-    }
-}
-
-fn trim(s: &mut State) {
-    for (_, list) in s.free.drain() {
-        for buffer in list {
-            s.stats.cached_bytes -= buffer.size();
-            s.stats.releases += 1;
-            buffer.destroy();
-        }
     }
 }
 

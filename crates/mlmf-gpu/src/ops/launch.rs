@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::device::kernels::Pipeline;
-use crate::device::{Block, Event, Gpu, Kind, Recording};
+use crate::device::{BindKey, Block, Event, Gpu, Kind, Recording};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -252,36 +252,73 @@ impl Output {
     }
 }
 
+/// A bind group and the dynamic offset of its parameters, if any.
+pub(crate) struct Bound {
+    pub(crate) group: wgpu::BindGroup,
+    offset: Option<u32>,
+}
+
+impl Bound {
+    pub(crate) fn offsets(&self) -> &[u32] {
+        self.offset.as_slice()
+    }
+}
+
 /// The bind group of one dispatch: the uniform `params` at binding 0 (a slice of the batch's
 /// parameter block), then `buffers` in binding order from 1, then for the families that read
-/// weight blocks the i-quant tables.
+/// weight blocks the i-quant tables. With the pool on, a bind group over the same buffers is
+/// made once and reused (the pool keeps them, and hands out the same ones again in a repeated
+/// forward pass).
 pub(crate) fn bind(
     rec: &mut Recording<'_>,
     pipeline: &Pipeline,
     label: &str,
     params: &[u8],
     buffers: &[&wgpu::Buffer],
-) -> Result<wgpu::BindGroup> {
+) -> Result<Bound> {
     let uniform = rec.params(label, params)?;
-    let mut entries = vec![wgpu::BindGroupEntry {
-        binding: 0,
-        resource: uniform.binding(),
-    }];
-    for (i, buf) in buffers.iter().copied().chain(&pipeline.grids).enumerate() {
-        entries.push(wgpu::BindGroupEntry {
-            binding: i as u32 + 1,
-            resource: buf.as_entire_binding(),
+    let gpu = rec.gpu();
+    let all: Vec<&wgpu::Buffer> = buffers.iter().copied().chain(&pipeline.grids).collect();
+    let make = || {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.binding(),
+        }];
+        for (i, buf) in all.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buf.as_entire_binding(),
+            });
+        }
+        gpu.count(Event::BindGroup);
+        gpu.wgpu_device()
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &pipeline.layout,
+                entries: &entries,
+            })
+    };
+    if !uniform.dynamic {
+        return Ok(Bound {
+            group: make(),
+            offset: None,
         });
     }
-    let gpu = rec.gpu();
-    gpu.count(Event::BindGroup);
-    Ok(gpu
-        .wgpu_device()
-        .create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(label),
-            layout: &pipeline.layout,
-            entries: &entries,
-        }))
+    let offset = Some(uniform.offset as u32);
+    let key = BindKey {
+        layout: pipeline.layout.clone(),
+        size: uniform.size,
+        buffers: std::iter::once(&uniform.buffer)
+            .chain(all.iter().copied())
+            .cloned()
+            .collect(),
+    };
+    if let Some(group) = gpu.inner.pool.bind_group(&key) {
+        return Ok(Bound { group, offset });
+    }
+    let group = make();
+    gpu.inner.pool.keep_bind_group(key, group.clone());
+    Ok(Bound { group, offset })
 }
 
 /// How a reduction over a row is spread over a GPU's invocations.

@@ -30,7 +30,6 @@ use super::launch::{
     Place,
 };
 use crate::device::kernels::{Kernel, PipelineKey};
-use crate::device::Event;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -355,14 +354,7 @@ pub(crate) fn gpu_matmul(
                     bytemuck::bytes_of(&params),
                     &[&a_buf, &b_buf, &bias_buf, out.buffer()],
                 )?;
-                gpu.count(Event::Dispatch);
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(OP),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline.pipeline);
-                pass.set_bind_group(0, &group, &[]);
-                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                gpu.dispatch_groups(&mut encoder, &pipeline, &group, groups);
             }
         }
     }

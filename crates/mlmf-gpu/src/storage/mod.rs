@@ -232,3 +232,35 @@ impl GpuStorage {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::GpuOptions;
+
+    /// Debug builds fill pool buffers with 0xFF (NaN as f32) so a kernel that relies on zeroed
+    /// outputs fails its tests; `written` pages (uploads) are left for the caller to fill, and
+    /// `clear` zeroes.
+    #[test]
+    fn pool_buffers_come_poisoned_in_debug_builds() {
+        let gpu = crate::Gpu::new(&GpuOptions::default()).unwrap();
+        let s = GpuStorage::allocate(&gpu, "poisoned", 64, 4, false).unwrap();
+        let mut bytes = Vec::new();
+        readback::for_each_chunk(&s, |_, b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        if cfg!(debug_assertions) && std::env::var_os("MLMF_POOL_POISON").is_none() {
+            assert_eq!(bytes, vec![0xFF; 64]);
+        }
+        s.clear();
+        bytes.clear();
+        readback::for_each_chunk(&s, |_, b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(bytes, vec![0; 64]);
+    }
+}
