@@ -202,29 +202,51 @@ const SENTENCES: [&str; 4] = [
     "Hello, world! How are you today?",
 ];
 
-/// What one run of `f` asks of the GPU (buffers, bind groups, dispatches, submissions, waits),
-/// printed before the timings: issue 15's per-launch overhead, counted.
-fn print_launches(gpu: &Device, what: &str, f: impl FnOnce()) {
+/// What the first run of `f` and a repeated one ask of the GPU (buffers, bind groups,
+/// dispatches, submissions, waits), printed before the timings: issue 15's per-launch overhead,
+/// counted, with the pool on and off.
+fn print_launches(gpu: &Device, what: &str, f: impl Fn()) {
     let Device::Gpu(g) = gpu else { return };
-    let before = g.stats();
-    f();
-    println!("{what} on the GPU: {}", g.stats().since(&before));
+    for run in ["first", "second", "third"] {
+        let before = g.stats();
+        f();
+        println!("{what} on the GPU, {run}: {}", g.stats().since(&before));
+    }
+    println!("{what}: memory {}", g.memory());
+}
+
+/// The default GPU and the same adapter with the pool and batch off (as `MLMF_POOL=off`), for
+/// side-by-side timings in one run.
+fn gpus() -> [(&'static str, Device); 2] {
+    let gpu = |pool| {
+        Device::gpu_with(&mlmf::GpuOptions {
+            pool: Some(pool),
+            ..Default::default()
+        })
+        .expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)")
+    };
+    [("gpu", gpu(true)), ("gpu_pool_off", gpu(false))]
 }
 
 fn models(c: &mut Criterion) {
     use mlmf::models::{bert::BertEmbedder, cache_dir, mobilenet_v2::MobileNetV2};
-    let gpu = Device::gpu().expect("a GPU adapter (lavapipe: apt-get install mesa-vulkan-drivers)");
+    let [gpu, gpu_off] = gpus();
+    let devices = [gpu, gpu_off, ("cpu_twin", Device::Cpu)];
     let mut group = c.benchmark_group("models/minilm_4_sentences");
     group.throughput(Throughput::Elements(SENTENCES.len() as u64));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(5));
-    for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
+    for (label, device) in devices.clone() {
         let model = BertEmbedder::open(cache_dir().join("all-MiniLM-L6-v2"), &device)
             .expect("all-MiniLM-L6-v2 (run python3 scripts/fetch_models.py)");
-        print_launches(&device, "MiniLM, one batch of 4 sentences", || {
-            model.embed(&SENTENCES).expect("embed");
-        });
+        print_launches(
+            &device,
+            &format!("MiniLM, one batch of 4 sentences ({label})"),
+            || {
+                model.embed(&SENTENCES).expect("embed");
+            },
+        );
         group.bench_function(label, |b| {
             b.iter(|| model.embed(&SENTENCES).expect("embed"))
         });
@@ -247,15 +269,19 @@ fn models(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(5));
-    for (label, device) in [("gpu", gpu.clone()), ("cpu_twin", Device::Cpu)] {
+    for (label, device) in devices {
         let model = MobileNetV2::load(&file, &device).expect("load");
-        print_launches(&device, "MobileNetV2, one image to logits", || {
-            model
-                .forward(&x)
-                .expect("forward")
-                .to_f32_vec()
-                .expect("logits");
-        });
+        print_launches(
+            &device,
+            &format!("MobileNetV2, one image to logits ({label})"),
+            || {
+                model
+                    .forward(&x)
+                    .expect("forward")
+                    .to_f32_vec()
+                    .expect("logits");
+            },
+        );
         group.bench_function(label, |b| {
             b.iter(|| {
                 model

@@ -17,7 +17,7 @@
 //! each buffer handed out with 0xFF bytes (NaN as f32) so a kernel that relies on zeros fails its
 //! tests (`MLMF_POOL_POISON=0` or `1` overrides).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mlmf_core::{Error, Result};
@@ -98,9 +98,15 @@ impl std::fmt::Display for MemoryStats {
 
 #[derive(Default)]
 struct State {
-    free: HashMap<(Kind, u64), Vec<wgpu::Buffer>>,
+    /// By creation number, lowest first: a repeated forward pass starts from the same free
+    /// buffers and asks for the same sizes in the same order, so it gets the same buffer for
+    /// each activation, and the bind groups cached over them serve again. (A stack or a queue
+    /// would hand them out permuted on every pass.)
+    free: HashMap<(Kind, u64), BTreeMap<u64, wgpu::Buffer>>,
     /// Released while the batch had unsubmitted commands.
-    retired: Vec<(Kind, u64, wgpu::Buffer)>,
+    retired: Vec<(Kind, u64, u64, wgpu::Buffer)>,
+    /// Buffers made so far, numbering them.
+    made: u64,
     /// Whether the device's batch may hold unsubmitted commands.
     pending: bool,
     stats: MemoryStats,
@@ -138,6 +144,8 @@ pub(crate) struct Pool {
 /// A buffer from the pool; dropping it gives it back.
 pub(crate) struct Block {
     buffer: Option<wgpu::Buffer>,
+    /// Its creation number.
+    id: u64,
     kind: Kind,
     size: u64,
     pool: Arc<Pool>,
@@ -155,7 +163,7 @@ impl std::ops::Deref for Block {
 impl Drop for Block {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take() {
-            self.pool.release(self.kind, self.size, buffer);
+            self.pool.release(self.kind, self.size, self.id, buffer);
         }
     }
 }
@@ -215,7 +223,7 @@ impl Pool {
                 s.fail_request = None;
                 return Err(oom("allocation refused by the test hook".into()));
             }
-            let reused = s.free.get_mut(&(kind, size)).and_then(Vec::pop);
+            let reused = s.free.get_mut(&(kind, size)).and_then(BTreeMap::pop_first);
             if reused.is_some() {
                 s.stats.cached_bytes -= size;
                 s.stats.reuses += 1;
@@ -239,7 +247,7 @@ impl Pool {
             reused
         };
         let fresh = reused.is_none();
-        let buffer = match reused {
+        let (id, buffer) = match reused {
             Some(b) => b,
             None => {
                 let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -254,8 +262,10 @@ impl Pool {
                     s.stats.in_use_bytes -= size;
                     return Err(oom(format!("out of device memory: {e}")));
                 }
-                self.lock().stats.allocations += 1;
-                buffer
+                let mut s = self.lock();
+                s.stats.allocations += 1;
+                s.made += 1;
+                (s.made, buffer)
             }
         };
         if self.poison && !written && kind != Kind::ReadStaging && kind != Kind::WriteStaging {
@@ -268,6 +278,7 @@ impl Pool {
         }
         let block = Block {
             buffer: Some(buffer),
+            id,
             kind,
             size,
             pool: self.clone(),
@@ -275,7 +286,7 @@ impl Pool {
         Ok((block, fresh))
     }
 
-    fn release(&self, kind: Kind, size: u64, buffer: wgpu::Buffer) {
+    fn release(&self, kind: Kind, size: u64, id: u64, buffer: wgpu::Buffer) {
         let mut s = self.lock();
         s.stats.in_use_bytes -= size;
         if !self.enabled {
@@ -288,9 +299,9 @@ impl Pool {
         }
         s.stats.cached_bytes += size;
         if s.pending {
-            s.retired.push((kind, size, buffer));
+            s.retired.push((kind, size, id, buffer));
         } else {
-            s.free.entry((kind, size)).or_default().push(buffer);
+            s.free.entry((kind, size)).or_default().insert(id, buffer);
         }
     }
 
@@ -304,8 +315,8 @@ impl Pool {
         let mut s = self.lock();
         s.pending = false;
         let retired = std::mem::take(&mut s.retired);
-        for (kind, size, buffer) in retired {
-            s.free.entry((kind, size)).or_default().push(buffer);
+        for (kind, size, id, buffer) in retired {
+            s.free.entry((kind, size)).or_default().insert(id, buffer);
         }
     }
 
@@ -322,7 +333,7 @@ impl Pool {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         for (_, list) in s.free.drain() {
-            for buffer in list {
+            for buffer in list.into_values() {
                 s.stats.cached_bytes -= buffer.size();
                 s.stats.releases += 1;
                 buffer.destroy();

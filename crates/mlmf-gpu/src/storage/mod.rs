@@ -216,7 +216,9 @@ impl GpuStorage {
             for (i, (src, dst)) in self.pages.iter().zip(&out.pages).enumerate() {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, self.page_len(i));
             }
+            // Recorded in the batch: later ops are ordered after it; nothing to wait for.
             encoder.finish();
+            return Ok(out);
         } else {
             readback::for_each_chunk(self, |pos, chunk| {
                 let mut padded = chunk.to_vec();
