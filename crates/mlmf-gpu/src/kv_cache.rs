@@ -10,6 +10,7 @@
 use mlmf_core::{DType, Error, Result, Shape};
 
 use crate::device::Device;
+use crate::device::Fill;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 
@@ -64,7 +65,7 @@ impl KvCache {
                         &format!("{name} {what}"),
                         bytes,
                         unit,
-                        false,
+                        Fill::KERNEL,
                     )?)
                 }
             })

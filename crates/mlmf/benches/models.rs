@@ -207,12 +207,15 @@ const SENTENCES: [&str; 4] = [
 /// counted, with the pool on and off.
 fn print_launches(gpu: &Device, what: &str, f: impl Fn()) {
     let Device::Gpu(g) = gpu else { return };
+    // Only this model's buffers: what an earlier model left cached goes back to the driver.
+    g.empty_cache();
+    g.reset_peak_memory();
     for run in ["first", "second", "third"] {
         let before = g.stats();
         f();
         println!("{what} on the GPU, {run}: {}", g.stats().since(&before));
     }
-    println!("{what}: memory {}", g.memory());
+    println!("{what}: memory after three forwards {}", g.memory());
 }
 
 /// The default GPU and the same adapter with the pool and batch off (as `MLMF_POOL=off`), for

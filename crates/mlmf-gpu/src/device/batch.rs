@@ -13,7 +13,7 @@
 
 use std::sync::MutexGuard;
 
-use super::pool::{Block, Kind};
+use super::pool::{Block, Fill, Kind};
 use super::Gpu;
 use mlmf_core::Result;
 
@@ -114,7 +114,7 @@ impl Recording<'_> {
         gpu.count(super::Event::Uniform);
         let size = (bytes.len() as u64).next_multiple_of(16).max(16);
         if !gpu.inner.pool.enabled {
-            let block = gpu.take(Kind::Uniform, size, label, true)?;
+            let block = gpu.take(Kind::Uniform, size, label, Fill::Queue)?;
             let mut padded = bytes.to_vec();
             padded.resize(size as usize, 0);
             gpu.inner.queue.write_buffer(&block, 0, &padded);
@@ -133,7 +133,7 @@ impl Recording<'_> {
                 Kind::Uniform,
                 UNIFORM_BLOCK.max(size),
                 "mlmf parameters",
-                true,
+                Fill::Queue,
             )?;
             self.batch.uniforms.push((block, Vec::new()));
         }

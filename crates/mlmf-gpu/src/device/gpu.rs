@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::adapter;
 use super::batch::Batch;
 use super::pipeline_cache::{self, DiskCache};
-use super::pool::{Block, Kind, MemoryStats, Pool};
+use super::pool::{Block, Fill, Kind, MemoryStats, Pool};
 use super::stats::{Counters, Event, GpuStats};
 use mlmf_core::{Error, Result};
 
@@ -181,15 +181,15 @@ impl Gpu {
     }
 
     /// A buffer of at least `bytes` for `kind` from the pool; new device buffers are counted.
-    /// `written`: the caller fills every byte before a kernel reads it (see `pool.rs`).
-    pub(crate) fn take(&self, kind: Kind, bytes: u64, label: &str, written: bool) -> Result<Block> {
+    /// `fill`: how its contents will be written (see `pool.rs`).
+    pub(crate) fn take(&self, kind: Kind, bytes: u64, label: &str, fill: Fill) -> Result<Block> {
         let (block, fresh) = self.inner.pool.take(
             &self.inner.device,
             &self.inner.queue,
             kind,
             bytes,
             label,
-            written,
+            fill,
         )?;
         if fresh {
             self.inner.counters.buffer(block.size());
@@ -199,7 +199,7 @@ impl Gpu {
 
     /// A storage buffer from the pool holding `bytes` (padded to a multiple of 4).
     pub(crate) fn take_init(&self, label: &str, bytes: &[u8]) -> Result<Block> {
-        let block = self.take(Kind::Storage, bytes.len() as u64, label, true)?;
+        let block = self.take(Kind::Storage, bytes.len() as u64, label, Fill::Queue)?;
         let whole = bytes.len() - bytes.len() % 4;
         self.inner.queue.write_buffer(&block, 0, &bytes[..whole]);
         if whole < bytes.len() {
@@ -227,6 +227,12 @@ impl Gpu {
     /// The caching allocator's accounting (see [`MemoryStats`]).
     pub fn memory(&self) -> MemoryStats {
         self.inner.pool.stats()
+    }
+
+    /// Start [`MemoryStats`]' peaks again from what is held now (as PyTorch's
+    /// `reset_peak_memory_stats`).
+    pub fn reset_peak_memory(&self) {
+        self.inner.pool.reset_peaks();
     }
 
     /// Give the buffers the pool keeps for reuse back to the driver.

@@ -12,7 +12,7 @@ pub use adapter::{adapters, AdapterReport};
 pub(crate) use batch::Recording;
 pub use gpu::{Gpu, GpuOptions};
 pub use pool::MemoryStats;
-pub(crate) use pool::{BindKey, Block, Kind};
+pub(crate) use pool::{BindKey, Block, Fill, Kind};
 pub(crate) use stats::Event;
 pub use stats::GpuStats;
 

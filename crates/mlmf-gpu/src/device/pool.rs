@@ -7,15 +7,19 @@
 //! 1/8 larger than asked), and a free buffer is reused only for a request of its bucket.
 //!
 //! The one hazard of reuse is a buffer dropped while commands that use it are recorded but not
-//! yet submitted: handing it out again could let a write the queue runs first (`write_buffer`,
-//! an upload's copy) land before those commands read it. So a buffer released while the
-//! device's batch has unsubmitted commands is retired, and joins the free lists only when the
-//! batch is submitted ([`Pool::reclaim`]); after that, the queue's order puts any later use after
-//! every earlier one.
+//! yet submitted: a `write_buffer` into it runs at the next submission, before those commands
+//! read it. So a buffer released while the device's batch has unsubmitted commands is retired:
+//! it may be handed out again within the batch only to be filled by commands recorded after it
+//! ([`Fill::Commands`]: kernel outputs, scratch, device copies, upload copies submitted after the
+//! batch), which the command order and wgpu's barriers put after the earlier readers; it joins
+//! the free lists, which serve [`Fill::Queue`] too, when the batch is submitted
+//! ([`Pool::reclaim`]).
 //!
 //! Reused buffers are not zeroed. Kernels write every byte of their outputs; debug builds fill
-//! each buffer handed out with 0xFF bytes (NaN as f32) so a kernel that relies on zeros fails its
-//! tests (`MLMF_POOL_POISON=0` or `1` overrides).
+//! each buffer handed out from the free lists or the driver for a kernel with 0xFF bytes (NaN as
+//! f32) so a kernel that relies on zeros fails its tests (`MLMF_POOL_POISON=0` or `1`
+//! overrides). A buffer reused within its batch is not filled (a write would land too early):
+//! it holds what an earlier op left, not zeros either.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +49,21 @@ impl Kind {
             Kind::WriteStaging => U::MAP_WRITE | U::COPY_SRC,
         }
     }
+}
+
+/// How a buffer handed out gets its contents, which decides where it may come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Commands recorded in the batch after it is handed out, or submitted after the batch.
+    /// `whole`: they write every byte (no poisoning needed).
+    Commands { whole: bool },
+    /// `queue.write_buffer` (or mapping), which runs before the batch's unsubmitted commands.
+    Queue,
+}
+
+impl Fill {
+    /// A kernel's output or scratch, which the kernel writes where it needs to.
+    pub(crate) const KERNEL: Fill = Fill::Commands { whole: false };
 }
 
 /// Bytes a request of `bytes` is rounded up to: a multiple of 256 below 2 KiB, above that a
@@ -103,8 +122,8 @@ struct State {
     /// each activation, and the bind groups cached over them serve again. (A stack or a queue
     /// would hand them out permuted on every pass.)
     free: HashMap<(Kind, u64), BTreeMap<u64, wgpu::Buffer>>,
-    /// Released while the batch had unsubmitted commands.
-    retired: Vec<(Kind, u64, u64, wgpu::Buffer)>,
+    /// Released while the batch had unsubmitted commands, by creation number.
+    retired: HashMap<(Kind, u64), BTreeMap<u64, wgpu::Buffer>>,
     /// Buffers made so far, numbering them.
     made: u64,
     /// Whether the device's batch may hold unsubmitted commands.
@@ -193,9 +212,9 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A buffer of at least `bytes` for `kind`, from the free lists or the driver. `label`
-    /// names it in errors and in the driver's debug output. `written` says the caller fills
-    /// every byte before any kernel reads it (no poisoning needed).
+    /// A buffer of at least `bytes` for `kind`, from the buffers retired in this batch (storage
+    /// filled by commands), the free lists or the driver. `label` names it in errors and in the
+    /// driver's debug output.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn take(
         self: &Arc<Self>,
@@ -204,7 +223,7 @@ impl Pool {
         kind: Kind,
         bytes: u64,
         label: &str,
-        written: bool,
+        fill: Fill,
     ) -> Result<(Block, bool)> {
         let size = if self.enabled {
             bucket(bytes)
@@ -223,7 +242,17 @@ impl Pool {
                 s.fail_request = None;
                 return Err(oom("allocation refused by the test hook".into()));
             }
-            let reused = s.free.get_mut(&(kind, size)).and_then(BTreeMap::pop_first);
+            let in_batch = kind == Kind::Storage && matches!(fill, Fill::Commands { .. });
+            let retired = match in_batch {
+                true => s.retired.get_mut(&(kind, size)).and_then(BTreeMap::pop_first),
+                false => None,
+            };
+            let from_batch = retired.is_some();
+            let reused = retired.or_else(|| {
+                s.free
+                    .get_mut(&(kind, size))
+                    .and_then(BTreeMap::pop_first)
+            });
             if reused.is_some() {
                 s.stats.cached_bytes -= size;
                 s.stats.reuses += 1;
@@ -244,8 +273,9 @@ impl Pool {
             let reserved = s.stats.in_use_bytes + s.stats.cached_bytes;
             s.stats.peak_in_use_bytes = s.stats.peak_in_use_bytes.max(s.stats.in_use_bytes);
             s.stats.peak_reserved_bytes = s.stats.peak_reserved_bytes.max(reserved);
-            reused
+            (reused, from_batch)
         };
+        let (reused, from_batch) = reused;
         let fresh = reused.is_none();
         let (id, buffer) = match reused {
             Some(b) => b,
@@ -268,7 +298,7 @@ impl Pool {
                 (s.made, buffer)
             }
         };
-        if self.poison && !written && kind != Kind::ReadStaging && kind != Kind::WriteStaging {
+        if self.poison && fill == Fill::KERNEL && !from_batch {
             let mut at = 0;
             while at < size {
                 let n = (size - at).min(POISON.len() as u64);
@@ -299,7 +329,7 @@ impl Pool {
         }
         s.stats.cached_bytes += size;
         if s.pending {
-            s.retired.push((kind, size, id, buffer));
+            s.retired.entry((kind, size)).or_default().insert(id, buffer);
         } else {
             s.free.entry((kind, size)).or_default().insert(id, buffer);
         }
@@ -315,8 +345,8 @@ impl Pool {
         let mut s = self.lock();
         s.pending = false;
         let retired = std::mem::take(&mut s.retired);
-        for (kind, size, id, buffer) in retired {
-            s.free.entry((kind, size)).or_default().insert(id, buffer);
+        for (key, list) in retired {
+            s.free.entry(key).or_default().extend(list);
         }
     }
 
@@ -352,6 +382,13 @@ impl Pool {
             groups.clear();
         }
         groups.insert(key, group);
+    }
+
+    /// Start the peaks again from what is held now.
+    pub(crate) fn reset_peaks(&self) {
+        let mut s = self.lock();
+        s.stats.peak_in_use_bytes = s.stats.in_use_bytes;
+        s.stats.peak_reserved_bytes = s.stats.in_use_bytes + s.stats.cached_bytes;
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {

@@ -19,6 +19,7 @@
 //! both gelus against an f64 reference with these bounds.
 
 use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::Fill;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -168,7 +169,7 @@ fn launch(
     let gpu = ga.gpu();
     let elems = a.shape().elem_count();
     let unit = GpuStorage::page_unit(gpu, DType::F32, a.shape());
-    let out = GpuStorage::allocate(gpu, a.name(), elems * 4, unit, false)?;
+    let out = GpuStorage::allocate(gpu, a.name(), elems * 4, unit, Fill::KERNEL)?;
     if elems == 0 {
         return Ok(out);
     }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::device::kernels::Pipeline;
-use crate::device::{BindKey, Block, Event, Gpu, Kind, Recording};
+use crate::device::{BindKey, Block, Event, Fill, Gpu, Kind, Recording};
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -167,7 +167,7 @@ pub(crate) fn check_binding(gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Re
 /// A storage buffer of at least 4 bytes from the pool (no binding may be empty); its contents
 /// are undefined.
 pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> Result<Arc<Block>> {
-    gpu.take(Kind::Storage, bytes, label, false).map(Arc::new)
+    gpu.take(Kind::Storage, bytes, label, Fill::KERNEL).map(Arc::new)
 }
 
 /// A read-only storage buffer holding `words`.
@@ -223,7 +223,7 @@ impl Output {
         let bytes = shape.elem_count() * 4;
         check_binding(gpu, t, "the output", bytes)?;
         let unit = GpuStorage::page_unit(gpu, DType::F32, shape);
-        let storage = GpuStorage::allocate(gpu, t.name(), bytes, unit, false)?;
+        let storage = GpuStorage::allocate(gpu, t.name(), bytes, unit, Fill::KERNEL)?;
         let direct = storage.page_count() == 1;
         let buf = match storage.blocks() {
             [page] => page.clone(),

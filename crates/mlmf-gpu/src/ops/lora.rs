@@ -39,6 +39,7 @@ use super::launch::{
 };
 use super::paged;
 use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::Fill;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -170,7 +171,7 @@ fn gpu_merge(
     let dtype = w.dtype();
     let elems = w.shape().elem_count();
     let unit = GpuStorage::page_unit(gpu, dtype, w.shape());
-    let out = GpuStorage::allocate(gpu, w.name(), w.byte_len(), unit, false)?;
+    let out = GpuStorage::allocate(gpu, w.name(), w.byte_len(), unit, Fill::KERNEL)?;
     if elems == 0 {
         return Ok(out);
     }

@@ -10,6 +10,7 @@
 //! output page.
 
 use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::Fill;
 use crate::storage::GpuStorage;
 use crate::tensor::Tensor;
 use mlmf_core::DType;
@@ -97,7 +98,7 @@ pub(crate) fn map_elements(
         GpuStorage::page_unit(gpu, out_dtype, t.shape()),
         grid.out_align,
     );
-    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit, false)?;
+    let out = GpuStorage::allocate(gpu, t.name(), out_bytes, unit, Fill::KERNEL)?;
     let out_page_elems = out.page_bytes() / out_size;
     let to_u32 =
         |v: u64| u32::try_from(v).map_err(|_| limit("a page holds more than 2^32 elements"));

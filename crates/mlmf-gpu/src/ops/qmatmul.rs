@@ -19,6 +19,7 @@
 use super::launch::{self, check_binding, check_page_bytes, scratch, to_u32, Place, Reduce};
 use super::quant_decode::{self, Decoder};
 use crate::device::kernels::{Kernel, PipelineKey};
+use crate::device::Fill;
 use crate::storage::GpuStorage;
 use crate::tensor::{Storage, Tensor};
 use mlmf_core::DType;
@@ -194,7 +195,7 @@ fn gpu_matmul(
     let dtype = w.dtype();
     let out_bytes = out_shape.elem_count() * 4;
     let unit = GpuStorage::page_unit(gpu, DType::F32, out_shape);
-    let out = GpuStorage::allocate(gpu, w.name(), out_bytes, unit, false)?;
+    let out = GpuStorage::allocate(gpu, w.name(), out_bytes, unit, Fill::KERNEL)?;
     // With no rows or batch Y is empty; with no columns it is zeros, which pool buffers are not.
     if rows == 0 || batch == 0 {
         return Ok(out);

@@ -11,7 +11,7 @@ use mlmf_core::{DType, Error, Result, Shape};
 
 use std::sync::Arc;
 
-use crate::device::{Block, Gpu, Kind};
+use crate::device::{Block, Fill, Gpu, Kind};
 
 /// A tensor's bytes in GPU buffers. Page `i` holds bytes `i * page_bytes ..` of the tensor;
 /// every page but the last is exactly `page_bytes` long, which is a multiple of the dtype's
@@ -31,14 +31,14 @@ impl GpuStorage {
         dtype.row_page_unit(shape.row_len() as u64, gpu.page_bytes() / 16)
     }
 
-    /// Pages for `len` bytes, split at multiples of `unit` bytes, from the pool: their contents
-    /// are undefined (0xFF in debug builds unless `written` says the caller fills every byte).
+    /// Pages for `len` bytes, split at multiples of `unit` bytes, from the pool, to be filled as
+    /// `fill` says: their contents are undefined until then.
     pub(crate) fn allocate(
         gpu: &Gpu,
         name: &str,
         len: u64,
         unit: u64,
-        written: bool,
+        fill: Fill,
     ) -> Result<GpuStorage> {
         let limit = gpu.page_bytes();
         let page_bytes = limit - limit % unit;
@@ -54,7 +54,7 @@ impl GpuStorage {
             .map(|i| {
                 let n = page_bytes.min(len - i * page_bytes);
                 let label = format!("{name} page {i}");
-                gpu.take(Kind::Storage, n, &label, written)
+                gpu.take(Kind::Storage, n, &label, fill)
                     .map(Arc::new)
                     .map_err(|e| match e {
                         // Name the tensor and its whole size, not the page.
@@ -80,7 +80,7 @@ impl GpuStorage {
     /// through the [`Uploader`]'s bounded staging instead.)
     pub(crate) fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], unit: u64) -> Result<Self> {
         let len = bytes.len() as u64;
-        let out = GpuStorage::allocate(gpu, name, len, unit, true)?;
+        let out = GpuStorage::allocate(gpu, name, len, unit, Fill::Queue)?;
         let whole = len - len % 4;
         for (page, in_page, at, count) in out.spans(0, whole) {
             gpu.wgpu_queue().write_buffer(
@@ -209,7 +209,12 @@ impl GpuStorage {
     /// A copy on `gpu`: a device-side copy on the same device, chunk by chunk through host
     /// memory between different devices.
     pub(crate) fn copy_to(&self, gpu: &Gpu, name: &str, unit: u64) -> Result<GpuStorage> {
-        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit, true)?;
+        // Filled by a copy in the batch, or (between devices) by queue writes.
+        let fill = match std::sync::Arc::ptr_eq(&self.gpu.inner, &gpu.inner) {
+            true => Fill::Commands { whole: true },
+            false => Fill::Queue,
+        };
+        let out = GpuStorage::allocate(gpu, name, self.byte_len, unit, fill)?;
         if std::sync::Arc::ptr_eq(&self.gpu.inner, &gpu.inner) && out.page_bytes == self.page_bytes
         {
             let mut encoder = gpu.record("mlmf copy");
@@ -240,13 +245,12 @@ mod tests {
     use super::*;
     use crate::device::GpuOptions;
 
-    /// Debug builds fill pool buffers with 0xFF (NaN as f32) so a kernel that relies on zeroed
-    /// outputs fails its tests; `written` pages (uploads) are left for the caller to fill, and
-    /// `clear` zeroes.
+    /// Debug builds fill pool buffers for kernels with 0xFF (NaN as f32) so a kernel that relies
+    /// on zeroed outputs fails its tests; `clear` zeroes.
     #[test]
     fn pool_buffers_come_poisoned_in_debug_builds() {
         let gpu = crate::Gpu::new(&GpuOptions::default()).unwrap();
-        let s = GpuStorage::allocate(&gpu, "poisoned", 64, 4, false).unwrap();
+        let s = GpuStorage::allocate(&gpu, "poisoned", 64, 4, Fill::Commands { whole: false }).unwrap();
         let mut bytes = Vec::new();
         readback::for_each_chunk(&s, |_, b| {
             bytes.extend_from_slice(b);

@@ -2,7 +2,7 @@
 
 use std::sync::mpsc;
 
-use crate::device::{Event, Kind};
+use crate::device::{Event, Fill, Kind};
 use crate::storage::GpuStorage;
 use mlmf_core::{Error, Result};
 
@@ -28,7 +28,7 @@ pub(crate) fn for_each_chunk(
             Kind::ReadStaging,
             half,
             &format!("mlmf readback staging {i}"),
-            true,
+            Fill::Queue,
         )
     };
     let slots = [make(0)?, make(1)?];

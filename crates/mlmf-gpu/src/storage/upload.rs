@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::device::{Block, Gpu, Kind};
+use crate::device::{Block, Fill, Gpu, Kind};
 use crate::storage::GpuStorage;
 use mlmf_core::Source;
 use mlmf_core::{Error, Result};
@@ -49,7 +49,7 @@ impl Uploader {
                 Kind::WriteStaging,
                 half,
                 &format!("mlmf upload staging {i}"),
-                true,
+                Fill::Queue,
             )?;
             // Pool buffers come unmapped: map for writing; `wait_mapped` waits for it.
             let mapped = Arc::new(AtomicBool::new(false));
@@ -83,7 +83,7 @@ impl Uploader {
         unit: u64,
         copied: &mut dyn FnMut(u64),
     ) -> Result<GpuStorage> {
-        let storage = GpuStorage::allocate(&self.gpu, name, len, unit, true)?;
+        let storage = GpuStorage::allocate(&self.gpu, name, len, unit, Fill::Commands { whole: true })?;
         let half = self.slots[0].buffer.size();
         let mut pos = 0u64;
         while pos < len {
