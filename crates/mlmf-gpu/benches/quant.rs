@@ -17,6 +17,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mlmf_core::{DType, ModelFile};
 use mlmf_gpu::Device;
 
+/// Products per wait in the batched mat-vec timing.
+const BURST: usize = 16;
+
 /// Elements per benchmark tensor: 2^22 (16 MiB of f32 output).
 const ELEMENTS: usize = 1 << 22;
 
@@ -178,6 +181,21 @@ fn dequant(c: &mut Criterion) {
                 let y = mlmf_gpu::ops::qmatmul::matmul(&w_gpu, &x_gpu).expect("matmul");
                 gpu.sync().expect("sync");
                 y
+            })
+        });
+        // As a forward pass or ggml's batched graphs run them: BURST products recorded into the
+        // device's batch, one wait; the time is per product.
+        group.bench_function(format!("gpu_batched_{BURST}"), |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                for _ in 0..iters {
+                    let ys: Vec<_> = (0..BURST)
+                        .map(|_| mlmf_gpu::ops::qmatmul::matmul(&w_gpu, &x_gpu).expect("matmul"))
+                        .collect();
+                    gpu.sync().expect("sync");
+                    drop(ys);
+                }
+                start.elapsed() / BURST as u32
             })
         });
         group.bench_function("cpu_twin", |b| {

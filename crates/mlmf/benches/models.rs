@@ -91,6 +91,23 @@ fn matmul(c: &mut Criterion) {
                     c
                 })
             });
+            if device.is_gpu() {
+                // Four products recorded into the batch, one wait (as ggml's batched graphs):
+                // the time is per product.
+                group.bench_function(BenchmarkId::new("gpu_batched_4", label), |bench| {
+                    bench.iter_custom(|iters| {
+                        let start = std::time::Instant::now();
+                        for _ in 0..iters {
+                            let cs: Vec<_> = (0..4)
+                                .map(|_| mlmf::ops::matmul::matmul(&a, &b, options).expect("mm"))
+                                .collect();
+                            device.sync().expect("sync");
+                            drop(cs);
+                        }
+                        start.elapsed() / 4
+                    })
+                });
+            }
         }
         group.bench_function(BenchmarkId::new("numpy_f32", label), |bench| {
             bench.iter_custom(|iters| numpy_matmul(m, k, n, trans_b, iters))

@@ -62,7 +62,14 @@ impl Params {
 impl Gpu {
     /// Start recording an op into the batch.
     pub(crate) fn record(&self, label: &str) -> Recording<'_> {
+        // Submitting, waiting or starting another recording on this thread while one is held
+        // would wait for this very lock forever; debug builds say so instead.
+        debug_assert!(
+            self.inner.batch.try_lock().is_ok() || !RECORDING.with(std::cell::Cell::get),
+            "a recording started while this thread holds one ({label})"
+        );
         let mut batch = self.inner.batch.lock().unwrap_or_else(|e| e.into_inner());
+        RECORDING.with(|r| r.set(true));
         if batch.encoder.is_none() {
             self.inner.pool.set_pending();
             batch.encoder = Some(
@@ -173,6 +180,17 @@ impl Recording<'_> {
     /// End the op and submit the batch now.
     pub(crate) fn submit(mut self) {
         self.gpu.submit_batch(&mut self.batch, Vec::new());
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds a recording (for the debug check in [`Gpu::record`]).
+    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        RECORDING.with(|r| r.set(false));
     }
 }
 

@@ -244,15 +244,15 @@ impl Pool {
             }
             let in_batch = kind == Kind::Storage && matches!(fill, Fill::Commands { .. });
             let retired = match in_batch {
-                true => s.retired.get_mut(&(kind, size)).and_then(BTreeMap::pop_first),
+                true => s
+                    .retired
+                    .get_mut(&(kind, size))
+                    .and_then(BTreeMap::pop_first),
                 false => None,
             };
             let from_batch = retired.is_some();
-            let reused = retired.or_else(|| {
-                s.free
-                    .get_mut(&(kind, size))
-                    .and_then(BTreeMap::pop_first)
-            });
+            let reused =
+                retired.or_else(|| s.free.get_mut(&(kind, size)).and_then(BTreeMap::pop_first));
             if reused.is_some() {
                 s.stats.cached_bytes -= size;
                 s.stats.reuses += 1;
@@ -329,7 +329,10 @@ impl Pool {
         }
         s.stats.cached_bytes += size;
         if s.pending {
-            s.retired.entry((kind, size)).or_default().insert(id, buffer);
+            s.retired
+                .entry((kind, size))
+                .or_default()
+                .insert(id, buffer);
         } else {
             s.free.entry((kind, size)).or_default().insert(id, buffer);
         }

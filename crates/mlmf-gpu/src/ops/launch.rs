@@ -167,7 +167,8 @@ pub(crate) fn check_binding(gpu: &Gpu, t: &Tensor, what: &str, bytes: u64) -> Re
 /// A storage buffer of at least 4 bytes from the pool (no binding may be empty); its contents
 /// are undefined.
 pub(crate) fn scratch(gpu: &Gpu, label: &str, bytes: u64) -> Result<Arc<Block>> {
-    gpu.take(Kind::Storage, bytes, label, Fill::KERNEL).map(Arc::new)
+    gpu.take(Kind::Storage, bytes, label, Fill::KERNEL)
+        .map(Arc::new)
 }
 
 /// A read-only storage buffer holding `words`.

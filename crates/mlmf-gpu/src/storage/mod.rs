@@ -250,7 +250,8 @@ mod tests {
     #[test]
     fn pool_buffers_come_poisoned_in_debug_builds() {
         let gpu = crate::Gpu::new(&GpuOptions::default()).unwrap();
-        let s = GpuStorage::allocate(&gpu, "poisoned", 64, 4, Fill::Commands { whole: false }).unwrap();
+        let s =
+            GpuStorage::allocate(&gpu, "poisoned", 64, 4, Fill::Commands { whole: false }).unwrap();
         let mut bytes = Vec::new();
         readback::for_each_chunk(&s, |_, b| {
             bytes.extend_from_slice(b);

@@ -83,7 +83,8 @@ impl Uploader {
         unit: u64,
         copied: &mut dyn FnMut(u64),
     ) -> Result<GpuStorage> {
-        let storage = GpuStorage::allocate(&self.gpu, name, len, unit, Fill::Commands { whole: true })?;
+        let storage =
+            GpuStorage::allocate(&self.gpu, name, len, unit, Fill::Commands { whole: true })?;
         let half = self.slots[0].buffer.size();
         let mut pos = 0u64;
         while pos < len {
