@@ -6,9 +6,10 @@
 //!   them, or the host bytes on the CPU device. The budget counts the cached entries, tensors
 //!   evicted while a caller still holds them (a returned [`Arc<Tensor>`] stays valid after
 //!   eviction and is counted until its last clone drops), and room reserved by loads in flight.
-//!   Before a load the cache reserves an upper bound of what the load will take (the raw tensor,
-//!   plus the f32 result for [`Transform::Dequantize`]), and it admits the result by its exact
-//!   size; so the budget holds after every call. A [`Transform::Custom`] is counted from its
+//!   Before a load the cache reserves the tensor's bytes (plus the f32 result's for
+//!   [`Transform::Dequantize`]), evicting as needed, and it admits the result by its exact size,
+//!   evicting more if the pool's rounding needs it; so the budget holds after every call (while
+//!   a load runs, the device also holds its staging buffers and up to 1/8 of rounding). A [`Transform::Custom`] is counted from its
 //!   result: while it runs, the device holds its input and its output.
 //! - Concurrent requests of one key load it once (single flight); the cache's lock is never held
 //!   while loading. [`TensorCache::warm`] loads in a background thread.
@@ -169,6 +170,7 @@ struct Slot {
 struct Job {
     file: Arc<ModelFile>,
     tensor: String,
+    transform: Transform,
 }
 
 impl State {
@@ -218,7 +220,12 @@ impl State {
             .filter(|e| e.pinned)
             .map(|e| e.bytes)
             .sum();
-        let held: u64 = self.entries.values().filter(|e| !e.pinned).map(|e| e.bytes).sum::<u64>()
+        let held: u64 = self
+            .entries
+            .values()
+            .filter(|e| !e.pinned)
+            .map(|e| e.bytes)
+            .sum::<u64>()
             + self.held.iter().map(|h| h.bytes).sum::<u64>();
         format!(
             "nothing left to evict: {pinned} bytes pinned, {held} bytes held by callers, {} bytes \
@@ -311,7 +318,8 @@ impl TensorCache {
     /// ([`Error::TensorNotFound`](crate::Error) and the like from [`ModelFile::tensor`]), no room
     /// ([`Error::CacheBudget`]), and the loader's errors.
     pub fn get(&self, file: &Arc<ModelFile>, tensor: &str) -> Result<Arc<Tensor>> {
-        self.inner.fetch(file, tensor, &Transform::Stored, false, false)
+        self.inner
+            .fetch(file, tensor, &Transform::Stored, false, false)
     }
 
     /// The tensor after `transform`, cached under the transform's key.
@@ -367,14 +375,20 @@ impl TensorCache {
     /// (at once): a name the file does not have. Load errors are counted in
     /// [`CacheStats::warm_errors`].
     pub fn warm(&self, file: &Arc<ModelFile>, names: &[String]) -> Result<()> {
+        self.warm_with(file, names, Transform::Stored)
+    }
+
+    /// Like [`TensorCache::warm`], each tensor after `transform`.
+    pub fn warm_with(
+        &self,
+        file: &Arc<ModelFile>,
+        names: &[String],
+        transform: Transform,
+    ) -> Result<()> {
         for name in names {
             file.tensor(name)?;
         }
-        let mut warmer = self
-            .inner
-            .warmer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut warmer = self.inner.warmer.lock().unwrap_or_else(|e| e.into_inner());
         if warmer.is_none() {
             *warmer = Some(spawn_warmer(Arc::downgrade(&self.inner))?);
         }
@@ -386,6 +400,7 @@ impl TensorCache {
             let job = Job {
                 file: file.clone(),
                 tensor: name.clone(),
+                transform: transform.clone(),
             };
             if tx.send(job).is_err() {
                 // The thread is gone (it only ends with the cache); nothing will run the job.
@@ -516,7 +531,7 @@ fn spawn_warmer(inner: Weak<Inner>) -> Result<mpsc::Sender<Job>> {
             for job in rx {
                 let Some(inner) = inner.upgrade() else { break };
                 let ok = inner
-                    .fetch(&job.file, &job.tensor, &Transform::Stored, false, true)
+                    .fetch(&job.file, &job.tensor, &job.transform, false, true)
                     .is_ok();
                 let mut s = inner.lock();
                 s.warming -= 1;
@@ -639,12 +654,14 @@ impl Inner {
                 "larger than the whole budget".into(),
             ));
         }
-        let mut need = self.estimate(raw);
-        if matches!(transform, Transform::Dequantize) {
-            need += self.estimate(out);
-        }
-        // The estimate is an upper bound; the admitted size is exact.
-        let need = need.min(self.budget);
+        // The tensor's own bytes, a lower bound of its pages (the pool rounds each up by at most
+        // 1/8): an upper bound would evict too early under a tight budget. The admitted size is
+        // exact, and admission evicts more where rounding needs it.
+        let need = if matches!(transform, Transform::Dequantize) {
+            raw + out
+        } else {
+            raw
+        };
         let reservation = self.reserve(&info.name, raw, need)?;
         let start = Instant::now();
         let tensor = self.load_retrying(file, info, transform)?;
@@ -685,19 +702,6 @@ impl Inner {
         self.changed.notify_all();
         drop(dropped);
         admitted
-    }
-
-    /// An upper bound of the device memory a load of `bytes` takes: the host bytes on the CPU;
-    /// on a GPU, pages of at most the device's page size, each rounded up by the pool to a bucket
-    /// at most 1/8 (or 256 bytes) larger.
-    fn estimate(&self, bytes: u64) -> u64 {
-        match &self.device {
-            Device::Cpu => bytes,
-            Device::Gpu(g) => {
-                let pages = bytes / (g.page_bytes() / 2).max(1) + 1;
-                bytes + bytes / 8 + 256 * pages
-            }
-        }
     }
 
     /// Reserve `need` bytes of the budget, evicting least recently used entries; waits while
