@@ -123,6 +123,12 @@ pub struct TensorCache {
     inner: Arc<Inner>,
 }
 
+// Shared across threads by design; a field that broke this would fail here.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TensorCache>();
+};
+
 struct Inner {
     device: Device,
     budget: u64,
