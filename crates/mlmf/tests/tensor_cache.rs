@@ -228,6 +228,42 @@ fn a_tensor_larger_than_the_budget_is_a_typed_error() {
     assert_eq!(cache.stats().misses, 0);
 }
 
+/// `get_many`: resident tensors are hits, the missing ones load together and enter the LRU order
+/// in the order asked; a group larger than the budget is a typed error.
+#[test]
+fn get_many_loads_the_missing_together() {
+    let file = minilm();
+    let oracle = Oracle::new(&file);
+    let (device, gpu) = fresh_gpu(&GpuOptions::default());
+    let base = gpu.memory().in_use_bytes;
+    let cache = TensorCache::new(&device, 3 * W);
+    drop(cache.get(&file, V).unwrap());
+    let got = cache.get_many(&file, &[Q, K, V]).unwrap();
+    for (t, name) in got.iter().zip([Q, K, V]) {
+        assert_eq!(t.name(), name);
+        assert_eq!(t.to_bytes().unwrap(), oracle.tensor(name), "{name}");
+    }
+    drop(got);
+    check_budget(&cache, Some((&gpu, base)));
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.bytes_loaded), (1, 3, 3 * W));
+    // LRU order now Q, K, V (V was touched after Q and K were asked for, in list order).
+    drop(cache.get_many(&file, &[O]).unwrap());
+    assert!(!cache.contains(&file, Q) && cache.contains(&file, K) && cache.contains(&file, O));
+    check_budget(&cache, Some((&gpu, base)));
+    match cache.get_many(&file, &[Q, V, O, K]) {
+        Err(Error::CacheBudget {
+            bytes,
+            budget_bytes,
+            ..
+        }) => {
+            assert_eq!((bytes, budget_bytes), (W, 3 * W))
+        }
+        other => panic!("expected CacheBudget, got {other:?}"),
+    }
+    check_budget(&cache, Some((&gpu, base)));
+}
+
 #[test]
 fn concurrent_gets_of_one_tensor_load_it_once() {
     let file = minilm();
@@ -542,8 +578,8 @@ fn the_cpu_device_has_the_same_api() {
     assert_eq!((s.misses, s.evictions, s.resident_bytes), (4, 2, 2 * W));
 }
 
-/// 8 threads issue seeded random gets, pins (of tensors up to 1 MB, undone a few calls later),
-/// and warms (a few tensors, or a whole model) over three real models, with a budget below
+/// 8 threads issue seeded random gets, `get_many`s, pins (of tensors up to 1 MB, undone a few
+/// calls later), and warms (a few tensors, or a whole model) over three real models, with a budget below
 /// their sum, and keep the last tensor they got until their next call. Under a watchdog: every
 /// call succeeds (the budget leaves room for what the threads hold and pin), the cache never
 /// passes its budget, every tensor up to 3 MB is compared with the file's bytes (the larger
@@ -609,6 +645,19 @@ fn worker(
                         .map(|_| file.tensors()[next(file.tensors().len())].name.clone())
                         .collect();
                     cache.warm(file, &names).unwrap();
+                }
+            }
+            3 => {
+                // Up to three tensors of at most 4 MB together (repeats go one by one).
+                let names: Vec<String> = (0..3)
+                    .map(|_| file.tensors()[next(file.tensors().len())].name.clone())
+                    .filter(|n| file.tensor(n).unwrap().byte_len() <= 4 << 20)
+                    .collect();
+                let got = cache
+                    .get_many(file, &names)
+                    .unwrap_or_else(|e| panic!("thread {thread} op {op}: {e}"));
+                for (t, n) in got.iter().zip(&names) {
+                    check_tensor(file, n, t, large, f);
                 }
             }
             1 | 2 if file.tensor(&name).unwrap().byte_len() <= 1 << 20 => {

@@ -338,6 +338,19 @@ impl TensorCache {
         self.inner.fetch(file, tensor, &transform, false, false)
     }
 
+    /// Several tensors of one file, as stored, in the order given: the resident ones at once,
+    /// the missing ones together in one streaming load ([`Device::load_list`]: one staging ring
+    /// and one wait on a GPU instead of one per tensor). All of them are held at once, so their
+    /// bytes together must fit the budget beside what is pinned and held
+    /// ([`Error::CacheBudget`] otherwise); stream a larger model in groups.
+    pub fn get_many<S: AsRef<str>>(
+        &self,
+        file: &Arc<ModelFile>,
+        names: &[S],
+    ) -> Result<Vec<Arc<Tensor>>> {
+        self.inner.fetch_many(file, names)
+    }
+
     /// Like [`TensorCache::get`], and keep the tensor until [`TensorCache::unpin`]: pinned
     /// entries are never evicted, and count against the budget.
     pub fn pin(&self, file: &Arc<ModelFile>, tensor: &str) -> Result<Arc<Tensor>> {
@@ -639,6 +652,76 @@ impl Inner {
         }
     }
 
+    /// [`TensorCache::get_many`]: hits at once, the missing keys no other request is loading
+    /// in one batch led here, then the rest (in flight elsewhere, held, repeated) one by one.
+    fn fetch_many<S: AsRef<str>>(
+        &self,
+        file: &Arc<ModelFile>,
+        names: &[S],
+    ) -> Result<Vec<Arc<Tensor>>> {
+        let infos = names
+            .iter()
+            .map(|n| file.tensor(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let keys: Vec<Key> = names
+            .iter()
+            .map(|n| key(file, n.as_ref(), &Transform::Stored))
+            .collect();
+        let mut out: Vec<Option<Arc<Tensor>>> = vec![None; names.len()];
+        let mut ticks = vec![0; names.len()];
+        let mut lead = Vec::new();
+        let mut slots = Vec::new();
+        {
+            let mut s = self.lock();
+            for (i, k) in keys.iter().enumerate() {
+                s.tick += 1;
+                let tick = s.tick;
+                ticks[i] = tick;
+                if let Some(e) = s.entries.get_mut(k) {
+                    e.last_used = tick;
+                    out[i] = Some(e.tensor.clone());
+                    s.stats.hits += 1;
+                    continue;
+                }
+                let elsewhere = s.loading.contains_key(k)
+                    || s.held.iter().any(|h| h.key == *k)
+                    || lead.iter().any(|&j: &usize| keys[j] == *k);
+                if !elsewhere {
+                    let slot = Arc::new(Slot::default());
+                    s.loading.insert(k.clone(), slot.clone());
+                    lead.push(i);
+                    slots.push(slot);
+                }
+            }
+        }
+        let mut leaders: Vec<Leader<'_>> = lead
+            .iter()
+            .zip(slots)
+            .map(|(&i, slot)| Leader {
+                inner: self,
+                key: &keys[i],
+                slot,
+                result: None,
+            })
+            .collect();
+        if !lead.is_empty() {
+            let loaded = self.load_batch(file, &infos, &keys, &lead, &ticks)?;
+            for ((&i, t), leader) in lead.iter().zip(loaded).zip(leaders.iter_mut()) {
+                leader.result = Some(t.clone());
+                out[i] = Some(t);
+            }
+        }
+        drop(leaders);
+        let mut all = Vec::with_capacity(out.len());
+        for (i, t) in out.into_iter().enumerate() {
+            all.push(match t {
+                Some(t) => t,
+                None => self.fetch(file, names[i].as_ref(), &Transform::Stored, false, false)?,
+            });
+        }
+        Ok(all)
+    }
+
     /// Reserve room, load, transform and admit one tensor (the caller leads its key's flight).
     fn load(
         &self,
@@ -670,23 +753,108 @@ impl Inner {
         };
         let reservation = self.reserve(&info.name, raw, need)?;
         let start = Instant::now();
-        let tensor = self.load_retrying(file, info, transform)?;
+        let tensor = self.retrying(&info.name, raw, || {
+            self.load_once(file, &info.name, transform)
+        })?;
         let seconds = start.elapsed().as_secs_f64();
-        let bytes = tensor.resident_bytes();
         let tensor = Arc::new(tensor);
+        let mut dropped = Vec::new();
+        let admitted = self.admit_all(reservation, raw, seconds, &mut dropped, |s, dropped| {
+            self.admit(s, key, &tensor, pin, None, dropped)
+        });
+        drop(dropped);
+        admitted.map(|()| tensor)
+    }
 
+    /// Load the leading keys `lead` of `infos` together and admit them.
+    fn load_batch(
+        &self,
+        file: &ModelFile,
+        infos: &[&TensorInfo],
+        keys: &[Key],
+        lead: &[usize],
+        ticks: &[u64],
+    ) -> Result<Vec<Arc<Tensor>>> {
+        let names: Vec<&str> = lead.iter().map(|&i| infos[i].name.as_str()).collect();
+        let first = names.first().copied().unwrap_or_default();
+        let mut need = 0u64;
+        for &i in lead {
+            let bytes = infos[i].byte_len();
+            if bytes > self.budget {
+                return Err(self.over_budget(
+                    &infos[i].name,
+                    bytes,
+                    "larger than the whole budget".into(),
+                ));
+            }
+            need = need.saturating_add(bytes);
+        }
+        if need > self.budget {
+            return Err(self.over_budget(
+                first,
+                need,
+                format!(
+                    "{} tensors requested together (this one and {} more) take more than the \
+                     whole budget",
+                    names.len(),
+                    names.len() - 1
+                ),
+            ));
+        }
+        let reservation = self.reserve(first, need, need)?;
+        let start = Instant::now();
+        let tensors = self.retrying(first, need, || self.device.load_list(file, &names))?;
+        let seconds = start.elapsed().as_secs_f64();
+        let tensors: Vec<Arc<Tensor>> = tensors.into_iter().map(Arc::new).collect();
+        let mut dropped = Vec::new();
+        let admitted = self.admit_all(reservation, need, seconds, &mut dropped, |s, dropped| {
+            for (&i, t) in lead.iter().zip(&tensors) {
+                self.admit(s, &keys[i], t, false, Some(ticks[i]), dropped)?;
+            }
+            Ok(())
+        });
+        drop(dropped);
+        admitted.map(|()| tensors)
+    }
+
+    /// Release `reservation` and count a load of `raw` bytes, then run `admit` under the lock.
+    fn admit_all(
+        &self,
+        mut reservation: Reservation<'_>,
+        raw: u64,
+        seconds: f64,
+        dropped: &mut Vec<Arc<Tensor>>,
+        admit: impl FnOnce(&mut State, &mut Vec<Arc<Tensor>>) -> Result<()>,
+    ) -> Result<()> {
         let mut s = self.lock();
         s.reserved -= reservation.bytes;
-        let mut reservation = reservation;
         reservation.bytes = 0;
-        s.stats.misses += 1;
         s.stats.bytes_loaded += raw;
         s.stats.load_seconds += seconds;
-        let mut dropped = Vec::new();
-        let admitted = loop {
+        let admitted = admit(&mut s, dropped);
+        drop(s);
+        self.changed.notify_all();
+        admitted
+    }
+
+    /// Enter a loaded tensor (counted as a miss), evicting least recently used entries while it
+    /// does not fit. Evicted tensors go to `dropped`, to be dropped after the lock. `asked`: when
+    /// it was asked for (a batch keeps the order of its list), else now.
+    fn admit(
+        &self,
+        s: &mut State,
+        key: &Key,
+        tensor: &Arc<Tensor>,
+        pin: bool,
+        asked: Option<u64>,
+        dropped: &mut Vec<Arc<Tensor>>,
+    ) -> Result<()> {
+        s.stats.misses += 1;
+        let bytes = tensor.resident_bytes();
+        loop {
             if s.resident() + bytes <= self.budget {
                 s.tick += 1;
-                let tick = s.tick;
+                let tick = asked.unwrap_or(s.tick);
                 s.entries.insert(
                     key.clone(),
                     Entry {
@@ -697,17 +865,13 @@ impl Inner {
                     },
                 );
                 s.note_peak();
-                break Ok(tensor);
+                return Ok(());
             }
             match s.victim() {
                 Some(k) => dropped.extend(s.evict(&k)),
-                None => break Err(self.over_budget(&info.name, bytes, s.why_full())),
+                None => return Err(self.over_budget(tensor.name(), bytes, s.why_full())),
             }
-        };
-        drop(s);
-        self.changed.notify_all();
-        drop(dropped);
-        admitted
+        }
     }
 
     /// Reserve `need` bytes of the budget, evicting least recently used entries; waits while
@@ -744,15 +908,15 @@ impl Inner {
         }
     }
 
-    /// Load and transform, evicting and retrying while the device is out of memory.
-    fn load_retrying(
+    /// Run a load, evicting and retrying while the device is out of memory.
+    fn retrying<T>(
         &self,
-        file: &ModelFile,
-        info: &TensorInfo,
-        transform: &Transform,
-    ) -> Result<Tensor> {
+        tensor: &str,
+        bytes: u64,
+        mut load: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
         loop {
-            match self.load_once(file, &info.name, transform) {
+            match load() {
                 Err(Error::OutOfMemory { reason, .. }) => {
                     let mut s = self.lock();
                     let victim = s.victim().and_then(|k| s.evict(&k));
@@ -760,8 +924,8 @@ impl Inner {
                     drop(s);
                     let Some(victim) = victim else {
                         return Err(self.over_budget(
-                            &info.name,
-                            info.byte_len(),
+                            tensor,
+                            bytes,
                             format!("the device is out of memory ({reason}); {why}"),
                         ));
                     };

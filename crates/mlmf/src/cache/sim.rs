@@ -64,7 +64,9 @@ pub struct Replay {
 }
 
 /// Replay `requests` through `cache`, dropping each tensor once handed out (so what the budget
-/// counts is the cache's own). Errors: the first request that fails (e.g. a tensor larger than
+/// counts is the cache's own). A whole-model request takes the model's tensors in file order,
+/// in groups of at most a quarter of the budget ([`TensorCache::get_many`]: the missing ones of
+/// a group load together), as an application streams a model through its layers. Errors: the first request that fails (e.g. a tensor larger than
 /// the budget, [`crate::Error::CacheBudget`]).
 pub fn replay(
     cache: &TensorCache,
@@ -85,9 +87,8 @@ pub fn replay(
             Request::Model { file } => {
                 r.model_requests += 1;
                 let file = &files[*file];
-                for info in file.tensors() {
-                    cache.get(file, &info.name)?;
-                    r.tensors += 1;
+                for group in groups(file, cache.budget_bytes() / 4) {
+                    r.tensors += cache.get_many(file, &group)?.len() as u64;
                 }
             }
             Request::Tensor { file, tensor } => {
@@ -101,6 +102,27 @@ pub fn replay(
     r.seconds = start.elapsed().as_secs_f64();
     r.stats = cache.stats();
     Ok(r)
+}
+
+/// The model's tensor names in file order, cut into groups of at most `bytes` (a larger tensor
+/// alone).
+fn groups(file: &ModelFile, bytes: u64) -> Vec<Vec<&str>> {
+    let mut out: Vec<Vec<&str>> = Vec::new();
+    let mut size = 0u64;
+    for info in file.tensors() {
+        let b = info.byte_len();
+        match out.last_mut() {
+            Some(group) if size.saturating_add(b) <= bytes => {
+                group.push(&info.name);
+                size += b;
+            }
+            _ => {
+                out.push(vec![&info.name]);
+                size = b;
+            }
+        }
+    }
+    out
 }
 
 /// The same requests without a cache: every request loads its tensors from the file again
