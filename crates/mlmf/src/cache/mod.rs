@@ -9,10 +9,14 @@
 //!   Before a load the cache reserves the tensor's bytes (plus the f32 result's for
 //!   [`Transform::Dequantize`]), evicting as needed, and it admits the result by its exact size,
 //!   evicting more if the pool's rounding needs it; so the budget holds after every call (while
-//!   a load runs, the device also holds its staging buffers and up to 1/8 of rounding). A [`Transform::Custom`] is counted from its
-//!   result: while it runs, the device holds its input and its output.
+//!   a load runs, the device also holds its staging buffers and up to 1/8 of rounding). A
+//!   [`Transform::Custom`] is counted from its result: while it runs, the device holds its input
+//!   and its output.
 //! - Concurrent requests of one key load it once (single flight); the cache's lock is never held
-//!   while loading. [`TensorCache::warm`] loads in a background thread.
+//!   while loading. [`TensorCache::warm`] loads in a background thread;
+//!   [`TensorCache::get_many`] loads the missing tensors of a list in one streaming load.
+//! - Eviction is least recently used, so a model streamed through a budget smaller than itself
+//!   evicts its own earlier tensors (BENCHMARKS.md, "Tensor cache", measures what that costs).
 //! - A load the device refuses ([`Error::OutOfMemory`]: the device, or its
 //!   [`GpuOptions::memory_limit`](crate::GpuOptions::memory_limit)) evicts the least recently used
 //!   unpinned entry, gives the pool's cached free buffers back to the driver
@@ -733,7 +737,7 @@ impl Inner {
     ) -> Result<Arc<Tensor>> {
         let raw = info.byte_len();
         let out = match transform {
-            Transform::Dequantize => info.shape.elem_count() as u64 * 4,
+            Transform::Dequantize => info.shape.elem_count().saturating_mul(4),
             _ => raw,
         };
         if raw.max(out) > self.budget {
@@ -747,7 +751,7 @@ impl Inner {
         // 1/8): an upper bound would evict too early under a tight budget. The admitted size is
         // exact, and admission evicts more where rounding needs it.
         let need = if matches!(transform, Transform::Dequantize) {
-            raw + out
+            raw.saturating_add(out)
         } else {
             raw
         };
@@ -852,7 +856,7 @@ impl Inner {
         s.stats.misses += 1;
         let bytes = tensor.resident_bytes();
         loop {
-            if s.resident() + bytes <= self.budget {
+            if s.resident().saturating_add(bytes) <= self.budget {
                 s.tick += 1;
                 let tick = asked.unwrap_or(s.tick);
                 s.entries.insert(
@@ -879,7 +883,7 @@ impl Inner {
     fn reserve(&self, tensor: &str, bytes: u64, need: u64) -> Result<Reservation<'_>> {
         let mut s = self.lock();
         loop {
-            if s.resident() + need <= self.budget {
+            if s.resident().saturating_add(need) <= self.budget {
                 s.reserved += need;
                 s.note_peak();
                 return Ok(Reservation {
