@@ -46,6 +46,7 @@ macro_rules! note {
 }
 
 mod audio;
+mod cache_sim;
 mod transcribe;
 
 #[derive(Parser)]
@@ -225,6 +226,29 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Replay a seeded random workload of whole-model and single-tensor requests over the model
+    /// files through a tensor cache with a byte budget (least recently used tensors evicted), and
+    /// print its hits, misses, evictions, bytes loaded and peak resident bytes. A budget smaller
+    /// than a requested tensor is an error naming it.
+    CacheSim {
+        /// The cache's budget in bytes: 100000000, or with a unit: 100M, 1G (powers of 1000),
+        /// 512MiB (powers of 1024).
+        #[arg(long, value_parser = cache_sim::parse_bytes)]
+        budget: u64,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = DeviceArg::Gpu)]
+        device: DeviceArg,
+        /// Print one JSON object: requests, model_requests, tensor_requests, tensors, seconds,
+        /// and the cache's stats (hits, misses, evictions, bytes_loaded, load_seconds,
+        /// warm_errors, resident_bytes, peak_resident_bytes, budget_bytes, resident_by_model).
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+    },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     BenchLoad {
         file: PathBuf,
@@ -384,6 +408,14 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
         } => dump(&file, &tensor, device, &output),
         Command::Devices { json } => devices(json, out),
         Command::BenchLoad { file, json } => bench_load(&file, json, out),
+        Command::CacheSim {
+            budget,
+            requests,
+            seed,
+            device,
+            json,
+            models,
+        } => cache_sim::cache_sim(budget, requests, seed, device, json, &models, out),
         Command::Fusion {
             kind,
             weights,

@@ -299,6 +299,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A tensor cache could not make room for a tensor: it is larger than the whole budget, or
+    /// what is pinned or still held by callers leaves too little, or the device ran out of
+    /// memory with nothing left to evict.
+    #[error("tensor '{tensor}' ({bytes} bytes) does not fit the cache budget of {budget_bytes} bytes: {reason}")]
+    CacheBudget {
+        tensor: String,
+        bytes: u64,
+        budget_bytes: u64,
+        reason: String,
+    },
+
     #[error("tensor '{tensor}' ({bytes} bytes): the device cannot hold it: {reason}")]
     DeviceLimit {
         tensor: String,

@@ -120,6 +120,7 @@
 //! # Ok::<(), mlmf::Error>(())
 //! ```
 
+pub mod cache;
 pub mod checkpoint;
 pub mod fusion;
 pub mod lora;
@@ -141,6 +142,7 @@ pub mod quant {
     pub use mlmf_core::quant::*;
 }
 
+pub use cache::{CacheStats, TensorCache, Transform as CacheTransform};
 pub use checkpoint::{GgufWriter, SafetensorsWriter, TensorSource};
 pub use mlmf_core::{
     Arch, DType, Error, Format, Metadata, ModelFile, NameMap, Result, Rule, Shape, TensorInfo,

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::device::{Block, Fill, Gpu, Kind};
 use crate::storage::GpuStorage;
@@ -148,11 +149,7 @@ impl Uploader {
     }
 
     fn wait_mapped(&self, i: usize) -> Result<()> {
-        if self.slots[i].mapped.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.gpu.wait("upload")?;
-        if self.slots[i].mapped.load(Ordering::Acquire) {
+        if self.settle_mapping(i)? {
             Ok(())
         } else {
             Err(gpu_err(
@@ -160,6 +157,23 @@ impl Uploader {
                 "staging buffer could not be mapped again".into(),
             ))
         }
+    }
+
+    /// Wait for slot `i`'s mapping; whether it is mapped. When several threads load at once,
+    /// another thread's poll may have taken the mapping's callback and not yet run it when ours
+    /// returns, so a slot still unmapped after a wait is given a while (polling again) before
+    /// its mapping counts as failed.
+    fn settle_mapping(&self, i: usize) -> Result<bool> {
+        let mapped = || self.slots[i].mapped.load(Ordering::Acquire);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mapped() {
+            self.gpu.wait("upload")?;
+            if mapped() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(mapped())
     }
 
     /// Send what is pending and wait until every copy has landed.
@@ -173,12 +187,9 @@ impl Drop for Uploader {
     /// Back to the pool unmapped, as the pool hands buffers out. A slot still being mapped
     /// (an upload abandoned on an error) is waited for first.
     fn drop(&mut self) {
-        for slot in &self.slots {
-            if !slot.mapped.load(Ordering::Acquire) {
-                let _ = self.gpu.wait("upload");
-            }
-            if slot.mapped.load(Ordering::Acquire) {
-                slot.buffer.unmap();
+        for i in 0..self.slots.len() {
+            if matches!(self.settle_mapping(i), Ok(true)) {
+                self.slots[i].buffer.unmap();
             }
         }
     }
