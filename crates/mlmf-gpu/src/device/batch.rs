@@ -62,14 +62,8 @@ impl Params {
 impl Gpu {
     /// Start recording an op into the batch.
     pub(crate) fn record(&self, label: &str) -> Recording<'_> {
-        // Submitting, waiting or starting another recording on this thread while one is held
-        // would wait for this very lock forever; debug builds say so instead.
-        debug_assert!(
-            self.inner.batch.try_lock().is_ok() || !RECORDING.with(std::cell::Cell::get),
-            "a recording started while this thread holds one ({label})"
-        );
-        let mut batch = self.inner.batch.lock().unwrap_or_else(|e| e.into_inner());
-        RECORDING.with(|r| r.set(true));
+        let mut batch = self.lock_batch(label);
+        RECORDING.with(|r| r.set(self.address()));
         if batch.encoder.is_none() {
             self.inner.pool.set_pending();
             batch.encoder = Some(
@@ -81,9 +75,23 @@ impl Gpu {
         Recording { gpu: self, batch }
     }
 
+    /// The batch's lock. Submitting, waiting or starting another recording on a thread that
+    /// holds a recording of this device would wait for this lock forever; debug builds say so.
+    fn lock_batch(&self, what: &str) -> MutexGuard<'_, Batch> {
+        debug_assert!(
+            RECORDING.with(std::cell::Cell::get) != self.address(),
+            "{what} while this thread holds a recording of the same device"
+        );
+        self.inner.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn address(&self) -> usize {
+        std::sync::Arc::as_ptr(&self.inner) as usize
+    }
+
     /// Submit the batch if it holds anything.
     pub(crate) fn flush(&self) {
-        let mut batch = self.inner.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = self.lock_batch("a flush");
         if batch.encoder.is_some() {
             self.submit_batch(&mut batch, Vec::new());
         }
@@ -91,7 +99,7 @@ impl Gpu {
 
     /// Submit the batch, then `extra` after it, as one submission.
     pub(crate) fn flush_with(&self, extra: Vec<wgpu::CommandBuffer>) {
-        let mut batch = self.inner.batch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = self.lock_batch("a submission");
         self.submit_batch(&mut batch, extra);
     }
 
@@ -184,13 +192,14 @@ impl Recording<'_> {
 }
 
 thread_local! {
-    /// Whether this thread holds a recording (for the debug check in [`Gpu::record`]).
-    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The device whose recording this thread holds, by address (0: none), for the debug
+    /// check in [`Gpu::record`].
+    static RECORDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Drop for Recording<'_> {
     fn drop(&mut self) {
-        RECORDING.with(|r| r.set(false));
+        RECORDING.with(|r| r.set(0));
     }
 }
 

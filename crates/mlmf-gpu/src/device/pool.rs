@@ -280,18 +280,35 @@ impl Pool {
         let (id, buffer) = match reused {
             Some(b) => b,
             None => {
-                let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-                let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size,
-                    usage: kind.usage(),
-                    mapped_at_creation: false,
-                });
-                if let Some(e) = pollster::block_on(scope.pop()) {
-                    let mut s = self.lock();
-                    s.stats.in_use_bytes -= size;
-                    return Err(oom(format!("out of device memory: {e}")));
-                }
+                let create = || {
+                    let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+                    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size,
+                        usage: kind.usage(),
+                        mapped_at_creation: false,
+                    });
+                    match pollster::block_on(scope.pop()) {
+                        Some(e) => Err(e),
+                        None => Ok(buffer),
+                    }
+                };
+                // Refused by the driver: give the cached buffers back and try once more (as
+                // PyTorch's caching allocator does when cudaMalloc fails).
+                let buffer = match create() {
+                    Ok(b) => Ok(b),
+                    Err(_) => {
+                        self.trim(&mut self.lock());
+                        create()
+                    }
+                };
+                let buffer = match buffer {
+                    Ok(b) => b,
+                    Err(e) => {
+                        self.lock().stats.in_use_bytes -= size;
+                        return Err(oom(format!("out of device memory: {e}")));
+                    }
+                };
                 let mut s = self.lock();
                 s.stats.allocations += 1;
                 s.made += 1;
