@@ -150,8 +150,8 @@ fn operands(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Dims> {
     })
 }
 
-/// The launcher: scores, softmax, weighted sums in one command encoder. Submitted, not waited
-/// for.
+/// The launcher: scores, softmax, weighted sums, recorded one after another into the device's
+/// batch; not waited for.
 fn gpu_attention(
     [q, k, v]: [&Tensor; 3],
     gs: &[&GpuStorage],

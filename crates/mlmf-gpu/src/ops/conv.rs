@@ -320,7 +320,7 @@ fn params(x: &Tensor, d: &ConvDims, layout: Layout, has_bias: bool, count: u64) 
     })
 }
 
-/// The launcher: operands whole, one dispatch. Submitted, not waited for.
+/// The launcher: operands whole, one dispatch. Recorded, not waited for.
 fn gpu_conv(
     ts: &[&Tensor],
     gs: &[&GpuStorage],

@@ -158,7 +158,7 @@ fn binary(f: cpu::Binary, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The launcher: one dispatch per overlap of a page of `a` with a page of the result. `b` is
-/// bound page by page beside `a` when it has a's shape and paging, else whole. Submitted, not
+/// bound page by page beside `a` when it has a's shape and paging, else whole. Recorded, not
 /// waited for (readback waits).
 fn launch(
     op: Op,

@@ -105,7 +105,7 @@ pub fn embedding_i64(table: &Tensor, ids: &[i64]) -> Result<Tensor> {
     embedding(table, &ids)
 }
 
-/// The launcher: the ids in one buffer, one dispatch per page of the table. Submitted, not
+/// The launcher: the ids in one buffer, one dispatch per page of the table. Recorded, not
 /// waited for.
 fn gpu_embedding(
     table: &Tensor,

@@ -157,7 +157,7 @@ pub fn merge(
 }
 
 /// The launcher of the merge entry points: A and B whole, then one dispatch per overlap of a
-/// page of W with a page of W'. Submitted, not waited for (readback waits).
+/// page of W with a page of W'. Recorded, not waited for (readback waits).
 fn gpu_merge(
     [w, a, b]: [&Tensor; 3],
     [ws, a_s, b_s]: [&GpuStorage; 3],

@@ -277,7 +277,7 @@ pub(crate) enum BiasIndex {
 /// The launcher for `ts` = [A, B] or [A, B, bias], whose shapes the caller checked against
 /// `dims` and `bias`: operands whole, C in its page (or a scratch buffer copied into its pages),
 /// one dispatch per chunk of the tile grid that fits the per-dimension workgroup limit. C is
-/// named like A. Submitted, not waited for (readback waits).
+/// named like A. Recorded, not waited for (readback waits).
 pub(crate) fn gpu_matmul(
     ts: &[&Tensor],
     gs: &[&GpuStorage],

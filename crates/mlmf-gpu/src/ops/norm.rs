@@ -123,7 +123,7 @@ fn norm(
     ))
 }
 
-/// The launcher: operands whole, one dispatch over every row. Submitted, not waited for.
+/// The launcher: operands whole, one dispatch over every row. Recorded, not waited for.
 fn gpu_norm(
     op: &'static str,
     ts: &[&Tensor],

@@ -180,7 +180,7 @@ fn gather(
 
 /// The launcher of `qmatmul.wgsl`. Per chunk of up to [`MAX_BATCH`] batch columns: X's columns
 /// are copied to one buffer, one dispatch per run of rows (see [`row_groups`]) writes a buffer of
-/// Y's columns, which is copied into Y's pages. Submitted, not waited for (readback waits).
+/// Y's columns, which is copied into Y's pages. Recorded, not waited for (readback waits).
 fn gpu_matmul(
     w: &Tensor,
     ws: &GpuStorage,
