@@ -200,13 +200,7 @@ impl Gpu {
     /// A storage buffer from the pool holding `bytes` (padded to a multiple of 4).
     pub(crate) fn take_init(&self, label: &str, bytes: &[u8]) -> Result<Block> {
         let block = self.take(Kind::Storage, bytes.len() as u64, label, Fill::Queue)?;
-        let whole = bytes.len() - bytes.len() % 4;
-        self.inner.queue.write_buffer(&block, 0, &bytes[..whole]);
-        if whole < bytes.len() {
-            let mut tail = [0u8; 4];
-            tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-            self.inner.queue.write_buffer(&block, whole as u64, &tail);
-        }
+        crate::storage::write_padded(&self.inner.queue, &block, 0, bytes);
         Ok(block)
     }
 

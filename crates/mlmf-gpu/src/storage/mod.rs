@@ -13,6 +13,18 @@ use std::sync::Arc;
 
 use crate::device::{Block, Fill, Gpu, Kind};
 
+/// Queue a write of `bytes` at `offset` of `buffer`, the last partial word padded with zeros
+/// (queue writes move whole words).
+pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+    let whole = bytes.len() - bytes.len() % 4;
+    queue.write_buffer(buffer, offset, &bytes[..whole]);
+    if whole < bytes.len() {
+        let mut tail = [0u8; 4];
+        tail[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
+        queue.write_buffer(buffer, offset + whole as u64, &tail);
+    }
+}
+
 /// A tensor's bytes in GPU buffers. Page `i` holds bytes `i * page_bytes ..` of the tensor;
 /// every page but the last is exactly `page_bytes` long, which is a multiple of the dtype's
 /// block size and of 4, so no block straddles two pages.
@@ -81,20 +93,14 @@ impl GpuStorage {
     pub(crate) fn from_bytes(gpu: &Gpu, name: &str, bytes: &[u8], unit: u64) -> Result<Self> {
         let len = bytes.len() as u64;
         let out = GpuStorage::allocate(gpu, name, len, unit, Fill::Queue)?;
-        let whole = len - len % 4;
-        for (page, in_page, at, count) in out.spans(0, whole) {
-            gpu.wgpu_queue().write_buffer(
+        for (page, in_page, at, count) in out.spans(0, len.next_multiple_of(4)) {
+            let end = (at + count).min(len);
+            write_padded(
+                gpu.wgpu_queue(),
                 page,
                 in_page,
-                &bytes[at as usize..(at + count) as usize],
+                &bytes[at as usize..end as usize],
             );
-        }
-        if whole < len {
-            let mut tail = [0u8; 4];
-            tail[..(len - whole) as usize].copy_from_slice(&bytes[whole as usize..]);
-            for (page, in_page, _, _) in out.spans(whole, 4) {
-                gpu.wgpu_queue().write_buffer(page, in_page, &tail);
-            }
         }
         Ok(out)
     }
