@@ -563,6 +563,35 @@ pub enum Error {
     /// A class-name file that is not what the loader expects.
     #[error("{path}: class labels: {reason}")]
     BadLabels { path: PathBuf, reason: String },
+
+    // ---- placement across devices and ranks ----------------------------------------------------
+    /// A part of a tensor that cannot be taken as asked: rows or columns past its end, a cut
+    /// through a quantized block, columns of a tensor that is not a matrix, or a strided view.
+    #[error("{path}: tensor '{tensor}': cannot take {slice}: {reason}")]
+    BadSlice {
+        path: PathBuf,
+        tensor: String,
+        slice: String,
+        reason: String,
+    },
+
+    /// A placement plan that cannot be made or used: no devices, bad ratios, a model that does
+    /// not fit the budgets, a plan for another file.
+    #[error("placement plan: {reason}")]
+    BadPlan { reason: String },
+
+    /// Another rank (or this one) failed a step every rank takes together; every rank returns
+    /// this, naming the first rank that failed and why.
+    #[error("rank {rank} failed during {during}: {reason}")]
+    RankFailed {
+        rank: usize,
+        during: String,
+        reason: String,
+    },
+
+    /// The process group itself: MPI, or the rank variables of torchrun or Slurm.
+    #[error("distributed: {during}: {reason}")]
+    Distributed { during: String, reason: String },
 }
 
 /// Shorthand used throughout the crate.

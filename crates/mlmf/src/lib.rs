@@ -128,6 +128,7 @@ pub mod models;
 pub mod multimodal;
 pub mod provenance;
 mod quantize;
+pub mod shard;
 mod timestamp;
 
 pub use mlmf_core::dtype;
