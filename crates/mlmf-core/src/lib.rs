@@ -24,5 +24,7 @@ pub use cache_dir::cache_dir;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use formats::names::{Arch, NameMap, Rule};
-pub use formats::{Format, Metadata, ModelFile, Source, TensorInfo, Value};
+pub use formats::{
+    ByteRange, Format, Metadata, ModelFile, Slice, SliceLayout, Source, TensorInfo, Value,
+};
 pub use shape::Shape;

@@ -1,7 +1,7 @@
 //! Loading tensors of a [`ModelFile`] onto a device: from the memory map through the bounded
 //! staging window into GPU pages, or into host memory for the CPU device.
 
-use mlmf_core::{ModelFile, Result, Source, TensorInfo};
+use mlmf_core::{ModelFile, Result, Slice, SliceLayout, Source, TensorInfo};
 
 use crate::device::Device;
 use crate::storage::{GpuStorage, Uploader};
@@ -50,43 +50,85 @@ impl Device {
         self.load_infos(file, file.tensors().iter().filter(|t| keep(t)), progress)
     }
 
+    /// Load part of a tensor (rows, or columns of a matrix), reading from the file only the
+    /// bytes that part lies in. The tensor keeps the file's name; its shape is the part's.
+    pub fn load_slice(&self, file: &ModelFile, name: &str, slice: &Slice) -> Result<Tensor> {
+        let mut out = self.load_slices(file, &[(name, slice.clone())])?;
+        Ok(out.remove(0))
+    }
+
+    /// Load parts of several tensors in one streaming load, in the order given.
+    pub fn load_slices<S: AsRef<str>>(
+        &self,
+        file: &ModelFile,
+        parts: &[(S, Slice)],
+    ) -> Result<Vec<Tensor>> {
+        let parts = parts
+            .iter()
+            .map(|(name, slice)| {
+                let info = file.tensor(name.as_ref())?;
+                Ok((info, slice.layout(file.file_of(info), info)?, slice))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.load_parts(file, parts, &mut |_, _| {})
+    }
+
     fn load_infos<'a>(
         &self,
         file: &'a ModelFile,
         infos: impl Iterator<Item = &'a TensorInfo>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<Tensor>> {
-        let infos: Vec<&TensorInfo> = infos.collect();
-        let total = infos.iter().map(|t| logical_len(t)).sum();
+        let parts = infos
+            .map(|info| {
+                let layout = Slice::Whole.layout(file.file_of(info), info)?;
+                Ok((info, layout, &Slice::Whole))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.load_parts(file, parts, progress)
+    }
+
+    fn load_parts(
+        &self,
+        file: &ModelFile,
+        parts: Vec<(&TensorInfo, SliceLayout, &Slice)>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<Tensor>> {
+        let total = parts.iter().map(|(_, l, _)| l.bytes.total()).sum();
         let mut done = 0;
-        let mut out = Vec::with_capacity(infos.len());
+        let mut out = Vec::with_capacity(parts.len());
+        // A whole tensor may be a strided view, gathered; a part is always plain pieces.
+        let source = |info, layout: &SliceLayout, slice: &Slice| match slice {
+            Slice::Whole => Source::of(file, info),
+            _ => Source::slice(file, info, &layout.bytes),
+        };
         match self {
             Device::Cpu => {
                 let mut scratch = Vec::new();
-                for info in infos {
-                    let len = logical_len(info);
-                    let bytes = Source::of(file, info)
+                for &(info, ref layout, slice) in &parts {
+                    let len = layout.bytes.total();
+                    let bytes = source(info, layout, slice)
                         .chunk(0, len as usize, &mut scratch)
                         .to_vec();
-                    out.push(tensor(info, Storage::Cpu(bytes)));
+                    out.push(tensor(info, layout, Storage::Cpu(bytes)));
                     done += len;
                     progress(done, total);
                 }
             }
             Device::Gpu(gpu) => {
                 let mut up = Uploader::new(gpu, total)?;
-                for info in infos {
+                for &(info, ref layout, slice) in &parts {
                     let storage = up.upload(
                         &info.name,
-                        &Source::of(file, info),
-                        logical_len(info),
-                        GpuStorage::page_unit(gpu, info.dtype, &info.shape),
+                        &source(info, layout, slice),
+                        layout.bytes.total(),
+                        GpuStorage::page_unit(gpu, info.dtype, &layout.shape),
                         &mut |n| {
                             done += n;
                             progress(done, total);
                         },
                     )?;
-                    out.push(tensor(info, Storage::Gpu(storage)));
+                    out.push(tensor(info, layout, Storage::Gpu(storage)));
                 }
                 up.finish()?;
             }
@@ -95,12 +137,6 @@ impl Device {
     }
 }
 
-/// Bytes of the tensor in row-major order: the stored bytes, or the gathered size of a view
-/// (`ModelFile::open` checked that it is representable).
-fn logical_len(info: &TensorInfo) -> u64 {
-    info.byte_len()
-}
-
-fn tensor(info: &TensorInfo, storage: Storage) -> Tensor {
-    Tensor::new(info.name.clone(), info.dtype, info.shape.clone(), storage)
+fn tensor(info: &TensorInfo, layout: &SliceLayout, storage: Storage) -> Tensor {
+    Tensor::new(info.name.clone(), info.dtype, layout.shape.clone(), storage)
 }

@@ -16,10 +16,12 @@ pub(crate) mod pickle;
 pub mod pytorch;
 pub(crate) mod reader;
 pub mod safetensors;
+pub mod slice;
 mod source;
 pub(crate) mod zip;
 
 pub use model_file::ModelFile;
+pub use slice::{ByteRange, Slice, SliceLayout};
 pub use source::Source;
 
 /// The container a model file uses.

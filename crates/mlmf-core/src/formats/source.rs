@@ -1,7 +1,8 @@
 //! Where a tensor's bytes come from when it is loaded: a contiguous slice of the memory map, or
-//! a strided PyTorch view gathered into row-major order a chunk at a time.
+//! a strided PyTorch view gathered into row-major order a chunk at a time, or the pieces of a
+//! [`super::Slice`] (a column slice: one piece per row).
 
-use super::{ModelFile, TensorInfo};
+use super::{ByteRange, ModelFile, TensorInfo};
 
 pub enum Source<'a> {
     Contiguous(&'a [u8]),
@@ -10,6 +11,13 @@ pub enum Source<'a> {
         elem_bytes: usize,
         dims: &'a [usize],
         strides: &'a [usize],
+    },
+    /// `count` pieces of `len` bytes, `stride` apart, from the start of `bytes`.
+    Pieces {
+        bytes: &'a [u8],
+        len: usize,
+        stride: usize,
+        count: usize,
     },
 }
 
@@ -25,6 +33,23 @@ impl<'a> Source<'a> {
                 dims: info.shape.dims(),
                 strides,
             },
+        }
+    }
+
+    /// The bytes of a slice of `info` (`range` from [`super::Slice::layout`], which checked it
+    /// against the tensor): borrowed when it is one piece.
+    pub fn slice(file: &'a ModelFile, info: &'a TensorInfo, range: &ByteRange) -> Source<'a> {
+        let span = file.bytes(info);
+        let at = (range.start - info.range.start) as usize;
+        if range.count <= 1 {
+            let len = (range.total()) as usize;
+            return Source::Contiguous(&span[at..at + len]);
+        }
+        Source::Pieces {
+            bytes: &span[at..range.end() as usize - info.range.start as usize],
+            len: range.len as usize,
+            stride: range.stride as usize,
+            count: range.count as usize,
         }
     }
 
@@ -58,6 +83,24 @@ impl<'a> Source<'a> {
                 }
                 &scratch[skip..skip + len]
             }
+            Source::Pieces {
+                bytes,
+                len: piece,
+                stride,
+                count,
+            } => {
+                scratch.clear();
+                let mut at = pos;
+                while at < pos + len {
+                    let (i, within) = (at / piece, at % piece);
+                    debug_assert!(i < count);
+                    let n = (piece - within).min(pos + len - at);
+                    let from = i * stride + within;
+                    scratch.extend_from_slice(&bytes[from..from + n]);
+                    at += n;
+                }
+                &scratch[..]
+            }
         }
     }
 }
@@ -79,6 +122,21 @@ mod tests {
         let mut scratch = Vec::new();
         assert_eq!(src.chunk(0, 6, &mut scratch), &[0, 3, 1, 4, 2, 5]);
         assert_eq!(src.chunk(2, 3, &mut scratch), &[1, 4, 2]);
+    }
+
+    #[test]
+    fn pieces_join_in_order() {
+        // Columns 1..3 of a 3 x 4 u8 matrix: pieces of 2 bytes, 4 apart.
+        let storage = [0u8, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23];
+        let src = Source::Pieces {
+            bytes: &storage[1..],
+            len: 2,
+            stride: 4,
+            count: 3,
+        };
+        let mut scratch = Vec::new();
+        assert_eq!(src.chunk(0, 6, &mut scratch), &[1, 2, 11, 12, 21, 22]);
+        assert_eq!(src.chunk(1, 3, &mut scratch), &[2, 11, 12]);
     }
 
     #[test]
