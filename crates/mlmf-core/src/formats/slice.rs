@@ -99,7 +99,7 @@ impl Slice {
         let dims = info.shape.dims();
         let dtype = info.dtype;
         let block = dtype.block_elems() as usize;
-        let cuts_block = |at: usize| at % block != 0;
+        let cuts_block = |at: usize| !at.is_multiple_of(block);
         match self {
             Slice::Whole => unreachable!("handled above"),
             Slice::Rows(r) => {
