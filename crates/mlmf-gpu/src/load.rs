@@ -63,6 +63,17 @@ impl Device {
         file: &ModelFile,
         parts: &[(S, Slice)],
     ) -> Result<Vec<Tensor>> {
+        self.load_slices_with_progress(file, parts, &mut |_, _| {})
+    }
+
+    /// Like [`Device::load_slices`], calling `progress(done, total)` with the bytes read from
+    /// the file so far, as [`Device::load_where_with_progress`] does.
+    pub fn load_slices_with_progress<S: AsRef<str>>(
+        &self,
+        file: &ModelFile,
+        parts: &[(S, Slice)],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Vec<Tensor>> {
         let parts = parts
             .iter()
             .map(|(name, slice)| {
@@ -70,7 +81,7 @@ impl Device {
                 Ok((info, slice.layout(file.file_of(info), info)?, slice))
             })
             .collect::<Result<Vec<_>>>()?;
-        self.load_parts(file, parts, &mut |_, _| {})
+        self.load_parts(file, parts, progress)
     }
 
     fn load_infos<'a>(

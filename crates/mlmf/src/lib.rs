@@ -146,7 +146,7 @@ pub mod quant {
 pub use cache::{CacheStats, TensorCache, Transform as CacheTransform};
 pub use checkpoint::{GgufWriter, SafetensorsWriter, TensorSource};
 pub use mlmf_core::{
-    Arch, DType, Error, Format, Metadata, ModelFile, NameMap, Result, Rule, Shape, TensorInfo,
-    Value,
+    Arch, ByteRange, DType, Error, Format, Metadata, ModelFile, NameMap, Result, Rule, Shape,
+    Slice, TensorInfo, Value,
 };
 pub use mlmf_gpu::{adapters, AdapterReport, Device, Gpu, GpuOptions, KvCache, Storage, Tensor};

@@ -124,16 +124,25 @@ fn rank(adapter: &wgpu::Adapter) -> (u8, u8) {
     (device, backend)
 }
 
-/// Pick the adapter: `MLMF_ADAPTER` (an index into the enumeration, or a case-insensitive
-/// substring of the name) if set, else the best ranked one.
+/// Pick the adapter: `index` (into the enumeration) if given, else `MLMF_ADAPTER` (an index,
+/// or a case-insensitive substring of the name) if set, else the best ranked one.
 pub(crate) fn choose(
     mut adapters: Vec<wgpu::Adapter>,
     backends: wgpu::Backends,
+    index: Option<usize>,
 ) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         return Err(Error::NoAdapter {
             detail: format!(" for backends {backends:?}"),
         });
+    }
+    if let Some(i) = index {
+        let count = adapters.len();
+        return (i < count)
+            .then(|| adapters.swap_remove(i))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(": adapter {i} asked for, {count} found"),
+            });
     }
     if let Ok(want) = std::env::var("MLMF_ADAPTER") {
         let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();

@@ -27,6 +27,9 @@ pub struct GpuOptions {
     /// The caching allocator and batched submission (see `pool.rs`, `batch.rs`). `None`: on
     /// unless `MLMF_POOL=off`.
     pub pool: Option<bool>,
+    /// Which adapter, as an index into [`crate::adapters`]'s list, overriding `MLMF_ADAPTER`
+    /// (a device set opens one device on each adapter with it).
+    pub adapter: Option<usize>,
 }
 
 impl Default for GpuOptions {
@@ -36,6 +39,7 @@ impl Default for GpuOptions {
             staging_bytes: 32 << 20,
             memory_limit: None,
             pool: None,
+            adapter: None,
         }
     }
 }
@@ -80,7 +84,7 @@ impl Gpu {
     /// Like [`Gpu::new`] with the pipeline cache kept in `cache_dir` (`None`: no cache).
     pub(crate) fn open(options: &GpuOptions, cache_dir: Option<&Path>) -> Result<Gpu> {
         let (_instance, adapters, backends) = adapter::available()?;
-        let adapter = adapter::choose(adapters, backends)?;
+        let adapter = adapter::choose(adapters, backends, options.adapter)?;
         let info = adapter.get_info();
         // Ask for everything the adapter offers, not wgpu's conservative defaults: real models
         // need buffers far above the default 256 MiB.

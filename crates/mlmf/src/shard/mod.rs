@@ -8,3 +8,11 @@
 //!   split ops use.
 //! - `ops`: row-split and column-split linear products over the devices of a plan.
 //! - `checkpoint`: every rank saves its slices; loading reassembles them for another world size.
+
+pub mod load;
+pub mod plan;
+mod roles;
+pub mod synthetic;
+
+pub use load::{load_part, DeviceSet, Loaded, SetDevice};
+pub use plan::{DevicePlan, Part, Plan, PrefixRule, Split, Targets};

@@ -1,0 +1,197 @@
+//! A set of devices, and loading a plan onto it: each device reads from the memory map only the
+//! bytes of the parts the plan gives it.
+
+use std::time::Instant;
+
+use super::plan::{DevicePlan, Part, Plan, Targets};
+use crate::{Device, Error, GpuOptions, ModelFile, Result, Tensor};
+
+/// One device of a set: its name (the adapter's, with its index in the set) and its budget.
+pub struct SetDevice {
+    pub name: String,
+    pub device: Device,
+    /// The memory budget the device was opened with, in bytes (the pool refuses allocations past
+    /// it with `Error::OutOfMemory`), and the budget plans are checked against.
+    pub budget: Option<u64>,
+}
+
+/// Devices a plan places on.
+pub struct DeviceSet {
+    devices: Vec<SetDevice>,
+}
+
+impl DeviceSet {
+    /// `count` logical devices on the chosen adapter (`MLMF_ADAPTER`, else the best), each its
+    /// own wgpu device with its own memory accounting and `budget`. This is how one GPU (or
+    /// lavapipe, in the tests) stands for several.
+    pub fn logical(count: usize, budget: Option<u64>) -> Result<DeviceSet> {
+        let devices = (0..count)
+            .map(|i| {
+                let device = Device::gpu_with(&GpuOptions {
+                    memory_limit: budget,
+                    ..Default::default()
+                })?;
+                Ok(SetDevice {
+                    name: format!("{i}: {}", device.describe()),
+                    device,
+                    budget,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        DeviceSet::new(devices)
+    }
+
+    /// One device on every adapter wgpu offers (the backends `MLMF_BACKEND` allows), each with
+    /// `budget`.
+    pub fn adapters(budget: Option<u64>) -> Result<DeviceSet> {
+        let devices = (0..crate::adapters()?.len())
+            .map(|i| {
+                let device = Device::gpu_with(&GpuOptions {
+                    memory_limit: budget,
+                    adapter: Some(i),
+                    ..Default::default()
+                })?;
+                Ok(SetDevice {
+                    name: format!("{i}: {}", device.describe()),
+                    device,
+                    budget,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        DeviceSet::new(devices)
+    }
+
+    /// `count` CPU devices (the kernels' CPU twins), with `budget` used by plans only.
+    pub fn cpu(count: usize, budget: Option<u64>) -> Result<DeviceSet> {
+        DeviceSet::new(
+            (0..count)
+                .map(|i| SetDevice {
+                    name: format!("{i}: cpu"),
+                    device: Device::Cpu,
+                    budget,
+                })
+                .collect(),
+        )
+    }
+
+    /// Devices made by the caller.
+    pub fn new(devices: Vec<SetDevice>) -> Result<DeviceSet> {
+        if devices.is_empty() {
+            return Err(Error::BadPlan {
+                reason: "a device set needs at least one device".into(),
+            });
+        }
+        Ok(DeviceSet { devices })
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    pub fn devices(&self) -> &[SetDevice] {
+        &self.devices
+    }
+
+    pub fn device(&self, i: usize) -> Option<&Device> {
+        self.devices.get(i).map(|d| &d.device)
+    }
+
+    /// The count and budgets a plan for this set uses, with `ratios` (`None`: from the budgets,
+    /// else equal).
+    pub fn targets(&self, ratios: Option<Vec<f64>>) -> Targets {
+        Targets {
+            count: self.devices.len(),
+            ratios,
+            budgets: self.devices.iter().map(|d| d.budget).collect(),
+        }
+    }
+
+    /// Load `plan` (made for `file` and this many devices): every device its parts.
+    pub fn load(&self, file: &ModelFile, plan: &Plan) -> Result<Vec<Loaded>> {
+        if plan.devices.len() != self.devices.len() {
+            return Err(Error::BadPlan {
+                reason: format!(
+                    "the plan is for {} devices; the set has {}",
+                    plan.devices.len(),
+                    self.devices.len()
+                ),
+            });
+        }
+        plan.devices
+            .iter()
+            .zip(&self.devices)
+            .map(|(part, d)| load_part(&d.device, file, part))
+            .collect()
+    }
+}
+
+/// What one device loaded: its parts in plan order, the bytes read from the file, and how long
+/// it took.
+pub struct Loaded {
+    pub parts: Vec<(Part, Tensor)>,
+    pub bytes_read: u64,
+    pub seconds: f64,
+}
+
+impl Loaded {
+    /// The tensor (or part) called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.parts
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .map(|(_, t)| t)
+    }
+
+    /// Bytes the device holds for its parts.
+    pub fn bytes_on_device(&self) -> u64 {
+        self.parts.iter().map(|(_, t)| t.byte_len()).sum()
+    }
+}
+
+/// Load one device's parts of a plan onto `device`, reading only their bytes. The plan must
+/// have been made for this file: each part's byte range is recomputed from the file's index
+/// and must match.
+pub fn load_part(device: &Device, file: &ModelFile, plan: &DevicePlan) -> Result<Loaded> {
+    check_parts(file, &plan.tensors)?;
+    let start = Instant::now();
+    let names: Vec<(&str, crate::Slice)> = plan
+        .tensors
+        .iter()
+        .map(|p| (p.name.as_str(), p.slice.clone()))
+        .collect();
+    let mut bytes_read = 0;
+    let tensors = device.load_slices_with_progress(file, &names, &mut |done, _| {
+        bytes_read = done;
+    })?;
+    device.sync()?;
+    Ok(Loaded {
+        parts: plan.tensors.iter().cloned().zip(tensors).collect(),
+        bytes_read,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Every part names a tensor of `file` and the bytes the file's index gives for that slice.
+pub(crate) fn check_parts(file: &ModelFile, parts: &[Part]) -> Result<()> {
+    for p in parts {
+        let info = file.tensor(&p.name)?;
+        let layout = p.slice.layout(file.file_of(info), info)?;
+        if layout.bytes != p.byte_range || info.file != p.file {
+            return Err(Error::BadPlan {
+                reason: format!(
+                    "'{}' ({}) lies at {:?} in {}, not at {:?} as the plan says: the plan was made for another file",
+                    p.name,
+                    p.slice,
+                    layout.bytes,
+                    file.file_of(info).display(),
+                    p.byte_range
+                ),
+            });
+        }
+    }
+    Ok(())
+}
