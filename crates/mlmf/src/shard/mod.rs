@@ -8,3 +8,11 @@
 //!   split ops use.
 //! - `ops`: row-split and column-split linear products over the devices of a plan.
 //! - `checkpoint`: every rank saves its slices; loading reassembles them for another world size.
+
+pub mod comm;
+pub mod world;
+
+#[cfg(feature = "mpi")]
+pub use comm::mpi::MpiComm;
+pub use comm::{Comm, LocalComm, Single};
+pub use world::{World, WorldSource};
