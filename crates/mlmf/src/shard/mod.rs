@@ -9,10 +9,16 @@
 //! - `ops`: row-split and column-split linear products over the devices of a plan.
 //! - `checkpoint`: every rank saves its slices; loading reassembles them for another world size.
 
+pub mod comm;
 pub mod load;
 pub mod plan;
 mod roles;
 pub mod synthetic;
+pub mod world;
 
+#[cfg(feature = "mpi")]
+pub use comm::mpi::MpiComm;
+pub use comm::{Comm, LocalComm, Single};
 pub use load::{load_part, DeviceSet, Loaded, SetDevice};
 pub use plan::{DevicePlan, Part, Plan, PrefixRule, Split, Targets};
+pub use world::{World, WorldSource};
