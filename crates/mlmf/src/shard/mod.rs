@@ -14,6 +14,7 @@ pub mod load;
 pub mod plan;
 mod roles;
 pub mod synthetic;
+pub mod verify;
 pub mod world;
 
 #[cfg(feature = "mpi")]
