@@ -592,10 +592,12 @@ fn remove_generations(dir: &Path, remove: impl Fn(u64) -> bool) {
     }
 }
 
-fn start_of(s: &SliceSpec) -> usize {
+/// Where a slice starts and ends, to sort a tensor's slices (empty ones before the one that
+/// starts where they are).
+fn start_of(s: &SliceSpec) -> (usize, usize) {
     match s {
-        SliceSpec::Whole => 0,
-        SliceSpec::Rows([a, _]) | SliceSpec::Cols([a, _]) => *a,
+        SliceSpec::Whole => (0, 0),
+        SliceSpec::Rows([a, b]) | SliceSpec::Cols([a, b]) => (*a, *b),
     }
 }
 
