@@ -12,11 +12,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
 
+use mlmf::checkpoint::{ChunkSource, TensorSource};
 use mlmf::provenance::Sha256Hash;
 use mlmf::shard::checkpoint::{
     commit, next_generation, rank_file_name, write_rank, Part, RankReport, ShardedCheckpoint,
@@ -125,7 +128,10 @@ fn python_safetensors(path: &Path) -> BTreeMap<String, (String, Vec<u64>, String
                 .map(|d| d.as_u64().unwrap())
                 .collect();
             let dtype = t["dtype"].as_str().unwrap().to_string();
-            (k.clone(), (dtype, shape, t["sha256"].as_str().unwrap().into()))
+            (
+                k.clone(),
+                (dtype, shape, t["sha256"].as_str().unwrap().into()),
+            )
         })
         .collect()
 }
@@ -134,7 +140,11 @@ fn python_safetensors(path: &Path) -> BTreeMap<String, (String, Vec<u64>, String
 fn by_rows(rank: usize, info: &TensorInfo) -> Vec<Slice> {
     let dims = info.shape.dims();
     if dims.len() == 1 && info.name.len() % 2 == 0 {
-        return if rank == 0 { vec![Slice::Whole] } else { vec![] };
+        return if rank == 0 {
+            vec![Slice::Whole]
+        } else {
+            vec![]
+        };
     }
     vec![Slice::Rows(share(dims[0], rank, WORLD))]
 }
@@ -144,7 +154,11 @@ fn by_cols(rank: usize, info: &TensorInfo) -> Vec<Slice> {
     let dims = info.shape.dims();
     if dims.len() == 1 {
         let owner = info.name.len() % WORLD;
-        return if rank == owner { vec![Slice::Whole] } else { vec![] };
+        return if rank == owner {
+            vec![Slice::Whole]
+        } else {
+            vec![]
+        };
     }
     vec![Slice::Cols(share(dims[1], rank, WORLD))]
 }
@@ -249,7 +263,10 @@ fn minilm_columns_saved_by_4_ranks_load_as_rows_columns_and_whole() {
 fn gemma_quantized_rows_and_columns_reshard_bit_for_bit() {
     let file = gemma();
     for (plan, what) in [
-        (&by_rows as &dyn Fn(usize, &TensorInfo) -> Vec<Slice>, "rows"),
+        (
+            &by_rows as &dyn Fn(usize, &TensorInfo) -> Vec<Slice>,
+            "rows",
+        ),
         (&by_cols, "columns"),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -277,7 +294,11 @@ fn gemma_quantized_rows_and_columns_reshard_bit_for_bit() {
         }
         // A cut through a Q4_K block is refused, naming the tensor.
         let err = ck
-            .load(&Device::Cpu, "blk.0.attn_output.weight", &Slice::Cols(0..100))
+            .load(
+                &Device::Cpu,
+                "blk.0.attn_output.weight",
+                &Slice::Cols(0..100),
+            )
             .unwrap_err();
         assert!(
             matches!(&err, Error::BadSlice { tensor, .. } if tensor == "blk.0.attn_output.weight"),
@@ -388,7 +409,13 @@ fn interrupted_saves_leave_the_previous_generation_loadable() {
         2,
         0,
         2,
-        &[Part::new("a", mlmf::DType::F32, &[512, 384], Slice::Rows(0..256), &a)],
+        &[Part::new(
+            "a",
+            mlmf::DType::F32,
+            &[512, 384],
+            Slice::Rows(0..256),
+            &a,
+        )],
     )
     .unwrap();
     let err = write_rank(
@@ -396,7 +423,13 @@ fn interrupted_saves_leave_the_previous_generation_loadable() {
         2,
         1,
         2,
-        &[Part::new("b", mlmf::DType::F32, &[384], Slice::Rows(192..384), &b[..8])],
+        &[Part::new(
+            "b",
+            mlmf::DType::F32,
+            &[384],
+            Slice::Rows(192..384),
+            &b[..8],
+        )],
     )
     .unwrap_err();
     assert!(matches!(err, Error::ByteLengthMismatch { .. }), "{err}");
@@ -413,8 +446,20 @@ fn interrupted_saves_leave_the_previous_generation_loadable() {
     for rank in 0..2 {
         let (a, b) = small_parts(file, rank, 9);
         let parts = [
-            Part::new("a", mlmf::DType::F32, &[512, 384], Slice::Rows(share(512, rank, 2)), &a),
-            Part::new("b", mlmf::DType::F32, &[384], Slice::Rows(share(384, rank, 2)), &b),
+            Part::new(
+                "a",
+                mlmf::DType::F32,
+                &[512, 384],
+                Slice::Rows(share(512, rank, 2)),
+                &a,
+            ),
+            Part::new(
+                "b",
+                mlmf::DType::F32,
+                &[384],
+                Slice::Rows(share(384, rank, 2)),
+                &b,
+            ),
         ];
         write_rank(dir, g, rank, 2, &parts).unwrap();
     }
@@ -487,7 +532,9 @@ fn corrupt_indexes_and_missing_files_are_typed_errors() {
     index_err(open_err(&d), INDEX_NAME);
 
     let d = copy("overlap");
-    edit_index(&d, |v| v["tensors"]["a"]["slices"][1]["slice"]["rows"][0] = 200.into());
+    edit_index(&d, |v| {
+        v["tensors"]["a"]["slices"][1]["slice"]["rows"][0] = 200.into()
+    });
     index_err(open_err(&d), "tensor 'a'");
 
     let d = copy("gap");
@@ -500,7 +547,9 @@ fn corrupt_indexes_and_missing_files_are_typed_errors() {
     index_err(open_err(&d), "tensor 'b'");
 
     let d = copy("escape");
-    edit_index(&d, |v| v["files"][0]["file"] = "../good/x.safetensors".into());
+    edit_index(&d, |v| {
+        v["files"][0]["file"] = "../good/x.safetensors".into()
+    });
     index_err(open_err(&d), "../good/x.safetensors");
 
     let d = copy("huge");
@@ -513,7 +562,10 @@ fn corrupt_indexes_and_missing_files_are_typed_errors() {
     edit_index(&d, |v| {
         v["tensors"]["a"]["shape"] = serde_json::json!([512, 192]);
         v["tensors"]["a"]["slices"][0]["slice"] = "whole".into();
-        v["tensors"]["a"]["slices"].as_array_mut().unwrap().truncate(1);
+        v["tensors"]["a"]["slices"]
+            .as_array_mut()
+            .unwrap()
+            .truncate(1);
     });
     let err = open_err(&d);
     assert!(matches!(&err, Error::CorruptCheckpoint { .. }), "{err}");
@@ -541,4 +593,97 @@ fn corrupt_indexes_and_missing_files_are_typed_errors() {
     // No index at all.
     let err = open_err(&tmp.path().join("nothing-here"));
     assert!(matches!(err, Error::Io { .. }), "{err}");
+}
+
+// ---- a rank killed while it writes -----------------------------------------------------------
+
+const KILL_JOB: &str = "MLMF_SHARD_KILL_DIR";
+
+/// A part's bytes that arrive in two chunks with a long wait between, announced on stderr.
+struct Stalls;
+
+impl ChunkSource for Stalls {
+    fn byte_len(&self) -> u64 {
+        256 * 384 * 4
+    }
+
+    fn for_each_chunk(&self, f: &mut dyn FnMut(&[u8]) -> mlmf::Result<()>) -> mlmf::Result<()> {
+        let half = vec![1u8; 256 * 384 * 2];
+        f(&half)?;
+        eprintln!("mlmf-shard-kill mid-write");
+        std::thread::sleep(Duration::from_secs(60));
+        f(&half)
+    }
+}
+
+/// Not a test on its own: the rank process `a_rank_killed_mid_write_...` starts and kills.
+/// Without the job variable it does nothing.
+#[test]
+#[ignore = "child process of the kill test"]
+fn rank_child() {
+    let Some(dir) = std::env::var_os(KILL_JOB) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let g = next_generation(&dir).unwrap();
+    let part = Part::new(
+        "a",
+        mlmf::DType::F32,
+        &[512, 384],
+        Slice::Rows(256..512),
+        TensorSource::Chunks(&Stalls),
+    );
+    let _ = write_rank(&dir, g, 1, 2, &[part]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_rank_killed_mid_write_leaves_the_previous_generation_loadable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    small_save(dir, 0).unwrap();
+    let first = whole_bytes(dir);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "rank_child", "--ignored", "--nocapture"])
+        .env(KILL_JOB, dir)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            if line.contains("mlmf-shard-kill mid-write") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let announced = rx.recv_timeout(Duration::from_secs(60));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        announced.is_ok(),
+        "the child never reached the middle of its write"
+    );
+    // Its half-written temporary file is all it left; the committed save is untouched.
+    let names = dir_names(dir);
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(".gen-00000002-rank-00001")),
+        "{names:?}"
+    );
+    assert!(!dir.join(rank_file_name(2, 1, 2)).exists());
+    assert_eq!(whole_bytes(dir), first);
+    // The next save goes past the killed generation and cleans up after it.
+    small_save(dir, 3).unwrap();
+    assert_eq!(whole_bytes(dir).0, 3);
+    let mut want = vec![
+        INDEX_NAME.to_string(),
+        rank_file_name(3, 0, 2),
+        rank_file_name(3, 1, 2),
+    ];
+    want.sort();
+    assert_eq!(dir_names(dir), want);
 }

@@ -96,6 +96,16 @@ fn generation_of(file_name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The generation of a rank file, or of the temporary file a rank killed while writing one left
+/// ([`AtomicFile`] names it `.<name>.tmp-<pid>`).
+fn generation_in_dir(name: &str) -> Option<u64> {
+    let temp = name
+        .strip_prefix('.')
+        .and_then(|n| n.rsplit_once(".tmp-"))
+        .map(|(target, _)| target);
+    generation_of(temp.unwrap_or(name))
+}
+
 // ---- what a rank saves -----------------------------------------------------------------------
 
 /// One slice a rank saves: the tensor's full name, dtype and shape, which part of it this is,
@@ -272,7 +282,7 @@ pub fn next_generation(dir: &Path) -> Result<u64> {
     if dir.is_dir() {
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
-            if let Some(g) = entry.file_name().to_str().and_then(generation_of) {
+            if let Some(g) = entry.file_name().to_str().and_then(generation_in_dir) {
                 newest = newest.max(g);
             }
         }
@@ -503,11 +513,13 @@ pub fn commit(dir: &Path, generation: u64, reports: &[RankReport]) -> Result<()>
             bytes: r.bytes,
         });
         for s in &r.slices {
-            let entry = tensors.entry(s.tensor.clone()).or_insert_with(|| TensorJson {
-                dtype: s.dtype.clone(),
-                shape: s.shape.clone(),
-                slices: Vec::new(),
-            });
+            let entry = tensors
+                .entry(s.tensor.clone())
+                .or_insert_with(|| TensorJson {
+                    dtype: s.dtype.clone(),
+                    shape: s.shape.clone(),
+                    slices: Vec::new(),
+                });
             if entry.dtype != s.dtype || entry.shape != s.shape {
                 return Err(bad(format!(
                     "tensor '{}': rank {} saved it as {} {:?}, another rank as {} {:?}",
@@ -576,17 +588,19 @@ pub fn discard(dir: &Path, generation: u64) -> Result<()> {
     Ok(())
 }
 
+/// Remove the rank files of the generations `remove` picks, and the temporary files of ranks
+/// killed while writing one of them.
+/// Called when no rank is writing (after every rank reported, or after a failed save).
 fn remove_generations(dir: &Path, remove: impl Fn(u64) -> bool) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if name
-            .to_str()
-            .and_then(generation_of)
-            .is_some_and(&remove)
-        {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if generation_in_dir(name).is_some_and(&remove) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -710,7 +724,10 @@ impl ShardedCheckpoint {
                 && !f.file.starts_with('.')
                 && !f.file.contains(['/', '\\']);
             if !plain {
-                return Err(bad(format!("'{}' is not a file name in the directory", f.file)));
+                return Err(bad(format!(
+                    "'{}' is not a file name in the directory",
+                    f.file
+                )));
             }
             if names.insert(&f.file, files.len()).is_some() {
                 return Err(bad(format!("'{}' is listed twice", f.file)));
@@ -837,12 +854,11 @@ impl ShardedCheckpoint {
     /// (a slice outside the tensor or cutting a quantized block).
     pub fn load(&self, device: &Device, name: &str, slice: &Slice) -> Result<Tensor> {
         let t = self.tensor(name)?;
-        let info = logical_info(&t.name, t.dtype, t.shape.clone()).ok_or_else(|| {
-            Error::BadIndex {
+        let info =
+            logical_info(&t.name, t.dtype, t.shape.clone()).ok_or_else(|| Error::BadIndex {
                 path: self.index.clone(),
                 reason: format!("tensor '{name}': its byte length overflows"),
-            }
-        })?;
+            })?;
         let want = slice.layout(&self.index, &info)?;
         let dims = t.shape.dims();
         let rank = dims.len();
@@ -1012,7 +1028,9 @@ mod tests {
         assert_eq!(generation_of(&rank_file_name(7, 1, 4)), Some(7));
         assert_eq!(generation_of("gen-00000007-rank-1-of-x.safetensors"), None);
         assert_eq!(generation_of("model.safetensors"), None);
-        assert_eq!(generation_of(".gen-00000007-rank-00001-of-00004.safetensors.tmp-1"), None);
+        let temp = ".gen-00000007-rank-00001-of-00004.safetensors.tmp-1";
+        assert_eq!(generation_of(temp), None);
+        assert_eq!(generation_in_dir(temp), Some(7));
     }
 
     #[test]
@@ -1022,7 +1040,10 @@ mod tests {
             stored_form(DType::Q4_0, &[3, 64]),
             Some((DType::U8, vec![3, 36]))
         );
-        assert_eq!(stored_form(DType::F32, &[3, 5]), Some((DType::F32, vec![3, 5])));
+        assert_eq!(
+            stored_form(DType::F32, &[3, 5]),
+            Some((DType::F32, vec![3, 5]))
+        );
         assert_eq!(
             stored_slice(DType::Q4_0, 2, &Slice::Cols(32..64)),
             Slice::Cols(18..36)
@@ -1048,7 +1069,13 @@ mod tests {
             g,
             0,
             2,
-            &[Part::new("m", DType::F32, &[3, 4], Slice::Cols(0..1), &left)],
+            &[Part::new(
+                "m",
+                DType::F32,
+                &[3, 4],
+                Slice::Cols(0..1),
+                &left,
+            )],
         )
         .unwrap();
         let r1 = write_rank(
@@ -1056,7 +1083,13 @@ mod tests {
             g,
             1,
             2,
-            &[Part::new("m", DType::F32, &[3, 4], Slice::Cols(1..4), &right)],
+            &[Part::new(
+                "m",
+                DType::F32,
+                &[3, 4],
+                Slice::Cols(1..4),
+                &right,
+            )],
         )
         .unwrap();
         commit(dir.path(), g, &[r1, r0]).unwrap();
