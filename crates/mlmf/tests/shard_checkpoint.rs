@@ -139,7 +139,7 @@ fn python_safetensors(path: &Path) -> BTreeMap<String, (String, Vec<u64>, String
 /// Rows split 4 ways for matrices; vectors alternately on rank 0 only and split 4 ways.
 fn by_rows(rank: usize, info: &TensorInfo) -> Vec<Slice> {
     let dims = info.shape.dims();
-    if dims.len() == 1 && info.name.len() % 2 == 0 {
+    if dims.len() == 1 && info.name.len().is_multiple_of(2) {
         return if rank == 0 {
             vec![Slice::Whole]
         } else {
