@@ -1055,6 +1055,63 @@ mod tests {
     }
 
     #[test]
+    fn replicated_slices_are_indexed_once_and_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = f32_bytes([1.0, 2.0, 3.0].into_iter());
+        let w = f32_bytes([1.0, 2.0, 4.0].into_iter());
+        let save = |g: u64, second: &Vec<u8>| {
+            let reports: Vec<RankReport> = [&v, second]
+                .iter()
+                .enumerate()
+                .map(|(rank, bytes)| {
+                    let part = Part::new("v", DType::F32, &[3], Slice::Whole, *bytes);
+                    write_rank(dir.path(), g, rank, 2, &[part]).unwrap()
+                })
+                .collect();
+            commit(dir.path(), g, &reports)
+        };
+        let err = save(1, &w).unwrap_err();
+        assert!(
+            matches!(&err, Error::BadIndex { reason, .. } if reason.contains("different bytes")),
+            "{err}"
+        );
+        assert!(!dir.path().join(INDEX_NAME).exists());
+        save(2, &v).unwrap();
+        let ck = ShardedCheckpoint::open(dir.path()).unwrap();
+        let t = ck.tensor("v").unwrap();
+        assert_eq!(t.slices.len(), 1);
+        assert_eq!(
+            ck.files()[t.slices[0].file].path(),
+            dir.path().join(rank_file_name(2, 0, 2))
+        );
+        assert_eq!(
+            ck.load(&Device::Cpu, "v", &Slice::Whole)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+            v
+        );
+    }
+
+    #[test]
+    fn commit_refuses_a_file_that_is_not_what_its_rank_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = f32_bytes([1.0].into_iter());
+        let mut report = write_rank(
+            dir.path(),
+            1,
+            0,
+            1,
+            &[Part::new("v", DType::F32, &[1], Slice::Whole, &v)],
+        )
+        .unwrap();
+        report.bytes += 1;
+        let err = commit(dir.path(), 1, &[report]).unwrap_err();
+        assert!(matches!(err, Error::CorruptCheckpoint { .. }), "{err}");
+        assert!(!dir.path().join(INDEX_NAME).exists());
+    }
+
+    #[test]
     fn columns_saved_by_two_ranks_load_as_rows_and_columns() {
         let dir = tempfile::tempdir().unwrap();
         // A 3 x 4 matrix, element (i, j) = 10 i + j.
