@@ -9,6 +9,7 @@
 //! - `ops`: row-split and column-split linear products over the devices of a plan.
 //! - `checkpoint`: every rank saves its slices; loading reassembles them for another world size.
 
+pub mod checkpoint;
 pub mod comm;
 pub mod load;
 pub mod plan;
