@@ -62,6 +62,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use super::comm::Comm;
+
 use crate::checkpoint::{AtomicFile, ChunkSource, SafetensorsWriter, TensorSource};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -1003,17 +1005,55 @@ fn usize_len(index: &Path, tensor: &str, len: u64) -> Result<usize> {
 }
 
 // ---- the save across ranks -------------------------------------------------------------------
-//
-// With a `Comm` (shard::comm), a save is, on every rank:
-//
-//     let generation = <rank 0's next_generation(dir), broadcast>;
-//     let written = write_rank(dir, generation, comm.rank(), comm.size(), parts);
-//     comm.agree("writing checkpoint slices", written.as_ref().map(|_| ()).map_err(clone))?;
-//     let reports = comm.all_gather(&written?.to_json()?)?;   // then RankReport::from_json each
-//     let committed = if comm.rank() == 0 { commit(dir, generation, &reports) } else { Ok(()) };
-//     comm.agree("committing the checkpoint index", committed)?;
-//
-// and on a failed agree, rank 0 may `discard(dir, generation)`.
+
+/// Save every rank's `parts` into `dir` (shared by all ranks) as one checkpoint; collective:
+/// every rank calls it. Rank 0 picks the generation; every rank writes its file; rank 0 writes
+/// the index only after every rank reported success, then removes older generations. When any
+/// rank fails, every rank returns the same [`Error::RankFailed`], rank 0 removes the new
+/// generation's files, and the previous checkpoint stays as it was. Returns the generation.
+pub fn save(comm: &dyn Comm, dir: &Path, parts: &[Part<'_>]) -> Result<u64> {
+    let (rank, world) = (comm.rank(), comm.size());
+    let mut generation = Vec::new();
+    let picked = if rank == 0 {
+        next_generation(dir).map(|g| generation = g.to_le_bytes().to_vec())
+    } else {
+        Ok(())
+    };
+    comm.agree("choosing the checkpoint generation", picked)?;
+    comm.broadcast(0, &mut generation)?;
+    let generation = <[u8; 8]>::try_from(&generation[..])
+        .map(u64::from_le_bytes)
+        .map_err(|_| Error::Distributed {
+            during: "choosing the checkpoint generation".into(),
+            reason: format!("rank 0 sent {} bytes", generation.len()),
+        })?;
+    let outcome = (|| {
+        let report = match write_rank(dir, generation, rank, world, parts) {
+            Ok(r) => {
+                comm.agree("writing checkpoint slices", Ok(()))?;
+                r
+            }
+            Err(e) => return comm.agree("writing checkpoint slices", Err(e)),
+        };
+        let gathered = comm.all_gather(&report.to_json()?)?;
+        let committed = if rank == 0 {
+            gathered
+                .iter()
+                .map(|b| RankReport::from_json(b))
+                .collect::<Result<Vec<_>>>()
+                .and_then(|reports| commit(dir, generation, &reports))
+        } else {
+            Ok(())
+        };
+        comm.agree("committing the checkpoint index", committed)
+    })();
+    if outcome.is_err() && rank == 0 {
+        // The error every rank returns is the one that matters; a failed clean-up leaves only
+        // files that no index names, which the next save removes.
+        let _ = discard(dir, generation);
+    }
+    outcome.map(|()| generation)
+}
 
 #[cfg(test)]
 mod tests {

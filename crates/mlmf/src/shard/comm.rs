@@ -46,6 +46,18 @@ pub trait Comm: Send + Sync {
     fn agree(&self, during: &str, mine: Result<()>) -> Result<()>;
 }
 
+/// [`Comm::agree`] on a step that produces a value: every rank gets its own value back when
+/// every rank's step succeeded, else the same [`Error::RankFailed`]. Collective.
+pub fn agreed<T>(comm: &dyn Comm, during: &str, step: Result<T>) -> Result<T> {
+    match step {
+        Ok(v) => comm.agree(during, Ok(())).map(|()| v),
+        Err(e) => Err(comm
+            .agree(during, Err(e))
+            .err()
+            .unwrap_or_else(|| distributed(during, "agree returned Ok for a failed step"))),
+    }
+}
+
 fn distributed(during: &str, reason: impl Into<String>) -> Error {
     Error::Distributed {
         during: during.to_string(),
@@ -437,10 +449,7 @@ mod tests {
     use super::*;
 
     /// Runs `f` on every member of a group of `n`, each on its own thread; results by rank.
-    fn on_group<T: Send>(
-        members: Vec<LocalComm>,
-        f: impl Fn(&LocalComm) -> T + Sync,
-    ) -> Vec<T> {
+    fn on_group<T: Send>(members: Vec<LocalComm>, f: impl Fn(&LocalComm) -> T + Sync) -> Vec<T> {
         std::thread::scope(|s| {
             let handles: Vec<_> = members
                 .iter()

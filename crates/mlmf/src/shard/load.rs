@@ -1,9 +1,11 @@
 //! A set of devices, and loading a plan onto it: each device reads from the memory map only the
 //! bytes of the parts the plan gives it.
 
+use std::path::Path;
 use std::time::Instant;
 
-use super::plan::{DevicePlan, Part, Plan, Targets};
+use super::comm::{agreed, Comm};
+use super::plan::{DevicePlan, Part, Plan, Split, Targets};
 use crate::{Device, Error, GpuOptions, ModelFile, Result, Tensor};
 
 /// One device of a set: its name (the adapter's, with its index in the set) and its budget.
@@ -194,4 +196,24 @@ pub(crate) fn check_parts(file: &ModelFile, parts: &[Part]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One rank's whole load, collective over `comm`: open `path` (this rank's copy), compute the
+/// plan for `comm.size()` equal devices (the same on every rank), load this rank's part onto
+/// `device`, and verify every rank's parts ([`super::verify::verify`]). A rank that cannot open
+/// its file, load its part, or whose bytes differ makes every rank return the same
+/// [`Error::RankFailed`] naming it.
+pub fn load_rank(
+    comm: &dyn Comm,
+    path: &Path,
+    split: &Split,
+    device: &Device,
+) -> Result<(ModelFile, Plan, Loaded)> {
+    let file = agreed(comm, "opening the model file", ModelFile::open(path))?;
+    let targets = Targets::equal(comm.size());
+    let plan = agreed(comm, "planning", Plan::for_file(&file, split, &targets))?;
+    let part = &plan.devices[comm.rank()];
+    let loaded = agreed(comm, "loading slices", load_part(device, &file, part))?;
+    super::verify::verify(comm, &file, &plan, &loaded)?;
+    Ok((file, plan, loaded))
 }

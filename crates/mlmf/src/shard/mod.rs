@@ -20,7 +20,7 @@ pub mod world;
 
 #[cfg(feature = "mpi")]
 pub use comm::mpi::MpiComm;
-pub use comm::{Comm, LocalComm, Single};
-pub use load::{load_part, DeviceSet, Loaded, SetDevice};
+pub use comm::{agreed, Comm, LocalComm, Single};
+pub use load::{load_part, load_rank, DeviceSet, Loaded, SetDevice};
 pub use plan::{DevicePlan, Part, Plan, PrefixRule, Split, Targets};
 pub use world::{World, WorldSource};
