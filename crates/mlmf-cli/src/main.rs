@@ -46,6 +46,7 @@ macro_rules! note {
 }
 
 mod audio;
+mod bench_split;
 mod cache_sim;
 mod plan;
 mod transcribe;
@@ -282,10 +283,19 @@ enum Command {
         json: bool,
     },
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
+    /// With --split: every rank (each MPI process under mpirun, else --devices threads in this
+    /// process, each with its own device) loads its part of the plan and verifies it; JSON: one
+    /// object per rank, printed by rank 0, with `rank`, `world_size`, `split`, `device`,
+    /// `bytes_read`, `bytes_on_device`, `seconds`, `verify_seconds`, `verified`.
     BenchLoad {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        #[arg(long, value_enum)]
+        split: Option<plan::SplitArg>,
+        /// Ranks in this process with --split (under mpirun: one per process, this is ignored).
+        #[arg(long, default_value_t = 2)]
+        devices: usize,
     },
 }
 
@@ -439,7 +449,13 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             output,
         } => dump(&file, &tensor, device, &output),
         Command::Devices { json } => devices(json, out),
-        Command::BenchLoad { file, json } => bench_load(&file, json, out),
+        Command::BenchLoad {
+            file,
+            json,
+            split: Some(split),
+            devices,
+        } => bench_split::bench_split(&file, split.split(), devices, json, out),
+        Command::BenchLoad { file, json, .. } => bench_load(&file, json, out),
         Command::Plan {
             file,
             synthetic,

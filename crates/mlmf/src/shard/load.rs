@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::comm::{agreed, Comm};
 use super::plan::{DevicePlan, Part, Plan, Split, Targets};
+use super::world::World;
 use crate::{Device, Error, GpuOptions, ModelFile, Result, Tensor};
 
 /// One device of a set: its name (the adapter's, with its index in the set) and its budget.
@@ -216,4 +217,18 @@ pub fn load_rank(
     let loaded = agreed(comm, "loading slices", load_part(device, &file, part))?;
     super::verify::verify(comm, &file, &plan, &loaded)?;
     Ok((file, plan, loaded))
+}
+
+/// This rank's device: one GPU per rank of a node, the adapter at `local_rank` modulo the
+/// adapters wgpu offers (all ranks share it when there is one, as on lavapipe). `MLMF_ADAPTER`,
+/// when set, picks the adapter instead.
+pub fn local_device(world: &World) -> Result<Device> {
+    let adapter = match std::env::var_os("MLMF_ADAPTER") {
+        Some(_) => None,
+        None => Some(world.local_rank % crate::adapters()?.len().max(1)),
+    };
+    Device::gpu_with(&GpuOptions {
+        adapter,
+        ..Default::default()
+    })
 }

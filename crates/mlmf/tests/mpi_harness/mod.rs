@@ -78,12 +78,21 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs the test `worker` of this test binary on `np` ranks and waits for `mpirun` at most
 /// `timeout`; past it, kills the whole job and panics saying so, with the output so far.
 pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
+    mpirun_with(np, worker, timeout, &[])
+}
+
+/// [`mpirun`], with the variables `vars` set on every rank (how a spawning test passes a worker
+/// its paths).
+pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &str)]) -> MpiRun {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe", "--bind-to", "none", "-np"])
         .arg(np.to_string())
-        .args(["-x", WORKER_VAR])
-        .arg(&exe)
+        .args(["-x", WORKER_VAR]);
+    for (name, value) in vars {
+        cmd.arg("-x").arg(format!("{name}={value}"));
+    }
+    cmd.arg(&exe)
         .args([
             "--exact",
             worker,
