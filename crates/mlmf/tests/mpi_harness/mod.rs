@@ -107,7 +107,7 @@ pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run mpirun (install openmpi-bin): {e}"));
-    let pgid = child.id() as libc::pid_t;
+    let group = format!("-{}", child.id());
     let readers = [
         read_all(
             child
@@ -129,10 +129,11 @@ pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
         }
         if started.elapsed() > timeout {
             timed_out = true;
-            // SIGTERM lets mpirun take its ranks down; SIGKILL whatever is left.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            // SIGTERM lets mpirun take its ranks down; SIGKILL whatever is left. kill(1) rather
+            // than libc, so that crates without a libc dev-dependency can include this file.
+            kill_group("TERM", &group);
             std::thread::sleep(Duration::from_secs(5));
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            kill_group("KILL", &group);
             break child.wait().expect("waiting for the killed mpirun");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -152,6 +153,15 @@ pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
         run.describe()
     );
     run
+}
+
+/// Sends `signal` to the process group `group` ("-PGID").
+fn kill_group(signal: &str, group: &str) {
+    // Fails only when the group is already gone.
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", group])
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn read_all(pipe: Option<Box<dyn Read + Send>>) -> std::thread::JoinHandle<String> {
