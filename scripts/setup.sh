@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test mlmf: a Vulkan driver
 # (Mesa's lavapipe, a conformant Vulkan device that runs on the CPU; real GPUs bring their own
-# driver), pip for fetching the model packages, venv for the gguf-py the tests compare with, and
-# for the `video` feature (ffmpeg-next) FFmpeg's development packages, pkg-config to find them
-# and libclang for bindgen. Does nothing when all are present.
+# driver), pip for fetching the model packages, venv for the gguf-py the tests compare with, for
+# the `video` feature (ffmpeg-next) FFmpeg's development packages, pkg-config to find them and
+# libclang for bindgen, and for the `mpi` feature (rsmpi) Open MPI's development files and mpirun.
+# Does nothing when all are present.
 set -euo pipefail
 
 need=()
@@ -29,6 +30,14 @@ for lib in libavcodec libavformat libavutil libswscale libavfilter libavdevice l
 done
 if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then
     need+=(libclang-dev)
+fi
+# The `mpi` feature: mpi-sys's build script asks `mpicc -show` (or pkg-config's ompi) how to link
+# Open MPI and generates bindings with libclang (above); the tests start ranks with mpirun.
+if ! pkg-config --exists ompi 2>/dev/null || ! command -v mpicc >/dev/null 2>&1; then
+    need+=(libopenmpi-dev)
+fi
+if ! command -v mpirun >/dev/null 2>&1; then
+    need+=(openmpi-bin)
 fi
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -28,7 +28,9 @@ fi
 export MLMF_PYTHON="$venv/bin/python"
 # The Vulkan loader complains on stderr without a runtime directory; give it one.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-# The `video` feature (FFmpeg through ffmpeg-next; scripts/setup.sh installs what it needs) is on
-# for the whole run: the same features for every command, so the workspace is built once.
-cargo test --workspace --all-targets --features mlmf/video,mlmf-cli/video
-cargo test --workspace --doc --features mlmf/video,mlmf-cli/video
+# The `video` feature (FFmpeg through ffmpeg-next) and the `mpi` feature (Open MPI through rsmpi;
+# its tests start mpirun themselves) are on for the whole run (scripts/setup.sh installs what they
+# need): the same features for every command, so the workspace is built once.
+features=mlmf/video,mlmf-cli/video,mlmf/mpi,mlmf-cli/mpi
+cargo test --workspace --all-targets --features "$features"
+cargo test --workspace --doc --features "$features"

@@ -112,3 +112,40 @@ fn mpi_rank_that_panics_aborts_the_job() {
     );
     assert!(run.rank_lines(0).is_empty(), "{}", run.describe());
 }
+
+#[test]
+#[ignore = "an MPI rank: run by mpi_harness_kills_a_hung_job under mpirun"]
+fn worker_hangs() {
+    if !mpi_harness::is_worker() {
+        return;
+    }
+    let comm = MpiComm::init().unwrap();
+    if comm.rank() == 1 {
+        // Alive but never joining: rank 0 waits in the barrier until the harness kills the job.
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+    comm.barrier().unwrap();
+}
+
+#[test]
+fn mpi_harness_kills_a_hung_job() {
+    if mpi_harness::is_worker() {
+        return;
+    }
+    let limit = std::time::Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let outcome = std::panic::catch_unwind(|| mpi_harness::mpirun(2, "worker_hangs", limit));
+    let message = match outcome {
+        Ok(run) => panic!("a hung job finished: {}", run.describe()),
+        Err(payload) => payload
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    assert!(
+        message.contains("did not finish within 3s (a hang): killed"),
+        "{message}"
+    );
+    // The limit, the 5 s between SIGTERM and SIGKILL, and some slack: not the 600 s sleep.
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}

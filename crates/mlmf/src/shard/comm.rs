@@ -314,7 +314,8 @@ impl LocalComm {
             self.group.turn.notify_all();
             all
         } else {
-            let deadline = Instant::now() + self.group.timeout;
+            // No deadline for a timeout past the end of time (`Duration::MAX`).
+            let deadline = Instant::now().checked_add(self.group.timeout);
             loop {
                 if state.round != round {
                     break state
@@ -326,6 +327,13 @@ impl LocalComm {
                     return Err(distributed(what, reason.clone()));
                 }
                 let now = Instant::now();
+                let Some(deadline) = deadline else {
+                    state =
+                        self.group.turn.wait(state).map_err(|_| {
+                            distributed(what, "a member panicked inside a collective")
+                        })?;
+                    continue;
+                };
                 if now >= deadline {
                     let missing: Vec<usize> =
                         (0..size).filter(|&r| state.parts[r].is_none()).collect();

@@ -2,9 +2,9 @@
 //! own node (which local device it takes).
 //!
 //! [`World::detect`] asks, in order: MPI (when MPI is initialised in this process, which
-//! [`MpiComm::init`](crate::shard::comm::MpiComm) does; feature `mpi`), then torchrun's
-//! variables (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`), then Slurm's (`SLURM_PROCID`, `SLURM_NTASKS`,
-//! `SLURM_LOCALID`), and otherwise a world of one. The variables let a rank pick its device and
+//! `MpiComm::init` does; feature `mpi`), then torchrun's variables (`RANK`, `WORLD_SIZE`,
+//! `LOCAL_RANK`), then Slurm's (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`), and otherwise
+//! a world of one. The variables let a rank pick its device and
 //! its part of a plan even where the caller runs the collectives itself (torch.distributed, NCCL).
 
 use crate::error::{Error, Result};

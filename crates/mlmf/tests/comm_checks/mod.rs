@@ -114,10 +114,29 @@ pub fn check_collectives(comm: &dyn Comm) -> Vec<String> {
     assert!(empty.is_empty(), "rank {rank}: empty broadcast");
     seen.push(format!("broadcast {} bytes", bytes.len()));
 
+    // Roots that differ across ranks: an error on every rank (in MPI, undefined behaviour).
+    let mut differing = vec![rank as u8];
+    match comm.broadcast(usize::from(rank != 0), &mut differing) {
+        Err(Error::Distributed { during, .. }) => {
+            assert_eq!(during, "broadcast");
+            seen.push("broadcast from differing roots refused".into());
+        }
+        other => panic!("rank {rank}: broadcast from differing roots gave {other:?}"),
+    }
+
     comm.barrier().unwrap();
 
     // agree: all well.
     comm.agree("a step that works", Ok(())).unwrap();
+    // agree on steps that differ across ranks: an error on every rank.
+    let step = if rank == 0 { "loading" } else { "saving" };
+    match comm.agree(step, Ok(())) {
+        Err(Error::Distributed { during, .. }) => {
+            assert_eq!(during, "agree");
+            seen.push("agree on differing steps refused".into());
+        }
+        other => panic!("rank {rank}: agree on differing steps gave {other:?}"),
+    }
     // Rank 1 and the last rank fail: every rank gets RankFailed naming rank 1 (the lowest).
     let mine = if rank == 1 || rank == size - 1 {
         Err(Error::Distributed {

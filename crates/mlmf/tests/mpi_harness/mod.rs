@@ -116,7 +116,7 @@ pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &s
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run mpirun (install openmpi-bin): {e}"));
-    let pgid = child.id() as libc::pid_t;
+    let group = format!("-{}", child.id());
     let readers = [
         read_all(
             child
@@ -138,10 +138,11 @@ pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &s
         }
         if started.elapsed() > timeout {
             timed_out = true;
-            // SIGTERM lets mpirun take its ranks down; SIGKILL whatever is left.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            // SIGTERM lets mpirun take its ranks down; SIGKILL whatever is left. kill(1) rather
+            // than libc, so that crates without a libc dev-dependency can include this file.
+            kill_group("TERM", &group);
             std::thread::sleep(Duration::from_secs(5));
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            kill_group("KILL", &group);
             break child.wait().expect("waiting for the killed mpirun");
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -161,6 +162,15 @@ pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &s
         run.describe()
     );
     run
+}
+
+/// Sends `signal` to the process group `group` ("-PGID").
+fn kill_group(signal: &str, group: &str) {
+    // Fails only when the group is already gone.
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", group])
+        .stderr(Stdio::null())
+        .status();
 }
 
 fn read_all(pipe: Option<Box<dyn Read + Send>>) -> std::thread::JoinHandle<String> {

@@ -4,9 +4,10 @@
 //! - every call is a blocking collective of MPI-1 (`MPI_Barrier`, `MPI_Bcast`, `MPI_Allgather`,
 //!   `MPI_Allgatherv`, `MPI_Alltoallv`), whose results are fixed by the standard byte for byte;
 //! - `all_reduce_sum` does not use `MPI_Allreduce`: the standard leaves the order in which it
-//!   adds the ranks' values to the implementation (Open MPI's recursive doubling adds
-//!   `(r0 + r1) + (r2 + r3)`, its ring algorithm another order per segment), so its bits may
-//!   differ from the rank-order sum that [`Comm`] promises and that [`LocalComm`] computes.
+//!   adds the ranks' values to the implementation, so its bits may differ from the rank-order
+//!   sum that [`Comm`] promises and that [`LocalComm`] computes. Measured with Open MPI 4.1.4 at
+//!   4 ranks: `MPI_Allreduce` sums (1e8, 1, -1e8, 1) to 0 (as `(r0 + r1) + (r2 + r3)` does, for
+//!   1 value and for 1 Mi values), where the rank-order sum is 1.
 //!   Instead each rank receives one chunk of every rank's values (`MPI_Alltoallv`), adds them
 //!   in rank order, and the chunks are gathered back (`MPI_Allgatherv`): the same traffic as a
 //!   reduce-scatter plus all-gather, and the same bits on every rank and as [`LocalComm`].
