@@ -8,3 +8,5 @@
 //!   split ops use.
 //! - `ops`: row-split and column-split linear products over the devices of a plan.
 //! - `checkpoint`: every rank saves its slices; loading reassembles them for another world size.
+
+pub mod ops;
