@@ -221,17 +221,20 @@ fn safetensors_f32(path: &Path, name: &str) -> Vec<f32> {
     }
 }
 
-/// A GGUF tensor decoded to f32 by gguf-py (`gguf.quants.dequantize`), numpy order.
-fn gguf_py_f32(path: &Path, name: &str) -> Vec<f32> {
+/// GGUF tensors decoded to f32 by gguf-py (`gguf.quants.dequantize`), numpy order, in the order
+/// asked. One run for all: gguf-py takes seconds to read gemma's vocabulary.
+fn gguf_py_f32(path: &Path, names: &[&str]) -> Vec<Vec<f32>> {
     let script = "import sys, gguf\n\
         from gguf.quants import dequantize\n\
         r = gguf.GGUFReader(sys.argv[1])\n\
-        t = [t for t in r.tensors if t.name == sys.argv[2]][0]\n\
-        sys.stdout.buffer.write(dequantize(t.data, t.tensor_type).astype('<f4').tobytes())\n";
+        ts = {t.name: t for t in r.tensors}\n\
+        for name in sys.argv[2:]:\n\
+        \x20   t = ts[name]\n\
+        \x20   sys.stdout.buffer.write(dequantize(t.data, t.tensor_type).astype('<f4').tobytes())\n";
     let out = Command::new(common::python())
         .args(["-c", script])
         .arg(path)
-        .arg(name)
+        .args(names)
         .output()
         .unwrap();
     assert!(
@@ -239,7 +242,17 @@ fn gguf_py_f32(path: &Path, name: &str) -> Vec<f32> {
         "gguf-py: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    common::f32s(&out.stdout)
+    let file = ModelFile::open(path).unwrap();
+    let mut values = common::f32s(&out.stdout).into_iter();
+    names
+        .iter()
+        .map(|n| {
+            let count = file.tensor(n).unwrap().shape.elem_count() as usize;
+            let v: Vec<f32> = values.by_ref().take(count).collect();
+            assert_eq!(v.len(), count, "{n}: gguf-py's values");
+            v
+        })
+        .collect()
 }
 
 /// MiniLM's two dense layers of `layer 0` converted to F16 (weights and biases), written with
@@ -323,9 +336,9 @@ fn row_split_quantized_equals_one_device_bit_for_bit() {
 fn col_split_quantized_is_within_the_product_bound() {
     let file = gemma();
     let path = common::model(common::GEMMA3);
-    for (i, (name, dtype)) in GEMMA_MATRICES.into_iter().enumerate() {
+    let decoded = gguf_py_f32(&path, &GEMMA_MATRICES.map(|(name, _)| name));
+    for (i, ((name, dtype), decoded)) in GEMMA_MATRICES.into_iter().zip(decoded).enumerate() {
         assert_eq!(file.tensor(name).unwrap().dtype, dtype, "{name}");
-        let decoded = gguf_py_f32(&path, name);
         let align = dtype.block_elems() as usize;
         check_cols(&file, name, None, &decoded, None, align, 20 + i as u64);
     }
