@@ -51,7 +51,11 @@ fn device_sets() -> Vec<(String, Vec<Device>, Vec<u32>)> {
         ("2 gpus 3:1".into(), g[..2].to_vec(), vec![3, 1]),
         ("4 gpus 3:1:2:2".into(), g.to_vec(), vec![3, 1, 2, 2]),
         ("2 cpus 3:1".into(), vec![Device::Cpu; 2], vec![3, 1]),
-        ("4 cpus 1:2:1:4".into(), vec![Device::Cpu; 4], vec![1, 2, 1, 4]),
+        (
+            "4 cpus 1:2:1:4".into(),
+            vec![Device::Cpu; 4],
+            vec![1, 2, 1, 4],
+        ),
     ]
 }
 
@@ -153,7 +157,11 @@ fn check_rows(file: &ModelFile, weight: &str, bias: Option<&str>, seed: u64) {
                 bits(want),
                 "{weight} rows {ranges:?} on {what}, n = {n}"
             );
-            assert_eq!(bits(&by_parts(&split, &x, n)), bits(&got), "{weight} by parts");
+            assert_eq!(
+                bits(&by_parts(&split, &x, n)),
+                bits(&got),
+                "{weight} by parts"
+            );
         }
     }
 }
@@ -200,7 +208,11 @@ fn check_cols(
             let what = format!("{weight} columns {ranges:?} on {what}, n = {n}");
             let worst = common::assert_within_product_bound(&what, &got, &exact, &abs, inp);
             println!("{what}: largest error {worst:.2e} of the bound");
-            assert_eq!(bits(&by_parts(&split, &x, n)), bits(&got), "{what} by parts");
+            assert_eq!(
+                bits(&by_parts(&split, &x, n)),
+                bits(&got),
+                "{what} by parts"
+            );
         }
     }
 }
@@ -353,19 +365,41 @@ fn col_split_cutting_a_block_is_bad_slice_naming_the_tensor() {
         matches!(&err, Error::BadSlice { tensor, .. } if tensor == name),
         "{err}"
     );
-    let err = LinearPart::load(&Device::Cpu, &file, name, None, Split::Cols, &[0..768, 768..1024], 0)
+    let err = LinearPart::load(
+        &Device::Cpu,
+        &file,
+        name,
+        None,
+        Split::Cols,
+        &[0..768, 768..1024],
+        0,
+    )
+    .map(|_| ())
+    .and_then(|_| {
+        LinearPart::load(
+            &Device::Cpu,
+            &file,
+            name,
+            None,
+            Split::Cols,
+            &[0..100, 100..1024],
+            1,
+        )
         .map(|_| ())
-        .and_then(|_| {
-            LinearPart::load(&Device::Cpu, &file, name, None, Split::Cols, &[0..100, 100..1024], 1)
-                .map(|_| ())
-        })
-        .unwrap_err();
+    })
+    .unwrap_err();
     assert!(
         matches!(&err, Error::BadSlice { tensor, .. } if tensor == name),
         "{err}"
     );
     // Rows of a quantized matrix are whole blocks: any row range loads.
-    let split = SplitLinear::rows(&[Device::Cpu, Device::Cpu], &file, name, None, &[0..1, 1..640]);
+    let split = SplitLinear::rows(
+        &[Device::Cpu, Device::Cpu],
+        &file,
+        name,
+        None,
+        &[0..1, 1..640],
+    );
     assert!(split.is_ok());
 }
 
@@ -386,7 +420,9 @@ fn ranges_that_do_not_cover_in_order_are_bad_plans() {
             "{ranges:?}: {err}"
         );
     }
-    let err = SplitLinear::cols(&cpus, &file, &w, Some(&b), &[0..384]).unwrap_err();
+    // Two devices, one range.
+    let whole = ranges_by_ratio(384, &[1], 1).unwrap();
+    let err = SplitLinear::cols(&cpus, &file, &w, Some(&b), &whole).unwrap_err();
     assert!(matches!(err, Error::BadPlan { .. }), "{err}");
     let err = SplitLinear::cols(&cpus, &file, &w, Some(&b), &[0..200, 200..385]).unwrap_err();
     assert!(matches!(err, Error::BadPlan { .. }), "{err}");
@@ -412,7 +448,11 @@ fn a_column_part_takes_its_own_columns_of_x() {
     let down = SplitLinear::cols(devices, &file, &down_w, Some(&down_b), &ranges).unwrap();
     let n = 3;
     let x = common::random_f32(n * 384, 7);
-    let hidden: Vec<Vec<f32>> = up.parts().iter().map(|p| p.forward(&x, n).unwrap()).collect();
+    let hidden: Vec<Vec<f32>> = up
+        .parts()
+        .iter()
+        .map(|p| p.forward(&x, n).unwrap())
+        .collect();
     let partials: Vec<Vec<f32>> = down
         .parts()
         .iter()

@@ -74,7 +74,10 @@ impl LinearPart {
         let &[out, inp] = info.shape.dims() else {
             return Err(plan_error(
                 weight,
-                format!("a split linear needs a matrix [out, in]; it is {}", info.shape),
+                format!(
+                    "a split linear needs a matrix [out, in]; it is {}",
+                    info.shape
+                ),
             ));
         };
         let dim = match split {
@@ -101,7 +104,10 @@ impl LinearPart {
             if b.shape.dims() != [out] {
                 return Err(plan_error(
                     name,
-                    format!("the bias of '{weight}' [{out}, {inp}] must be [{out}]; it is {}", b.shape),
+                    format!(
+                        "the bias of '{weight}' [{out}, {inp}] must be [{out}]; it is {}",
+                        b.shape
+                    ),
                 ));
             }
         }
@@ -198,7 +204,7 @@ impl LinearPart {
     /// Add the bias to a column split's summed partials `y` `[n, out]` (after [`sum_partials`]
     /// or an all-reduce); nothing for a row split, whose parts include it, or without a bias.
     pub fn add_bias(&self, y: &mut [f32]) -> Result<()> {
-        let Some(bias) = &self.host_bias else {
+        let Some(bias) = self.host_bias.as_ref().filter(|b| !b.is_empty()) else {
             return Ok(());
         };
         if !y.len().is_multiple_of(self.out) {
@@ -315,6 +321,15 @@ impl SplitLinear {
 
     /// Combine every part's [`LinearPart::forward`] output, in device order, into `[n, out]`.
     pub fn combine(&self, parts: &[Vec<f32>], n: usize) -> Result<Vec<f32>> {
+        if parts.len() != self.parts.len() {
+            return Err(Error::BadPlan {
+                reason: format!(
+                    "{} outputs for a split into {} parts",
+                    parts.len(),
+                    self.parts.len()
+                ),
+            });
+        }
         let Some(first) = self.parts.first() else {
             return Ok(Vec::new());
         };
@@ -437,18 +452,18 @@ pub fn check_ranges(tensor: &str, dim: usize, ranges: &[Range<usize>]) -> Result
 /// not dividing `dim`, or a part that would be empty.
 pub fn ranges_by_ratio(dim: usize, ratios: &[u32], align: usize) -> Result<Vec<Range<usize>>> {
     let bad = |reason: String| Error::BadPlan { reason };
-    let total: u64 = ratios.iter().map(|&r| u64::from(r)).sum();
+    let total: u128 = ratios.iter().map(|&r| u128::from(r)).sum();
     if total == 0 || align == 0 || !dim.is_multiple_of(align) {
         return Err(bad(format!(
             "cannot split {dim} by ratios {ratios:?} on multiples of {align}"
         )));
     }
-    let units = (dim / align) as u64;
+    let units = (dim / align) as u128;
     let mut out = Vec::with_capacity(ratios.len());
-    let (mut acc, mut start) = (0u64, 0usize);
+    let (mut acc, mut start) = (0u128, 0usize);
     for (i, &r) in ratios.iter().enumerate() {
-        acc += u64::from(r);
-        // Rounded to the nearest unit; u64 since units * total fits for any real dimension.
+        acc += u128::from(r);
+        // Rounded to the nearest unit (u128: units * acc cannot overflow).
         let end_units = if i + 1 == ratios.len() {
             units
         } else {
@@ -524,7 +539,7 @@ mod tests {
             vec![0..5, 6..8],
             vec![0..6, 5..8],
             vec![0..6, 6..7],
-            vec![1..8],
+            std::iter::once(1..8).collect(),
             vec![0..0, 0..8],
             vec![],
         ] {
@@ -538,7 +553,10 @@ mod tests {
 
     #[test]
     fn ratios_round_to_aligned_ranges() {
-        assert_eq!(ranges_by_ratio(640, &[3, 1], 1).unwrap(), vec![0..480, 480..640]);
+        assert_eq!(
+            ranges_by_ratio(640, &[3, 1], 1).unwrap(),
+            vec![0..480, 480..640]
+        );
         assert_eq!(
             ranges_by_ratio(1024, &[3, 1], 256).unwrap(),
             vec![0..768, 768..1024]
