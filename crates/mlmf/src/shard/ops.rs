@@ -19,6 +19,19 @@
 //! MPI rank) holds and computes; [`gather_rows`] and [`sum_partials`] are the host-side
 //! all-gather and all-reduce over the parts, so across ranks each rank runs its own
 //! [`LinearPart::forward`] and a collective supplies the other parts.
+//!
+//! ```no_run
+//! use mlmf::shard::ops::{ranges_by_ratio, SplitLinear};
+//! use mlmf::{Device, ModelFile};
+//! let file = ModelFile::open("model.safetensors")?;
+//! let devices = [Device::gpu()?, Device::gpu()?]; // two logical devices on one adapter
+//! let ranges = ranges_by_ratio(1536, &[3, 1], 1)?; // like --tensor-split 3,1
+//! let (w, b) = ("encoder.layer.0.intermediate.dense.weight", "encoder.layer.0.intermediate.dense.bias");
+//! let up = SplitLinear::rows(&devices, &file, w, Some(b), &ranges)?;
+//! let x = vec![0.0f32; 8 * 384];
+//! let y = up.forward(&x, 8)?; // [8, 1536]
+//! # Ok::<(), mlmf::Error>(())
+//! ```
 
 use std::ops::Range;
 
