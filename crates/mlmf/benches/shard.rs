@@ -9,6 +9,8 @@
 //! Each is timed as one call of the existing `linear` on one device (the input uploaded, the
 //! output read back), and as `SplitLinear::forward` over 1, 2 and 4 logical devices on the one
 //! GPU adapter (each part submitted, then all read back and gathered or summed on the host).
+//! Before criterion times each case, the cases of a group run in interleaved rounds and their
+//! medians are printed (see `interleaved`).
 //!
 //! `cargo bench -p mlmf --bench shard` (numbers in BENCHMARKS.md); `cargo test -p mlmf --benches`
 //! runs each case once.
@@ -16,7 +18,7 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mlmf::ops::matmul;
@@ -43,6 +45,38 @@ fn write_square_f16(dir: &std::path::Path, dim: usize) -> std::path::PathBuf {
     let path = dir.join("square-f16.safetensors");
     safetensors::tensor::serialize_to_file(views, None, &path).expect("write");
     path
+}
+
+/// A named case of a group: one call, its output.
+type Case<'a> = (String, Box<dyn Fn() -> Vec<f32> + 'a>);
+
+/// Rounds of every case one after the other (median and minimum per case printed): on a machine
+/// whose cores other work shares, criterion's groups, timed one case after another, see different
+/// loads; interleaving gives each case the same. `MLMF_BENCH_SHARD_ROUNDS` (default 21; 1 when
+/// run as a test).
+fn interleaved(title: &str, cases: &[Case]) {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let rounds = std::env::var("MLMF_BENCH_SHARD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench_mode { 21 } else { 1 })
+        .max(1);
+    let mut times = vec![Vec::with_capacity(rounds); cases.len()];
+    for _ in 0..rounds {
+        for ((_, case), t) in cases.iter().zip(&mut times) {
+            let start = Instant::now();
+            std::hint::black_box(case());
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    for ((name, _), t) in cases.iter().zip(&mut times) {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "interleaved {title}/{name}: median {:.2} ms, min {:.2} ms ({rounds} rounds)",
+            t[t.len() / 2],
+            t[0]
+        );
+    }
 }
 
 /// One group: the single-device `linear` and the split over 1, 2 and 4 of `gpus`.
@@ -72,30 +106,40 @@ fn group(
     let w = one.load(file, weight).expect("load");
     let b = one.load(file, bias).expect("load");
     let dims = if n == 1 { vec![inp] } else { vec![n, inp] };
-    g.bench_function("one device", |bench| {
-        bench.iter(|| {
-            let xt = Tensor::from_f32("x", dims.clone(), &x)
-                .and_then(|t| t.to_device(one))
-                .expect("x");
-            let y = matmul::linear(&xt, &w, Some(&b)).expect("linear");
-            y.to_f32_vec().expect("read back")
-        })
-    });
     let dim = match split {
         Split::Rows => out,
         Split::Cols => inp,
     };
-    for parts in [1, 2, 4] {
-        let devices = &gpus[..parts];
-        let ranges = ranges_by_ratio(dim, &vec![1; parts], 1).expect("ranges");
-        let s = match split {
-            Split::Rows => SplitLinear::rows(devices, file, weight, Some(bias), &ranges),
-            Split::Cols => SplitLinear::cols(devices, file, weight, Some(bias), &ranges),
-        }
-        .expect("split");
-        g.bench_function(format!("split over {parts}"), |bench| {
-            bench.iter(|| s.forward(&x, n).expect("forward"))
-        });
+    let splits: Vec<(usize, SplitLinear)> = [1, 2, 4]
+        .into_iter()
+        .map(|parts| {
+            let devices = &gpus[..parts];
+            let ranges = ranges_by_ratio(dim, &vec![1; parts], 1).expect("ranges");
+            let s = match split {
+                Split::Rows => SplitLinear::rows(devices, file, weight, Some(bias), &ranges),
+                Split::Cols => SplitLinear::cols(devices, file, weight, Some(bias), &ranges),
+            };
+            (parts, s.expect("split"))
+        })
+        .collect();
+    let single = || {
+        let xt = Tensor::from_f32("x", dims.clone(), &x)
+            .and_then(|t| t.to_device(one))
+            .expect("x");
+        let y = matmul::linear(&xt, &w, Some(&b)).expect("linear");
+        y.to_f32_vec().expect("read back")
+    };
+    let mut cases: Vec<Case> = vec![("one device".to_string(), Box::new(single))];
+    for (parts, s) in &splits {
+        let x = &x;
+        cases.push((
+            format!("split over {parts}"),
+            Box::new(move || s.forward(x, n).expect("forward")),
+        ));
+    }
+    interleaved(title, &cases);
+    for (name, case) in &cases {
+        g.bench_function(name.as_str(), |bench| bench.iter(case));
     }
     g.finish();
 }
