@@ -1,7 +1,7 @@
 //! Tensor-parallel linear layers: one weight matrix `[out, in]` split over devices, each device
 //! loading only its part's bytes ([`Device::load_slice`]) and computing its part of
-//! `y = x · Wᵀ + b` with the existing kernels ([`ops::matmul::linear`] for F32, F16 and BF16
-//! weights, [`ops::qmatmul::matmul`] for block-quantized ones).
+//! `y = x · Wᵀ + b` with the existing kernels ([`matmul::linear`] for F32, F16 and BF16
+//! weights, [`qmatmul::matmul`] for block-quantized ones).
 //!
 //! - [`Split::Rows`] (Megatron's column-parallel linear): device i holds rows `[a_i, b_i)` of W
 //!   and of the bias and computes those output features whole; the parts are concatenated along
