@@ -19,11 +19,11 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use mlmf::ops::{elementwise, matmul, qmatmul};
+use mlmf::ops::{convert, elementwise, matmul, qmatmul};
 use mlmf::shard::ops::{
     gather_rows, ranges_by_ratio, sum_partials, LinearPart, Split, SplitLinear,
 };
-use mlmf::{DType, Device, Error, ModelFile, Tensor};
+use mlmf::{DType, Device, Error, GgufWriter, Metadata, ModelFile, Tensor, TensorSource};
 
 const MINILM_UP: &str = "encoder.layer.0.intermediate.dense"; // [1536, 384]
 const MINILM_DOWN: &str = "encoder.layer.0.output.dense"; // [384, 1536]
@@ -99,6 +99,10 @@ fn one_device(
     } else {
         let y = qmatmul::matmul(&w, &x).unwrap();
         match &b {
+            // `add` takes F32: a 16-bit bias is widened first (exactly).
+            Some(b) if b.dtype() != DType::F32 => {
+                elementwise::add(&y, &convert::to_f32(b).unwrap()).unwrap()
+            }
             Some(b) => elementwise::add(&y, b).unwrap(),
             None => y,
         }
@@ -353,6 +357,51 @@ fn col_split_quantized_is_within_the_product_bound() {
         assert_eq!(file.tensor(name).unwrap().dtype, dtype, "{name}");
         let align = dtype.block_elems() as usize;
         check_cols(&file, name, None, &decoded, None, align, 20 + i as u64);
+    }
+}
+
+#[test]
+fn quantized_weights_with_f32_and_f16_biases() {
+    // gemma's Q8_0 and Q5_0 matrices copied into a GGUF of their own with a bias each (GGUF
+    // models seldom have biases on these): F32 for one, F16 (widened for `add`) for the other.
+    let gemma = gemma();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("biased.gguf");
+    let v = gemma.tensor("blk.0.attn_v.weight").unwrap(); // Q8_0 [256, 640]
+    let q = gemma.tensor("blk.0.attn_q.weight").unwrap(); // Q5_0 [1024, 640]
+    let v_bias = common::random_f32(256, 30);
+    let q_bias: Vec<half::f16> = common::random_f32(1024, 31)
+        .into_iter()
+        .map(half::f16::from_f32)
+        .collect();
+    let v_bytes: Vec<u8> = v_bias.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let q_bytes: Vec<u8> = q_bias.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let mut writer = GgufWriter::new(Metadata::default());
+    writer
+        .add_tensor("v", v.dtype, v.shape.dims(), TensorSource::File(&gemma, v))
+        .add_tensor("v.bias", DType::F32, &[256], &v_bytes[..])
+        .add_tensor("q", q.dtype, q.shape.dims(), TensorSource::File(&gemma, q))
+        .add_tensor("q.bias", DType::F16, &[1024], &q_bytes[..]);
+    writer.write(&path).unwrap();
+    let file = ModelFile::open(&path).unwrap();
+    let decoded = gguf_py_f32(&path, &["v", "q"]);
+    let q_bias: Vec<f32> = q_bias.iter().map(|b| b.to_f32()).collect();
+    for ((name, bias), (decoded, seed)) in [("v", &v_bias), ("q", &q_bias)]
+        .into_iter()
+        .zip(decoded.iter().zip([40, 41]))
+    {
+        let bias_name = format!("{name}.bias");
+        check_rows(&file, name, Some(&bias_name), seed);
+        let align = file.tensor(name).unwrap().dtype.block_elems() as usize;
+        check_cols(
+            &file,
+            name,
+            Some(&bias_name),
+            decoded,
+            Some(bias),
+            align,
+            seed,
+        );
     }
 }
 
