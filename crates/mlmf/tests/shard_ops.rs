@@ -10,7 +10,8 @@
 //!
 //! Weights: all-MiniLM-L6-v2's F32 dense layers (and an F16 copy of them written here), read
 //! for the exact product with the `safetensors` crate; gemma-3-270m's Q4_K, Q6_K, Q5_0 and Q8_0
-//! matrices, decoded for the exact product by gguf-py 0.19.0.
+//! matrices, decoded for the exact product by gguf-py 0.19.0, and two of them copied into a GGUF
+//! written here with an F32 and an F16 bias.
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
