@@ -12,6 +12,7 @@
 pub mod checkpoint;
 pub mod comm;
 pub mod load;
+pub mod ops;
 pub mod plan;
 mod roles;
 pub mod synthetic;
