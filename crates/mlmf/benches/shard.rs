@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mlmf::ops::matmul;
-use mlmf::shard::ops::{ranges_by_ratio, Split, SplitLinear};
+use mlmf::shard::ops::{ranges_by_ratio, Cut, SplitLinear};
 use mlmf::{Device, ModelFile, Tensor};
 
 /// A square F16 matrix `[dim, dim]` and an F16 bias of random values in [-0.05, 0.05), written
@@ -88,7 +88,7 @@ fn group(
     file: &ModelFile,
     weight: &str,
     bias: &str,
-    split: Split,
+    split: Cut,
     n: usize,
 ) {
     let info = file.tensor(weight).expect("weight");
@@ -107,8 +107,8 @@ fn group(
     let b = one.load(file, bias).expect("load");
     let dims = if n == 1 { vec![inp] } else { vec![n, inp] };
     let dim = match split {
-        Split::Rows => out,
-        Split::Cols => inp,
+        Cut::Rows => out,
+        Cut::Cols => inp,
     };
     let splits: Vec<(usize, SplitLinear)> = [1, 2, 4]
         .into_iter()
@@ -116,8 +116,8 @@ fn group(
             let devices = &gpus[..parts];
             let ranges = ranges_by_ratio(dim, &vec![1; parts], 1).expect("ranges");
             let s = match split {
-                Split::Rows => SplitLinear::rows(devices, file, weight, Some(bias), &ranges),
-                Split::Cols => SplitLinear::cols(devices, file, weight, Some(bias), &ranges),
+                Cut::Rows => SplitLinear::rows(devices, file, weight, Some(bias), &ranges),
+                Cut::Cols => SplitLinear::cols(devices, file, weight, Some(bias), &ranges),
             };
             (parts, s.expect("split"))
         })
@@ -159,7 +159,7 @@ fn bench(c: &mut Criterion) {
         &minilm,
         &format!("{up}.weight"),
         &format!("{up}.bias"),
-        Split::Rows,
+        Cut::Rows,
         8,
     );
     group(
@@ -169,14 +169,14 @@ fn bench(c: &mut Criterion) {
         &minilm,
         &format!("{down}.weight"),
         &format!("{down}.bias"),
-        Split::Cols,
+        Cut::Cols,
         8,
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let square = ModelFile::open(write_square_f16(dir.path(), 4096)).expect("square");
     for (title, split) in [
-        ("4096x4096_f16_rows_vec", Split::Rows),
-        ("4096x4096_f16_cols_vec", Split::Cols),
+        ("4096x4096_f16_rows_vec", Cut::Rows),
+        ("4096x4096_f16_cols_vec", Cut::Cols),
     ] {
         group(c, title, &gpus, &square, "w", "b", split, 1);
     }

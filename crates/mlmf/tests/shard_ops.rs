@@ -21,9 +21,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use mlmf::ops::{convert, elementwise, matmul, qmatmul};
-use mlmf::shard::ops::{
-    gather_rows, ranges_by_ratio, sum_partials, LinearPart, Split, SplitLinear,
-};
+use mlmf::shard::ops::{gather_rows, ranges_by_ratio, sum_partials, Cut, LinearPart, SplitLinear};
 use mlmf::{DType, Device, Error, GgufWriter, Metadata, ModelFile, Tensor, TensorSource};
 
 const MINILM_UP: &str = "encoder.layer.0.intermediate.dense"; // [1536, 384]
@@ -120,8 +118,8 @@ fn by_parts(split: &SplitLinear, x: &[f32], n: usize) -> Vec<f32> {
         .map(|p| p.forward(x, n).unwrap())
         .collect();
     match split.parts()[0].split() {
-        Split::Rows => gather_rows(&parts, n).unwrap(),
-        Split::Cols => {
+        Cut::Rows => gather_rows(&parts, n).unwrap(),
+        Cut::Cols => {
             let mut y = sum_partials(&parts).unwrap();
             split.parts()[0].add_bias(&mut y).unwrap();
             y
@@ -420,7 +418,7 @@ fn col_split_cutting_a_block_is_bad_slice_naming_the_tensor() {
         &file,
         name,
         None,
-        Split::Cols,
+        Cut::Cols,
         &[0..768, 768..1024],
         0,
     )
@@ -431,7 +429,7 @@ fn col_split_cutting_a_block_is_bad_slice_naming_the_tensor() {
             &file,
             name,
             None,
-            Split::Cols,
+            Cut::Cols,
             &[0..100, 100..1024],
             1,
         )

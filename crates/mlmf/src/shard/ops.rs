@@ -3,12 +3,12 @@
 //! `y = x · Wᵀ + b` with the existing kernels ([`matmul::linear`] for F32, F16 and BF16
 //! weights, [`qmatmul::matmul`] for block-quantized ones).
 //!
-//! - [`Split::Rows`] (Megatron's column-parallel linear): device i holds rows `[a_i, b_i)` of W
+//! - [`Cut::Rows`] (Megatron's column-parallel linear): device i holds rows `[a_i, b_i)` of W
 //!   and of the bias and computes those output features whole; the parts are concatenated along
 //!   the features ([`gather_rows`]). Each output element is the same sum, in the same order, on
 //!   the same kind of device as without the split, so the result equals the single-device one
 //!   bit for bit.
-//! - [`Split::Cols`] (Megatron's row-parallel linear): device i holds columns `[a_i, b_i)` of W
+//! - [`Cut::Cols`] (Megatron's row-parallel linear): device i holds columns `[a_i, b_i)` of W
 //!   and takes the same columns of x; the partial products are summed in device order
 //!   ([`sum_partials`]) and the bias is added once, last. Only the order of the additions
 //!   changes, so the result is within the f32 summation bound of the exact product, as the
@@ -41,7 +41,7 @@ use mlmf_gpu::{Device, Tensor};
 
 /// How a weight `[out, in]` is split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Split {
+pub enum Cut {
     /// By output rows (features): parts are gathered.
     Rows,
     /// By input columns: partial products are summed.
@@ -52,7 +52,7 @@ pub enum Split {
 /// bias, for a row split), loaded on its device.
 #[derive(Debug)]
 pub struct LinearPart {
-    split: Split,
+    split: Cut,
     index: usize,
     range: Range<usize>,
     /// The whole weight's `[out, in]`.
@@ -69,7 +69,7 @@ pub struct LinearPart {
 impl LinearPart {
     /// Load part `index` of the split of `weight` (and of `bias`, a vector `[out]`) given by
     /// `ranges` onto `device`, reading only that part's bytes. `ranges` are the parts of the
-    /// output rows ([`Split::Rows`]) or of the input columns ([`Split::Cols`]) for every device
+    /// output rows ([`Cut::Rows`]) or of the input columns ([`Cut::Cols`]) for every device
     /// in order; they must cover the dimension in order without gaps or overlaps
     /// ([`check_ranges`]). Errors: [`Error::BadPlan`] for bad ranges or an index past them,
     /// [`Error::BadSlice`] for a column range that cuts a quantized block, the file's errors,
@@ -79,7 +79,7 @@ impl LinearPart {
         file: &ModelFile,
         weight: &str,
         bias: Option<&str>,
-        split: Split,
+        split: Cut,
         ranges: &[Range<usize>],
         index: usize,
     ) -> Result<LinearPart> {
@@ -94,8 +94,8 @@ impl LinearPart {
             ));
         };
         let dim = match split {
-            Split::Rows => out,
-            Split::Cols => inp,
+            Cut::Rows => out,
+            Cut::Cols => inp,
         };
         check_ranges(weight, dim, ranges)?;
         let range = ranges.get(index).cloned().ok_or_else(|| {
@@ -125,14 +125,14 @@ impl LinearPart {
             }
         }
         let slice = match split {
-            Split::Rows => Slice::Rows(range.clone()),
-            Split::Cols => Slice::Cols(range.clone()),
+            Cut::Rows => Slice::Rows(range.clone()),
+            Cut::Cols => Slice::Cols(range.clone()),
         };
         // Check the slice (block cuts) before reading anything.
         slice.layout(file.file_of(info), info)?;
         let (weight, bias, host_bias) = match (split, bias) {
             (_, None) => (device.load_slice(file, weight, &slice)?, None, None),
-            (Split::Rows, Some(b)) => {
+            (Cut::Rows, Some(b)) => {
                 let mut parts = device
                     .load_slices(file, &[(weight, slice), (b, Slice::Rows(range.clone()))])?
                     .into_iter();
@@ -145,7 +145,7 @@ impl LinearPart {
                 }
                 (w, Some(b), None)
             }
-            (Split::Cols, Some(b)) => {
+            (Cut::Cols, Some(b)) => {
                 // Small and needed whole by every part: read it to the host once.
                 let bias = Device::Cpu.load(file, b)?.to_f32_vec()?;
                 (device.load_slice(file, weight, &slice)?, None, Some(bias))
@@ -176,8 +176,8 @@ impl LinearPart {
     /// it is [`LinearPart::forward`].
     pub fn forward_local(&self, x_part: &[f32], n: usize) -> Result<Vec<f32>> {
         let cols = match self.split {
-            Split::Rows => self.inp,
-            Split::Cols => self.range.len(),
+            Cut::Rows => self.inp,
+            Cut::Cols => self.range.len(),
         };
         check_input(self.weight.name(), x_part, n, cols)?;
         self.product(x_part, n, cols)?.to_f32_vec()
@@ -188,8 +188,8 @@ impl LinearPart {
     fn launch(&self, x: &[f32], n: usize) -> Result<Tensor> {
         check_input(self.weight.name(), x, n, self.inp)?;
         match self.split {
-            Split::Rows => self.product(x, n, self.inp),
-            Split::Cols => {
+            Cut::Rows => self.product(x, n, self.inp),
+            Cut::Cols => {
                 let cols = self.range.len();
                 let mut part = Vec::with_capacity(n * cols);
                 for row in x.chunks_exact(self.inp) {
@@ -234,7 +234,7 @@ impl LinearPart {
         Ok(())
     }
 
-    pub fn split(&self) -> Split {
+    pub fn split(&self) -> Cut {
         self.split
     }
 
@@ -278,7 +278,7 @@ impl SplitLinear {
         bias: Option<&str>,
         ranges: &[Range<usize>],
     ) -> Result<SplitLinear> {
-        Self::load(devices, file, weight, bias, Split::Rows, ranges)
+        Self::load(devices, file, weight, bias, Cut::Rows, ranges)
     }
 
     /// Split `weight` `[out, in]` by input columns: `devices[i]` holds columns `ranges[i]`; the
@@ -291,7 +291,7 @@ impl SplitLinear {
         bias: Option<&str>,
         ranges: &[Range<usize>],
     ) -> Result<SplitLinear> {
-        Self::load(devices, file, weight, bias, Split::Cols, ranges)
+        Self::load(devices, file, weight, bias, Cut::Cols, ranges)
     }
 
     fn load(
@@ -299,7 +299,7 @@ impl SplitLinear {
         file: &ModelFile,
         weight: &str,
         bias: Option<&str>,
-        split: Split,
+        split: Cut,
         ranges: &[Range<usize>],
     ) -> Result<SplitLinear> {
         if devices.len() != ranges.len() {
@@ -347,8 +347,8 @@ impl SplitLinear {
             return Ok(Vec::new());
         };
         match first.split {
-            Split::Rows => gather_rows(parts, n),
-            Split::Cols => {
+            Cut::Rows => gather_rows(parts, n),
+            Cut::Cols => {
                 let mut y = sum_partials(parts)?;
                 if y.len() != n * self.out {
                     return Err(Error::BadPlan {
@@ -471,25 +471,17 @@ pub fn ranges_by_ratio(dim: usize, ratios: &[u32], align: usize) -> Result<Vec<R
             "cannot split {dim} by ratios {ratios:?} on multiples of {align}"
         )));
     }
-    let units = (dim / align) as u128;
-    let mut out = Vec::with_capacity(ratios.len());
-    let (mut acc, mut start) = (0u128, 0usize);
-    for (i, &r) in ratios.iter().enumerate() {
-        acc += u128::from(r);
-        // Rounded to the nearest unit (u128: units * acc cannot overflow).
-        let end_units = if i + 1 == ratios.len() {
-            units
-        } else {
-            (units * acc + total / 2) / total
-        };
-        let end = end_units as usize * align;
-        if end <= start {
-            return Err(bad(format!(
-                "part {i} of {dim} split by {ratios:?} on multiples of {align} would be empty"
-            )));
-        }
-        out.push(start..end);
-        start = end;
+    // The plans' rounding (each bound to the nearest unit), so a split linear and a plan cut
+    // the same dimension at the same places.
+    let shares: Vec<f64> = ratios.iter().map(|&r| f64::from(r)).collect();
+    let out: Vec<Range<usize>> = super::plan::partition(dim / align, &shares)
+        .into_iter()
+        .map(|u| u.start * align..u.end * align)
+        .collect();
+    if let Some(i) = out.iter().position(|r| r.is_empty()) {
+        return Err(bad(format!(
+            "part {i} of {dim} split by {ratios:?} on multiples of {align} would be empty"
+        )));
     }
     Ok(out)
 }
