@@ -276,7 +276,7 @@ fn main() {
         let info = file.tensor(c.weight).unwrap();
         let (out, inp) = (info.shape.dims()[0], info.shape.dims()[1]);
         let dim = if c.cut == Cut::Rows { out } else { inp };
-        let whole = [0..dim];
+        let whole: Vec<_> = std::iter::once(0..dim).collect();
         let part =
             LinearPart::load(&device, &file, c.weight, Some(c.bias), c.cut, &whole, 0).unwrap();
         let x = common::random_f32(c.batch * inp, 5);
