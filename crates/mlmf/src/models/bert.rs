@@ -401,7 +401,7 @@ impl BertShard {
             }
         }
         let vocab = span("embeddings.word_embeddings.weight", true)?;
-        check_tiling(plan, &file, prefix).map_err(bad)?;
+        check_tiling(plan, &file).map_err(bad)?;
         Ok(BertShard {
             heads: heads.unwrap_or(config.num_attention_heads),
             vocab,
@@ -485,7 +485,7 @@ impl BertShard {
 
 /// Every split pair of the plan covers its whole dimension once over the devices, in order:
 /// otherwise the sums would silently miss or double some rows.
-fn check_tiling(plan: &Plan, file: &ModelFile, prefix: &str) -> std::result::Result<(), String> {
+fn check_tiling(plan: &Plan, file: &ModelFile) -> std::result::Result<(), String> {
     for info in file.tensors() {
         let name = &info.name;
         let mut next = 0;
@@ -526,9 +526,7 @@ fn check_tiling(plan: &Plan, file: &ModelFile, prefix: &str) -> std::result::Res
                 .iter()
                 .all(|d| d.tensors.iter().any(|p| &p.name == name))
         {
-            if name.starts_with(prefix) {
-                return Err(format!("'{name}' is neither split nor on every device"));
-            }
+            return Err(format!("'{name}' is neither split nor on every device"));
         }
     }
     Ok(())

@@ -250,7 +250,7 @@ fn split_batches(batches: &[Vec<String>], bytes: &[u8]) -> Result<Vec<Vec<Vec<f3
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    if texts == 0 || bytes.len() % 4 != 0 || values.len() % texts != 0 {
+    if texts == 0 || !bytes.len().is_multiple_of(4) || !values.len().is_multiple_of(texts) {
         return Err(distributed(
             "gather the embeddings",
             format!("{} bytes for {texts} texts", bytes.len()),
