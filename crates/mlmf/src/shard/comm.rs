@@ -437,7 +437,10 @@ mod tests {
     use super::*;
 
     /// Runs `f` on every member of a group of `n`, each on its own thread; results by rank.
-    fn on_group<T: Send>(members: Vec<LocalComm>, f: impl Fn(&LocalComm) -> T + Sync) -> Vec<T> {
+    fn on_group<T: Send>(
+        members: Vec<LocalComm>,
+        f: impl Fn(&LocalComm) -> T + Sync,
+    ) -> Vec<T> {
         std::thread::scope(|s| {
             let handles: Vec<_> = members
                 .iter()

@@ -38,11 +38,7 @@ pub fn check_collectives(comm: &dyn Comm) -> Vec<String> {
     let all = comm.all_gather(&gather_bytes(rank)).unwrap();
     assert_eq!(all.len(), size);
     for (r, bytes) in all.iter().enumerate() {
-        assert_eq!(
-            bytes,
-            &gather_bytes(r),
-            "rank {rank}: all_gather from rank {r}"
-        );
+        assert_eq!(bytes, &gather_bytes(r), "rank {rank}: all_gather from rank {r}");
     }
     let lens: Vec<usize> = all.iter().map(Vec::len).collect();
     seen.push(format!("all_gather lengths {lens:?}"));
@@ -54,11 +50,7 @@ pub fn check_collectives(comm: &dyn Comm) -> Vec<String> {
     comm.all_reduce_sum(&mut values).unwrap();
     let triangle = size * (size + 1) / 2;
     for (i, v) in values.iter().enumerate() {
-        assert_eq!(
-            *v,
-            (i * triangle) as f32,
-            "rank {rank}: all_reduce_sum[{i}]"
-        );
+        assert_eq!(*v, (i * triangle) as f32, "rank {rank}: all_reduce_sum[{i}]");
     }
     seen.push(format!("all_reduce_sum of {n}: last {}", values[n - 1]));
 
@@ -135,10 +127,7 @@ pub fn check_collectives(comm: &dyn Comm) -> Vec<String> {
         }) => {
             assert_eq!(failed, 1, "rank {rank}");
             assert_eq!(during, "test step");
-            assert_eq!(
-                reason,
-                "distributed: opening the file: rank 1's disk is full"
-            );
+            assert_eq!(reason, "distributed: opening the file: rank 1's disk is full");
             seen.push(format!("agree: RankFailed rank={failed} during={during:?}"));
         }
         other => panic!("rank {rank}: agree gave {other:?}"),

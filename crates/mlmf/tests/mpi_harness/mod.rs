@@ -51,10 +51,7 @@ impl MpiRun {
         let prefix = format!("{TAG}{rank}: ");
         self.stdout
             .lines()
-            .filter_map(|line| {
-                line.find(prefix.as_str())
-                    .map(|at| &line[at + prefix.len()..])
-            })
+            .filter_map(|line| line.find(prefix.as_str()).map(|at| &line[at + prefix.len()..]))
             .collect()
     }
 
@@ -109,18 +106,8 @@ pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
         .unwrap_or_else(|e| panic!("cannot run mpirun (install openmpi-bin): {e}"));
     let pgid = child.id() as libc::pid_t;
     let readers = [
-        read_all(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
-        read_all(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ),
+        read_all(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
+        read_all(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>)),
     ];
     let mut timed_out = false;
     let status = loop {
