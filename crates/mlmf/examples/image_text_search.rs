@@ -7,22 +7,21 @@
 //!
 //! `bash scripts/demo.sh`, or
 //! `cargo run --release --example image_text_search -- [--json] [--html OUT] [--image PATH]...
-//! [--query TEXT]...`. Without images it uses the scikit-image sample photos the fetch script
-//! caches; without queries, a few defaults. It prints the rankings (or JSON with `--json`) and
-//! writes an HTML contact sheet (default `image_text_search.html`).
+//! [--query TEXT]... [--distributed]`. Without images it uses the scikit-image sample photos the
+//! fetch script caches; without queries, a few defaults. It prints the rankings (or JSON with
+//! `--json`) and writes an HTML contact sheet (default `image_text_search.html`).
+//!
+//! `--distributed` (feature `mpi`, under `mpirun -np 2`): MobileNetV2 on rank 0, MiniLM on rank
+//! 1, the text embeddings gathered on rank 0, which fuses, prints and writes the sheet
+//! (`mlmf::multimodal::search::search_distributed`).
 
 use std::path::{Path, PathBuf};
 
 use mlmf::checkpoint::AtomicFile;
-use mlmf::fusion::late::LateFusion;
-use mlmf::models::bert::BertEmbedder;
 use mlmf::models::cache_dir;
-use mlmf::models::mobilenet_v2::MobileNetV2;
-use mlmf::multimodal::{imagenet_labels, top_k, Class, ImagePreprocess};
-use mlmf::{Device, ModelFile, Result, Tensor};
+use mlmf::multimodal::search::{self, ranked, Photo, Search, SearchModels};
+use mlmf::{Device, Result};
 
-/// Classes per photo that go into its embedding.
-const TOP: usize = 5;
 const PHOTOS: [&str; 6] = [
     "chelsea.png",
     "coffee.png",
@@ -41,6 +40,7 @@ const QUERIES: [&str; 5] = [
 
 struct Args {
     json: bool,
+    distributed: bool,
     html: PathBuf,
     images: Vec<PathBuf>,
     queries: Vec<String>,
@@ -49,6 +49,7 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut a = Args {
         json: false,
+        distributed: false,
         html: PathBuf::from("image_text_search.html"),
         images: Vec::new(),
         queries: Vec::new(),
@@ -58,12 +59,13 @@ fn args() -> Result<Args, String> {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
         match arg.as_str() {
             "--json" => a.json = true,
+            "--distributed" => a.distributed = true,
             "--html" => a.html = value("--html")?.into(),
             "--image" => a.images.push(value("--image")?.into()),
             "--query" => a.queries.push(value("--query")?),
             other => {
                 return Err(format!(
-                "unknown argument {other}; expected --json, --html OUT, --image PATH, --query TEXT"
+                "unknown argument {other}; expected --json, --html OUT, --image PATH, --query TEXT, --distributed"
             ))
             }
         }
@@ -78,67 +80,48 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(1e-12)
-}
-
-struct Photo {
-    path: PathBuf,
-    classes: Vec<Class>,
-    embedding: Vec<f32>,
+/// The search in this process, or across MPI ranks with `--distributed`; `None` on ranks
+/// other than 0.
+fn run(args: &Args) -> Result<Option<Search>, Box<dyn std::error::Error>> {
+    let device = Device::gpu()?;
+    let models = SearchModels::cached();
+    if !args.distributed {
+        eprintln!("device: {}", device.describe());
+        return Ok(Some(search::search(
+            &models,
+            &device,
+            &args.images,
+            &args.queries,
+        )?));
+    }
+    #[cfg(feature = "mpi")]
+    {
+        use mlmf::shard::Comm;
+        let comm = mlmf::shard::MpiComm::init()?;
+        eprintln!(
+            "rank {} of {}: device {}",
+            comm.rank(),
+            comm.size(),
+            device.describe()
+        );
+        Ok(search::search_distributed(
+            &comm,
+            &models,
+            &device,
+            &args.images,
+            &args.queries,
+        )?)
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err("--distributed needs the example built with --features mpi".into())
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
-    let device = Device::gpu()?;
-    eprintln!("device: {}", device.describe());
-    let mobilenet_file = ModelFile::open(cache_dir().join("mobilenet_v2-b0353104.pth"))?;
-    let mobilenet = MobileNetV2::load(&mobilenet_file, &device)?;
-    let minilm = BertEmbedder::open(cache_dir().join("all-MiniLM-L6-v2"), &device)?;
-    let labels = imagenet_labels();
-    let pre = ImagePreprocess::imagenet();
-
-    let mut photos = Vec::with_capacity(args.images.len());
-    for path in &args.images {
-        let x = pre.load(path)?.reshape(vec![1, 3, 224, 224])?;
-        let logits = mobilenet.forward(&x)?.to_f32_vec()?;
-        let classes = top_k(&logits, &labels, TOP);
-        // The photo: its class names' embeddings weighted by their probabilities, fused on the
-        // device (sum_c p_c * e_c, in class order).
-        let names: Vec<String> = classes.iter().map(|c| c.label.clone()).collect();
-        let embedded = minilm.embed(&names)?.sentence_embeddings;
-        let probs: Vec<f32> = classes.iter().map(|c| c.prob).collect();
-        let fusion = LateFusion::new(
-            Tensor::from_f32("class probabilities", vec![probs.len()], &probs)?
-                .to_device(&device)?,
-        )?;
-        let embedded = embedded
-            .iter()
-            .map(|e| Tensor::from_f32("class embedding", vec![1, e.len()], e)?.to_device(&device))
-            .collect::<Result<Vec<_>>>()?;
-        let embedding = fusion
-            .fuse(&embedded.iter().collect::<Vec<_>>())?
-            .to_f32_vec()?;
-        photos.push(Photo {
-            path: path.clone(),
-            classes,
-            embedding,
-        });
-    }
-    let queries = minilm.embed(&args.queries)?.sentence_embeddings;
-    // scores[q][p]
-    let scores: Vec<Vec<f32>> = queries
-        .iter()
-        .map(|q| photos.iter().map(|p| cosine(q, &p.embedding)).collect())
-        .collect();
-    let ranked = |row: &[f32]| {
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        order
+    let Some(found) = run(&args)? else {
+        return Ok(());
     };
+    let Search { photos, scores, .. } = &found;
     let name = |p: &Path| {
         p.file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -149,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let by_query: Vec<serde_json::Value> = args
             .queries
             .iter()
-            .zip(&scores)
+            .zip(scores)
             .map(|(q, row)| {
                 let photos: Vec<serde_json::Value> = ranked(row)
                     .into_iter()
@@ -176,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         println!("Late fusion of MobileNetV2 (ImageNet classes) and all-MiniLM-L6-v2 (text); not CLIP.\n");
-        for (q, row) in args.queries.iter().zip(&scores) {
+        for (q, row) in args.queries.iter().zip(scores) {
             println!("query: {q}");
             for p in ranked(row) {
                 println!("  {:.3}  {}", row[p], name(&photos[p].path));
@@ -201,7 +184,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    write_html(&args.html, &photos, &args.queries, &scores)?;
+    write_html(&args.html, photos, &args.queries, scores)?;
     eprintln!("contact sheet: {}", args.html.display());
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod labels;
 pub mod pipeline;
 pub mod preprocess;
 pub mod resample;
+pub mod search;
 pub mod video;
 
 pub use audio::{decode_audio, Audio};
