@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::formats::ModelFile;
 use crate::multimodal::preprocess::text::{Encoded, TextTokenizer};
 use crate::ops::{attention, elementwise, embedding, matmul, norm};
-use crate::shard::{load_part, Comm, Part, Plan};
+use crate::shard::{agreed, load_part, Comm, Part, Plan};
 use crate::Device;
 use crate::Slice;
 use crate::Tensor;
@@ -689,21 +689,6 @@ impl Parallel<'_> {
                     upload(device, DURING, vec![ids.len(), dim], &values),
                 )
             }
-        }
-    }
-}
-
-/// `r` when every rank's step succeeded; else, on every rank, the first failing rank's error.
-pub(crate) fn agreed<T>(comm: &dyn Comm, during: &str, r: Result<T>) -> Result<T> {
-    match r {
-        Ok(v) => comm.agree(during, Ok(())).map(|()| v),
-        Err(e) => {
-            comm.agree(during, Err(e))?;
-            // `agree` never accepts a failure; this keeps the types honest without a panic.
-            Err(Error::Distributed {
-                during: during.to_string(),
-                reason: "a failed step was agreed on".into(),
-            })
         }
     }
 }

@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fusion::late::LateFusion;
-use crate::models::bert::{agreed, BertEmbedder};
+use crate::models::bert::BertEmbedder;
 use crate::models::cache_dir;
 use crate::models::mobilenet_v2::MobileNetV2;
 use crate::multimodal::{imagenet_labels, top_k, Class, ImagePreprocess};
-use crate::shard::Comm;
+use crate::shard::{agreed, Comm};
 use crate::{Device, ModelFile, Tensor};
 
 /// Classes per photo that go into its embedding.
