@@ -6,7 +6,9 @@
 //!   `output.dense` [384, 1536] by columns, a batch of 8) and a 4096 x 4096 F16 matrix (one
 //!   vector), at 1, 2 and 4 ranks, beside the same product on one device in one process; and the
 //!   collective each needs (our `all_gather` or `all_reduce_sum`) beside a bare `MPI_Allreduce`
-//!   of the same buffer.
+//!   of the same buffer;
+//! - tensor-parallel all-MiniLM-L6-v2 (`BertShard`) embedding four sentences, beside
+//!   `BertEmbedder` on one device in one process.
 //!
 //! `cargo bench -p mlmf --features mpi --bench shard_mpi`: this binary starts itself under
 //! `mpirun -np N` for each N; the ranks time fixed repetitions (not criterion: its adaptive
@@ -26,6 +28,13 @@ use mlmf::shard::{load_part, local_device, Comm, MpiComm, Plan, Split, Targets, 
 use mlmf::{Device, ModelFile};
 
 const REPEATS: usize = 3;
+
+const SENTENCES: [&str; 4] = [
+    "A cat sits on the mat.",
+    "The stock market fell sharply today.",
+    "A kitten is resting on a rug.",
+    "Quantum computers use qubits.",
+];
 const WORKER: &str = "MLMF_SHARD_MPI_WORKER";
 const SQUARE: &str = "MLMF_SHARD_MPI_SQUARE";
 
@@ -196,6 +205,18 @@ fn worker() {
             c.name
         ));
     }
+    let dir = common::models_dir().join("all-MiniLM-L6-v2");
+    let file = ModelFile::open(dir.join("model.safetensors")).unwrap();
+    let plan = Plan::for_file(&file, &Split::Row, &Targets::equal(size)).unwrap();
+    let bert = mlmf::models::bert::BertShard::load(&dir, &device, &plan, &comm).unwrap();
+    bert.embed(&comm, &SENTENCES).unwrap();
+    comm.barrier().unwrap();
+    let call = per_call(2, || {
+        bert.embed(&comm, &SENTENCES).unwrap();
+    });
+    lines.push(format!(
+        "{{\"kind\":\"bert\",\"rank\":{rank},\"call\":{call}}}"
+    ));
     let all = comm.all_gather(lines.join("\n").as_bytes()).unwrap();
     if rank == 0 {
         for l in all {
@@ -234,7 +255,11 @@ fn mpirun(np: usize, square: &Path) -> Vec<serde_json::Value> {
 }
 
 fn ms(v: &serde_json::Value) -> String {
-    format!("{:.2}", v.as_f64().unwrap_or(f64::NAN) * 1e3)
+    format!("{:.2} ms", v.as_f64().unwrap_or(f64::NAN) * 1e3)
+}
+
+fn us(v: &serde_json::Value) -> String {
+    format!("{:.1} us", v.as_f64().unwrap_or(f64::NAN) * 1e6)
 }
 
 fn main() {
@@ -260,16 +285,18 @@ fn main() {
     // SAFETY: set before any other thread exists; the cases read it back.
     unsafe { std::env::set_var(SQUARE, &square) };
 
-    // Baselines in this process: the whole file onto one device, each product on one device.
-    let device = Device::gpu().unwrap();
+    // Baselines in this process: the whole file onto a fresh device each time (as every rank's
+    // load is onto a fresh device, whose pool has nothing cached), each product on one device.
     let mut full = f64::MAX;
     for _ in 0..REPEATS {
+        let fresh = Device::gpu().unwrap();
         let start = Instant::now();
-        let tensors = device.load_all(&gemma).unwrap();
-        device.sync().unwrap();
+        let tensors = fresh.load_all(&gemma).unwrap();
+        fresh.sync().unwrap();
         full = full.min(start.elapsed().as_secs_f64());
         drop(tensors);
     }
+    let device = Device::gpu().unwrap();
     let mut single = Vec::new();
     for c in &CASES {
         let file = ModelFile::open(case_file(c)).unwrap();
@@ -284,6 +311,16 @@ fn main() {
             part.forward(&x, c.batch).unwrap();
         }));
     }
+    let bert = mlmf::models::bert::BertEmbedder::open(
+        common::models_dir().join("all-MiniLM-L6-v2"),
+        &device,
+    )
+    .unwrap();
+    bert.embed(&SENTENCES).unwrap();
+    let bert_one = per_call(2, || {
+        bert.embed(&SENTENCES).unwrap();
+    });
+    drop(bert);
     drop(device);
 
     println!("gemma-3-270m-q4_k_m.gguf row split, best of {REPEATS}");
@@ -306,9 +343,9 @@ fn main() {
             );
         }
     }
-    println!("tensor-parallel linear, ms per call (slowest rank), best of {REPEATS}");
+    println!("tensor-parallel linear per call (slowest rank), best of {REPEATS}");
     for (c, one) in CASES.iter().zip(&single) {
-        println!("  {}: one device {:.2}", c.name, one * 1e3);
+        println!("  {}: one device {:.2} ms", c.name, one * 1e3);
         for (np, lines) in &runs {
             let slowest = lines
                 .iter()
@@ -318,9 +355,19 @@ fn main() {
             println!(
                 "    {np} ranks: {} (collective {}, bare MPI_Allreduce of the buffer {})",
                 ms(&slowest["call"]),
-                ms(&slowest["collective"]),
-                ms(&slowest["bare_allreduce"])
+                us(&slowest["collective"]),
+                us(&slowest["bare_allreduce"])
             );
         }
+    }
+    println!("tensor-parallel all-MiniLM-L6-v2, 4 sentences, per embed (slowest rank)");
+    println!("  one device: {:.2} ms", bert_one * 1e3);
+    for (np, lines) in &runs {
+        let slowest = lines
+            .iter()
+            .filter(|r| r["kind"] == "bert")
+            .filter_map(|r| r["call"].as_f64())
+            .fold(0.0, f64::max);
+        println!("  {np} ranks: {:.2} ms", slowest * 1e3);
     }
 }
