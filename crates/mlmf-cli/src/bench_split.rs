@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use mlmf::shard::{load_rank, local_device, Comm, LocalComm, Split, World};
+use mlmf::shard::{load_rank, local_device, Comm, LocalComm, Replicated, Split, World};
 use serde::{Deserialize, Serialize};
 
 use crate::{json_line, CliError, Result};
@@ -30,10 +30,16 @@ struct RankReport {
     verified: bool,
 }
 
-fn one_rank(comm: &dyn Comm, world: World, path: &Path, split: &Split) -> mlmf::Result<RankReport> {
+fn one_rank(
+    comm: &dyn Comm,
+    world: World,
+    path: &Path,
+    split: &Split,
+    replicated: Replicated,
+) -> mlmf::Result<RankReport> {
     let device = local_device(&world)?;
     let start = Instant::now();
-    let (_file, plan, loaded) = load_rank(comm, path, split, &device)?;
+    let (_file, plan, loaded) = load_rank(comm, path, split, &device, replicated)?;
     let total = start.elapsed().as_secs_f64();
     Ok(RankReport {
         rank: comm.rank(),
@@ -59,11 +65,12 @@ pub(crate) fn bench_split(
     path: &Path,
     split: Split,
     devices: usize,
+    replicated: Replicated,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let reports: Vec<RankReport> = if launched_by_mpi() {
-        match mpi_ranks(path, &split)? {
+        match mpi_ranks(path, &split, replicated)? {
             Some(all) => all,
             // Not rank 0: rank 0 prints.
             None => return Ok(()),
@@ -82,7 +89,7 @@ pub(crate) fn bench_split(
                             local_rank: comm.rank(),
                             source: mlmf::shard::WorldSource::Single,
                         };
-                        one_rank(comm, world, path, split)
+                        one_rank(comm, world, path, split, replicated)
                     })
                 })
                 .collect();
@@ -123,9 +130,13 @@ pub(crate) fn bench_split(
 
 /// Every rank's report on rank 0 (`Some`), `None` on the others.
 #[cfg(feature = "mpi")]
-fn mpi_ranks(path: &Path, split: &Split) -> Result<Option<Vec<RankReport>>> {
+fn mpi_ranks(
+    path: &Path,
+    split: &Split,
+    replicated: Replicated,
+) -> Result<Option<Vec<RankReport>>> {
     let comm = mlmf::shard::MpiComm::init()?;
-    let report = one_rank(&comm, comm.world(), path, split)?;
+    let report = one_rank(&comm, comm.world(), path, split, replicated)?;
     let bytes = serde_json::to_vec(&report).map_err(|e| CliError::Output(e.into()))?;
     let all = comm.all_gather(&bytes)?;
     if comm.rank() != 0 {
@@ -146,7 +157,11 @@ fn mpi_ranks(path: &Path, split: &Split) -> Result<Option<Vec<RankReport>>> {
 }
 
 #[cfg(not(feature = "mpi"))]
-fn mpi_ranks(_path: &Path, _split: &Split) -> Result<Option<Vec<RankReport>>> {
+fn mpi_ranks(
+    _path: &Path,
+    _split: &Split,
+    _replicated: Replicated,
+) -> Result<Option<Vec<RankReport>>> {
     Err(CliError::Usage(
         "started by mpirun, but this mlmf was built without the `mpi` feature".into(),
     ))

@@ -296,6 +296,10 @@ enum Command {
         /// Ranks in this process with --split (under mpirun: one per process, this is ignored).
         #[arg(long, default_value_t = 2)]
         devices: usize,
+        /// With --split: every rank reads the replicated tensors (read), or rank 0 reads and
+        /// broadcasts them (broadcast).
+        #[arg(long, value_enum, default_value_t = plan::ReplicatedArg::Read)]
+        replicated: plan::ReplicatedArg,
     },
 }
 
@@ -454,7 +458,8 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             json,
             split: Some(split),
             devices,
-        } => bench_split::bench_split(&file, split.split(), devices, json, out),
+            replicated,
+        } => bench_split::bench_split(&file, split.split(), devices, replicated.get(), json, out),
         Command::BenchLoad { file, json, .. } => bench_load(&file, json, out),
         Command::Plan {
             file,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::ValueEnum;
-use mlmf::shard::{synthetic, Plan, Split, Targets};
+use mlmf::shard::{synthetic, Plan, Replicated, Split, Targets};
 use mlmf::{DType, ModelFile};
 
 use crate::{json_line, CliError, Result};
@@ -23,6 +23,21 @@ impl SplitArg {
             SplitArg::Replicate => Split::Replicate,
             SplitArg::Layer => Split::Layer,
             SplitArg::Row => Split::Row,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ReplicatedArg {
+    Read,
+    Broadcast,
+}
+
+impl ReplicatedArg {
+    pub(crate) fn get(self) -> Replicated {
+        match self {
+            ReplicatedArg::Read => Replicated::Read,
+            ReplicatedArg::Broadcast => Replicated::Broadcast,
         }
     }
 }

@@ -178,6 +178,27 @@ fn bench_load_row_split_on_two_devices_in_one_process() {
         assert_eq!(r["bytes_on_device"], r["bytes_read"]);
         assert!(r["seconds"].as_f64().unwrap() > 0.0);
     }
+    // Rank 0 broadcasting the replicated tensors: the ranks together read the file once.
+    let ranks = json_lines(&[
+        "bench-load",
+        path.to_str().unwrap(),
+        "--split",
+        "row",
+        "--devices",
+        "2",
+        "--replicated",
+        "broadcast",
+        "--json",
+    ]);
+    let read: u64 = ranks
+        .iter()
+        .map(|r| r["bytes_read"].as_u64().unwrap())
+        .sum();
+    assert_eq!(Some(read), plan["total_bytes"].as_u64());
+    for (i, r) in ranks.iter().enumerate() {
+        assert_eq!(r["bytes_on_device"], plan["devices"][i]["bytes"]);
+        assert_eq!(r["verified"], true);
+    }
 }
 
 /// The same under `mpirun -np 2`, one process per rank (Open MPI's run-as-root variables are

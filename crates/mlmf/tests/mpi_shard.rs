@@ -10,7 +10,7 @@ mod mpi_harness;
 use std::path::{Path, PathBuf};
 
 use mlmf::shard::checkpoint::{self, ShardedCheckpoint};
-use mlmf::shard::{load_rank, local_device, Comm, MpiComm, Split};
+use mlmf::shard::{load_rank, local_device, Comm, MpiComm, Replicated, Split};
 use mlmf::{Device, Error, ModelFile, Slice};
 
 fn minilm_path() -> PathBuf {
@@ -29,10 +29,17 @@ fn worker_load_verify() {
     }
     let comm = MpiComm::init().unwrap();
     let device = local_device(&comm.world()).unwrap();
-    let (file, plan, loaded) = load_rank(&comm, &minilm_path(), &Split::Row, &device).unwrap();
+    let broadcast = var("MLMF_TEST_REPLICATED").as_deref() == Some("broadcast");
+    let replicated = if broadcast {
+        Replicated::Broadcast
+    } else {
+        Replicated::Read
+    };
+    let (file, plan, loaded) =
+        load_rank(&comm, &minilm_path(), &Split::Row, &device, replicated).unwrap();
     let rank = comm.rank();
-    assert_eq!(loaded.bytes_read, plan.devices[rank].bytes);
-    let replicated: u64 = plan
+    assert_eq!(loaded.bytes_on_device(), plan.devices[rank].bytes);
+    let replicated_bytes: u64 = plan
         .replicated
         .iter()
         .map(|n| file.tensor(n).unwrap().byte_len())
@@ -42,7 +49,10 @@ fn worker_load_verify() {
         rank,
         &format!(
             "expected total {}",
-            file.data_bytes() + (comm.size() as u64 - 1) * replicated
+            match replicated {
+                Replicated::Read => file.data_bytes() + (comm.size() as u64 - 1) * replicated_bytes,
+                Replicated::Broadcast => file.data_bytes(),
+            }
         ),
     );
 }
@@ -52,8 +62,14 @@ fn row_split_loads_and_verifies_on_2_and_4_ranks() {
     if mpi_harness::is_worker() {
         return;
     }
-    for np in [2, 4] {
-        let run = mpi_harness::mpirun(np, "worker_load_verify", mpi_harness::TIMEOUT);
+    // Replicated tensors read by every rank (2 ranks) or broadcast by rank 0 (4 ranks).
+    for (np, replicated) in [(2, "read"), (4, "broadcast")] {
+        let run = mpi_harness::mpirun_with(
+            np,
+            "worker_load_verify",
+            mpi_harness::TIMEOUT,
+            &[("MLMF_TEST_REPLICATED", replicated)],
+        );
         run.assert_success();
         let number = |line: &str, prefix: &str| -> u64 {
             line.strip_prefix(prefix).unwrap().parse().unwrap()
@@ -77,7 +93,7 @@ fn worker_corrupt_copy() {
         _ => minilm_path(),
     };
     let device = local_device(&comm.world()).unwrap();
-    match load_rank(&comm, &path, &Split::Row, &device) {
+    match load_rank(&comm, &path, &Split::Row, &device, Replicated::Read) {
         Err(Error::RankFailed {
             rank: r, reason, ..
         }) => mpi_harness::report(
@@ -142,7 +158,14 @@ fn worker_save() {
     let out = PathBuf::from(var("MLMF_TEST_OUT").unwrap());
     let comm = MpiComm::init().unwrap();
     let rank = comm.rank();
-    let (file, plan, loaded) = load_rank(&comm, &minilm_path(), &Split::Row, &Device::Cpu).unwrap();
+    let (file, plan, loaded) = load_rank(
+        &comm,
+        &minilm_path(),
+        &Split::Row,
+        &Device::Cpu,
+        Replicated::Read,
+    )
+    .unwrap();
     let parts: Vec<_> = loaded
         .parts
         .iter()

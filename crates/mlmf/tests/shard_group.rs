@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mlmf::shard::checkpoint::{self, ShardedCheckpoint};
-use mlmf::shard::{load_rank, Comm, LocalComm, Split};
+use mlmf::shard::{load_rank, Comm, LocalComm, Replicated, Split};
 use mlmf::{Device, Error, ModelFile, Slice};
 
 fn minilm_path() -> PathBuf {
@@ -28,28 +28,34 @@ fn on_ranks<T: Send>(n: usize, f: impl Fn(&LocalComm) -> T + Sync) -> Vec<T> {
 
 #[test]
 fn every_rank_loads_its_rows_and_verifies() {
-    for n in [2, 4] {
+    // Each rank reads the replicated tensors itself, or takes them from rank 0's broadcast.
+    for (n, replicated) in [
+        (2, Replicated::Read),
+        (4, Replicated::Broadcast),
+        (2, Replicated::Broadcast),
+    ] {
         let results = on_ranks(n, |comm| {
             let device = Device::gpu().unwrap();
             let (file, plan, loaded) =
-                load_rank(comm, &minilm_path(), &Split::Row, &device).unwrap();
-            assert_eq!(loaded.bytes_read, plan.devices[comm.rank()].bytes);
+                load_rank(comm, &minilm_path(), &Split::Row, &device, replicated).unwrap();
+            let mine = &plan.devices[comm.rank()];
+            assert_eq!(loaded.parts.len(), mine.tensors.len());
+            assert_eq!(loaded.bytes_on_device(), mine.bytes);
             (file.data_bytes(), plan, loaded.bytes_read)
         });
         let (total, plan, _) = &results[0];
         let read: u64 = results.iter().map(|r| r.2).sum();
-        let replicated: u64 = plan
+        let file = ModelFile::open(minilm_path()).unwrap();
+        let replicated_bytes: u64 = plan
             .replicated
             .iter()
-            .map(|name| {
-                ModelFile::open(minilm_path())
-                    .unwrap()
-                    .tensor(name)
-                    .unwrap()
-                    .byte_len()
-            })
+            .map(|name| file.tensor(name).unwrap().byte_len())
             .sum();
-        assert_eq!(read, total + (n as u64 - 1) * replicated);
+        match replicated {
+            Replicated::Read => assert_eq!(read, total + (n as u64 - 1) * replicated_bytes),
+            // Every byte of the file read once, by some rank.
+            Replicated::Broadcast => assert_eq!(read, *total),
+        }
     }
 }
 
@@ -78,7 +84,7 @@ fn a_corrupt_copy_on_one_rank_fails_every_rank_naming_it() {
         } else {
             minilm_path()
         };
-        load_rank(comm, &path, &Split::Row, &Device::Cpu).map(|_| ())
+        load_rank(comm, &path, &Split::Row, &Device::Cpu, Replicated::Read).map(|_| ())
     });
     for (rank, r) in results.iter().enumerate() {
         match r {
@@ -104,7 +110,7 @@ fn a_rank_that_cannot_open_its_file_fails_every_rank() {
         } else {
             minilm_path()
         };
-        load_rank(comm, &path, &Split::Row, &Device::Cpu).map(|_| ())
+        load_rank(comm, &path, &Split::Row, &Device::Cpu, Replicated::Read).map(|_| ())
     });
     for r in &results {
         match r {
@@ -132,7 +138,7 @@ fn a_4_rank_save_loads_as_2_and_1_bit_for_bit_and_a_failed_save_keeps_the_last()
         on_ranks(4, |comm| {
             let device = Device::Cpu;
             let (file, plan, loaded) =
-                load_rank(comm, &minilm_path(), &Split::Row, &device).unwrap();
+                load_rank(comm, &minilm_path(), &Split::Row, &device, Replicated::Read).unwrap();
             let parts: Vec<_> = loaded
                 .parts
                 .iter()

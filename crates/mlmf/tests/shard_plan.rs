@@ -332,3 +332,16 @@ fn a_plan_for_another_file_is_refused() {
         .unwrap();
     assert!(matches!(err, Error::BadPlan { .. }), "{err}");
 }
+
+#[test]
+fn a_device_on_every_adapter() {
+    let set = DeviceSet::adapters(Some(64 << 20)).unwrap();
+    assert_eq!(set.len(), mlmf::adapters().unwrap().len());
+    for (i, d) in set.devices().iter().enumerate() {
+        assert!(d.name.starts_with(&format!("{i}: ")), "{}", d.name);
+        assert_eq!(d.budget, Some(64 << 20));
+        assert!(d.device.is_gpu());
+    }
+    let t = set.targets(None);
+    assert_eq!((t.count, t.budgets.len()), (set.len(), set.len()));
+}

@@ -199,24 +199,105 @@ pub(crate) fn check_parts(file: &ModelFile, parts: &[Part]) -> Result<()> {
     Ok(())
 }
 
+/// Where a rank gets the tensors a plan replicates (norms and the like under a row split).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    /// Every rank reads them from its own copy of the file.
+    Read,
+    /// Rank 0 reads them and broadcasts them; the other ranks read only their own parts, so the
+    /// bytes read by all ranks add up to the file's tensor bytes.
+    Broadcast,
+}
+
 /// One rank's whole load, collective over `comm`: open `path` (this rank's copy), compute the
 /// plan for `comm.size()` equal devices (the same on every rank), load this rank's part onto
-/// `device`, and verify every rank's parts ([`super::verify::verify`]). A rank that cannot open
-/// its file, load its part, or whose bytes differ makes every rank return the same
-/// [`Error::RankFailed`] naming it.
+/// `device` (the replicated tensors as `replicated` says), and verify every rank's parts
+/// ([`super::verify::verify`]). A rank that cannot open its file, load its part, or whose bytes
+/// differ makes every rank return the same [`Error::RankFailed`] naming it.
 pub fn load_rank(
     comm: &dyn Comm,
     path: &Path,
     split: &Split,
     device: &Device,
+    replicated: Replicated,
 ) -> Result<(ModelFile, Plan, Loaded)> {
     let file = agreed(comm, "opening the model file", ModelFile::open(path))?;
     let targets = Targets::equal(comm.size());
     let plan = agreed(comm, "planning", Plan::for_file(&file, split, &targets))?;
-    let part = &plan.devices[comm.rank()];
-    let loaded = agreed(comm, "loading slices", load_part(device, &file, part))?;
+    let mine = &plan.devices[comm.rank()];
+    let loaded = match replicated {
+        Replicated::Read => agreed(comm, "loading slices", load_part(device, &file, mine))?,
+        Replicated::Broadcast => load_broadcasting(comm, &file, &plan, device)?,
+    };
     super::verify::verify(comm, &file, &plan, &loaded)?;
     Ok((file, plan, loaded))
+}
+
+/// [`Replicated::Broadcast`]: rank 0 loads its whole part; the others load their own parts, then
+/// take each replicated tensor from rank 0's broadcast, one tensor at a time.
+fn load_broadcasting(
+    comm: &dyn Comm,
+    file: &ModelFile,
+    plan: &Plan,
+    device: &Device,
+) -> Result<Loaded> {
+    let rank = comm.rank();
+    let mine = &plan.devices[rank];
+    let is_shared = |p: &Part| plan.replicated.contains(&p.name);
+    let own = DevicePlan {
+        tensors: mine
+            .tensors
+            .iter()
+            .filter(|p| rank == 0 || !is_shared(p))
+            .cloned()
+            .collect(),
+        ..mine.clone()
+    };
+    let start = Instant::now();
+    let mut loaded = agreed(comm, "loading slices", load_part(device, file, &own))?;
+    let mut received = Vec::new();
+    for p in mine.tensors.iter().filter(|p| is_shared(p)) {
+        let mut bytes = Vec::new();
+        let mut read = Ok(());
+        if rank == 0 {
+            match file.tensor(&p.name) {
+                Ok(info) => {
+                    let len = info.byte_len() as usize;
+                    bytes = crate::Source::of(file, info)
+                        .chunk(0, len, &mut Vec::new())
+                        .to_vec();
+                }
+                Err(e) => read = Err(e),
+            }
+        }
+        comm.broadcast(0, &mut bytes)?;
+        let made = match rank {
+            0 => read.map(|()| None),
+            _ => file
+                .tensor(&p.name)
+                .and_then(|info| Tensor::from_bytes(&p.name, info.dtype, info.shape.clone(), bytes))
+                .and_then(|t| t.to_device(device))
+                .map(Some),
+        };
+        if let Some(t) = agreed(comm, "receiving replicated tensors", made)? {
+            received.push((p.clone(), t));
+        }
+    }
+    device.sync()?;
+    // Back in plan order, which verification follows.
+    let mut by_name: std::collections::HashMap<String, (Part, Tensor)> = loaded
+        .parts
+        .drain(..)
+        .chain(received)
+        .map(|(p, t)| (p.name.clone(), (p, t)))
+        .collect();
+    loaded.parts = mine
+        .tensors
+        .iter()
+        .filter_map(|p| by_name.remove(&p.name))
+        .collect();
+    loaded.seconds = start.elapsed().as_secs_f64();
+    Ok(loaded)
 }
 
 /// This rank's device: one GPU per rank of a node, the adapter at `local_rank` modulo the

@@ -22,6 +22,6 @@ pub mod world;
 #[cfg(feature = "mpi")]
 pub use comm::mpi::MpiComm;
 pub use comm::{agreed, Comm, LocalComm, Single};
-pub use load::{load_part, load_rank, local_device, DeviceSet, Loaded, SetDevice};
+pub use load::{load_part, load_rank, local_device, DeviceSet, Loaded, Replicated, SetDevice};
 pub use plan::{DevicePlan, Part, Plan, PrefixRule, Split, Targets};
 pub use world::{World, WorldSource};
