@@ -3,6 +3,9 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[cfg(feature = "mpi")]
+#[path = "../../../tests/common/mpirun.rs"]
+mod mpirun;
 mod run;
 
 use run::{mlmf, run};
@@ -207,8 +210,7 @@ fn bench_load_row_split_on_two_devices_in_one_process() {
 #[test]
 fn bench_load_under_mpirun() {
     let path = common::model(common::GEMMA3);
-    let out = std::process::Command::new("mpirun")
-        .args(["--oversubscribe", "--bind-to", "none", "-np", "2"])
+    let out = mpirun::command(2)
         .arg(env!("CARGO_BIN_EXE_mlmf"))
         .args([
             "bench-load",
@@ -217,11 +219,6 @@ fn bench_load_under_mpirun() {
             "layer",
             "--json",
         ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_pml", "ob1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .output()
         .unwrap();
     assert!(

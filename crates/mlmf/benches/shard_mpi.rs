@@ -18,9 +18,10 @@
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
+#[path = "../../../tests/common/mpirun.rs"]
+mod mpirun;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use mlmf::shard::ops::{gather_rows, ranges_by_ratio, Cut, LinearPart};
@@ -227,19 +228,11 @@ fn worker() {
 
 fn mpirun(np: usize, square: &Path) -> Vec<serde_json::Value> {
     let exe = std::env::current_exe().unwrap();
-    let out = Command::new("mpirun")
-        .args(["--oversubscribe", "--bind-to", "none", "-np"])
-        .arg(np.to_string())
+    let out = mpirun::command(np)
         .args(["-x", WORKER, "-x", SQUARE])
         .arg(exe)
         .env(WORKER, "1")
         .env(SQUARE, square)
-        // Open MPI in a container on loopback, as the test harness runs it.
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_pml", "ob1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .output()
         .expect("mpirun (openmpi-bin)");
     assert!(

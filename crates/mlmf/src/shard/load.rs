@@ -18,6 +18,22 @@ pub struct SetDevice {
     pub budget: Option<u64>,
 }
 
+impl SetDevice {
+    /// Device `i` of a set: a GPU on `adapter` (`None`: the chosen one) with `budget`.
+    fn gpu(i: usize, budget: Option<u64>, adapter: Option<usize>) -> Result<SetDevice> {
+        let device = Device::gpu_with(&GpuOptions {
+            memory_limit: budget,
+            adapter,
+            ..Default::default()
+        })?;
+        Ok(SetDevice {
+            name: format!("{i}: {}", device.describe()),
+            device,
+            budget,
+        })
+    }
+}
+
 /// Devices a plan places on.
 pub struct DeviceSet {
     devices: Vec<SetDevice>,
@@ -28,40 +44,19 @@ impl DeviceSet {
     /// own wgpu device with its own memory accounting and `budget`. This is how one GPU (or
     /// lavapipe, in the tests) stands for several.
     pub fn logical(count: usize, budget: Option<u64>) -> Result<DeviceSet> {
-        let devices = (0..count)
-            .map(|i| {
-                let device = Device::gpu_with(&GpuOptions {
-                    memory_limit: budget,
-                    ..Default::default()
-                })?;
-                Ok(SetDevice {
-                    name: format!("{i}: {}", device.describe()),
-                    device,
-                    budget,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        DeviceSet::new(devices)
+        (0..count)
+            .map(|i| SetDevice::gpu(i, budget, None))
+            .collect::<Result<Vec<_>>>()
+            .and_then(DeviceSet::new)
     }
 
     /// One device on every adapter wgpu offers (the backends `MLMF_BACKEND` allows), each with
     /// `budget`.
     pub fn adapters(budget: Option<u64>) -> Result<DeviceSet> {
-        let devices = (0..crate::adapters()?.len())
-            .map(|i| {
-                let device = Device::gpu_with(&GpuOptions {
-                    memory_limit: budget,
-                    adapter: Some(i),
-                    ..Default::default()
-                })?;
-                Ok(SetDevice {
-                    name: format!("{i}: {}", device.describe()),
-                    device,
-                    budget,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        DeviceSet::new(devices)
+        (0..crate::adapters()?.len())
+            .map(|i| SetDevice::gpu(i, budget, Some(i)))
+            .collect::<Result<Vec<_>>>()
+            .and_then(DeviceSet::new)
     }
 
     /// `count` CPU devices (the kernels' CPU twins), with `budget` used by plans only.

@@ -6,11 +6,12 @@
 //! (it may also be `#[ignore]`d: the harness includes ignored tests), runs on every rank, and
 //! reports with [`report`]; the spawning test asserts on [`MpiRun::rank_lines`].
 //!
-//! Open MPI's settings for a container on loopback are set here, for the test suite only: running
-//! as root allowed (`OMPI_ALLOW_RUN_AS_ROOT*`), shared memory and self only (`btl self,vader`,
-//! `pml ob1`: no InfiniBand or UCX probing), no single-copy mechanism (CMA needs ptrace rights
-//! containers often lack), no core binding (more ranks than cores with `--oversubscribe`).
+//! Open MPI's settings for a container on loopback, for the test suite only, are in
+//! `tests/common/mpirun.rs`.
 #![allow(dead_code)]
+
+#[path = "../../../../tests/common/mpirun.rs"]
+mod mpirun;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -85,10 +86,8 @@ pub fn mpirun(np: usize, worker: &str, timeout: Duration) -> MpiRun {
 /// its paths).
 pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &str)]) -> MpiRun {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new("mpirun");
-    cmd.args(["--oversubscribe", "--bind-to", "none", "-np"])
-        .arg(np.to_string())
-        .args(["-x", WORKER_VAR]);
+    let mut cmd = mpirun::command(np);
+    cmd.args(["-x", WORKER_VAR]);
     for (name, value) in vars {
         cmd.arg("-x").arg(format!("{name}={value}"));
     }
@@ -102,11 +101,6 @@ pub fn mpirun_with(np: usize, worker: &str, timeout: Duration, vars: &[(&str, &s
             "1",
         ])
         .env(WORKER_VAR, "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_btl", "self,vader")
-        .env("OMPI_MCA_pml", "ob1")
-        .env("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
