@@ -257,31 +257,7 @@ enum Command {
     /// `devices`, each with `device`, `bytes`, and `tensors` (`name`, `bytes`, `rows` or `cols`
     /// `[start, end)` for parts, and `byte_ranges`: `start`, `end` of the first piece, and for a
     /// column part `stride` and `count` of its pieces).
-    Plan {
-        /// The model file (or directory); or use --synthetic.
-        file: Option<PathBuf>,
-        /// A tensor index built from a model's published shapes instead of a file:
-        /// llama-70b or llama-8b (GGUF names).
-        #[arg(long)]
-        synthetic: Option<String>,
-        /// The matrices' dtype in a --synthetic index (norms are F32).
-        #[arg(long, default_value = "Q4_K")]
-        dtype: String,
-        #[arg(long, default_value_t = 2)]
-        devices: usize,
-        #[arg(long, value_enum)]
-        split: plan::SplitArg,
-        /// Each device's share, like llama.cpp's --tensor-split: 3,1. Default: the budgets'
-        /// proportions when given, else equal.
-        #[arg(long, value_delimiter = ',', value_parser = plan::parse_ratio)]
-        ratios: Vec<f64>,
-        /// Each device's memory budget (100M, 8GiB, ...), comma-separated; a plan that puts
-        /// more on a device is an error.
-        #[arg(long, value_delimiter = ',', value_parser = cache_sim::parse_bytes)]
-        budgets: Vec<u64>,
-        #[arg(long)]
-        json: bool,
-    },
+    Plan(plan::PlanArgs),
     /// Load every tensor to the GPU; print bytes, seconds, GB/s and memory beside a memcpy.
     /// With --split: every rank (each MPI process under mpirun, else --devices threads in this
     /// process, each with its own device) loads its part of the plan and verifies it; JSON: one
@@ -461,28 +437,7 @@ fn run(command: Command, out: &mut dyn Write) -> Result<()> {
             replicated,
         } => bench_split::bench_split(&file, split.split(), devices, replicated.get(), json, out),
         Command::BenchLoad { file, json, .. } => bench_load(&file, json, out),
-        Command::Plan {
-            file,
-            synthetic,
-            dtype,
-            devices,
-            split,
-            ratios,
-            budgets,
-            json,
-        } => plan::plan(
-            plan::PlanArgs {
-                file,
-                synthetic,
-                dtype,
-                devices,
-                split,
-                ratios,
-                budgets,
-                json,
-            },
-            out,
-        ),
+        Command::Plan(args) => plan::plan(args, out),
         Command::CacheSim {
             budget,
             requests,

@@ -51,16 +51,31 @@ pub(crate) fn parse_ratio(r: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("'{r}' is not a ratio (a number, 0 or more)"))
 }
 
+#[derive(clap::Args)]
 pub(crate) struct PlanArgs {
-    pub file: Option<PathBuf>,
-    pub synthetic: Option<String>,
-    pub dtype: String,
-    pub devices: usize,
-    pub split: SplitArg,
-    /// Empty: the default shares.
-    pub ratios: Vec<f64>,
-    pub budgets: Vec<u64>,
-    pub json: bool,
+    /// The model file (or directory); or use --synthetic.
+    file: Option<PathBuf>,
+    /// A tensor index built from a model's published shapes instead of a file:
+    /// llama-70b or llama-8b (GGUF names).
+    #[arg(long)]
+    synthetic: Option<String>,
+    /// The matrices' dtype in a --synthetic index (norms are F32).
+    #[arg(long, default_value = "Q4_K")]
+    dtype: String,
+    #[arg(long, default_value_t = 2)]
+    devices: usize,
+    #[arg(long, value_enum)]
+    split: SplitArg,
+    /// Each device's share, like llama.cpp's --tensor-split: 3,1. Default: the budgets'
+    /// proportions when given, else equal.
+    #[arg(long, value_delimiter = ',', value_parser = parse_ratio)]
+    ratios: Vec<f64>,
+    /// Each device's memory budget (100M, 8GiB, ...), comma-separated; a plan that puts
+    /// more on a device is an error.
+    #[arg(long, value_delimiter = ',', value_parser = crate::cache_sim::parse_bytes)]
+    budgets: Vec<u64>,
+    #[arg(long)]
+    json: bool,
 }
 
 /// The plan: text (device totals, then each device's parts) or one JSON object.
