@@ -24,6 +24,19 @@ fn json_lines(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// `mlmf plan PATH --devices 2 --split SPLIT --json`.
+fn plan_json(path: &std::path::Path, split: &str) -> Value {
+    json(&[
+        "plan",
+        path.to_str().unwrap(),
+        "--devices",
+        "2",
+        "--split",
+        split,
+        "--json",
+    ])
+}
+
 /// Each tensor's `data_offsets` length, from the safetensors header parsed here.
 fn header_sizes(path: &std::path::Path) -> Vec<(String, u64)> {
     let bytes = std::fs::read(path).unwrap();
@@ -46,15 +59,7 @@ fn plan_json_row_split_of_minilm() {
     let path = common::model(common::MINILM);
     let sizes = header_sizes(&path);
     let total: u64 = sizes.iter().map(|s| s.1).sum();
-    let plan = json(&[
-        "plan",
-        path.to_str().unwrap(),
-        "--devices",
-        "2",
-        "--split",
-        "row",
-        "--json",
-    ]);
+    let plan = plan_json(&path, "row");
     assert_eq!(plan["total_bytes"].as_u64(), Some(total));
     assert_eq!(plan["split"], "row");
     let replicated: Vec<&str> = plan["replicated"]
@@ -163,15 +168,7 @@ fn bench_load_row_split_on_two_devices_in_one_process() {
         "2",
         "--json",
     ]);
-    let plan = json(&[
-        "plan",
-        path.to_str().unwrap(),
-        "--devices",
-        "2",
-        "--split",
-        "row",
-        "--json",
-    ]);
+    let plan = plan_json(&path, "row");
     assert_eq!(ranks.len(), 2);
     for (i, r) in ranks.iter().enumerate() {
         assert_eq!(r["rank"].as_u64(), Some(i as u64));
@@ -236,15 +233,7 @@ fn bench_load_under_mpirun() {
         .iter()
         .map(|r| r["bytes_read"].as_u64().unwrap())
         .sum();
-    let plan = json(&[
-        "plan",
-        path.to_str().unwrap(),
-        "--devices",
-        "2",
-        "--split",
-        "layer",
-        "--json",
-    ]);
+    let plan = plan_json(&path, "layer");
     assert_eq!(
         Some(total),
         plan["total_bytes"].as_u64(),
